@@ -1,0 +1,1 @@
+"""The consortium contract (pure, deterministic) and its two hosts: embedded (SQLite) and Fabric."""

@@ -1,0 +1,1 @@
+"""Shared infrastructure every party uses: identities, ledger clients, artifact stores, wire models."""

@@ -1,0 +1,1 @@
+"""The coordinator service: admin, silo and auditor APIs, trial lifecycle, round scheduler, aggregation."""

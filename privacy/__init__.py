@@ -1,0 +1,1 @@
+"""Differential privacy (Opacus, accounting, budgets) and homomorphic encryption (TenSEAL CKKS)."""
