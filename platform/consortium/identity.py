@@ -122,11 +122,16 @@ def certificate_ous(cert: x509.Certificate) -> list[str]:
 
 
 def certificate_role(cert_pem: bytes | str) -> str | None:
-    """The bcfl role carried in the certificate's OUs, or None."""
-    for ou in certificate_ous(load_certificate(cert_pem)):
-        if ou in ROLES:
-            return ou
-    return None
+    """The bcfl role carried in the certificate's OUs, or None.
+
+    ``admin`` is also Fabric's admin NodeOU: next to another role OU it is read as the NodeOU and
+    the other role counts (least privilege), exactly as the contract reads it.
+    """
+    roles = [ou for ou in certificate_ous(load_certificate(cert_pem)) if ou in ROLES]
+    others = [role for role in roles if role != "admin"]
+    if others:
+        return others[0]
+    return "admin" if roles else None
 
 
 def certificate_common_name(cert_pem: bytes | str) -> str:

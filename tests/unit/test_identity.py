@@ -8,6 +8,8 @@ import subprocess
 import sys
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
 from consortium.errors import ConfigError, IdentityError
 from consortium.identity import (
     P256_ORDER,
@@ -18,7 +20,6 @@ from consortium.identity import (
     load_identity,
     verify_signature,
 )
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 
 def test_layout_roles_and_private_key_modes(consortium: Consortium) -> None:

@@ -11,11 +11,12 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+
 from consortium.errors import ConfigError, ContractError, IdentityError, LedgerError
 from consortium.identity import CertificateAuthority, Consortium, Identity
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import MAX_CLOCK_SKEW_SECONDS, EmbeddedLedger
-from cryptography.hazmat.primitives import serialization
 
 MODEL_REF = {"content_id": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq",
              "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from consortium.errors import ConfigError, StoreError, StoreIntegrityError
 from consortium.storage import FileStore, content_id, open_store
 

@@ -1,0 +1,64 @@
+"""The commit-reveal hash rules, in one place: the silo agent builds commitments here, the contract checks them here."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+
+from consortium.canonical import canonical_json, sha256_hex
+
+SALT_BYTES = 32  # 64 hex digits; the contract accepts 32 to 128 hex digits (at least 128 bits)
+
+
+def new_salt() -> str:
+    """A fresh random salt (for silos; the contract itself never draws randomness)."""
+    return secrets.token_hex(SALT_BYTES)
+
+
+def update_commitment(
+    *,
+    trial_id: str,
+    round: int,
+    msp_id: str,
+    content_id: str,
+    sha256: str,
+    sample_weight: int,
+    epsilon_spent_micro: int,
+    salt: str,
+) -> str:
+    """sha256 of the canonical JSON of everything a reveal will disclose, bound to the committing org.
+
+    Binding ``msp_id`` stops a hospital from revealing a value another hospital committed to;
+    binding ``trial_id`` and ``round`` stops replaying a reveal from another round.
+    """
+    return sha256_hex(
+        canonical_json(
+            {
+                "trial_id": trial_id,
+                "round": round,
+                "msp_id": msp_id,
+                "content_id": content_id,
+                "sha256": sha256,
+                "sample_weight": sample_weight,
+                "epsilon_spent_micro": epsilon_spent_micro,
+                "salt": salt,
+            }
+        )
+    )
+
+
+def votes_commitment(
+    *, trial_id: str, round: int, msp_id: str, scores: Mapping[str, int], salt: str
+) -> str:
+    """sha256 of the canonical JSON of a voter's scores ({peer msp id: score in micro-units})."""
+    return sha256_hex(
+        canonical_json(
+            {
+                "trial_id": trial_id,
+                "round": round,
+                "msp_id": msp_id,
+                "scores": dict(scores),
+                "salt": salt,
+            }
+        )
+    )

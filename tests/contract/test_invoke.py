@@ -1,0 +1,333 @@
+"""invoke() itself, over an in-memory Fabric-semantics state: raw bytes, forged certificates, one event per tx, determinism.
+
+These are the checks a ledger client cannot make (it only sends JSON objects, signed by real
+members). The fake host below is deliberately tiny: committed reads, buffered writes applied only
+on success, key history, and a transcript of every transaction for replay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from contract_flow import HOSPITALS, refused
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+import chaincode.args
+import chaincode.contract
+from chaincode.contract import CODES, MAX_ARGS_BYTES, READ_ONLY_FUNCTIONS, invoke
+from chaincode.state import Creator, HistoryEntry, create_composite_key
+from consortium.canonical import canonical_json
+from consortium.errors import ContractError
+
+ORGANISATIONS = [
+    {"msp_id": "CoordinatorMSP", "kind": "operator"},
+    {"msp_id": "AuditorMSP", "kind": "auditor"},
+    *({"msp_id": f"Hospital{i}MSP", "kind": "hospital"} for i in range(1, 5)),
+]
+PEOPLE = {
+    "admin": ("CoordinatorMSP", ["admin"]),
+    "coordinator": ("CoordinatorMSP", ["client", "coordinator"]),
+    "auditor": ("AuditorMSP", ["client", "auditor"]),
+    **{f"hospital{i}": (f"Hospital{i}MSP", ["client", "silo"]) for i in range(1, 5)},
+}
+
+
+def certificate(name: str, ous: list[str]) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name(
+        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "test")]
+        + [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou) for ou in ous]
+        + [x509.NameAttribute(NameOID.COMMON_NAME, name)]
+    )
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class World:
+    state: dict[str, bytes] = field(default_factory=dict)
+    history: dict[str, list[HistoryEntry]] = field(default_factory=dict)
+    transcript: list[tuple[Creator, int, str, bytes]] = field(default_factory=list)
+    outcomes: list[Any] = field(default_factory=list)
+
+
+class FakeState:
+    """ChaincodeState with Fabric semantics over a World."""
+
+    def __init__(self, world: World, creator: Creator, tx_id: str, timestamp: int):
+        self.world, self.creator, self.tx_id, self.timestamp = world, creator, tx_id, timestamp
+        self.writes: dict[str, bytes | None] = {}
+        self.events: list[tuple[str, bytes]] = []
+
+    def get_state(self, key: str) -> bytes | None:
+        return self.world.state.get(key)
+
+    def put_state(self, key: str, value: bytes) -> None:
+        self.writes[key] = value
+
+    def del_state(self, key: str) -> None:
+        self.writes[key] = None
+
+    def get_state_by_range(self, start_key: str, end_key: str) -> Iterator[tuple[str, bytes]]:
+        return iter([(k, v) for k, v in sorted(self.world.state.items()) if k >= start_key and (not end_key or k < end_key)])
+
+    def get_state_by_partial_composite_key(self, object_type: str, attributes: list[str]) -> Iterator[tuple[str, bytes]]:
+        prefix = create_composite_key(object_type, attributes)
+        return iter([(k, v) for k, v in sorted(self.world.state.items()) if k.startswith(prefix)])
+
+    def get_history_for_key(self, key: str) -> Iterator[HistoryEntry]:
+        return iter(list(reversed(self.world.history.get(key, []))))
+
+    def get_creator(self) -> Creator:
+        return self.creator
+
+    def get_tx_id(self) -> str:
+        return self.tx_id
+
+    def get_tx_timestamp(self) -> int:
+        return self.timestamp
+
+    def set_event(self, name: str, payload: bytes) -> None:
+        self.events.append((name, payload))
+
+
+class FakeClient:
+    def __init__(self, net: FakeNet, creator: Creator):
+        self.net, self.creator = net, creator
+
+    def _run(self, function: str, args: bytes, *, commit: bool) -> tuple[bytes, FakeState]:
+        net = self.net
+        net.counter += 1
+        state = FakeState(net.world, self.creator, f"tx{net.counter:06d}", net.now)
+        if commit:
+            net.world.transcript.append((self.creator, net.now, function, args))
+        try:
+            result = invoke(state, function, args)
+        except ContractError as exc:
+            if commit:
+                net.world.outcomes.append(("error", exc.code))
+            raise
+        if commit:
+            net.world.outcomes.append(("ok", result, sorted(state.writes.items()), state.events))
+            for key, value in state.writes.items():
+                assert value is not None, "the contract never deletes"
+                net.world.state[key] = value
+                entry = HistoryEntry(state.tx_id, state.timestamp, value, False)
+                net.world.history.setdefault(key, []).append(entry)
+        return result, state
+
+    def submit(self, function: str, args: dict[str, Any]) -> Any:
+        result, state = self._run(function, canonical_json(args), commit=True)
+        assert len(state.events) == 1, f"{function} emitted {state.events}"
+        self.net.events.append(state.events[0][0])
+        return json.loads(result)
+
+    def evaluate(self, function: str, args: dict[str, Any]) -> Any:
+        result, state = self._run(function, canonical_json(args), commit=False)
+        assert function in READ_ONLY_FUNCTIONS
+        assert state.writes == {} and state.events == []
+        return json.loads(result)
+
+
+class FakeNet:
+    """The same interface as the suite's ``contract_net``: client(name), advance_time(seconds)."""
+
+    def __init__(self, bootstrap: bool = True):
+        self.world = World()
+        self.now = 1_750_000_000
+        self.counter = 0
+        self.events: list[str] = []
+        self.creators = {name: Creator(msp, certificate(name, ous)) for name, (msp, ous) in PEOPLE.items()}
+        if bootstrap:
+            self.client("admin").submit("init_consortium", {"organisations": ORGANISATIONS})
+
+    def client(self, name: str) -> FakeClient:
+        return FakeClient(self, self.creators[name])
+
+    def as_(self, msp_id: str, ous: list[str], name: str = "someone") -> FakeClient:
+        return FakeClient(self, Creator(msp_id, certificate(name, ous)))
+
+    def advance_time(self, seconds: int) -> None:
+        self.now += int(seconds)
+
+    def raw(self, name: str, function: str, args: bytes) -> bytes:
+        return invoke(FakeState(self.world, self.creators[name], "raw", self.now), function, args)
+
+
+@pytest.fixture
+def net() -> FakeNet:
+    return FakeNet()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff\xfe{}",  # not UTF-8
+        b"{not json}",
+        b"[1, 2]",  # JSON, but not an object
+        b'"a string"',
+        b'{"trial_id": "a", "trial_id": "b"}',  # repeated key: two parsers could disagree
+        b'{"x": NaN}',
+        b'{"x": 1e999}',
+        b'{"x": "\\ud800"}',  # lone surrogate: not encodable as UTF-8
+        b'{"x": ' + b"[" * 100 + b"]" * 100 + b"}",
+        b"",
+    ],
+)
+def test_malformed_args(net, raw):
+    with pytest.raises(ContractError) as info:
+        net.raw("admin", "get_trial", raw)
+    assert info.value.code == "MALFORMED_ARGS"
+
+
+def test_args_size_limit_is_exact(net):
+    padding = MAX_ARGS_BYTES - len(b'{"p":""}')
+    at_limit = b'{"p":"' + b"x" * padding + b'"}'
+    assert len(at_limit) == MAX_ARGS_BYTES
+    with pytest.raises(ContractError) as info:
+        net.raw("admin", "whoami", at_limit)
+    assert info.value.code == "INVALID_ARGUMENT"  # parsed: the field is unknown, but the size is fine
+    with pytest.raises(ContractError) as info:
+        net.raw("admin", "whoami", at_limit[:-2] + b'x"}')
+    assert info.value.code == "ARGS_TOO_LARGE"
+
+
+def test_unknown_function_is_refused_before_parsing(net):
+    with pytest.raises(ContractError) as info:
+        net.raw("admin", "nope", b"\xff")
+    assert info.value.code == "UNKNOWN_FUNCTION"
+
+
+def test_a_hospital_claiming_the_admin_role_is_refused(net):
+    rogue = net.as_("Hospital1MSP", ["admin"], "rogue")
+    assert rogue.evaluate("whoami", {})["member"] is False
+    error = refused("FORBIDDEN_ROLE", rogue.submit, "create_trial", {"trial_id": "t"})
+    assert "hospital" in error.message
+    refused("FORBIDDEN_ROLE", rogue.evaluate, "list_trials", {})
+    # Roles an operator or auditor CA mints are bounded the same way.
+    refused("FORBIDDEN_ROLE", net.as_("CoordinatorMSP", ["client", "silo"]).submit, "commit_update", {})
+    refused("FORBIDDEN_ROLE", net.as_("AuditorMSP", ["client", "coordinator"]).submit, "open_round", {})
+    refused("FORBIDDEN_ROLE", net.as_("Hospital2MSP", ["client", "auditor"]).evaluate, "list_trials", {})
+
+
+def test_fabric_admin_node_ou_next_to_a_bcfl_role_counts_as_that_role(net):
+    me = net.as_("Hospital1MSP", ["admin", "silo"]).evaluate("whoami", {})
+    assert me["role"] == "silo" and me["member"] is True
+
+
+@pytest.mark.parametrize("ous", [[], ["client"], ["client", "silo", "coordinator"]])
+def test_certificates_without_exactly_one_role_are_refused(net, ous):
+    refused("INVALID_IDENTITY", net.as_("Hospital1MSP", ous).evaluate, "list_trials", {})
+
+
+def test_garbage_certificate_and_unknown_msp(net):
+    garbage = FakeClient(net, Creator("Hospital1MSP", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+    refused("INVALID_IDENTITY", garbage.evaluate, "list_trials", {})
+    refused("NOT_MEMBER", net.as_("Hospital9MSP", ["client", "silo"]).evaluate, "list_trials", {})
+
+
+def test_bootstrap_rules():
+    net = FakeNet(bootstrap=False)
+    refused("NOT_INITIALISED", net.client("admin").evaluate, "get_consortium", {})
+    refused("NOT_INITIALISED", net.client("admin").submit, "create_trial", {})
+    assert net.client("hospital1").evaluate("whoami", {})["organisation_kind"] is None
+    # A hospital's CA minting an admin cannot bootstrap the consortium, listed as a hospital or not at all.
+    rogue = net.as_("Hospital1MSP", ["admin"])
+    refused("FORBIDDEN_ROLE", rogue.submit, "init_consortium", {"organisations": ORGANISATIONS})
+    refused("FORBIDDEN_ROLE", rogue.submit, "init_consortium", {"organisations": ORGANISATIONS[:1]})
+    refused("FORBIDDEN_ROLE", net.client("coordinator").submit, "init_consortium", {"organisations": ORGANISATIONS})
+    duplicate = [*ORGANISATIONS, {"msp_id": "AuditorMSP", "kind": "operator"}]
+    refused("INVALID_ARGUMENT", net.client("admin").submit, "init_consortium", {"organisations": duplicate})
+    bad_kind = [{"msp_id": "CoordinatorMSP", "kind": "overlord"}]
+    refused("INVALID_ARGUMENT", net.client("admin").submit, "init_consortium", {"organisations": bad_kind})
+    record = net.client("admin").submit("init_consortium", {"organisations": ORGANISATIONS})
+    assert sorted(record["organisations"]) == sorted(o["msp_id"] for o in ORGANISATIONS)
+    refused("ALREADY_EXISTS", net.client("admin").submit, "init_consortium", {"organisations": ORGANISATIONS})
+
+
+def run_protocol(net: FakeNet, make_flow: Any) -> Any:
+    """Two rounds with a halted attempt, a rollback, settlement and completion: every function once or more."""
+    flow = make_flow(net)
+    flow.running(hospitals=HOSPITALS, rounds=2)
+    flow.full_round()
+    flow.coordinator.submit("record_settlement", {"trial_id": flow.trial_id, "round": 1, "chain_id": 1, "tx_hash": "0x" + "ab" * 32})
+    flow.to_attest()
+    flow.attest("hospital1")
+    flow.attest("hospital2", "0" * 64)  # mismatch: halts round 2
+    flow.full_round()
+    flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 1})
+    flow.open_round()
+    flow.admin.submit("abort_round", flow.at(reason="test"))
+    flow.full_round()
+    flow.admin.submit("remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital4"]})
+    flow.admin.submit("complete_trial", {"trial_id": flow.trial_id})
+    for function in sorted(READ_ONLY_FUNCTIONS):
+        args: dict[str, Any] = {} if function in ("whoami", "get_consortium", "list_trials") else {"trial_id": flow.trial_id}
+        if function in ("get_submissions", "get_votes", "get_attestations", "get_acceptance"):
+            args["round"] = 1
+        flow.client("auditor").evaluate(function, args)
+    return flow
+
+
+def test_every_transaction_emits_one_event_and_queries_write_nothing(make_flow):
+    net = FakeNet()
+    run_protocol(net, make_flow)  # FakeClient asserts one event per submit and no writes per query
+    assert set(net.events) >= {
+        "ConsortiumInitialised", "TrialCreated", "EnrolmentOpened", "HospitalEnrolled", "TrialStarted",
+        "TrialKeysRecorded", "RoundOpened", "UpdateCommitted", "UpdateCommitsClosed", "UpdateRevealed",
+        "UpdateRevealsClosed", "VotesCommitted", "VoteCommitsClosed", "VotesRevealed", "VotingClosed",
+        "AggregateRecorded", "ModelAttested", "RoundFinalized", "AttestationMismatch", "RoundHalted",
+        "RolledBack", "SettlementRecorded", "HospitalRemoved", "TrialCompleted",
+    }
+    submitted = {function for _, _, function, _ in net.world.transcript}
+    assert submitted | READ_ONLY_FUNCTIONS == chaincode.contract.FUNCTIONS - {"halt_trial"}
+
+
+def test_replaying_the_transcript_gives_the_same_bytes(make_flow):
+    """Deterministic: the same transactions on a fresh state give identical results, writes and events."""
+    first = FakeNet()
+    run_protocol(first, make_flow)
+    replay = World()
+    for creator, timestamp, function, args in first.world.transcript:
+        state = FakeState(replay, creator, "replay", timestamp)
+        try:
+            outcome: Any = ("ok", invoke(state, function, args), sorted(state.writes.items()), state.events)
+        except ContractError as exc:
+            outcome = ("error", exc.code)
+        replay.outcomes.append(outcome)
+        if outcome[0] == "ok":
+            replay.state.update({k: v for k, v in state.writes.items() if v is not None})
+    assert replay.outcomes == first.world.outcomes
+    assert replay.state == first.world.state
+    # Everything stored is canonical JSON.
+    for value in first.world.state.values():
+        assert canonical_json(json.loads(value)) == value
+
+
+def test_every_raised_code_is_documented():
+    sources = [Path(chaincode.contract.__file__).read_text(), Path(chaincode.args.__file__).read_text()]
+    raised = set()
+    for source in sources:
+        raised |= set(re.findall(r'_fail\(\s*"([A-Z_]+)"', source))
+        raised |= set(re.findall(r'code="([A-Z_]+)"', source))
+    assert raised and raised <= set(CODES), raised - set(CODES)
