@@ -57,8 +57,9 @@ def _has_node_info(node: Any) -> bool:
 
 
 def run(counts: list[int]) -> dict[str, Any]:
-    from consortium.settlement import local_settlement, send_transaction
     from eth_account import Account
+
+    from consortium.settlement import local_settlement, send_transaction
 
     rows: list[dict[str, Any]] = []
     with (

@@ -1,0 +1,43 @@
+"""Differential privacy for local training: policy and plan, persisted accountant, budget."""
+
+from __future__ import annotations
+
+from privacy.dp.accountant import (
+    PrivacyAccountant,
+    PrivacyBudget,
+    RoundCost,
+    epsilon_of,
+)
+from privacy.dp.policy import (
+    MICRO,
+    DPPlan,
+    DPPolicy,
+    from_micro_epsilon,
+    plan_trial,
+    to_micro_epsilon,
+)
+from privacy.dp.training import (
+    PrivateRound,
+    fix_model,
+    make_private,
+    model_problems,
+    validate_model,
+)
+
+__all__ = [
+    "MICRO",
+    "DPPlan",
+    "DPPolicy",
+    "PrivacyAccountant",
+    "PrivacyBudget",
+    "PrivateRound",
+    "RoundCost",
+    "epsilon_of",
+    "fix_model",
+    "from_micro_epsilon",
+    "make_private",
+    "model_problems",
+    "plan_trial",
+    "to_micro_epsilon",
+    "validate_model",
+]
