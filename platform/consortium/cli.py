@@ -16,6 +16,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "consortium": ("consortium.identity_cli:consortium_group", "Create and inspect a consortium's identities."),
     "ledger": ("consortium.ledger.cli:ledger_group", "Inspect and verify a ledger."),
     "store": ("consortium.storage_cli:store_group", "Put, get and verify content-addressed artifacts."),
+    "coordinator": ("coordinator.cli:coordinator_group", "Run the coordinator service and drive trials through its API."),
     "settlement": ("consortium.settlement_cli:settlement_group", "Optional Ethereum settlement: deploy, inspect, reconcile."),
 }
 

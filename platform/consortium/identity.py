@@ -127,11 +127,11 @@ def certificate_role(cert_pem: bytes | str) -> str | None:
     ``admin`` is also Fabric's admin NodeOU: next to another role OU it is read as the NodeOU and
     the other role counts (least privilege), exactly as the contract reads it.
     """
-    roles = [ou for ou in certificate_ous(load_certificate(cert_pem)) if ou in ROLES]
-    others = [role for role in roles if role != "admin"]
-    if others:
-        return others[0]
-    return "admin" if roles else None
+    roles = {ou for ou in certificate_ous(load_certificate(cert_pem)) if ou in ROLES}
+    if len(roles) > 1:
+        roles.discard("admin")
+    # Two roles other than admin are ambiguous: such a certificate acts as nobody.
+    return roles.pop() if len(roles) == 1 else None
 
 
 def certificate_common_name(cert_pem: bytes | str) -> str:

@@ -1,0 +1,1 @@
+"""Alembic migrations of the coordinator database (run by ``Database.upgrade`` and ``bcfl coordinator db upgrade``)."""

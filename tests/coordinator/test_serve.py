@@ -1,0 +1,63 @@
+"""`bcfl coordinator serve` as a real process: configuration from TOML, the API on a loopback port, a clean stop."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from consortium.coordinator_client import CoordinatorClient
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_serve_from_a_config_file(tmp_path: Path, consortium: Any, embedded_ledger: Any, ledger_url: str, store_url: str) -> None:
+    port = free_port()
+    config = tmp_path / "coordinator.toml"
+    config.write_text(
+        "[coordinator]\n"
+        f'consortium = "{consortium.directory}"\n'
+        'state_dir = "state"\n'
+        f'ledger_url = "{ledger_url}"\n'
+        f'store_url = "{store_url}"\n'
+        f"port = {port}\n"
+        "poll_interval = 0.2\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from coordinator.cli import coordinator_group; coordinator_group()",
+         "serve", "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            try:
+                if httpx.get(base_url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "the coordinator did not come up"
+            time.sleep(0.1)
+        with CoordinatorClient(base_url, consortium.identity("auditor")) as auditor:
+            assert auditor.whoami()["msp_id"] == "AuditorMSP"
+            status = auditor.scheduler_status()
+            assert status["running"] is True and status["poll_interval"] == 0.2
+            assert auditor.ledger()["height"] >= 2
+        assert (tmp_path / "state" / "coordinator.db").exists()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert f"bcfl coordinator on {base_url}" in output
