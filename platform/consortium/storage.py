@@ -148,6 +148,7 @@ def _open_file_store(url: str, **_: Any) -> FileStore:
 
 _STORE_SCHEMES: dict[str, str | Callable[..., ArtifactStore]] = {
     "file": _open_file_store,
+    "ipfs": "consortium.storage_ipfs:open_ipfs_store",
 }
 
 

@@ -8,6 +8,13 @@ URLs (choose one form):
   gateway peers (in order of preference) and the TLS CA certificates that sign their server
   certificates. ``server_name=NAME`` overrides the TLS host name to check.
 
+Query parameters of both forms: ``channel=`` and ``chaincode=`` (the profile form's defaults are
+the network's), ``timeout=`` seconds per call (30), ``mvcc_retries=`` (5), ``commit_wait=all``
+(default: ``submit`` returns once every reachable peer committed, so the next transaction,
+whoever sends it through whichever peer, sees it) or ``gateway`` (once the gateway peer did). ``open_ledger`` also
+takes ``clock=`` (a callable returning seconds): the time stamped on proposals, which is the
+transaction time the contract sees.
+
 Every request is signed by the caller: ECDSA P-256 over SHA-256 in low-S form, the creator being a
 ``SerializedIdentity`` of the caller's MSP id and PEM certificate. ``submit`` is the Gateway flow:
 Endorse (the gateway collects endorsements satisfying the MAJORITY policy), sign the prepared
@@ -33,7 +40,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,6 +75,7 @@ MVCC_CODES = {transaction_pb2.MVCC_READ_CONFLICT, transaction_pb2.PHANTOM_READ_C
 _MAX_MESSAGE = 100 * 1024 * 1024
 _CODE_RE = re.compile(r"^([A-Z][A-Z0-9_]{1,63}): (.*)$", re.S)
 _CC_RESPONSE_RE = re.compile(r"chaincode response (\d+), (.*)$", re.S)
+DETAIL_MARKER = "\n\x1edetail="  # as in chaincode.host_fabric (not imported: clients need no shim)
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
@@ -105,7 +113,10 @@ def parse_fabric_url(url: str, msp_id: str | None = None) -> FabricTarget:
     query = {k: v for k, v in parse_qs(parsed.query).items()}
     options = {k: v[-1] for k, v in query.items()}
     if not parsed.netloc:
-        return _target_from_profile(Path(unquote(parsed.path)), msp_id, options)
+        target = _target_from_profile(Path(unquote(parsed.path)), msp_id, options)
+        target.channel = options.get("channel", target.channel)
+        target.chaincode = options.get("chaincode", target.chaincode)
+        return target
     parts = [p for p in unquote(parsed.path).split("/") if p]
     if len(parts) != 2:
         raise ConfigError(
@@ -258,10 +269,17 @@ def _contract_error_from(texts: list[str]) -> ContractError | None:
         match = _CC_RESPONSE_RE.search(text)
         if not match:
             continue
-        body = match.group(2)
+        body, detail = match.group(2), {}
+        if DETAIL_MARKER in body:
+            body, _, raw = body.rpartition(DETAIL_MARKER)
+            try:
+                detail = json.loads(raw)
+            except ValueError:
+                detail = {}
         code_match = _CODE_RE.match(body)
         if code_match:
-            return ContractError(code_match.group(2), code=code_match.group(1))
+            return ContractError(code_match.group(2), code=code_match.group(1),
+                                 detail=detail if isinstance(detail, dict) else {})
         return ContractError(body, code="CONTRACT")
     return None
 
@@ -275,8 +293,13 @@ class FabricLedger:
     """``Ledger`` over a Fabric channel, through the peers' Gateway service."""
 
     def __init__(self, target: FabricTarget, identity: Identity, *, timeout: float = DEFAULT_TIMEOUT,
-                 mvcc_retries: int = 5):
+                 mvcc_retries: int = 5, clock: Callable[[], float] = time.time, commit_wait: str = "all"):
         self.target = target
+        self._clock = clock  # stamps proposals: the transaction time the chaincode sees
+        # "all": submit returns once every reachable peer has committed (read-your-writes for the
+        # next transaction whoever submits it); "gateway": once the gateway peer has
+        self.commit_wait = commit_wait
+        self.commit_wait_timeout = 5.0
         self.identity = identity
         self.timeout = timeout
         self.mvcc_retries = mvcc_retries
@@ -345,6 +368,14 @@ class FabricLedger:
                 or err.code() == grpc.StatusCode.PERMISSION_DENIED:
             raise IdentityError(f"{what} refused by the peer for {self.identity.msp_id}: {full}",
                                 code="ACCESS_DENIED") from None
+        if "no combination of peers can be derived" in lowered:
+            # discovery has not (yet) seen enough peers with the chaincode: after a definition, a restart
+            raise LedgerError(f"{what}: not enough endorsing peers are available for the MAJORITY policy: {full}",
+                              code="NO_ENDORSERS") from None
+        if "proposalresponsepayloads do not match" in lowered:
+            # peers at different heights read different versions: a conflict seen at endorsement
+            raise LedgerError(f"{what}: the endorsing peers disagree (they read different ledger states): {full}",
+                              code="ENDORSEMENT_MISMATCH") from None
         if "duplicate" in lowered:
             raise LedgerError(f"{what}: {full}", code="DUPLICATE_TXID") from None
         raise LedgerError(f"{what} failed ({err.code().name}): {full}", code="ENDORSEMENT_FAILED"
@@ -352,7 +383,8 @@ class FabricLedger:
 
     # -- Ledger interface --
     def evaluate(self, function: str, args: dict[str, Any]) -> Any:
-        proposal = make_proposal(self.identity, self.target.channel, self.target.chaincode, self._args(function, args))
+        proposal = make_proposal(self.identity, self.target.channel, self.target.chaincode, self._args(function, args),
+                                 now=self._clock())
         request = gateway_pb2.EvaluateRequest(transaction_id=proposal.tx_id, channel_id=self.target.channel,
                                               proposed_transaction=proposal.signed)
         try:
@@ -364,14 +396,20 @@ class FabricLedger:
     def submit(self, function: str, args: dict[str, Any]) -> TxResult:
         encoded = self._args(function, args)
         for attempt in range(self.mvcc_retries + 1):
-            proposal = make_proposal(self.identity, self.target.channel, self.target.chaincode, encoded)
-            prepared = self.endorse(proposal)
-            envelope = self.sign_envelope(prepared)
+            proposal = make_proposal(self.identity, self.target.channel, self.target.chaincode, encoded,
+                                     now=self._clock())
             try:
+                envelope = self.sign_envelope(self.endorse(proposal))
                 return self.submit_envelope(proposal.tx_id, envelope, function)
-            except TransactionInvalid as exc:
-                if exc.detail.get("validation_code") in MVCC_CODES and attempt < self.mvcc_retries:
-                    time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
+            except LedgerError as exc:
+                # a read conflict (at validation: MVCC/phantom; at endorsement: peers disagree) is
+                # worth running again from a fresh proposal, a bounded number of times
+                conflict = exc.code in ("MVCC_CONFLICT", "ENDORSEMENT_MISMATCH")
+                if conflict and attempt < self.mvcc_retries:
+                    time.sleep(random.uniform(0.02, 0.08) * (attempt + 1))
+                    continue
+                if exc.code == "NO_ENDORSERS" and attempt < self.mvcc_retries:
+                    time.sleep(0.5 * (attempt + 1))  # gossip needs a few alive intervals
                     continue
                 raise
         raise AssertionError("unreachable")
@@ -411,6 +449,8 @@ class FabricLedger:
             status = self._call("submit", submit_and_wait)
         except grpc.RpcError as err:
             self._raise_for("submit", err)
+        if status.result == transaction_pb2.VALID and self.commit_wait == "all":
+            self._wait_everywhere(signed_status)
         if status.result != transaction_pb2.VALID:
             name = transaction_pb2.TxValidationCode.Name(status.result)
             raise TransactionInvalid(
@@ -422,6 +462,25 @@ class FabricLedger:
         result, event_name = _prepared_result(envelope)
         return TxResult(tx_id=tx_id, block_number=int(status.block_number),
                         result=_json_result(result, function), event_name=event_name)
+
+    def _wait_everywhere(self, signed_status: gateway_pb2.SignedCommitStatusRequest) -> None:
+        """Wait until every reachable peer has committed the transaction (bounded).
+
+        The gateway answered once its own peer committed; the next transaction, maybe submitted by
+        another member through another organisation's peer, must not be endorsed against older
+        state, as the embedded ledger never is. Unreachable peers are skipped (they catch up).
+        """
+        futures = []
+        for index, peer in enumerate(self.target.peers):
+            if index == self._preferred:  # the gateway that answered: committed already
+                continue
+            stub = gateway_pb2_grpc.GatewayStub(self._channel(peer.address))
+            futures.append(stub.CommitStatus.future(signed_status, timeout=self.commit_wait_timeout))
+        for future in futures:
+            try:
+                future.result()
+            except grpc.RpcError:
+                pass  # down or behind: it is not in the way of the next endorsement for long
 
     def chaincode_events(self, start_block: int = 0, timeout: float | None = None) -> Iterator[LedgerEvent]:
         """Live chaincode events from ``start_block`` on (the Gateway's ChaincodeEvents stream; never ends
@@ -549,9 +608,14 @@ def open_fabric_ledger(url: str, identity: Identity, **options: Any) -> FabricLe
     target = parse_fabric_url(url, identity.msp_id)
     timeout = float(options.pop("timeout", target.options.get("timeout", DEFAULT_TIMEOUT)))
     retries = int(options.pop("mvcc_retries", target.options.get("mvcc_retries", 5)))
+    clock = options.pop("clock", time.time)
+    commit_wait = str(options.pop("commit_wait", target.options.get("commit_wait", "all")))
+    if commit_wait not in ("all", "gateway"):
+        raise ConfigError(f"commit_wait={commit_wait!r}: expected 'all' or 'gateway'")
     if options:
-        raise ConfigError(f"unknown Fabric ledger options {sorted(options)}; expected timeout, mvcc_retries")
-    return FabricLedger(target, identity, timeout=timeout, mvcc_retries=retries)
+        raise ConfigError(f"unknown Fabric ledger options {sorted(options)}; expected timeout, mvcc_retries, clock")
+    return FabricLedger(target, identity, timeout=timeout, mvcc_retries=retries, clock=clock,
+                        commit_wait=commit_wait)
 
 
 # ---------------------------------------------------------------------------------------------
