@@ -17,6 +17,9 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "ledger": ("consortium.ledger.cli:ledger_group", "Inspect and verify a ledger."),
     "store": ("consortium.storage_cli:store_group", "Put, get and verify content-addressed artifacts."),
     "coordinator": ("coordinator.cli:coordinator_group", "Run the coordinator service and drive trials through its API."),
+    "silo": ("silo_agent.cli:silo_group", "Run a hospital's silo agent: enrol, train, vote, attest."),
+    "network": ("consortium.network_cli:network_group", "Run a local Hyperledger Fabric network (no Docker)."),
+    "demo": ("coordinator.demo:demo_command", "Run a whole trial on this machine (coordinator + one silo per hospital)."),
     "settlement": ("consortium.settlement_cli:settlement_group", "Optional Ethereum settlement: deploy, inspect, reconcile."),
 }
 

@@ -1,0 +1,297 @@
+"""`bcfl demo`: from nothing, a consortium of hospitals runs a private, encrypted, voted trial on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from consortium.errors import BcflError, ConfigError
+from coordinator.local_network import LocalNetwork, bcfl_command
+
+PHASE_ORDER = ("SUBMIT", "REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED")
+DEMO_PHASE_SECONDS = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
+
+
+def trial_spec(dataset: Any, *, trial_id: str, rounds: int, hospitals: int, dp: bool, epsilon: float | None,
+               seed: int) -> dict[str, Any]:
+    """The trial the demo opens: the data set's recommended model and policies, DP and HE on."""
+    if dp:
+        dp_policy = dict(dataset.dp)
+        if epsilon is not None:
+            dp_policy["target_epsilon_micro"] = int(round(epsilon * 1_000_000))
+    else:
+        dp_policy = {"enabled": False, "reason": "demo run with --no-dp"}
+    return {
+        "trial_id": trial_id,
+        "task": "binary_classification",
+        "data_schema": dataset.schema,
+        "model": dataset.model,
+        "rounds": rounds,
+        "min_silos": min(hospitals, 2) if hospitals < 2 else 2,
+        "dp": dp_policy,
+        "he": {"enabled": True},
+        "evaluation": dataset.evaluation,
+        "phase_seconds": DEMO_PHASE_SECONDS,
+        "initial_model_seed": seed,
+    }
+
+
+def run_demo(
+    *,
+    workdir: Path,
+    dataset_name: str,
+    data_dir: Path | None,
+    hospitals: int,
+    rounds: int | None,
+    malicious: int,
+    dp: bool,
+    epsilon: float | None,
+    seed: int,
+    fresh: bool,
+    timeout: float,
+    console: Console,
+) -> dict[str, Any]:
+    """Run the whole demo; return the summary (also written to WORKDIR/summary.json)."""
+    from silo_agent.datasets import load_demo_dataset, write_demo_dataset
+
+    if malicious < 0 or malicious >= hospitals:
+        raise ConfigError(f"--malicious={malicious}: expected 0 to {hospitals - 1} (at least one honest hospital)")
+    dataset = load_demo_dataset(dataset_name, hospitals=hospitals, data_dir=data_dir)
+    rounds = rounds or dataset.rounds
+    trial_id = f"demo-{dataset_name}"
+    console.rule(f"[bold]bcfl demo[/bold]: {dataset.name}, {hospitals} hospitals, {rounds} rounds, "
+                 f"DP {'on' if dp else 'OFF'}, HE on, {malicious} malicious")
+    net = LocalNetwork.create(workdir, hospitals, fresh=fresh)
+    summary: dict[str, Any] = {"workdir": str(net.root), "trial_id": trial_id, "dataset": dataset.name,
+                               "hospitals": hospitals, "rounds": rounds, "malicious": [], "dp": dp}
+    try:
+        console.print(f"consortium, ledger and store created under [cyan]{net.root}[/cyan]")
+        files = write_demo_dataset(dataset, net.root / "data")
+        bad = set(net.hospital_names()[hospitals - malicious:])
+        summary["malicious"] = sorted(net.msp_id(h) for h in bad)
+        for hospital, paths in zip(net.hospital_names(), files, strict=True):
+            net.write_silo_config(hospital, {"path": paths["train"], "test_path": paths["test"]},
+                                  attack="sign_flip" if hospital in bad else "none")
+        net.write_coordinator_config()
+        net.start_coordinator()
+        console.print(f"coordinator serving on [cyan]{net.base_url}[/cyan] (API docs {net.base_url}/docs)")
+        spec = trial_spec(dataset, trial_id=trial_id, rounds=rounds, hospitals=hospitals, dp=dp, epsilon=epsilon, seed=seed)
+        with net.client("admin") as admin:
+            admin.create_trial(spec)
+            for hospital in net.hospital_names():
+                net.request_enrolment(hospital, trial_id)
+                admin.enrol(trial_id, net.msp_id(hospital))
+            admin.start_trial(trial_id)
+        console.print(f"trial [bold]{trial_id}[/bold] created, {hospitals} hospitals enrolled, started")
+        for hospital in net.hospital_names():
+            net.start_silo(hospital, trial_id=trial_id)
+        console.print(f"{hospitals} silo agents running (logs in {net.root / 'logs'})")
+        final = _follow(net, trial_id, rounds, timeout, console)
+        summary["state"] = final["state"]
+        summary.update(collect_results(net, trial_id))
+        for hospital in net.hospital_names():
+            net.processes[hospital].stop(timeout=30)
+        verify = subprocess.run(
+            bcfl_command("ledger", "verify", net.ledger_url, "--consortium", str(net.consortium.directory),
+                         "--as", "auditor", "--replay", "--json"),
+            capture_output=True, text=True,
+        )
+        summary["ledger_verify"] = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [verify.stderr]}
+    finally:
+        net.stop_all()
+    (net.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print_summary(summary, console)
+    return summary
+
+
+def _follow(net: LocalNetwork, trial_id: str, rounds: int, timeout: float, console: Console) -> dict[str, Any]:
+    """Live progress until the trial completes or halts (or a party dies)."""
+    deadline = time.monotonic() + timeout
+    with net.client("auditor") as auditor, Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        overall = progress.add_task("rounds finalized", total=rounds)
+        phase_task = progress.add_task("round 1: waiting for trial keys", total=len(PHASE_ORDER))
+        while True:
+            trial = auditor.trial(trial_id)
+            progress.update(overall, completed=trial["head"]["round"])
+            current = trial.get("current")
+            if current:
+                rnd = auditor.round(trial_id, current["round"], current["attempt"])
+                phase = rnd["phase"]
+                label = f"round {rnd['round']}" + (f" (attempt {rnd['attempt']})" if rnd["attempt"] > 1 else "")
+                step = PHASE_ORDER.index(phase) + 1 if phase in PHASE_ORDER else 0
+                progress.update(phase_task, description=f"{label}: {phase.lower().replace('_', ' ')}", completed=step)
+            if trial["state"] in ("COMPLETED", "HALTED"):
+                return trial
+            for name, proc in net.processes.items():
+                if not proc.running:
+                    raise BcflError(f"{name} exited with {proc.returncode} before the trial ended; its log:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise BcflError(f"the trial did not finish within {timeout:.0f} s (state {trial['state']}); "
+                                f"logs in {net.root / 'logs'}")
+            time.sleep(0.5)
+
+
+def collect_results(net: LocalNetwork, trial_id: str) -> dict[str, Any]:
+    """Per round: acceptance, each hospital's held-out accuracy, epsilon spent and rewards."""
+    from silo_agent.agent import SiloAgent
+    from silo_agent.cli import collect_status
+    from silo_agent.config import load_config
+
+    statuses: dict[str, dict[str, Any]] = {}
+    for hospital in net.hospital_names():
+        agent = SiloAgent(load_config(net.silo_config_path(hospital)))
+        try:
+            status = collect_status(agent)
+        finally:
+            agent.close()
+        statuses[net.msp_id(hospital)] = next(t for t in status["trials"] if t["trial_id"] == trial_id)
+    with net.client("auditor") as auditor:
+        rounds_out = []
+        for rnd in auditor.rounds(trial_id):
+            acceptance = None
+            if rnd.get("phase") in ("AGGREGATE", "ATTEST", "FINALIZED") or rnd.get("accepted"):
+                try:
+                    acceptance = auditor.acceptance(trial_id, rnd["round"], rnd["attempt"])
+                except BcflError:
+                    acceptance = None
+            per_hospital = {}
+            for msp_id, status in statuses.items():
+                detail = next((d for d in status["round_details"]
+                               if d["round"] == rnd["round"] and d["attempt"] == rnd["attempt"]), {})
+                per_hospital[msp_id] = {
+                    "test": detail.get("test"),
+                    "epsilon_micro": detail.get("epsilon_micro"),
+                    "accepted": msp_id in rnd.get("accepted", []),
+                    "reward": (acceptance or {}).get("rewards", {}).get(msp_id, 0),
+                    "reason": ((acceptance or {}).get("candidates", {}).get(msp_id) or {}).get("reason"),
+                }
+            rounds_out.append({"round": rnd["round"], "attempt": rnd["attempt"], "phase": rnd["phase"],
+                               "accepted": rnd.get("accepted", []), "hospitals": per_hospital})
+        privacy = auditor.privacy_ledger(trial_id)
+        rewards = auditor.rewards(trial_id)
+    return {
+        "round_results": rounds_out,
+        "privacy": {p["msp_id"]: {"spent": p["epsilon_spent_micro"] / 1e6,
+                                  "budget": None if p["budget_micro"] is None else p["budget_micro"] / 1e6}
+                    for p in privacy},
+        "rewards": {a["msp_id"]: a["total"] for a in rewards.get("accounts", [])},
+        "initial_test": {msp: (s.get("initial_metrics") or {}).get("test") for msp, s in statuses.items()},
+    }
+
+
+def _accuracy(metrics: dict[str, Any] | None) -> str:
+    if not metrics or metrics.get("accuracy") is None:
+        return "-"
+    return f"{metrics['accuracy']:.3f}"
+
+
+def pooled_accuracy(hospital_metrics: list[dict[str, Any] | None]) -> float | None:
+    """Accuracy on the union of the hospitals' test sets (each hospital reports its count)."""
+    correct = total = 0.0
+    for metrics in hospital_metrics:
+        if not metrics or metrics.get("accuracy") is None or not metrics.get("n"):
+            return None
+        correct += metrics["accuracy"] * metrics["n"]
+        total += metrics["n"]
+    return correct / total if total else None
+
+
+def _short(msp_id: str) -> str:
+    """Hospital3MSP -> H3, to keep tables narrow."""
+    name = msp_id.removesuffix("MSP")
+    return "H" + name.removeprefix("Hospital") if name.startswith("Hospital") else name
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    msps = sorted(summary.get("privacy", {}))
+    bad = set(summary.get("malicious", []))
+    table = Table(title=f"Trial {summary['trial_id']}: accuracy on each hospital's held-out data",
+                  caption=", ".join(f"{_short(m)} = {m}" + (" (malicious)" if m in bad else "") for m in msps))
+    table.add_column("round")
+    for msp in msps:
+        table.add_column(_short(msp) + ("*" if msp in bad else ""), justify="right")
+    table.add_column("pooled", justify="right")
+    table.add_column("accepted")
+    table.add_column("rejected by votes")
+    initial = summary.get("initial_test", {})
+    table.add_row("initial", *[_accuracy(initial.get(m)) for m in msps],
+                  _fmt_pooled(pooled_accuracy([initial.get(m) for m in msps])), "", "")
+    for rnd in summary.get("round_results", []):
+        label = f"{rnd['round']}" + (f".{rnd['attempt']}" if rnd["attempt"] > 1 else "")
+        if rnd["phase"] != "FINALIZED":
+            label += f" ({rnd['phase'].lower()})"
+        tests = [rnd["hospitals"].get(m, {}).get("test") for m in msps]
+        accepted = f"{len(rnd['accepted'])} of {len(msps)}"
+        rejected = [m for m in msps if rnd["hospitals"].get(m, {}).get("reason") not in (None, "accepted")]
+        table.add_row(label, *[_accuracy(t) for t in tests], _fmt_pooled(pooled_accuracy(tests)), accepted,
+                      "[red]" + ", ".join(_short(m) for m in rejected) + "[/red]" if rejected else "")
+    console.print(table)
+
+    ledger_table = Table(title="Privacy and rewards (from the ledger)")
+    for column in ("hospital", "epsilon spent", "epsilon budget", "rewards (tokens)"):
+        ledger_table.add_column(column, justify="right" if column != "hospital" else "left")
+    for msp in msps:
+        p = summary["privacy"][msp]
+        ledger_table.add_row(msp + ("*" if msp in bad else ""), f"{p['spent']:.3f}",
+                             "DP off" if p["budget"] is None else f"{p['budget']:.3f}",
+                             str(summary.get("rewards", {}).get(msp, 0)))
+    console.print(ledger_table)
+    verify = summary.get("ledger_verify", {})
+    if verify.get("ok"):
+        console.print(f"[green]bcfl ledger verify: OK[/green] ({verify.get('blocks')} blocks, "
+                      f"{verify.get('transactions')} transactions, every transaction re-executed)")
+    else:
+        console.print(f"[red]bcfl ledger verify FAILED[/red]: {verify.get('problems')}")
+    state = summary.get("state")
+    colour = "green" if state == "COMPLETED" else "red"
+    console.print(f"trial state: [{colour}]{state}[/{colour}]; everything is under {summary['workdir']} "
+                  "(summary.json, logs/, ledger/, store/)")
+
+
+def _fmt_pooled(value: float | None) -> str:
+    return "-" if value is None else f"[bold]{value:.3f}[/bold]"
+
+
+@click.command("demo")
+@click.option("--dataset", type=click.Choice(["breast-cancer", "heart-disease"]), default="breast-cancer",
+              show_default=True, help="breast-cancer ships inside scikit-learn; heart-disease needs --data-dir.")
+@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="Folder with the four UCI heart disease files (processed.*.data).")
+@click.option("--hospitals", type=click.IntRange(2, 16), default=4, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 100), default=None, help="Default: the data set's recommendation.")
+@click.option("--malicious", type=int, default=0, show_default=True, help="Hospitals that send poisoned updates.")
+@click.option("--no-dp", is_flag=True, help="Switch differential privacy off (recorded on the ledger).")
+@click.option("--epsilon", type=float, default=None, help="Trial-wide epsilon per hospital (default: the data set's).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Initial model seed.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("bcfl-demo"),
+              show_default=True, help="Where the consortium, ledger, store, logs and summary go.")
+@click.option("--fresh/--no-fresh", default=True, show_default=True, help="Replace a previous demo run in WORKDIR.")
+@click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
+def demo_command(dataset: str, data_dir: Path | None, hospitals: int, rounds: int | None, malicious: int,
+                 no_dp: bool, epsilon: float | None, seed: int, workdir: Path, fresh: bool, timeout: float,
+                 as_json: bool) -> None:
+    """Run a whole trial on this machine: a coordinator server and one silo agent process per
+    hospital on loopback, DP and HE on, votes deciding what is aggregated; then print per-round
+    accuracy, accepted updates, epsilon and rewards, and verify the ledger."""
+    console = Console()
+    summary = run_demo(workdir=workdir, dataset_name=dataset, data_dir=data_dir, hospitals=hospitals, rounds=rounds,
+                       malicious=malicious, dp=not no_dp, epsilon=epsilon, seed=seed, fresh=fresh, timeout=timeout,
+                       console=console)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    if summary.get("state") != "COMPLETED" or not summary.get("ledger_verify", {}).get("ok"):
+        raise BcflError("the demo trial did not complete with a verifying ledger (see above)", code="DEMO_FAILED")
+
+
