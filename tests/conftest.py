@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from consortium.identity import Consortium, init_consortium
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from eth_account import Account
+
 from consortium.errors import SettlementError
 from consortium.settlement import (
     CODE_CONFIG,
@@ -20,7 +22,6 @@ from consortium.settlement import (
     token_units,
     write_key_file,
 )
-from eth_account import Account
 
 A = "0x" + "11" * 20
 B = "0x" + "22" * 20

@@ -375,6 +375,7 @@ def test_settle_round_accepts_explicit_payouts(eth_chain: EthChain) -> None:
 
 def test_cli_demo_ends_with_token_balances(eth_tools: Any) -> None:
     from click.testing import CliRunner
+
     from consortium.settlement_cli import settlement_group
 
     result = CliRunner().invoke(settlement_group, ["demo", "--hospitals", "4", "--rounds", "2"])
