@@ -228,9 +228,33 @@ class FabricNetwork:
         self._deploy_chaincode(info)
         self.report("waiting for the peers to see each other")
         self._wait_discovery(info)
+        self.report("bootstrapping the contract")
+        self._bootstrap_contract(info)
         info["up"] = True
         self._save_info(info)
         return info
+
+    def _bootstrap_contract(self, info: dict[str, Any]) -> None:
+        """The contract's first transaction: the consortium admin registers the organisations' kinds.
+
+        Like the embedded ledger's creation, this must come before anything else so that no other
+        member can bootstrap the contract with itself as operator. Idempotent.
+        """
+        from consortium.errors import ContractError
+        from consortium.identity import Consortium, organisation_kinds
+        from consortium.ledger import open_ledger
+
+        consortium = Consortium.load(info["consortium_dir"])
+        admin = open_ledger(self.ledger_url(), consortium.identity("admin"))
+        try:
+            if admin.evaluate("get_consortium", {}) is None:
+                admin.submit("init_consortium", {"organisations": organisation_kinds(consortium)})
+        except ContractError as exc:
+            if exc.code != "NOT_INITIALISED":
+                raise
+            admin.submit("init_consortium", {"organisations": organisation_kinds(consortium)})
+        finally:
+            admin.close()
 
     def _plan(self) -> dict[str, Any]:
         from consortium.identity import Consortium, init_consortium

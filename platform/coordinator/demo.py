@@ -58,6 +58,7 @@ def run_demo(
     fresh: bool,
     timeout: float,
     console: Console,
+    ledger: str = "embedded",
 ) -> dict[str, Any]:
     """Run the whole demo; return the summary (also written to WORKDIR/summary.json)."""
     from silo_agent.datasets import load_demo_dataset, write_demo_dataset
@@ -69,11 +70,12 @@ def run_demo(
     trial_id = f"demo-{dataset_name}"
     console.rule(f"[bold]bcfl demo[/bold]: {dataset.name}, {hospitals} hospitals, {rounds} rounds, "
                  f"DP {'on' if dp else 'OFF'}, HE on, {malicious} malicious")
-    net = LocalNetwork.create(workdir, hospitals, fresh=fresh)
+    net = LocalNetwork.create(workdir, hospitals, fresh=fresh, ledger=ledger,
+                              report=lambda step: console.print(f"  fabric: {step}"))
     summary: dict[str, Any] = {"workdir": str(net.root), "trial_id": trial_id, "dataset": dataset.name,
                                "hospitals": hospitals, "rounds": rounds, "malicious": [], "dp": dp}
     try:
-        console.print(f"consortium, ledger and store created under [cyan]{net.root}[/cyan]")
+        console.print(f"consortium, {ledger} ledger and store created under [cyan]{net.root}[/cyan]")
         files = write_demo_dataset(dataset, net.root / "data")
         bad = set(net.hospital_names()[hospitals - malicious:])
         summary["malicious"] = sorted(net.msp_id(h) for h in bad)
@@ -99,11 +101,11 @@ def run_demo(
         summary.update(collect_results(net, trial_id))
         for hospital in net.hospital_names():
             net.processes[hospital].stop(timeout=30)
-        verify = subprocess.run(
-            bcfl_command("ledger", "verify", net.ledger_url, "--consortium", str(net.consortium.directory),
-                         "--as", "auditor", "--replay", "--json"),
-            capture_output=True, text=True,
-        )
+        verify_args = ["ledger", "verify", net.ledger_url, "--consortium", str(net.consortium.directory),
+                       "--as", "auditor", "--json"]
+        verify = subprocess.run(bcfl_command(*verify_args, *(["--replay"] if ledger == "embedded" else [])),
+                                capture_output=True, text=True)
+        summary["ledger_verify_replayed"] = ledger == "embedded"
         summary["ledger_verify"] = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [verify.stderr]}
     finally:
         net.stop_all()
@@ -249,8 +251,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(ledger_table)
     verify = summary.get("ledger_verify", {})
     if verify.get("ok"):
+        replayed = ", every transaction re-executed" if summary.get("ledger_verify_replayed") else ""
         console.print(f"[green]bcfl ledger verify: OK[/green] ({verify.get('blocks')} blocks, "
-                      f"{verify.get('transactions')} transactions, every transaction re-executed)")
+                      f"{verify.get('transactions')} transactions{replayed})")
     else:
         console.print(f"[red]bcfl ledger verify FAILED[/red]: {verify.get('problems')}")
     state = summary.get("state")
@@ -276,19 +279,21 @@ def _fmt_pooled(value: float | None) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Initial model seed.")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("bcfl-demo"),
               show_default=True, help="Where the consortium, ledger, store, logs and summary go.")
+@click.option("--ledger", type=click.Choice(["embedded", "fabric"]), default="embedded", show_default=True,
+              help="embedded: SQLite hash chain; fabric: a native Hyperledger Fabric network on loopback.")
 @click.option("--fresh/--no-fresh", default=True, show_default=True, help="Replace a previous demo run in WORKDIR.")
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
 def demo_command(dataset: str, data_dir: Path | None, hospitals: int, rounds: int | None, malicious: int,
-                 no_dp: bool, epsilon: float | None, seed: int, workdir: Path, fresh: bool, timeout: float,
-                 as_json: bool) -> None:
+                 no_dp: bool, epsilon: float | None, seed: int, workdir: Path, ledger: str, fresh: bool,
+                 timeout: float, as_json: bool) -> None:
     """Run a whole trial on this machine: a coordinator server and one silo agent process per
     hospital on loopback, DP and HE on, votes deciding what is aggregated; then print per-round
     accuracy, accepted updates, epsilon and rewards, and verify the ledger."""
     console = Console()
     summary = run_demo(workdir=workdir, dataset_name=dataset, data_dir=data_dir, hospitals=hospitals, rounds=rounds,
                        malicious=malicious, dp=not no_dp, epsilon=epsilon, seed=seed, fresh=fresh, timeout=timeout,
-                       console=console)
+                       console=console, ledger=ledger)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     if summary.get("state") != "COMPLETED" or not summary.get("ledger_verify", {}).get("ok"):

@@ -125,11 +125,14 @@ class LocalNetwork:
     port: int = 0
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     poll_interval: float = 0.3
+    fabric: Any = None  # the FabricNetwork when the ledger is a real Fabric network
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, hospitals: int, *, fresh: bool = False, ledger_url: str | None = None,
-               store_url: str | None = None) -> LocalNetwork:
+    def create(cls, root: Path, hospitals: int, *, fresh: bool = False, ledger: str = "embedded",
+               store_url: str | None = None, report: Any = None) -> LocalNetwork:
+        """Make the consortium, the ledger (``embedded``, or ``fabric``: a native Fabric network
+        under ROOT/fabric with one peer per organisation) and the store."""
         root = root.resolve()
         if root.exists() and any(root.iterdir()):
             if not (root / MARKER).exists():
@@ -143,11 +146,21 @@ class LocalNetwork:
         root.mkdir(parents=True, exist_ok=True)
         (root / MARKER).write_text("made by bcfl; safe to delete\n")
         consortium = init_consortium(root / "consortium", hospitals=hospitals, name="demo-consortium")
-        ledger_url = ledger_url or f"embedded://{root / 'ledger' / 'ledger.db'}"
-        if ledger_url.startswith("embedded:"):
+        fabric = None
+        if ledger == "embedded":
+            ledger_url = f"embedded://{root / 'ledger' / 'ledger.db'}"
             create_embedded_ledger(ledger_url, consortium, consortium.identity("admin")).close()
+        elif ledger == "fabric":
+            from consortium.network_cli import FabricNetwork
+
+            fabric = FabricNetwork(root / "fabric", consortium_dir=consortium.directory)
+            fabric.up(report=report)
+            ledger_url = fabric.ledger_url()
+        else:
+            raise ConfigError(f"ledger: got {ledger!r}, expected 'embedded' or 'fabric'")
         store_url = store_url or f"file://{root / 'store'}"
-        return cls(root=root, hospitals=hospitals, consortium=consortium, ledger_url=ledger_url, store_url=store_url)
+        return cls(root=root, hospitals=hospitals, consortium=consortium, ledger_url=ledger_url,
+                   store_url=store_url, fabric=fabric)
 
     def hospital_names(self) -> list[str]:
         return [f"hospital{i}" for i in range(1, self.hospitals + 1)]
@@ -253,6 +266,8 @@ class LocalNetwork:
                 self.processes[name].stop()
         if "coordinator" in self.processes:
             self.processes["coordinator"].stop()
+        if self.fabric is not None:
+            self.fabric.down(purge=False)
 
 
 def wait_for(predicate: Any, *, timeout: float, interval: float = 0.3, what: str = "condition") -> Any:

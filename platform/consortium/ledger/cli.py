@@ -69,8 +69,12 @@ def verify_command(url: str, identity_dir: Path | None, consortium_dir: Path | N
     Exits 0 when the ledger verifies, 6 when it does not.
     """
     ledger = open_ledger(url, resolve_identity(identity_dir, consortium_dir, member))
+    if replay and not getattr(ledger, "supports_replay", False):
+        ledger.close()
+        raise ConfigError(f"--replay: the ledger at {url} cannot re-execute its transactions here; "
+                          "expected an embedded:// ledger (Fabric's peers re-executed them at endorsement)")
     try:
-        report = ledger.verify(replay=replay) if replay else ledger.verify()
+        report = ledger.verify(replay=True) if replay else ledger.verify()
     finally:
         ledger.close()
     if as_json:

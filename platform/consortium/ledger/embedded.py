@@ -113,6 +113,8 @@ def _connect(path: Path) -> sqlite3.Connection:
 class EmbeddedLedger:
     """``Ledger`` over a SQLite file, acting as ``identity``."""
 
+    supports_replay = True  # verify(replay=True) re-executes every transaction
+
     def __init__(self, path: Path, identity: Identity, clock: Callable[[], float] = time.time):
         self.path = path
         self.identity = identity
