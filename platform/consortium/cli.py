@@ -20,6 +20,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
     "silo": ("silo_agent.cli:silo_group", "Run a hospital's silo agent: enrol, train, vote, attest."),
     "network": ("consortium.network_cli:network_group", "Run a local Hyperledger Fabric network (no Docker)."),
     "demo": ("coordinator.demo:demo_command", "Run a whole trial on this machine (coordinator + one silo per hospital)."),
+    "audit": ("coordinator.audit_cli:audit_group", "The auditor's read-only view: trials, privacy, rewards, lineage, verification, settlement."),
     "settlement": ("consortium.settlement_cli:settlement_group", "Optional Ethereum settlement: deploy, inspect, reconcile."),
 }
 

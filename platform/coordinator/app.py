@@ -44,6 +44,7 @@ from coordinator.schemas import (
     TrialSpec,
 )
 from coordinator.service import ENROLMENT_STATUSES, MAX_EVENTS_PAGE, CoordinatorService
+from coordinator.settlement_step import SettlementSwitchBody
 
 log = logging.getLogger(__name__)
 
@@ -423,6 +424,11 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
     def scheduler_status() -> dict[str, Any]:
         return service.scheduler.status()
 
+    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/settlement", tags=["read"],
+             summary="Ethereum settlement of the trial: switch, halt (e.g. SETTLEMENT_CHAIN_CHANGED) and each round's settlement")
+    def get_settlement(trial_id: TrialId) -> dict[str, Any]:
+        return service.trial_settlement(trial_id)
+
     @app.get(f"{API_PREFIX}/audit-log", tags=["read"], summary="The API audit log (admins and auditors)")
     def audit_log(
         who: Who,
@@ -504,6 +510,11 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
     def abort_round(body: ReasonBody, trial_id: TrialId, round_number: RoundNo,
                     who: Who) -> dict[str, Any]:
         return service.abort_round(trial_id, round_number, body.reason, who)
+
+    @app.put(f"{API_PREFIX}/admin/trials/{{trial_id}}/settlement", tags=["admin"],
+             summary="Switch Ethereum settlement of the trial's finalized rounds on or off (on again resumes after a halt)")
+    def set_settlement(body: SettlementSwitchBody, trial_id: TrialId, who: Who) -> dict[str, Any]:
+        return service.set_trial_settlement(trial_id, body.enabled, body.reason, who)
 
     @app.post(f"{API_PREFIX}/admin/scheduler/run", tags=["admin"], summary="Run one scheduler pass now and return what it did")
     def run_scheduler() -> dict[str, Any]:

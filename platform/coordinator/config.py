@@ -17,8 +17,15 @@ Example (all keys; only ``consortium`` is required)::
     max_body_bytes = 1048576                     # larger request bodies get 413
     max_clock_skew = 300                         # seconds a signed request's timestamp may be off
 
+    [settlement]                                 # optional Ethereum settlement (coordinator.settlement_step)
+    url = "eth://127.0.0.1:8545?deployment=deployment.json&key=settler.key"
+    payees = "payees.toml"                       # [payees] MSP id -> Ethereum address
+
 Relative paths in a file are relative to the file's directory; in the environment, to the
-working directory. The top-level table may be ``[coordinator]`` or the file's root.
+working directory. The top-level table may be ``[coordinator]`` or the file's root. The
+``[settlement]`` keys are also ``settlement_url`` / ``settlement_payees`` (environment
+``BCFL_COORDINATOR_SETTLEMENT_URL`` / ``BCFL_COORDINATOR_SETTLEMENT_PAYEES``); give both or
+neither. Settlement is then available; each trial still opts in (admin API, coordinator database).
 """
 
 from __future__ import annotations
@@ -53,6 +60,8 @@ class CoordinatorConfig:
     poll_interval: float = 2.0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_clock_skew: int = 300
+    settlement_url: str | None = None
+    settlement_payees: Path | None = None
 
     @property
     def base_url(self) -> str:
@@ -68,7 +77,9 @@ class CoordinatorConfig:
 
 
 KEYS = tuple(f.name for f in fields(CoordinatorConfig))
-_PATH_KEYS = ("consortium", "admin_identity", "coordinator_identity", "state_dir")
+_PATH_KEYS = ("consortium", "admin_identity", "coordinator_identity", "state_dir", "settlement_payees")
+# [settlement] table key -> configuration key
+SETTLEMENT_TABLE_KEYS = {"url": "settlement_url", "payees": "settlement_payees"}
 
 
 def _convert(key: str, value: Any, source: str, base: Path) -> Any:
@@ -80,7 +91,7 @@ def _convert(key: str, value: Any, source: str, base: Path) -> Any:
             raise bad("a path")
         path = Path(value).expanduser()
         return path if path.is_absolute() else (base / path)
-    if key in ("ledger_url", "store_url", "database_url", "host"):
+    if key in ("ledger_url", "store_url", "database_url", "host", "settlement_url"):
         if not isinstance(value, str) or not value:
             raise bad("a non-empty string")
         return value
@@ -130,13 +141,23 @@ def load_config(
         table = data.get("coordinator", data)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [coordinator] must be a table")
-        unknown = sorted(set(table) - set(KEYS) - ({"coordinator"} if table is data else set()))
+        unknown = sorted(set(table) - set(KEYS) - ({"coordinator", "settlement"} if table is data else set()))
         if unknown:
             raise ConfigError(f"{path}: unknown keys {unknown}; expected some of {list(KEYS)}", detail={"unknown": unknown})
         base = path.resolve().parent
         for key, value in table.items():
             if key in KEYS:
                 values[key] = _convert(key, value, str(path), base)
+        settlement = data.get("settlement", {})
+        if not isinstance(settlement, dict):
+            raise ConfigError(f"{path}: [settlement] must be a table")
+        unknown = sorted(set(settlement) - set(SETTLEMENT_TABLE_KEYS))
+        if unknown:
+            raise ConfigError(f"{path}: unknown [settlement] keys {unknown}; expected some of {sorted(SETTLEMENT_TABLE_KEYS)}",
+                              detail={"unknown": unknown})
+        for key, value in settlement.items():
+            name = SETTLEMENT_TABLE_KEYS[key]
+            values[name] = _convert(name, value, f"{path} [settlement] {key}", base)
     cwd = Path.cwd()
     for key in KEYS:
         name = ENV_PREFIX + key.upper()
@@ -152,6 +173,13 @@ def load_config(
             "no consortium directory configured: set `consortium` in coordinator.toml or "
             f"{ENV_PREFIX}CONSORTIUM (a directory made by `bcfl consortium init`)",
             detail={"key": "consortium"},
+        )
+    if ("settlement_url" in values) != ("settlement_payees" in values):
+        missing = "payees" if "settlement_url" in values else "url"
+        raise ConfigError(
+            f"settlement: {missing} is missing; expected both [settlement] url (eth://...) and payees "
+            "(a TOML/JSON map MSP id -> Ethereum address), or neither (settlement off)",
+            detail={"key": f"settlement_{missing}"},
         )
     consortium: Path = values["consortium"]
     state_dir: Path = values.get("state_dir") or DEFAULT_STATE_DIR.expanduser()

@@ -1,4 +1,4 @@
-"""The coordinator's own database: only what the ledger cannot hold (enrolment requests, request nonces, scheduler bookkeeping, API audit log).
+"""The coordinator's own database: only what the ledger cannot hold (enrolment requests, request nonces, scheduler bookkeeping, API audit log, per-trial settlement switch).
 
 SQLite by default, PostgreSQL through ``postgresql://`` (driven by psycopg 3). The schema is
 owned by the Alembic migrations in ``coordinator/migrations``; :meth:`Database.upgrade` brings a
@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Float,
     Integer,
     MetaData,
@@ -146,6 +147,37 @@ class SchedulerState(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class TrialSettlement(Base):
+    """Whether a trial's finalized rounds are settled on Ethereum, and why settling stopped if it did.
+
+    The contract's trial record has no field for it (create_trial refuses unknown fields), so the
+    per-trial switch lives here; the ledger shows each settled round (``round_rewards.settlement``).
+    """
+
+    __tablename__ = "trial_settlements"
+
+    trial_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    changed_at: Mapped[float] = mapped_column(Float, nullable=False)
+    changed_by: Mapped[str] = mapped_column(String(256), nullable=False)
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Set when settling stopped for this trial (SETTLEMENT_CHAIN_CHANGED, SETTLEMENT_CONFLICT, ...);
+    # cleared when the admin switches settlement on again.
+    halted_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    halted_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    halted_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    halted_round: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    halted_attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        halted = None
+        if self.halted_code is not None:
+            halted = {"code": self.halted_code, "message": self.halted_message, "at": self.halted_at,
+                      "round": self.halted_round, "attempt": self.halted_attempt}
+        return {"trial_id": self.trial_id, "enabled": self.enabled, "changed_at": self.changed_at,
+                "changed_by": self.changed_by, "reason": self.reason, "halted": halted}
 
 
 class AuditEntry(Base):
@@ -377,3 +409,46 @@ class Database:
                 session.add(SchedulerState(key=key, value=value))
             else:
                 row.value = value
+
+    # -- per-trial settlement ------------------------------------------------------------------
+    def trial_settlement(self, trial_id: str) -> dict[str, Any] | None:
+        with self.session() as session:
+            row = session.get(TrialSettlement, trial_id)
+            return None if row is None else row.to_dict()
+
+    def trial_settlements(self, *, enabled: bool | None = None) -> list[dict[str, Any]]:
+        with self.session() as session:
+            query = select(TrialSettlement).order_by(TrialSettlement.trial_id)
+            if enabled is not None:
+                query = query.where(TrialSettlement.enabled == enabled)
+            return [row.to_dict() for row in session.scalars(query)]
+
+    def set_trial_settlement(self, trial_id: str, enabled: bool, *, by: str, reason: str | None = None) -> dict[str, Any]:
+        """Switch settlement on or off for a trial; switching it on also clears a halt (resume)."""
+        with self.session() as session:
+            row = session.get(TrialSettlement, trial_id)
+            if row is None:
+                row = TrialSettlement(trial_id=trial_id)
+                session.add(row)
+            row.enabled = enabled
+            row.changed_at = time.time()
+            row.changed_by = by
+            row.reason = reason
+            if enabled:
+                row.halted_code = row.halted_message = None
+                row.halted_at = None
+                row.halted_round = row.halted_attempt = None
+            session.flush()
+            return row.to_dict()
+
+    def halt_trial_settlement(self, trial_id: str, code: str, message: str, *, round: int | None = None,
+                              attempt: int | None = None) -> None:
+        with self.session() as session:
+            row = session.get(TrialSettlement, trial_id)
+            if row is None:
+                return
+            row.halted_code = code
+            row.halted_message = message
+            row.halted_at = time.time()
+            row.halted_round = round
+            row.halted_attempt = attempt

@@ -13,6 +13,9 @@ progress, does the next thing the contract expects from the coordinator:
   secret key.
 * ATTEST -> nothing: the contract finalizes the round when a quorum of hospitals attests.
 * ``head.round == rounds`` and no round in progress -> ``complete_trial`` (admin identity).
+* then, with settlement configured (``settlement``, a :class:`coordinator.settlement_step.SettlementStep`):
+  every finalized round of an opted-in trial (any trial state) not yet settled is paid on
+  Ethereum and its transaction recorded on the ledger; settlement never holds up training.
 
 State lives on the ledger only; the database keeps bookkeeping (which steps ran, with which
 transaction). A restart simply reads the ledger again: a step already committed is seen as done,
@@ -91,6 +94,7 @@ class Scheduler:
         *,
         admin_ledger: Any | None = None,
         database: Any | None = None,
+        settlement: Any | None = None,
         clock: Callable[[], float] = time.time,
         poll_interval: float = 2.0,
         max_steps_per_trial: int = 16,
@@ -99,6 +103,7 @@ class Scheduler:
         self.admin_ledger = admin_ledger
         self.store = store
         self.database = database
+        self.settlement = settlement
         self.clock = clock
         self.poll_interval = poll_interval
         self.max_steps_per_trial = max_steps_per_trial
@@ -162,6 +167,8 @@ class Scheduler:
             self._events_seen += len(new_events)
             for trial in self.ledger.evaluate("list_trials", {"state": "RUNNING"}):
                 outcomes.extend(self.run_trial(trial["trial_id"]))
+            if self.settlement is not None:
+                outcomes.extend(self.settlement.tick())
             self._height = self.ledger.height()
             if self.database is not None:
                 self.database.set_state("last_block", str(self._height))
@@ -420,6 +427,7 @@ class Scheduler:
             "events_seen": self._events_seen,
             "trials": dict(self._trials),
             "recent_steps": [] if self.database is None else self.database.steps(limit=25),
+            "settlement": {"configured": False} if self.settlement is None else self.settlement.status(),
         }
 
 

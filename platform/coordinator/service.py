@@ -31,6 +31,7 @@ from coordinator.db import Database, EnrolmentRequest
 from coordinator.ledgers import ThreadBoundLedger
 from coordinator.scheduler import Scheduler
 from coordinator.schemas import TrialSpec
+from coordinator.settlement_step import SettlementStep
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class CoordinatorService:
             # Reads (and ledger verification, which can take a while) never hold up the scheduler.
             self.reader = self._open_ledger(self.coordinator_identity, "reader", options)
             self.store = open_store(config.store_url)
+            self.settlement = SettlementStep.from_config(config, self.coordinator_ledger, self.database)
         except BaseException:
             self.close()
             raise
@@ -121,6 +123,7 @@ class CoordinatorService:
             self.store,
             admin_ledger=self.admin_ledger,
             database=self.database,
+            settlement=self.settlement,
             clock=self.clock,
             poll_interval=config.poll_interval,
         )
@@ -154,6 +157,10 @@ class CoordinatorService:
             except Exception:  # closing must not hide the first failure
                 log.exception("closing ledger client failed")
         self._ledgers = []
+        settlement = getattr(self, "settlement", None)
+        if settlement is not None:
+            settlement.close()
+            self.settlement = None
         self.database.close()
 
     # -- reads -------------------------------------------------------------------------------
@@ -263,6 +270,32 @@ class CoordinatorService:
 
     def abort_round(self, trial_id: str, round_number: int, reason: str, principal: Principal | None = None) -> dict[str, Any]:
         return self._admin("abort_round", {"trial_id": trial_id, "round": round_number, "reason": reason}, principal)
+
+    # -- settlement (optional, per trial) ------------------------------------------------------
+    def trial_settlement(self, trial_id: str) -> dict[str, Any]:
+        """The trial's settlement switch, any halt, and its rounds' settlements on the ledger."""
+        self.trial(trial_id)
+        if self.settlement is None:
+            return {"trial_id": trial_id, "configured": False, "enabled": False,
+                    "switch": self.database.trial_settlement(trial_id), "halted": None}
+        return self.settlement.trial_status(trial_id)
+
+    def set_trial_settlement(self, trial_id: str, enabled: bool, reason: str | None = None,
+                             principal: Principal | None = None) -> dict[str, Any]:
+        """Switch Ethereum settlement on or off for a trial; switching on again resumes a halted one."""
+        self.trial(trial_id)
+        if enabled and self.settlement is None:
+            raise ConfigError(
+                "settlement is not configured on this coordinator; expected [settlement] url (eth://...) and "
+                "payees in coordinator.toml (or BCFL_COORDINATOR_SETTLEMENT_URL / _PAYEES)",
+                code="SETTLEMENT_NOT_CONFIGURED", detail={"trial_id": trial_id},
+            )
+        self.database.set_trial_settlement(trial_id, enabled, by=_who(principal), reason=reason)
+        log.info("settlement %s for trial %s by %s", "on" if enabled else "off", trial_id, _who(principal))
+        if self.settlement is not None:
+            self.settlement.retry_now(trial_id)
+        self.scheduler.wake()
+        return self.trial_settlement(trial_id)
 
     # -- enrolment ---------------------------------------------------------------------------
     def _ledger_enrolment(self, trial_id: str, msp_id: str) -> dict[str, Any] | None:

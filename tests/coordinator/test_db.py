@@ -17,7 +17,7 @@ from consortium.http_auth import sign_request
 from coordinator.cli import coordinator_group
 from coordinator.db import Database, EnrolmentRequest, metadata, normalise_database_url
 
-TABLES = {"request_nonces", "enrolment_requests", "scheduler_steps", "scheduler_state", "api_audit_log", "alembic_version"}
+TABLES = {"request_nonces", "enrolment_requests", "scheduler_steps", "scheduler_state", "api_audit_log", "trial_settlements", "alembic_version"}
 
 
 def test_migrations_create_the_schema_of_the_models(database_url: str) -> None:
@@ -26,14 +26,14 @@ def test_migrations_create_the_schema_of_the_models(database_url: str) -> None:
         assert database.current_revision() is None
         database.upgrade()
         database.upgrade()  # idempotent
-        assert database.current_revision() == "0001"
+        assert database.current_revision() == "0002"
         assert set(inspect(database.engine).get_table_names()) == TABLES
         with database.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), metadata) == []
         database.downgrade("base")
         assert set(inspect(database.engine).get_table_names()) == {"alembic_version"}
         database.upgrade()
-        assert database.current_revision() == "0001"
+        assert database.current_revision() == "0002"
     finally:
         database.close()
 
@@ -86,7 +86,7 @@ def test_url_normalisation_and_cli_upgrade(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     result = CliRunner().invoke(coordinator_group, ["db", "upgrade", "--database-url", url])
     assert result.exit_code == 0, result.output
-    assert "revision 0001" in result.output
+    assert "revision 0002" in result.output
     with pytest.raises(Exception) as info:
         Database("mysql://h/db")
     assert info.value.code == "CONFIG"  # type: ignore[attr-defined]
