@@ -1,0 +1,634 @@
+"""The silo agent: one state machine over the ledger's trial and round records.
+
+Each ``tick`` reads the trials this hospital is enrolled in and, for the current round's phase,
+does its own step at most once (the protocol is ``chaincode.contract``'s docstring):
+
+key set-up   the designated key holder (first enrolled hospital by MSP id) creates the trial's
+             CKKS secret context, seals it to every enrolled hospital's X25519 key, stores the
+             public context and the envelopes, and records them (record_trial_keys)
+SUBMIT       budget check, DP training from the round's base model, ``delta * sample_weight``
+             encrypted, stored, committed (commit_update)
+REVEAL       reveal_update with the journal's salt
+VOTE_COMMIT  decrypt each peer candidate, score it on the local validation split, commit_votes
+VOTE_REVEAL  reveal_votes
+ATTEST       decrypt the aggregate, divide by total_weight, apply to the base, release-round,
+             encode, attest_model with its sha256
+FINALIZED    keep the model and its local metrics
+
+Everything a submission discloses (salts, content ids, scores, hashes) is written to the journal
+in the state directory BEFORE it is submitted, so a silo killed at any point resumes with the
+same values; the ledger's own records decide whether a step is already done, and the contract's
+DUPLICATE refusal is only the last guard.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from chaincode.commitments import new_salt, update_commitment, votes_commitment
+from consortium.errors import (
+    BcflError,
+    ConfigError,
+    ContractError,
+    PrivacyBudgetExceeded,
+    PrivacyError,
+    StoreError,
+)
+from consortium.identity import Identity, load_identity
+from consortium.ledger import Ledger, open_ledger
+from consortium.storage import ArtifactStore, open_store
+from privacy import dp, he
+from silo_agent.config import SiloConfig
+from silo_agent.data import EncodedData, LocalSplit, load_data, schema_sha256, split
+from silo_agent.models import build_from_spec, decode_model, encode_model, parameter_count
+from silo_agent.state import SiloState
+from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
+
+log = logging.getLogger(__name__)
+
+MAX_SCORE_MICRO = 10**12
+# A peer update that cannot be fetched, verified or decrypted gets the lowest score: it is
+# rejected by the votes instead of stopping the round.
+REJECT_SCORE_MICRO = -MAX_SCORE_MICRO
+# Aliases of the contract's default HE preset name for privacy.he's default preset.
+HE_PRESET_ALIASES = {"standard": he.DEFAULT_PRESET, "default": he.DEFAULT_PRESET}
+# Round indexes in the accountant: one per (round, attempt).
+_ATTEMPTS_PER_ROUND = 1_000_000
+
+
+@dataclass(frozen=True)
+class Step:
+    """Something the agent did or noticed (what `bcfl silo run` prints)."""
+
+    trial_id: str
+    action: str
+    detail: str = ""
+    round: int | None = None
+    attempt: int | None = None
+    level: str = "info"  # info | warning | error
+
+    def __str__(self) -> str:
+        where = f"{self.trial_id}" + (f" r{self.round}.{self.attempt}" if self.round is not None else "")
+        return f"[{where}] {self.action}" + (f": {self.detail}" if self.detail else "")
+
+
+def he_preset_name(trial: dict[str, Any]) -> str:
+    """The privacy.he preset of a trial (refusing HE-off trials: no plaintext update kind exists)."""
+    record = trial.get("he") or {}
+    if not record.get("enabled", True):
+        raise PrivacyError(
+            f"trial {trial['trial_id']!r}: he.enabled is false; this silo agent sends updates only "
+            "encrypted (privacy.he has no plaintext update kind), expected he.enabled = true",
+            code="HE_REQUIRED",
+            detail={"trial_id": trial["trial_id"], "field": "he.enabled"},
+        )
+    name = record.get("preset") or he.DEFAULT_PRESET
+    return he.get_preset(HE_PRESET_ALIASES.get(name, name)).name
+
+
+def release_rng(secret_context: bytes, trial_id: str, aggregate_sha256: str) -> np.random.Generator:
+    """The release noise generator: the same on every key holder, unknown to everyone else.
+
+    Seeded by an HMAC keyed with the trial's secret context, so every silo floods and rounds the
+    aggregate identically (equal attestations) while the coordinator, who saw the ciphertexts,
+    cannot reproduce (and subtract) the flooding noise.
+    """
+    digest = hmac.new(secret_context, f"bcfl/release/1/{trial_id}/{aggregate_sha256}".encode(), hashlib.sha256).digest()
+    return np.random.default_rng(int.from_bytes(digest, "little"))
+
+
+@dataclass
+class _TrialContext:
+    trial: dict[str, Any]
+    preset: str
+    secret: he.HEContext | None = None
+    secret_bytes: bytes | None = None
+    split: LocalSplit | None = None
+    test: EncodedData | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class SiloAgent:
+    """One hospital's agent. Pass ``ledger``/``store``/``identity`` to reuse open ones (tests)."""
+
+    def __init__(
+        self,
+        config: SiloConfig,
+        *,
+        identity: Identity | None = None,
+        ledger: Ledger | None = None,
+        store: ArtifactStore | None = None,
+        ledger_options: dict[str, Any] | None = None,
+        report: Callable[[Step], None] | None = None,
+    ):
+        self.config = config
+        self.identity = identity or load_identity(config.identity)
+        self.msp_id = self.identity.msp_id
+        self.ledger = ledger or open_ledger(config.ledger_url, self.identity, **(ledger_options or {}))
+        self.store = store or open_store(config.store_url)
+        self.state = SiloState(config.state_dir)
+        self.report = report
+        self._contexts: dict[str, _TrialContext] = {}
+
+    # -- ledger helpers ------------------------------------------------------------------------
+    def _q(self, function: str, **args: Any) -> Any:
+        return self.ledger.evaluate(function, args)
+
+    def _submit(self, function: str, **args: Any) -> Any:
+        return self.ledger.submit(function, args).result
+
+    def _emit(self, steps: list[Step], step: Step) -> None:
+        steps.append(step)
+        (log.warning if step.level != "info" else log.info)("%s", step)
+        if self.report is not None:
+            self.report(step)
+
+    # -- trials --------------------------------------------------------------------------------
+    def my_trials(self, states: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """Trials this hospital is (or was) enrolled in, optionally only in ``states``."""
+        out = []
+        for trial in self._q("list_trials"):
+            if self.config.trials and trial["trial_id"] not in self.config.trials:
+                continue
+            if states is not None and trial["state"] not in states:
+                continue
+            if self.enrolment(trial["trial_id"]) is not None:
+                out.append(trial)
+        return out
+
+    def enrolment(self, trial_id: str) -> dict[str, Any] | None:
+        for record in self._q("get_enrolments", trial_id=trial_id):
+            if record["msp_id"] == self.msp_id:
+                return record
+        return None
+
+    def tick(self) -> list[Step]:
+        """Do every step that is due now, once. Safe to call any number of times."""
+        steps: list[Step] = []
+        with self.state.lock():
+            for trial in self.my_trials(("RUNNING", "COMPLETED")):
+                try:
+                    self._step_trial(trial, steps)
+                except BcflError as exc:
+                    # This trial's step failed (bad local data, a refused policy, an unreachable
+                    # store, ...); nothing was sent for it, other trials continue, and the next
+                    # tick retries from the journal.
+                    self._problem(steps, trial["trial_id"], exc)
+        return steps
+
+    def _problem(self, steps: list[Step], trial_id: str, exc: BcflError) -> None:
+        journal = self.state.journal(trial_id)
+        text = f"{exc.code}: {exc.message}"
+        if journal.get("problem") != text:  # say it once, not on every tick
+            self.state.trial_record(trial_id, "problem", text)
+            self._emit(steps, Step(trial_id, "problem", text, level="error"))
+
+    def _step_trial(self, trial: dict[str, Any], steps: list[Step]) -> None:
+        trial_id = trial["trial_id"]
+        ctx = self._context(trial)
+        if ctx.secret is None and not self._open_keys(ctx, steps):
+            return
+        if self.state.journal(trial_id).get("problem"):
+            self.state.trial_record(trial_id, "problem", None)
+        self._local_data(ctx)
+        self._record_lineage_metrics(ctx, steps)
+        if trial["state"] != "RUNNING" or trial["current"] is None:
+            return
+        cur = trial["current"]
+        rnd = self._q("get_round", trial_id=trial_id, round=cur["round"], attempt=cur["attempt"])
+        enrolment = self.enrolment(trial_id)
+        if enrolment is None or enrolment["status"] != "enrolled":
+            return
+        handler = {
+            "SUBMIT": self._submit_update,
+            "REVEAL": self._reveal_update,
+            "VOTE_COMMIT": self._commit_votes,
+            "VOTE_REVEAL": self._reveal_votes,
+            "ATTEST": self._attest,
+            # A silo that missed the quorum still attests: a later equal hash is recorded, a
+            # different one becomes a dispute for the admin (the contract decides which).
+            "FINALIZED": self._attest,
+        }.get(rnd["phase"])
+        if handler is not None:
+            handler(ctx, rnd, steps)
+
+    def _context(self, trial: dict[str, Any]) -> _TrialContext:
+        ctx = self._contexts.get(trial["trial_id"])
+        if ctx is None:
+            ctx = _TrialContext(trial=trial, preset=he_preset_name(trial))
+            self._contexts[trial["trial_id"]] = ctx
+        ctx.trial = trial
+        return ctx
+
+    # -- keys ----------------------------------------------------------------------------------
+    def _open_keys(self, ctx: _TrialContext, steps: list[Step]) -> bool:
+        trial_id = ctx.trial["trial_id"]
+        try:
+            keys = self._q("get_trial_keys", trial_id=trial_id)
+        except ContractError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            if ctx.trial["state"] == "RUNNING":
+                self._setup_keys(ctx, steps)
+            return False
+        envelope_ref = keys["envelopes"].get(self.msp_id)
+        if envelope_ref is None:
+            self._emit(steps, Step(trial_id, "waiting", f"no key envelope for {self.msp_id} (enrolled after key set-up)", level="warning"))
+            return False
+        envelope = self._fetch(envelope_ref["content_id"], envelope_ref["sha256"])
+        secret = he.open_envelope(envelope, self.identity.encryption_private_key(), trial_id=trial_id, recipient=self.msp_id)
+        ctx.secret = he.load_secret_context(secret, ctx.preset)
+        ctx.secret_bytes = secret
+        return True
+
+    def _setup_keys(self, ctx: _TrialContext, steps: list[Step]) -> None:
+        trial_id = ctx.trial["trial_id"]
+        enrolled = [r for r in self._q("get_enrolments", trial_id=trial_id) if r["status"] == "enrolled"]
+        holder = min(r["msp_id"] for r in enrolled) if enrolled else None
+        if holder != self.msp_id:
+            return
+        secret_ctx = he.generate_context(ctx.preset)
+        secret = secret_ctx.secret_bytes()
+        public = self.store.put(secret_ctx.public_bytes())
+        envelopes = {}
+        for record in enrolled:
+            key = X25519PublicKey.from_public_bytes(base64.b64decode(record["encryption_public_key"]))
+            sealed = he.seal_envelope(secret, key, trial_id=trial_id, recipient=record["msp_id"])
+            stored = self.store.put(sealed)
+            envelopes[record["msp_id"]] = {"content_id": stored.content_id, "sha256": stored.sha256}
+        try:
+            self._submit(
+                "record_trial_keys",
+                trial_id=trial_id,
+                public_context={"content_id": public.content_id, "sha256": public.sha256},
+                envelopes=envelopes,
+            )
+        except ContractError as exc:
+            if exc.code != "ALREADY_EXISTS":
+                raise
+        self._emit(steps, Step(trial_id, "keys recorded", f"CKKS preset {ctx.preset}, {len(envelopes)} envelopes"))
+
+    # -- data and models -----------------------------------------------------------------------
+    def _local_data(self, ctx: _TrialContext) -> LocalSplit:
+        if ctx.split is None:
+            if self.config.data_path is None:
+                raise ConfigError("[data] path is not set; expected the hospital's CSV or Parquet file")
+            schema = ctx.trial["data_schema"]
+            data = load_data(self.config.data_path, schema, columns=self.config.columns, format=self.config.data_format)
+            ctx.split = split(data, trial_id=ctx.trial["trial_id"], msp_id=self.msp_id, validation_fraction=self.config.validation_fraction)
+            if self.config.test_path is not None:
+                ctx.test = load_data(self.config.test_path, schema, columns=self.config.columns, format=self.config.data_format)
+        return ctx.split
+
+    def _fetch(self, content_id: str | None, sha256: str) -> bytes:
+        if content_id is None:
+            raise StoreError(f"artifact {sha256} has no content id to fetch")
+        data = self.store.get(content_id)
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"artifact {content_id}: sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256} (the ledger's)")
+        return data
+
+    def _n_params(self, ctx: _TrialContext) -> int:
+        if "n_params" not in ctx.extras:
+            ctx.extras["n_params"] = parameter_count(build_from_spec(ctx.trial["model"], ctx.trial["data_schema"]))
+        return int(ctx.extras["n_params"])
+
+    def model_bytes(self, ctx: _TrialContext, head: dict[str, Any]) -> bytes:
+        """The model of a lineage point ``{round, attempt, model: {content_id, sha256}}``: the local
+        copy, else the store, else rebuilt from its base and the round's aggregate (recursively)."""
+        trial_id = ctx.trial["trial_id"]
+        ref = head["model"]
+        data = self.state.load_model(trial_id, ref["sha256"])
+        if data is not None:
+            return data
+        if ref.get("content_id"):
+            try:
+                data = self._fetch(ref["content_id"], ref["sha256"])
+            except StoreError:
+                if head["round"] == 0:
+                    raise
+                data = None
+            if data is not None:
+                decode_model(data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"])
+                self.state.save_model(trial_id, data)
+                return data
+        if head["round"] == 0:
+            raise StoreError(f"the initial model of trial {trial_id!r} has no content id to fetch")
+        rnd = self._q("get_round", trial_id=trial_id, round=head["round"], attempt=head["attempt"])
+        data = self._apply_aggregate(ctx, rnd)
+        got = hashlib.sha256(data).hexdigest()
+        if got != ref["sha256"]:
+            raise StoreError(
+                f"rebuilt model of round {head['round']} (attempt {head['attempt']}) of trial {trial_id!r} "
+                f"hashes to {got}, expected {ref['sha256']} (the ledger's)",
+                code="MODEL_MISMATCH",
+            )
+        return data
+
+    def _params(self, ctx: _TrialContext, head: dict[str, Any]) -> np.ndarray:
+        data = self.model_bytes(ctx, head)
+        return decode_model(data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"]).params
+
+    def _apply_aggregate(self, ctx: _TrialContext, rnd: dict[str, Any]) -> bytes:
+        """base + aggregate / total_weight, release-rounded: identical bytes on every silo."""
+        aggregate = rnd["aggregate"]
+        if aggregate is None:
+            raise StoreError(f"round {rnd['round']} of trial {rnd['trial_id']!r} has no aggregate recorded")
+        base = self._params(ctx, rnd["base"]).astype(np.float64)
+        blob = self._fetch(aggregate["content_id"], aggregate["sha256"])
+        delta = he.decrypt(ctx.secret, blob, expected_params=base.size, total_weight=float(aggregate["total_weight"]))
+        assert ctx.secret_bytes is not None
+        released = he.release(base + delta, rng=release_rng(ctx.secret_bytes, rnd["trial_id"], aggregate["sha256"]))
+        spec = ctx.trial["model"]
+        data = encode_model(spec["name"], spec.get("hyperparameters") or {}, schema_sha256(ctx.trial["data_schema"]), released.astype(np.float32))
+        self.state.save_model(rnd["trial_id"], data)
+        return data
+
+    # -- SUBMIT / REVEAL -----------------------------------------------------------------------
+    def _submissions(self, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        records = self._q("get_submissions", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"])
+        return {r["msp_id"]: r for r in records}
+
+    def _skip(self, steps: list[Step], rnd: dict[str, Any], reason: str, level: str = "warning") -> None:
+        self.state.record(rnd["trial_id"], rnd["round"], rnd["attempt"], "skipped", reason)
+        self._emit(steps, Step(rnd["trial_id"], "skipped round", reason, rnd["round"], rnd["attempt"], level))
+
+    def _submit_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        if self.msp_id not in rnd["enrolled"]:
+            return
+        entry = self.state.journal_entry(trial_id, r, a)
+        mine = self._submissions(rnd).get(self.msp_id)
+        if mine is not None or entry.get("skipped"):
+            return
+        update = entry.get("update")
+        if update is None:
+            update = self._prepare_update(ctx, rnd, steps)
+            if update is None:
+                return
+        try:
+            self._submit("commit_update", trial_id=trial_id, round=r, base_model_sha256=update["base_model_sha256"], commitment=update["commitment"])
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "STALE", "BUDGET_EXCEEDED", "NOT_ENROLLED"):
+                self._skip(steps, rnd, f"commit refused: {exc.code}: {exc.message}")
+                return
+            raise
+        self._emit(steps, Step(trial_id, "committed update", f"weight {update['sample_weight']}, epsilon +{update['epsilon_spent_micro'] / 1e6:.4f}", r, a))
+
+    def _prepare_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> dict[str, Any] | None:
+        trial, trial_id, r, a = ctx.trial, rnd["trial_id"], rnd["round"], rnd["attempt"]
+        local = self._local_data(ctx)
+        settings = TrainingSettings.from_hyperparameters(trial["model"].get("hyperparameters"))
+        accountant = open_accountant(self.state.accountant_path(trial_id), trial, settings, len(local.train))
+        epsilon_micro = 0
+        index = r * _ATTEMPTS_PER_ROUND + a
+        budget = None
+        if accountant is not None:
+            ledger_account = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]
+            limit = ledger_account["budget_micro"]
+            if self.config.epsilon_budget is not None:
+                limit = min(limit, dp.to_micro_epsilon(self.config.epsilon_budget, round_up=False))
+            budget = dp.PrivacyBudget(limit)
+            charged = any(e["round"] == index for e in accountant.rounds)
+            if not charged:
+                try:
+                    accountant.check_round(budget)
+                except PrivacyBudgetExceeded as exc:
+                    self._skip(steps, rnd, f"privacy budget: {exc.message}")
+                    return None
+        self._emit(steps, Step(trial_id, "training", f"{len(local.train)} samples, DP {'on' if accountant else 'off'}", r, a))
+        base = self._params(ctx, rnd["base"])
+        result = train_local(trial["model"], trial["data_schema"], base, local.train, accountant=accountant)
+        if accountant is not None:
+            if not any(e["round"] == index for e in accountant.rounds):
+                try:
+                    accountant.charge_round(index, budget=budget, steps=result.steps)
+                except PrivacyBudgetExceeded as exc:
+                    self._skip(steps, rnd, f"privacy budget: {exc.message}")
+                    return None
+            ledger_spent = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]["epsilon_spent_micro"]
+            epsilon_micro = max(0, accountant.spent_micro() - ledger_spent)
+        delta = result.params.astype(np.float64) - base.astype(np.float64)
+        if self.config.attack_kind == "sign_flip":
+            delta = -self.config.attack_scale * delta
+        weight = len(local.train)
+        # CKKS wraps around silently beyond the preset's range; an update is clipped into it
+        # (no honest update of a sensible model comes near it).
+        cap = he.get_preset(ctx.preset).max_abs_value * 0.999 / weight
+        if float(np.max(np.abs(delta))) > cap:
+            self._emit(steps, Step(trial_id, "clipped update", f"|delta| capped at {cap:.4g} for the HE range", r, a, "warning"))
+            delta = np.clip(delta, -cap, cap)
+        blob = he.encrypt_update(ctx.secret, delta, weight=float(weight))
+        stored = self.store.put(blob)
+        salt = new_salt()
+        commitment = update_commitment(
+            trial_id=trial_id, round=r, msp_id=self.msp_id, content_id=stored.content_id, sha256=stored.sha256,
+            sample_weight=weight, epsilon_spent_micro=epsilon_micro, salt=salt,
+        )
+        update = {
+            "base_model_sha256": rnd["base"]["model"]["sha256"],
+            "content_id": stored.content_id,
+            "sha256": stored.sha256,
+            "sample_weight": weight,
+            "epsilon_spent_micro": epsilon_micro,
+            "salt": salt,
+            "commitment": commitment,
+            "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
+            "steps": result.steps,
+        }
+        self.state.record(trial_id, r, a, "update", update)  # before commit_update is sent
+        return update
+
+    def _reveal_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        mine = self._submissions(rnd).get(self.msp_id)
+        if mine is None or mine["revealed"]:
+            return
+        update = self.state.journal_entry(trial_id, r, a).get("update")
+        if update is None or update["commitment"] != mine["commitment"]:
+            self._emit(steps, Step(trial_id, "cannot reveal", "the journal holds no update matching the ledger's commitment (state directory lost?)", r, a, "error"))
+            return
+        try:
+            self._submit(
+                "reveal_update", trial_id=trial_id, round=r, content_id=update["content_id"], sha256=update["sha256"],
+                sample_weight=update["sample_weight"], epsilon_spent_micro=update["epsilon_spent_micro"], salt=update["salt"],
+            )
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "BUDGET_EXCEEDED", "DUPLICATE_CONTENT", "NOT_ENROLLED"):
+                self._skip(steps, rnd, f"reveal refused: {exc.code}: {exc.message}")
+                return
+            raise
+        self._emit(steps, Step(trial_id, "revealed update", update["content_id"], r, a))
+
+    # -- votes ---------------------------------------------------------------------------------
+    def score_candidates(self, ctx: _TrialContext, rnd: dict[str, Any]) -> dict[str, int]:
+        """Score every peer candidate on the local validation split, in micro-units.
+
+        Metric: the decrease of the mean log-loss (cross-entropy) on the validation split when the
+        candidate's update alone is applied to the base model: ``loss(base) - loss(base + delta)``.
+        Log-loss rather than accuracy because validation splits are small (tens of rows), where
+        accuracy moves in coarse steps and is blind to confident mistakes, while the log-loss is
+        continuous and punishes a poisoned (sign-flipped, scaled) update heavily.
+        """
+        local = self._local_data(ctx)
+        spec, schema = ctx.trial["model"], ctx.trial["data_schema"]
+        base = self._params(ctx, rnd["base"]).astype(np.float64)
+        base_loss = evaluate(spec, schema, base, local.validation)["loss"]
+        submissions = self._submissions(rnd)
+        scores: dict[str, int] = {}
+        for candidate in rnd["candidates"]:
+            if candidate == self.msp_id:
+                continue
+            record = submissions.get(candidate)
+            try:
+                if record is None or not record["revealed"]:
+                    raise StoreError(f"{candidate} has no revealed update")
+                blob = self._fetch(record["content_id"], record["sha256"])
+                delta = he.decrypt(ctx.secret, blob, expected_params=base.size, total_weight=float(record["sample_weight"]))
+                loss = evaluate(spec, schema, base + delta, local.validation)["loss"]
+                value = (base_loss - loss) * 1e6
+                scores[candidate] = int(max(-MAX_SCORE_MICRO, min(MAX_SCORE_MICRO, round(value)))) if math.isfinite(value) else REJECT_SCORE_MICRO
+            except BcflError as exc:
+                log.warning("update of %s in %s round %s is unusable: %s", candidate, rnd["trial_id"], rnd["round"], exc)
+                scores[candidate] = REJECT_SCORE_MICRO
+        return scores
+
+    def _votes(self, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        records = self._q("get_votes", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"])
+        return {r["msp_id"]: r for r in records}
+
+    def _commit_votes(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        if self.msp_id in self._votes(rnd):
+            return
+        entry = self.state.journal_entry(trial_id, r, a)
+        votes = entry.get("votes")
+        if votes is None:
+            scores = self.score_candidates(ctx, rnd)
+            salt = new_salt()
+            votes = {
+                "scores": scores,
+                "salt": salt,
+                "commitment": votes_commitment(trial_id=trial_id, round=r, msp_id=self.msp_id, scores=scores, salt=salt),
+            }
+            self.state.record(trial_id, r, a, "votes", votes)  # before commit_votes is sent
+        try:
+            self._submit("commit_votes", trial_id=trial_id, round=r, commitment=votes["commitment"])
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "NOT_ENROLLED"):
+                self._emit(steps, Step(trial_id, "votes refused", f"{exc.code}: {exc.message}", r, a, "warning"))
+                return
+            raise
+        shown = ", ".join(f"{m}={s / 1e6:+.4f}" for m, s in sorted(votes["scores"].items()))
+        self._emit(steps, Step(trial_id, "committed votes", shown or "no peer candidates", r, a))
+
+    def _reveal_votes(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        mine = self._votes(rnd).get(self.msp_id)
+        if mine is None or mine["revealed"]:
+            return
+        votes = self.state.journal_entry(trial_id, r, a).get("votes")
+        if votes is None or votes["commitment"] != mine["commitment"]:
+            self._emit(steps, Step(trial_id, "cannot reveal votes", "the journal holds no votes matching the ledger's commitment", r, a, "error"))
+            return
+        try:
+            self._submit("reveal_votes", trial_id=trial_id, round=r, scores=votes["scores"], salt=votes["salt"])
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "NOT_ENROLLED"):
+                self._emit(steps, Step(trial_id, "votes reveal refused", f"{exc.code}: {exc.message}", r, a, "warning"))
+                return
+            raise
+        self._emit(steps, Step(trial_id, "revealed votes", "", r, a))
+
+    # -- ATTEST / FINALIZED --------------------------------------------------------------------
+    def _attest(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        attestations = self._q("get_attestations", trial_id=trial_id, round=r, attempt=a)
+        if any(x["msp_id"] == self.msp_id for x in attestations):
+            return
+        data = self._apply_aggregate(ctx, rnd)
+        sha = hashlib.sha256(data).hexdigest()
+        self.state.record(trial_id, r, a, "attestation", {"sha256": sha})  # before attest_model
+        try:
+            self._submit("attest_model", trial_id=trial_id, round=r, sha256=sha)
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "WRONG_STATE", "NOT_ENROLLED"):
+                self._emit(steps, Step(trial_id, "attestation refused", f"{exc.code}: {exc.message}", r, a, "warning"))
+                return
+            raise
+        self._emit(steps, Step(trial_id, "attested model", sha[:16], r, a))
+
+    def _record_lineage_metrics(self, ctx: _TrialContext, steps: list[Step]) -> None:
+        """Local metrics of round 0 and every finalized round not measured yet."""
+        trial = ctx.trial
+        trial_id = trial["trial_id"]
+        known = self.state.metrics(trial_id)
+        points = [{"round": 0, "attempt": 0, "model": trial["initial_model"]}] + [
+            {"round": e["round"], "attempt": e["attempt"], "model": e["model"]} for e in trial["lineage"]
+        ]
+        for head in points:
+            key = str(head["round"])
+            if key in known and known[key].get("model_sha256") == head["model"]["sha256"]:
+                continue
+            params = self._params(ctx, head)
+            metrics = self._metrics(ctx, params)
+            self.state.record_metrics(trial_id, key, {"round": head["round"], "attempt": head["attempt"], "model_sha256": head["model"]["sha256"], **metrics})
+            if head["round"] > 0:
+                val = metrics["validation"]
+                test = metrics.get("test")
+                detail = f"validation accuracy {val['accuracy']:.3f}" + (f", test accuracy {test['accuracy']:.3f}" if test else "")
+                self._emit(steps, Step(trial_id, "model finalized", detail, head["round"], head["attempt"]))
+
+    def _metrics(self, ctx: _TrialContext, params: np.ndarray) -> dict[str, Any]:
+        local = self._local_data(ctx)
+        spec, schema = ctx.trial["model"], ctx.trial["data_schema"]
+
+        def clean(m: dict[str, float]) -> dict[str, Any]:
+            return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in m.items()}
+
+        out: dict[str, Any] = {"validation": clean(evaluate(spec, schema, params, local.validation))}
+        if ctx.test is not None:
+            out["test"] = clean(evaluate(spec, schema, params, ctx.test))
+        return out
+
+    def final_model(self, trial_id: str, round: int | None = None) -> bytes:
+        """The model artifact of a finalized round (default: the trial's head), rebuilt if needed."""
+        trial = self._q("get_trial", trial_id=trial_id)
+        ctx = self._context(trial)
+        if ctx.secret is None and not self._open_keys(ctx, []):
+            raise PrivacyError(f"trial {trial_id!r}: no trial key available to this silo yet")
+        if round is None:
+            return self.model_bytes(ctx, trial["head"])
+        if round == 0:
+            return self.model_bytes(ctx, {"round": 0, "attempt": 0, "model": trial["initial_model"]})
+        for entry in trial["lineage"]:
+            if entry["round"] == round:
+                return self.model_bytes(ctx, entry)
+        raise ConfigError(f"round: {round} is not a finalized round of trial {trial_id!r} (head is round {trial['head']['round']})")
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def all_done(trials: list[dict[str, Any]]) -> bool:
+    return bool(trials) and all(t["state"] in ("COMPLETED", "HALTED") for t in trials)

@@ -1,0 +1,240 @@
+"""`bcfl silo enroll | run | status`: the hospital's commands."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from consortium.errors import BcflError, ConfigError
+from silo_agent.config import SiloConfig, load_config
+
+CONFIG_HELP = "Silo TOML file (see silo_agent.config); keys may be overridden by BCFL_SILO_* variables."
+
+
+def _config(path: str | None, trial: str | None = None) -> SiloConfig:
+    config = load_config(path)
+    if trial:
+        config.trials = [trial]
+    return config
+
+
+@click.group("silo")
+def silo_group() -> None:
+    """Run a hospital's silo agent: enrol in trials, train and vote in rounds, show status."""
+
+
+@silo_group.command("enroll")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
+@click.option("--trial", "trial_id", required=True, help="Trial to ask enrolment in.")
+def enroll_command(config_path: str, trial_id: str) -> None:
+    """Ask the coordinator to enrol this hospital in a trial (sends its X25519 public key)."""
+    from consortium.identity import load_identity
+
+    config = _config(config_path)
+    identity = load_identity(config.identity)
+    public_key_pem = identity.encryption_public_key_pem()
+    try:
+        from consortium.coordinator_client import CoordinatorClient
+    except ImportError as exc:
+        raise ConfigError(
+            "consortium.coordinator_client is not available in this installation; expected the "
+            "coordinator client (CoordinatorClient) to post enrolment requests",
+            code="NOT_AVAILABLE",
+        ) from exc
+    client = CoordinatorClient(config.coordinator_url, identity)
+    try:
+        result = client.request_enrolment(trial_id, public_key_pem)
+    finally:
+        close = getattr(client, "close", None)
+        if close is not None:
+            close()
+    click.echo(f"enrolment requested for {identity.msp_id} in trial {trial_id!r} at {config.coordinator_url}")
+    if result is not None:
+        click.echo(json.dumps(result, indent=2, default=str) if not isinstance(result, str) else result)
+
+
+@silo_group.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
+@click.option("--trial", "trial_id", default=None, help="Only this trial (default: every trial this hospital is enrolled in).")
+@click.option("--once", is_flag=True, help="Do every step that is due now, then exit.")
+@click.option("--until-complete", is_flag=True, help="Exit when every followed trial is COMPLETED or HALTED.")
+@click.option("--poll", "poll_seconds", type=float, default=None, help="Seconds between ledger polls (default from config).")
+def run_command(config_path: str, trial_id: str | None, once: bool, until_complete: bool, poll_seconds: float | None) -> None:
+    """Follow the ledger and take part in every round (resumes safely after a restart)."""
+    from rich.console import Console
+
+    from silo_agent.agent import SiloAgent, Step, all_done
+
+    console = Console(stderr=False)
+    config = _config(config_path, trial_id)
+    poll = poll_seconds if poll_seconds is not None else config.poll_seconds
+    styles = {"info": "", "warning": "yellow", "error": "bold red"}
+
+    def show(step: Step) -> None:
+        style = styles.get(step.level, "")
+        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] " + (f"[{style}]{step}[/{style}]" if style else str(step)), highlight=False)
+
+    agent = SiloAgent(config, report=show)
+    console.print(f"silo agent for [bold]{agent.msp_id}[/bold]: ledger {config.ledger_url}, state {config.state_dir}", highlight=False)
+    cursor = agent.state.cursor()
+    try:
+        with console.status("waiting for the ledger...", spinner="dots") as status:
+            while True:
+                agent.tick()
+                height = agent.ledger.height()
+                if height > cursor:
+                    # The events only wake the loop up; the tick reads the records themselves.
+                    for _ in agent.ledger.events(cursor):
+                        pass
+                    cursor = height
+                    agent.state.set_cursor(cursor)
+                if once:
+                    break
+                trials = agent.my_trials()
+                if until_complete and all_done(trials):
+                    console.print("every followed trial is " + ", ".join(f"{t['trial_id']}: {t['state']}" for t in trials))
+                    break
+                status.update(_progress_line(agent, trials))
+                time.sleep(poll)
+    except KeyboardInterrupt:
+        console.print("stopped; run again to resume (the journal keeps every step)")
+    finally:
+        agent.close()
+
+
+def _progress_line(agent: Any, trials: list[dict[str, Any]]) -> str:
+    parts = []
+    for trial in trials:
+        current = trial.get("current")
+        phase = ""
+        if current is not None and trial["state"] == "RUNNING":
+            try:
+                rnd = agent.ledger.evaluate("get_round", {"trial_id": trial["trial_id"]})
+                phase = f" round {rnd['round']}/{trial['rounds']} {rnd['phase']}"
+            except BcflError:
+                phase = ""
+        parts.append(f"{trial['trial_id']}: {trial['state']}{phase}")
+    return "waiting: " + ("; ".join(parts) if parts else "no trial enrolled yet")
+
+
+# ---------------------------------------------------------------------------------------------
+# status
+# ---------------------------------------------------------------------------------------------
+
+
+def collect_status(agent: Any) -> dict[str, Any]:
+    """Everything `status` shows, as JSON-ready data."""
+    from privacy.dp import PrivacyAccountant
+
+    out: dict[str, Any] = {"msp_id": agent.msp_id, "trials": []}
+    for trial in agent.my_trials():
+        trial_id = trial["trial_id"]
+        privacy = agent.ledger.evaluate("get_privacy_ledger", {"trial_id": trial_id, "msp_id": agent.msp_id})[0]
+        rewards = agent.ledger.evaluate("get_rewards", {"trial_id": trial_id, "msp_id": agent.msp_id})
+        account = next((a for a in rewards["accounts"] if a["msp_id"] == agent.msp_id), {"total": 0, "entries": []})
+        local_epsilon = None
+        path = agent.state.accountant_path(trial_id)
+        if path.exists():
+            local_epsilon = PrivacyAccountant.open(path).epsilon()
+        budget = privacy["budget_micro"]
+        journal = agent.state.journal(trial_id)
+        metrics = agent.state.metrics(trial_id)
+        rounds = []
+        for rnd in agent.ledger.evaluate("list_rounds", {"trial_id": trial_id}):
+            key = f"{rnd['round']}.{rnd['attempt']}"
+            entry = journal["rounds"].get(key, {})
+            m = metrics.get(str(rnd["round"])) if rnd["phase"] == "FINALIZED" else None
+            rounds.append(
+                {
+                    "round": rnd["round"],
+                    "attempt": rnd["attempt"],
+                    "phase": rnd["phase"],
+                    "submitted": "update" in entry,
+                    "accepted": agent.msp_id in rnd["accepted"],
+                    "skipped": entry.get("skipped"),
+                    "epsilon_micro": (entry.get("update") or {}).get("epsilon_spent_micro"),
+                    "model_sha256": (rnd.get("model") or {}).get("sha256"),
+                    "validation": (m or {}).get("validation"),
+                    "test": (m or {}).get("test"),
+                    "halt": (rnd.get("halt") or {}).get("reason"),
+                }
+            )
+        out["trials"].append(
+            {
+                "trial_id": trial_id,
+                "state": trial["state"],
+                "rounds": trial["rounds"],
+                "finalized_rounds": trial["head"]["round"],
+                "current": trial["current"],
+                "dp_enabled": trial["dp"]["enabled"],
+                "epsilon_spent": privacy["epsilon_spent_micro"] / 1e6,
+                "epsilon_budget": None if budget is None else budget / 1e6,
+                "epsilon_remaining": None if budget is None else (budget - privacy["epsilon_spent_micro"]) / 1e6,
+                "epsilon_local_accountant": local_epsilon,
+                "rewards_total": account["total"],
+                "rewards": account["entries"],
+                "initial_metrics": metrics.get("0"),
+                "problem": journal.get("problem"),
+                "round_details": rounds,
+            }
+        )
+    return out
+
+
+@silo_group.command("status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
+@click.option("--trial", "trial_id", default=None, help="Only this trial.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
+def status_command(config_path: str, trial_id: str | None, as_json: bool) -> None:
+    """Show this hospital's trials, rounds, epsilon spent and remaining, rewards and local metrics."""
+    from silo_agent.agent import SiloAgent
+
+    config = _config(config_path, trial_id)
+    agent = SiloAgent(config)
+    try:
+        status = collect_status(agent)
+    finally:
+        agent.close()
+    if as_json:
+        click.echo(json.dumps(status, indent=2, sort_keys=True))
+        return
+    _print_status(status)
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    trials = Table(title=f"Trials of {status['msp_id']}")
+    for column in ("trial", "state", "rounds", "DP", "epsilon spent", "epsilon remaining", "rewards", "problem"):
+        trials.add_column(column)
+    for t in status["trials"]:
+        trials.add_row(
+            t["trial_id"], t["state"], f"{t['finalized_rounds']}/{t['rounds']}", "on" if t["dp_enabled"] else "off",
+            _fmt(t["epsilon_spent"]), _fmt(t["epsilon_remaining"]), str(t["rewards_total"]), t["problem"] or "",
+        )
+    console.print(trials)
+    for t in status["trials"]:
+        table = Table(title=f"Rounds of {t['trial_id']}")
+        for column in ("round", "phase", "submitted", "accepted", "epsilon", "val acc", "val loss", "test acc", "note"):
+            table.add_column(column)
+        for r in t["round_details"]:
+            val, test = r["validation"] or {}, r["test"] or {}
+            table.add_row(
+                f"{r['round']}.{r['attempt']}", r["phase"], "yes" if r["submitted"] else "no", "yes" if r["accepted"] else "no",
+                _fmt(None if r["epsilon_micro"] is None else r["epsilon_micro"] / 1e6, 4), _fmt(val.get("accuracy")),
+                _fmt(val.get("loss")), _fmt(test.get("accuracy")), r["skipped"] or r["halt"] or "",
+            )
+        console.print(table)

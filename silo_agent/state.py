@@ -1,0 +1,148 @@
+"""The silo's state directory: journal, models, metrics and cursor, written atomically.
+
+Layout::
+
+    <state_dir>/agent.lock                  one agent at a time per state directory
+    <state_dir>/cursor.json                 the ledger block the agent has followed up to
+    <state_dir>/trials/<trial_id>/journal.json      per round attempt "r.a": what this silo
+                                                    prepared and submitted (salts, content ids,
+                                                    scores, attested hash) BEFORE submitting
+    <state_dir>/trials/<trial_id>/accountant.json   privacy.dp accountant (epsilon spent)
+    <state_dir>/trials/<trial_id>/models/<sha256>.bcfm   every finalized model (and round 0)
+    <state_dir>/trials/<trial_id>/metrics.json      local validation/test metrics per round
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from consortium.canonical import canonical_json
+from consortium.errors import ConfigError
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temporary file, fsync, rename, fsync the folder: a crash leaves the old or the new bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return default
+    except ValueError as exc:
+        raise ConfigError(f"state file {path}: not valid JSON ({exc}); expected a file written by the silo agent") from exc
+
+
+class SiloState:
+    """Files of one silo's state directory (no secrets: the trial key is reopened from its envelope)."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.root / "trials" / trial_id
+
+    # lock ------------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "agent.lock", "a+b") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"state directory {self.root} is in use by another silo agent; expected one agent per state directory",
+                    code="STATE_LOCKED",
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    # cursor ----------------------------------------------------------------------------------
+    def cursor(self) -> int:
+        return int(read_json(self.root / "cursor.json", {"block": 0})["block"])
+
+    def set_cursor(self, block: int) -> None:
+        write_atomic(self.root / "cursor.json", canonical_json({"block": int(block)}))
+
+    # journal ---------------------------------------------------------------------------------
+    def journal(self, trial_id: str) -> dict[str, Any]:
+        return read_json(self.trial_dir(trial_id) / "journal.json", {"trial_id": trial_id, "rounds": {}})
+
+    def journal_entry(self, trial_id: str, round: int, attempt: int) -> dict[str, Any]:
+        return dict(self.journal(trial_id)["rounds"].get(f"{round}.{attempt}", {}))
+
+    def record(self, trial_id: str, round: int, attempt: int, part: str, value: Any) -> None:
+        """Set ``part`` of the round attempt's journal entry (durably, before any submission)."""
+        journal = self.journal(trial_id)
+        entry = journal["rounds"].setdefault(f"{round}.{attempt}", {"round": round, "attempt": attempt})
+        entry[part] = value
+        write_atomic(self.trial_dir(trial_id) / "journal.json", canonical_json(journal))
+
+    def trial_record(self, trial_id: str, part: str, value: Any) -> None:
+        journal = self.journal(trial_id)
+        journal[part] = value
+        write_atomic(self.trial_dir(trial_id) / "journal.json", canonical_json(journal))
+
+    # models ----------------------------------------------------------------------------------
+    def model_path(self, trial_id: str, sha256: str) -> Path:
+        return self.trial_dir(trial_id) / "models" / f"{sha256}.bcfm"
+
+    def load_model(self, trial_id: str, sha256: str) -> bytes | None:
+        path = self.model_path(trial_id, sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if hashlib.sha256(data).hexdigest() != sha256:
+            path.unlink(missing_ok=True)  # a corrupted copy is rebuilt from the lineage
+            return None
+        return data
+
+    def save_model(self, trial_id: str, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        path = self.model_path(trial_id, sha)
+        if not path.exists():
+            write_atomic(path, data)
+        return sha
+
+    # metrics ---------------------------------------------------------------------------------
+    def metrics(self, trial_id: str) -> dict[str, Any]:
+        return read_json(self.trial_dir(trial_id) / "metrics.json", {})
+
+    def record_metrics(self, trial_id: str, key: str, value: dict[str, Any]) -> None:
+        metrics = self.metrics(trial_id)
+        metrics[key] = value
+        write_atomic(self.trial_dir(trial_id) / "metrics.json", canonical_json(metrics))
+
+    def accountant_path(self, trial_id: str) -> Path:
+        return self.trial_dir(trial_id) / "accountant.json"
+
+    def trial_ids(self) -> list[str]:
+        folder = self.root / "trials"
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.exists() else []

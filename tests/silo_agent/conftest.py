@@ -1,0 +1,58 @@
+"""Fixtures of the silo agent suite: demo data on disk, silo agents, and a coordinator driver."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from silo_harness import HOSPITALS, CoordinatorDriver, silo_config
+
+from consortium.storage import open_store
+from silo_agent.agent import SiloAgent
+from silo_agent.datasets import load_demo_dataset, write_demo_dataset
+
+
+@pytest.fixture(scope="session")
+def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    dataset = load_demo_dataset("breast-cancer", hospitals=4)
+    folder = tmp_path_factory.mktemp("demo-data")
+    return {"dataset": dataset, "paths": write_demo_dataset(dataset, folder)}
+
+
+
+
+
+
+
+
+
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    return (tmp_path / "store").as_uri()
+
+
+@pytest.fixture
+def driver(contract_net: Any, store_url: str) -> CoordinatorDriver:
+    return CoordinatorDriver(contract_net, open_store(store_url))
+
+
+@pytest.fixture
+def make_agent(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, contract_net: Any, demo_files: dict[str, Any]) -> Iterator[Callable[..., SiloAgent]]:
+    opened: list[SiloAgent] = []
+
+    def make(name: str, **extra: Any) -> SiloAgent:
+        index = HOSPITALS.index(name)
+        config = silo_config(tmp_path, consortium, ledger_url, store_url, name, demo_files["paths"][index], **extra)
+        agent = SiloAgent(config, ledger_options={"clock": contract_net.clock})
+        opened.append(agent)
+        return agent
+
+    yield make
+    for agent in opened:
+        agent.close()
+
+

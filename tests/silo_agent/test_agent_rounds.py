@@ -1,0 +1,176 @@
+"""Silo agents against a real embedded ledger and file store: full rounds, restarts, attackers."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import pytest
+from silo_harness import HOSPITALS, drive, sha256
+
+from privacy.dp import PrivacyAccountant
+from silo_agent.cli import collect_status
+
+
+class Killed(BaseException):
+    """A kill -9 stand-in: not an Exception, so nothing in the agent catches it."""
+
+
+def _msp(contract_net: Any, name: str) -> str:
+    return contract_net.consortium.identity(name).msp_id
+
+
+def test_full_round_finalizes_with_equal_attestations(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=2)
+    agents = [make_agent(name) for name in HOSPITALS]
+    drive(driver, agents)
+
+    trial = driver.trial()
+    assert trial["state"] == "COMPLETED"
+    assert [e["round"] for e in trial["lineage"]] == [1, 2]
+    for entry in trial["lineage"]:
+        attestations = contract_net.client("admin").evaluate("get_attestations", {"trial_id": "trial-1", "round": entry["round"]})
+        assert len(attestations) == 4
+        assert {a["sha256"] for a in attestations} == {entry["model"]["sha256"]}
+    # Every silo keeps every finalized model, byte-identical to the attested hash.
+    for agent in agents:
+        for entry in trial["lineage"]:
+            assert agent.state.load_model("trial-1", entry["model"]["sha256"]) is not None
+    # Privacy: the ledger's cumulative epsilon equals each silo's accountant, within the budget.
+    for agent in agents:
+        account = contract_net.client("admin").evaluate("get_privacy_ledger", {"trial_id": "trial-1", "msp_id": agent.msp_id})[0]
+        local = PrivacyAccountant.open(agent.state.accountant_path("trial-1"))
+        assert account["epsilon_spent_micro"] == local.spent_micro()
+        assert 0 < account["epsilon_spent_micro"] <= account["budget_micro"]
+    # Status shows rounds, epsilon, rewards and the per-round local accuracy.
+    status = collect_status(agents[0])
+    (t,) = status["trials"]
+    assert t["state"] == "COMPLETED" and t["finalized_rounds"] == 2
+    assert t["epsilon_remaining"] is not None and t["epsilon_remaining"] >= 0
+    assert t["rewards_total"] > 0
+    finalized = [r for r in t["round_details"] if r["phase"] == "FINALIZED"]
+    assert len(finalized) == 2 and all(r["test"]["accuracy"] > 0.6 for r in finalized)
+
+
+def test_lost_models_are_rebuilt_from_the_lineage(driver: Any, make_agent: Any, demo_files: dict[str, Any]) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=2, dp={"enabled": False, "reason": "test"})
+    agents = [make_agent(name) for name in HOSPITALS]
+    drive(driver, agents)
+    trial = driver.trial()
+    shutil.rmtree(agents[1].state.trial_dir("trial-1") / "models")
+    fresh = make_agent("hospital2")
+    for entry in trial["lineage"]:
+        assert sha256(fresh.final_model("trial-1", entry["round"])) == entry["model"]["sha256"]
+    assert sha256(fresh.final_model("trial-1")) == trial["head"]["model"]["sha256"]
+
+
+def test_restart_mid_round_resumes_without_double_submission(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=1)
+    agents = [make_agent(name) for name in HOSPITALS]
+    victim = agents[0]
+    real_submit = victim._submit
+
+    def killed_on(function: str) -> Any:
+        def submit(name: str, **args: Any) -> Any:
+            if name == function:
+                raise Killed(name)
+            return real_submit(name, **args)
+
+        return submit
+
+    # Killed after training and journaling, just before commit_update reaches the ledger.
+    victim._submit = killed_on("commit_update")  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        drive(driver, agents)
+    journal = victim.state.journal_entry("trial-1", 1, 1)
+    prepared = journal["update"]
+    accountant = PrivacyAccountant.open(victim.state.accountant_path("trial-1"))
+    assert len(accountant.rounds) == 1
+
+    # A new agent over the same state directory commits the journal's update, not a new one.
+    restarted = make_agent("hospital1")
+    restarted_submit = restarted._submit
+    calls: list[str] = []
+
+    def counting(name: str, **args: Any) -> Any:
+        calls.append(name)
+        if name == "reveal_votes" and calls.count("reveal_votes") == 1:
+            raise Killed(name)  # killed again, later in the round
+        return restarted_submit(name, **args)
+
+    restarted._submit = counting  # type: ignore[method-assign]
+    agents[0] = restarted
+    with pytest.raises(Killed):
+        drive(driver, agents)
+    again = make_agent("hospital1")
+    agents[0] = again
+    drive(driver, agents)
+
+    assert driver.trial()["state"] == "COMPLETED"
+    msp = _msp(contract_net, "hospital1")
+    submissions = {s["msp_id"]: s for s in contract_net.client("admin").evaluate("get_submissions", {"trial_id": "trial-1", "round": 1})}
+    assert submissions[msp]["commitment"] == prepared["commitment"]
+    assert submissions[msp]["content_id"] == prepared["content_id"]
+    votes = {v["msp_id"]: v for v in contract_net.client("admin").evaluate("get_votes", {"trial_id": "trial-1", "round": 1})}
+    assert votes[msp]["revealed"]
+    # Trained and charged once, committed once: the accountant still holds a single round.
+    assert len(PrivacyAccountant.open(again.state.accountant_path("trial-1")).rounds) == 1
+    assert calls.count("commit_update") == 1
+    assert driver.trial()["lineage"][0]["round"] == 1
+
+
+def test_sign_flip_attacker_is_rejected_by_votes(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=1)
+    agents = [make_agent(name) for name in HOSPITALS[:3]] + [make_agent("hospital4", attack_kind="sign_flip", attack_scale=10.0)]
+    drive(driver, agents)
+    assert driver.trial()["state"] == "COMPLETED"
+    acceptance = contract_net.client("admin").evaluate("get_acceptance", {"trial_id": "trial-1", "round": 1})
+    attacker = _msp(contract_net, "hospital4")
+    assert attacker in acceptance["rejected"]
+    assert acceptance["candidates"][attacker]["reason"] == "below_threshold"
+    assert sorted(acceptance["accepted"]) == sorted(_msp(contract_net, n) for n in HOSPITALS[:3])
+
+
+def test_he_off_trial_is_refused_with_the_field_named(driver: Any, make_agent: Any, demo_files: dict[str, Any]) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=1, he={"enabled": False, "reason": "test"})
+    agent = make_agent("hospital1")
+    steps = agent.tick()
+    assert any(s.level == "error" and "he.enabled" in s.detail and "trial-1" in s.detail for s in steps)
+    assert agent.state.journal("trial-1")["problem"].startswith("HE_REQUIRED")
+
+
+def test_bad_local_data_is_reported_and_nothing_is_sent(driver: Any, make_agent: Any, demo_files: dict[str, Any], tmp_path: Any, contract_net: Any) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=1)
+    frame = demo_files["dataset"].hospitals[1].train.copy()
+    frame.loc[3, "mean_radius"] = -5.0
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    agents = [make_agent(name) for name in HOSPITALS]
+    agents[1].config.data_path = bad
+    for _ in range(4):
+        for agent in agents:
+            agent.tick()
+        driver.advance()
+    problem = agents[1].state.journal("trial-1")["problem"]
+    assert "mean_radius" in problem and "[4]" in problem
+    submissions = contract_net.client("admin").evaluate("get_submissions", {"trial_id": "trial-1", "round": 1})
+    assert agents[1].msp_id not in {s["msp_id"] for s in submissions}
+    assert {s["msp_id"] for s in submissions} == {a.msp_id for a in agents if a is not agents[1]}
+
+
+def test_own_budget_refusal_skips_the_round_cleanly(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=1)
+    agents = [make_agent(name) for name in HOSPITALS[:3]] + [make_agent("hospital4", epsilon_budget=0.01)]
+    for _ in range(3):
+        for agent in agents:
+            agent.tick()
+        driver.advance()
+    entry = agents[3].state.journal_entry("trial-1", 1, 1)
+    assert "privacy budget" in entry["skipped"]
+    assert not PrivacyAccountant.open(agents[3].state.accountant_path("trial-1")).rounds
+    # The contract still waits for it (its ledger budget is not spent) until the deadline.
+    contract_net.advance_time(3601)
+    drive(driver, agents)
+    submissions = contract_net.client("admin").evaluate("get_submissions", {"trial_id": "trial-1", "round": 1})
+    assert agents[3].msp_id not in {s["msp_id"] for s in submissions}
+    assert driver.trial()["state"] == "COMPLETED"

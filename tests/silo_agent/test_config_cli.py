@@ -1,0 +1,103 @@
+"""The silo TOML config (env overrides, checks) and the `bcfl silo` commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from silo_harness import HOSPITALS, drive
+
+from consortium.errors import ConfigError
+from silo_agent.cli import silo_group
+from silo_agent.config import load_config, write_config
+
+
+def test_config_reads_toml_resolves_paths_and_env_overrides(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path / "silo.toml",
+        {
+            "identity": "members/hospital1",
+            "state_dir": "state",
+            "ledger": {"url": "embedded:///x/ledger.db"},
+            "store": {"url": "file:///x/store"},
+            "data": {"path": "train.csv", "validation_fraction": 0.25, "columns": {"Patient Age": "age"}},
+            "attack": {"kind": "sign_flip", "scale": 5},
+        },
+    )
+    config = load_config(path, environ={"BCFL_SILO_STORE_URL": "file:///y/store", "BCFL_SILO_RUN_TRIALS": "a,b"})
+    assert config.identity == tmp_path / "members" / "hospital1"
+    assert config.data_path == tmp_path / "train.csv"
+    assert config.store_url == "file:///y/store"
+    assert config.trials == ["a", "b"]
+    assert config.columns == {"Patient Age": "age"}
+    assert config.validation_fraction == 0.25 and config.attack_kind == "sign_flip" and config.attack_scale == 5.0
+
+
+def test_config_errors_name_the_key(tmp_path: Path) -> None:
+    (tmp_path / "a.toml").write_text('identity = "x"\n[ledger]\nurl = "embedded:///l"\n')
+    with pytest.raises(ConfigError, match=r"\[store\] url"):
+        load_config(tmp_path / "a.toml", environ={})
+    (tmp_path / "b.toml").write_text('identity = "x"\n[ledger]\nurl = "e"\nulr = "typo"\n[store]\nurl = "f"\n')
+    with pytest.raises(ConfigError, match="ulr"):
+        load_config(tmp_path / "b.toml", environ={})
+    (tmp_path / "c.toml").write_text('identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n[attack]\nkind = "nuke"\n')
+    with pytest.raises(ConfigError, match="nuke"):
+        load_config(tmp_path / "c.toml", environ={})
+
+
+def _toml(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, paths: dict[str, Path], name: str) -> Path:
+    return write_config(
+        tmp_path / f"{name}.toml",
+        {
+            "identity": str(consortium.member_dir(name)),
+            "state_dir": str(tmp_path / "silos" / name),
+            "ledger": {"url": ledger_url},
+            "store": {"url": store_url},
+            "data": {"path": str(paths["train"]), "test_path": str(paths["test"])},
+        },
+    )
+
+
+def test_run_once_and_status_json(driver: Any, make_agent: Any, demo_files: dict[str, Any], tmp_path: Path, consortium: Any, ledger_url: str, store_url: str) -> None:
+    driver.create_trial(demo_files["dataset"], rounds=1, dp={"enabled": False})
+    agents = [make_agent(name) for name in HOSPITALS]
+    drive(driver, agents)
+    config = _toml(tmp_path, consortium, ledger_url, store_url, demo_files["paths"][0], "hospital1")
+    runner = CliRunner()
+    result = runner.invoke(silo_group, ["run", "--config", str(config), "--once"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(silo_group, ["run", "--config", str(config), "--until-complete", "--poll", "0.01"])
+    assert result.exit_code == 0 and "COMPLETED" in result.output
+    result = runner.invoke(silo_group, ["status", "--config", str(config), "--json"])
+    assert result.exit_code == 0, result.output
+    status = json.loads(result.output)
+    (trial,) = status["trials"]
+    assert trial["state"] == "COMPLETED" and trial["rewards_total"] > 0
+    assert trial["round_details"][0]["test"]["accuracy"] > 0.6
+    table = runner.invoke(silo_group, ["status", "--config", str(config)])
+    assert table.exit_code == 0 and "trial-1" in table.output
+
+
+def test_enroll_posts_the_encryption_key_through_the_coordinator_client(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, demo_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    config = _toml(tmp_path, consortium, ledger_url, store_url, demo_files["paths"][0], "hospital1")
+    calls: list[tuple] = []
+
+    class FakeClient:
+        def __init__(self, base_url: str, identity: Any) -> None:
+            calls.append(("init", base_url, identity.msp_id))
+
+        def request_enrolment(self, trial_id: str, public_key_pem: bytes) -> dict:
+            calls.append(("request", trial_id, public_key_pem.startswith(b"-----BEGIN PUBLIC KEY")))
+            return {"status": "pending"}
+
+    module = type(sys)("consortium.coordinator_client")
+    module.CoordinatorClient = FakeClient  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "consortium.coordinator_client", module)
+    result = CliRunner().invoke(silo_group, ["enroll", "--config", str(config), "--trial", "t-1"])
+    assert result.exit_code == 0, result.output
+    assert calls == [("init", "http://127.0.0.1:8700", "Hospital1MSP"), ("request", "t-1", True)]
