@@ -42,6 +42,7 @@ from consortium.errors import (
     ContractError,
     PrivacyBudgetExceeded,
     PrivacyError,
+    SchemaError,
     StoreError,
 )
 from consortium.identity import Identity, load_identity
@@ -138,6 +139,8 @@ class SiloAgent:
         self.store = store or open_store(config.store_url)
         self.state = SiloState(config.state_dir)
         self.report = report
+        # trial id -> the SchemaError its local data raised on the last tick
+        self.data_errors: dict[str, SchemaError] = {}
         self._contexts: dict[str, _TrialContext] = {}
 
     # -- ledger helpers ------------------------------------------------------------------------
@@ -184,6 +187,14 @@ class SiloAgent:
                     # store, ...); nothing was sent for it, other trials continue, and the next
                     # tick retries from the journal.
                     self._problem(steps, trial["trial_id"], exc)
+                    if isinstance(exc, SchemaError):
+                        # Local data that does not match the trial's schema will not fix itself:
+                        # `bcfl silo run` stops with this error (nothing was sent).
+                        self.data_errors[trial["trial_id"]] = exc
+                else:
+                    if self.state.journal(trial["trial_id"]).get("problem"):
+                        self.state.trial_record(trial["trial_id"], "problem", None)
+                    self.data_errors.pop(trial["trial_id"], None)
         return steps
 
     def _problem(self, steps: list[Step], trial_id: str, exc: BcflError) -> None:
@@ -198,8 +209,6 @@ class SiloAgent:
         ctx = self._context(trial)
         if ctx.secret is None and not self._open_keys(ctx, steps):
             return
-        if self.state.journal(trial_id).get("problem"):
-            self.state.trial_record(trial_id, "problem", None)
         self._local_data(ctx)
         self._record_lineage_metrics(ctx, steps)
         if trial["state"] != "RUNNING" or trial["current"] is None:

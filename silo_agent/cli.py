@@ -84,6 +84,9 @@ def run_command(config_path: str, trial_id: str | None, once: bool, until_comple
         with console.status("waiting for the ledger...", spinner="dots") as status:
             while True:
                 agent.tick()
+                if agent.data_errors:
+                    # Nothing was sent for these trials; the hospital must fix its data first.
+                    raise next(iter(agent.data_errors.values()))
                 height = agent.ledger.height()
                 if height > cursor:
                     # The events only wake the loop up; the tick reads the records themselves.

@@ -236,5 +236,12 @@ class CoordinatorClient:
     def abort_round(self, trial_id: str, round_number: int, reason: str) -> dict[str, Any]:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/rounds/{int(round_number)}/abort", json={"reason": reason})
 
+    def set_trial_settlement(self, trial_id: str, enabled: bool, reason: str | None = None) -> dict[str, Any]:
+        return self.request("PUT", f"/admin/trials/{_seg(trial_id)}/settlement",
+                            json={"enabled": enabled, "reason": reason})
+
+    def trial_settlement(self, trial_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/trials/{_seg(trial_id)}/settlement")
+
     def run_scheduler(self) -> dict[str, Any]:
         return self.request("POST", "/admin/scheduler/run")

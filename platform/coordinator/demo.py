@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ def run_demo(
     timeout: float,
     console: Console,
     ledger: str = "embedded",
+    settlement: str = "none",
 ) -> dict[str, Any]:
     """Run the whole demo; return the summary (also written to WORKDIR/summary.json)."""
     from silo_agent.datasets import load_demo_dataset, write_demo_dataset
@@ -73,8 +75,15 @@ def run_demo(
     net = LocalNetwork.create(workdir, hospitals, fresh=fresh, ledger=ledger,
                               report=lambda step: console.print(f"  fabric: {step}"))
     summary: dict[str, Any] = {"workdir": str(net.root), "trial_id": trial_id, "dataset": dataset.name,
-                               "hospitals": hospitals, "rounds": rounds, "malicious": [], "dp": dp}
+                               "hospitals": hospitals, "rounds": rounds, "malicious": [], "dp": dp,
+                               "ledger": ledger, "settlement": settlement}
+    stack = ExitStack()
     try:
+        chain = None
+        coordinator_extra: dict[str, dict[str, Any]] = {}
+        if settlement == "ethereum":
+            chain = _start_local_chain(net, stack, console)
+            coordinator_extra["settlement"] = {"url": chain["url"], "payees": str(chain["payees_path"])}
         console.print(f"consortium, {ledger} ledger and store created under [cyan]{net.root}[/cyan]")
         files = write_demo_dataset(dataset, net.root / "data")
         bad = set(net.hospital_names()[hospitals - malicious:])
@@ -82,7 +91,7 @@ def run_demo(
         for hospital, paths in zip(net.hospital_names(), files, strict=True):
             net.write_silo_config(hospital, {"path": paths["train"], "test_path": paths["test"]},
                                   attack="sign_flip" if hospital in bad else "none")
-        net.write_coordinator_config()
+        net.write_coordinator_config(coordinator_extra)
         net.start_coordinator()
         console.print(f"coordinator serving on [cyan]{net.base_url}[/cyan] (API docs {net.base_url}/docs)")
         spec = trial_spec(dataset, trial_id=trial_id, rounds=rounds, hospitals=hospitals, dp=dp, epsilon=epsilon, seed=seed)
@@ -91,13 +100,18 @@ def run_demo(
             for hospital in net.hospital_names():
                 net.request_enrolment(hospital, trial_id)
                 admin.enrol(trial_id, net.msp_id(hospital))
+            if chain is not None:
+                admin.set_trial_settlement(trial_id, True, reason="demo: rewards paid on the local chain")
             admin.start_trial(trial_id)
-        console.print(f"trial [bold]{trial_id}[/bold] created, {hospitals} hospitals enrolled, started")
+        console.print(f"trial [bold]{trial_id}[/bold] created, {hospitals} hospitals enrolled, started"
+                      + (", rewards settled on Ethereum" if chain is not None else ""))
         for hospital in net.hospital_names():
             net.start_silo(hospital, trial_id=trial_id)
         console.print(f"{hospitals} silo agents running (logs in {net.root / 'logs'})")
         final = _follow(net, trial_id, rounds, timeout, console)
         summary["state"] = final["state"]
+        if chain is not None:
+            summary["settlement_balances"] = _wait_for_settlement(net, trial_id, chain, console)
         summary.update(collect_results(net, trial_id))
         for hospital in net.hospital_names():
             net.processes[hospital].stop(timeout=30)
@@ -109,9 +123,52 @@ def run_demo(
         summary["ledger_verify"] = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [verify.stderr]}
     finally:
         net.stop_all()
+        stack.close()
     (net.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print_summary(summary, console)
     return summary
+
+
+def _start_local_chain(net: LocalNetwork, stack: ExitStack, console: Console) -> dict[str, Any]:
+    """anvil on loopback with the settlement contracts deployed, and a payee address per hospital."""
+    from eth_account import Account
+
+    from consortium.settlement import local_settlement
+
+    local = stack.enter_context(local_settlement(net.root / "ethereum"))
+    payees = {net.msp_id(h): Account.create().address for h in net.hospital_names()}
+    payees_path = net.root / "ethereum" / "payees.toml"
+    payees_path.write_text("[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in payees.items()))
+    console.print(f"local Ethereum chain (anvil) on {local.node.rpc_url}, settlement contracts deployed")
+    return {"local": local, "url": local.url, "payees": payees, "payees_path": payees_path}
+
+
+def _wait_for_settlement(net: LocalNetwork, trial_id: str, chain: dict[str, Any], console: Console,
+                         timeout: float = 120) -> dict[str, str]:
+    """Wait until every credited round's rewards carry their Ethereum transaction on the ledger."""
+    from consortium.settlement import PayeeDirectory
+    from consortium.settlement_cli import format_tokens
+
+    def settled() -> bool:
+        with net.client("auditor") as auditor:
+            rounds = auditor.rewards(trial_id)["rounds"]
+        credited = [r for r in rounds if r["status"] == "credited"]
+        return bool(credited) and all(r.get("settlement") for r in credited)
+
+    deadline = time.monotonic() + timeout
+    while not settled():
+        if time.monotonic() > deadline:
+            raise BcflError(f"rounds were not settled on Ethereum within {timeout:.0f} s; see {net.root / 'logs'}")
+        time.sleep(0.5)
+    client = chain["local"].open()
+    try:
+        payees = PayeeDirectory(chain["payees"])
+        info = client.token_info()
+        return {msp: {"address": chain["payees"][msp], "balance": format_tokens(amount, info["decimals"]),
+                      "symbol": info["symbol"]}
+                for msp, amount in client.balances(payees).items()}
+    finally:
+        client.close()
 
 
 def _follow(net: LocalNetwork, trial_id: str, rounds: int, timeout: float, console: Console) -> dict[str, Any]:
@@ -249,6 +306,16 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
                              "DP off" if p["budget"] is None else f"{p['budget']:.3f}",
                              str(summary.get("rewards", {}).get(msp, 0)))
     console.print(ledger_table)
+    balances = summary.get("settlement_balances")
+    if balances:
+        token_table = Table(title="Rewards settled on Ethereum (anvil): token balances read from the chain")
+        for column in ("hospital", "payee address", "balance"):
+            token_table.add_column(column, justify="right" if column == "balance" else "left")
+        for msp in msps:
+            entry = balances.get(msp, {})
+            token_table.add_row(msp + ("*" if msp in bad else ""), entry.get("address", "-"),
+                                f"{entry.get('balance', '-')} {entry.get('symbol', '')}")
+        console.print(token_table)
     verify = summary.get("ledger_verify", {})
     if verify.get("ok"):
         replayed = ", every transaction re-executed" if summary.get("ledger_verify_replayed") else ""
@@ -281,19 +348,21 @@ def _fmt_pooled(value: float | None) -> str:
               show_default=True, help="Where the consortium, ledger, store, logs and summary go.")
 @click.option("--ledger", type=click.Choice(["embedded", "fabric"]), default="embedded", show_default=True,
               help="embedded: SQLite hash chain; fabric: a native Hyperledger Fabric network on loopback.")
+@click.option("--settlement", type=click.Choice(["none", "ethereum"]), default="none", show_default=True,
+              help="ethereum: pay each round's rewards as tokens on a local chain (anvil) and anchor the round.")
 @click.option("--fresh/--no-fresh", default=True, show_default=True, help="Replace a previous demo run in WORKDIR.")
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
 def demo_command(dataset: str, data_dir: Path | None, hospitals: int, rounds: int | None, malicious: int,
-                 no_dp: bool, epsilon: float | None, seed: int, workdir: Path, ledger: str, fresh: bool,
-                 timeout: float, as_json: bool) -> None:
+                 no_dp: bool, epsilon: float | None, seed: int, workdir: Path, ledger: str, settlement: str,
+                 fresh: bool, timeout: float, as_json: bool) -> None:
     """Run a whole trial on this machine: a coordinator server and one silo agent process per
     hospital on loopback, DP and HE on, votes deciding what is aggregated; then print per-round
     accuracy, accepted updates, epsilon and rewards, and verify the ledger."""
     console = Console()
     summary = run_demo(workdir=workdir, dataset_name=dataset, data_dir=data_dir, hospitals=hospitals, rounds=rounds,
                        malicious=malicious, dp=not no_dp, epsilon=epsilon, seed=seed, fresh=fresh, timeout=timeout,
-                       console=console, ledger=ledger)
+                       console=console, ledger=ledger, settlement=settlement)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     if summary.get("state") != "COMPLETED" or not summary.get("ledger_verify", {}).get("ok"):

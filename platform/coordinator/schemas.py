@@ -29,7 +29,7 @@ class DPPolicy(_Strict):
     delta: str | list[int] | None = Field(default=None, description='"1e-5", "1/100000" or [num, den]')
     max_grad_norm_milli: int | None = Field(default=None, ge=1, le=10**9)
     noise_multiplier_milli: int | None = Field(default=None, ge=1, le=10**9)
-    accountant: str | None = Field(default=None, pattern=r"^(rdp|prv|gdp)$")
+    accountant: str | None = Field(default=None, pattern=r"^(rdp|prv)$")
 
 
 class HEPolicy(_Strict):

@@ -1,0 +1,66 @@
+"""Refusals against live processes: bad local data, replayed and unauthorised API requests."""
+
+from __future__ import annotations
+
+import httpx
+import pandas as pd
+import pytest
+
+from consortium.errors import AuthError
+from consortium.http_auth import sign_request
+from coordinator.local_network import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _rewrite(path, change) -> None:
+    frame = pd.read_csv(path)
+    change(frame).to_csv(path, index=False)
+
+
+@pytest.mark.parametrize("problem", ["missing_column", "wrong_type"])
+def test_bad_data_file_is_refused_with_nothing_sent(local_network, problem: str) -> None:
+    net, trial = local_network(rounds=1)
+    train = trial.files[1]["train"]  # hospital2
+    column = pd.read_csv(train).columns[0]
+    if problem == "missing_column":
+        _rewrite(train, lambda f: f.drop(columns=[column]))
+    else:
+        _rewrite(train, lambda f: f.assign(**{column: ["not a number"] * len(f)}))
+    for hospital in net.hospital_names():
+        net.start_silo(hospital, trial_id=trial.trial_id)
+    bad = net.processes["hospital2"]
+    wait_for(lambda: not bad.running, timeout=180, what="hospital2 to refuse its data")
+    assert bad.returncode not in (0, None)
+    log = bad.log_tail(60)
+    assert column in log, log
+    # the other hospitals finish the trial; nothing of hospital2's reached the ledger
+    final = trial.wait_end(timeout=300)
+    assert final["state"] == "COMPLETED"
+    assert "Hospital2MSP" not in trial.submissions(1)
+    assert all(v["msp_id"] != "Hospital2MSP" for v in trial.auditor.votes(trial.trial_id, 1))
+
+
+def test_replayed_and_unauthorised_requests_against_the_server(local_network) -> None:
+    net, trial = local_network(rounds=1)
+    admin = net.consortium.identity("admin")
+    path = f"/api/v1/admin/trials/{trial.trial_id}/halt"
+    url = net.base_url + path
+    body = b'{"reason": "replay test"}'
+    headers = {"content-type": "application/json", **sign_request(admin, "POST", path, body)}
+    with httpx.Client() as client:
+        # the first copy is a valid admin request ...
+        first = client.post(url, content=body, headers=headers)
+        assert first.status_code == 200, first.text
+        # ... the same signed bytes again are a replay
+        again = client.post(url, content=body, headers=headers)
+        assert again.status_code == 401
+        assert again.json()["code"] == "REPLAYED"
+    # an auditor may read but not act
+    with net.client("auditor") as auditor:
+        assert auditor.trial(trial.trial_id)["state"] == "HALTED"
+        with pytest.raises(AuthError):
+            auditor.start_trial(trial.trial_id)
+    # a hospital cannot read another hospital's enrolment request
+    with net.client("hospital1") as hospital1, pytest.raises(AuthError):
+        hospital1.enrolment_request(trial.trial_id, "Hospital2MSP")
