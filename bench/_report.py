@@ -56,10 +56,12 @@ def report(
     columns: Sequence[tuple[str, str]],
     rows: Sequence[dict[str, Any]],
     notes: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Print ``rows`` as a table and write them, with units, to ``bench/results/NAME.json``.
 
-    ``columns`` are ``(key, unit)``; each row maps keys to values. Returns the JSON path.
+    ``columns`` are ``(key, unit)``; each row maps keys to values; ``extra`` goes to the JSON only
+    (e.g. every individual run). Returns the JSON path.
     """
     from rich.console import Console
     from rich.table import Table
@@ -87,6 +89,7 @@ def report(
         "units": {key: unit for key, unit in columns},
         "rows": list(rows),
         "notes": list(notes),
+        **({"extra": extra} if extra else {}),
     }
     tmp.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
     tmp.replace(out)

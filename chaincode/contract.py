@@ -176,16 +176,12 @@ content        ("content", [trial_id, sha256])
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.x509.oid import NameOID
 
 from chaincode import rules
@@ -200,6 +196,7 @@ from chaincode.commitments import update_commitment, votes_commitment
 from chaincode.state import ChaincodeState, create_composite_key
 from consortium.canonical import canonical_json
 from consortium.errors import ContractError
+from consortium.identity import x25519_public_key_raw
 
 # Big things (models, updates, key envelopes) live in the artifact store; arguments carry ids
 # and hashes only, so 64 KiB is generous and bounds what one transaction can make peers parse.
@@ -807,15 +804,8 @@ def _x25519_public_key(a: Args, name: str) -> str:
     expected = "an X25519 public key: PEM (SubjectPublicKeyInfo) or base64 of its 32 raw bytes"
     text = a.string(name, max_len=4096, expected=expected)
     try:
-        if text.lstrip().startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(text.encode("ascii"))
-            if not isinstance(key, x25519.X25519PublicKey):
-                raise ValueError("not an X25519 key")
-            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        else:
-            raw = base64.b64decode(text, validate=True)
-            x25519.X25519PublicKey.from_public_bytes(raw)
-    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm, UnicodeEncodeError):
+        raw = x25519_public_key_raw(text)
+    except ValueError:
         a.fail(name, text, expected)
     return base64.b64encode(raw).decode("ascii")
 

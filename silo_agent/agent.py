@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -419,7 +420,9 @@ class SiloAgent:
                     return None
         self._emit(steps, Step(trial_id, "training", f"{len(local.train)} samples, DP {'on' if accountant else 'off'}", r, a))
         base = self._params(ctx, rnd["base"])
+        started = time.perf_counter()
         result = train_local(trial["model"], trial["data_schema"], base, local.train, accountant=accountant)
+        train_seconds = time.perf_counter() - started
         if accountant is not None:
             if not any(e["round"] == index for e in accountant.rounds):
                 try:
@@ -456,6 +459,7 @@ class SiloAgent:
             "commitment": commitment,
             "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
             "steps": result.steps,
+            "train_seconds": round(train_seconds, 4),  # local only: for the round-overhead benchmark
         }
         self.state.record(trial_id, r, a, "update", update)  # before commit_update is sent
         return update

@@ -20,6 +20,8 @@ Roles travel in the certificate subject as organisational units: one OU is the F
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import json
 import os
@@ -28,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -132,6 +134,22 @@ def certificate_role(cert_pem: bytes | str) -> str | None:
         roles.discard("admin")
     # Two roles other than admin are ambiguous: such a certificate acts as nobody.
     return roles.pop() if len(roles) == 1 else None
+
+
+def x25519_public_key_raw(text: str) -> bytes:
+    """The 32 raw bytes of an X25519 public key given as PEM (SubjectPublicKeyInfo) or base64 of
+    the raw bytes; ValueError otherwise."""
+    try:
+        if text.lstrip().startswith("-----BEGIN"):
+            key = serialization.load_pem_public_key(text.encode("ascii"))
+            if not isinstance(key, x25519.X25519PublicKey):
+                raise ValueError("not an X25519 key")
+            return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        raw = base64.b64decode(text, validate=True)
+        x25519.X25519PublicKey.from_public_bytes(raw)
+        return raw
+    except (TypeError, binascii.Error, UnsupportedAlgorithm, UnicodeEncodeError) as exc:
+        raise ValueError(f"not an X25519 public key: {exc}") from exc
 
 
 def certificate_common_name(cert_pem: bytes | str) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from urllib.parse import unquote, urlparse
 from multiformats import CID, multihash
 
 from consortium.errors import ConfigError, StoreError, StoreIntegrityError
+from consortium.files import write_atomic
 
 # Largest artifact a store accepts (an encrypted update of ~10M parameters fits).
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
@@ -96,17 +95,7 @@ class FileStore:
                 return artifact
             except StoreIntegrityError:
                 pass  # a corrupted copy is replaced by the good bytes we were given
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)
         return artifact
 
     def get(self, cid: str, *, max_bytes: int = MAX_ARTIFACT_BYTES) -> bytes:
@@ -136,7 +125,7 @@ class FileStore:
         return StoredArtifact(cid, hashlib.sha256(data).hexdigest(), len(data))
 
     def list(self) -> list[str]:
-        return sorted(p.name for p in self.root.glob("??/*") if not p.name.startswith(".tmp-"))
+        return sorted(p.name for p in self.root.glob("??/*") if not p.name.startswith("."))
 
 
 def _open_file_store(url: str, **_: Any) -> FileStore:

@@ -10,21 +10,17 @@ ledger cannot (enrolment requests, nonces, scheduler bookkeeping, the API audit 
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from consortium.errors import BcflError, ConfigError, ContractError, IdentityError, SchemaError
 from consortium.http_auth import Principal
-from consortium.identity import Consortium, Identity, load_identity
+from consortium.identity import Consortium, Identity, load_identity, x25519_public_key_raw
 from consortium.storage import open_store
 from coordinator.config import CoordinatorConfig
 from coordinator.db import Database, EnrolmentRequest
@@ -47,15 +43,8 @@ def x25519_public_key_b64(text: str, field: str = "encryption_public_key") -> st
     """base64 of the raw 32 bytes of an X25519 public key given as PEM or base64 (SchemaError otherwise)."""
     expected = "an X25519 public key: PEM (SubjectPublicKeyInfo) or base64 of its 32 raw bytes"
     try:
-        if text.lstrip().startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(text.encode("ascii"))
-            if not isinstance(key, x25519.X25519PublicKey):
-                raise ValueError("not an X25519 key")
-            raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        else:
-            raw = base64.b64decode(text, validate=True)
-            x25519.X25519PublicKey.from_public_bytes(raw)
-    except (ValueError, TypeError, binascii.Error, UnsupportedAlgorithm, UnicodeEncodeError) as exc:
+        raw = x25519_public_key_raw(text)
+    except ValueError as exc:
         shown = text if len(text) <= 60 else text[:57] + "..."
         raise SchemaError(
             f"{field}: got {shown!r}, expected {expected}",

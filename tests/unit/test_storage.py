@@ -61,7 +61,7 @@ def test_no_partial_files_left(tmp_path) -> None:
     store = FileStore(tmp_path / "store")
     for i in range(20):
         store.put(f"artifact {i}".encode())
-    leftovers = [p for p in (tmp_path / "store").rglob(".tmp-*")]
+    leftovers = [p for p in (tmp_path / "store").rglob(".*.tmp")]
     assert leftovers == []
     assert len(store.list()) == 20
 
