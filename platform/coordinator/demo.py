@@ -125,8 +125,47 @@ def run_demo(
         net.stop_all()
         stack.close()
     (net.root / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if summary.get("round_results"):
+        summary["plot"] = str(plot_summary(summary, net.root / "accuracy.png"))
     print_summary(summary, console)
     return summary
+
+
+def plot_summary(summary: dict[str, Any], path: Path) -> Path:
+    """Accuracy per round on each hospital's held-out data and pooled, and epsilon spent, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    msps = sorted(summary["privacy"])
+    bad = set(summary.get("malicious", []))
+    finalized = [r for r in summary["round_results"] if r["phase"] == "FINALIZED"]
+    xs = [0] + [r["round"] for r in finalized]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [2, 1]})
+    for msp in msps:
+        ys = [(summary["initial_test"].get(msp) or {}).get("accuracy")]
+        ys += [(r["hospitals"][msp].get("test") or {}).get("accuracy") for r in finalized]
+        left.plot(xs, ys, marker="o", linestyle="--" if msp in bad else "-",
+                  label=_short(msp) + (" (malicious)" if msp in bad else ""))
+    pooled = [pooled_accuracy([summary["initial_test"].get(m) for m in msps])]
+    pooled += [pooled_accuracy([r["hospitals"][m].get("test") for m in msps]) for r in finalized]
+    left.plot(xs, pooled, color="black", linewidth=2.5, marker="s", label="pooled")
+    left.set(xlabel="round", ylabel="accuracy on held-out data", title=f"{summary['dataset']}: global model per round")
+    left.set_xticks(xs)
+    left.grid(alpha=0.3)
+    left.legend(fontsize=8)
+    spent = [summary["privacy"][m]["spent"] for m in msps]
+    right.bar([_short(m) for m in msps], spent, color=["#c44" if m in bad else "#48a" for m in msps])
+    budgets = [summary["privacy"][m]["budget"] for m in msps if summary["privacy"][m]["budget"] is not None]
+    if budgets:
+        right.axhline(max(budgets), color="black", linestyle=":", label="trial budget")
+        right.legend(fontsize=8)
+    right.set(ylabel="epsilon spent (ledger)", title="privacy spent per hospital")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _start_local_chain(net: LocalNetwork, stack: ExitStack, console: Console) -> dict[str, Any]:
@@ -326,7 +365,7 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     state = summary.get("state")
     colour = "green" if state == "COMPLETED" else "red"
     console.print(f"trial state: [{colour}]{state}[/{colour}]; everything is under {summary['workdir']} "
-                  "(summary.json, logs/, ledger/, store/)")
+                  "(summary.json, accuracy.png, logs/, ledger/, store/)")
 
 
 def _fmt_pooled(value: float | None) -> str:
