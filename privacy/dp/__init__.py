@@ -17,6 +17,7 @@ from privacy.dp.policy import (
     to_micro_epsilon,
 )
 from privacy.dp.training import (
+    PoissonTensorLoader,
     PrivateRound,
     fix_model,
     make_private,
@@ -28,6 +29,7 @@ __all__ = [
     "MICRO",
     "DPPlan",
     "DPPolicy",
+    "PoissonTensorLoader",
     "PrivacyAccountant",
     "PrivacyBudget",
     "PrivateRound",

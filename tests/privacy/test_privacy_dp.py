@@ -155,6 +155,91 @@ def test_policy_is_validated():
         dp.plan_trial(_policy(target_epsilon=1e-6), batches_per_epoch=10)
 
 
+def _seeded_round(
+    mode: str, *, fast_data: bool, own_generator: bool, n: int = 20, batch: int = 2, epochs: int = 3
+) -> tuple[dp.PrivateRound, list[list[torch.Tensor]]]:
+    """One round from fixed seeds (model, data sampling, noise); returns it and its batches.
+    Without ``own_generator`` the sampling uses torch's global generator, as the silo does."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 1))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 5, generator=g)
+    loader = DataLoader(
+        TensorDataset(x, (x[:, :1] > 0).float()),
+        batch_size=batch,
+        generator=torch.Generator().manual_seed(11) if own_generator else None,
+    )
+    policy = _policy(grad_sample_mode=mode, local_epochs=epochs)
+    plan = dp.plan_trial(policy, batches_per_epoch=len(loader))
+    private = dp.make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader,
+        policy=policy,
+        plan=plan,
+        criterion=nn.BCEWithLogitsLoss(),
+        noise_generator=torch.Generator().manual_seed(5),
+        fast_data=fast_data,
+    )
+    batches = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for _ in range(epochs):
+            for xb, yb in private.data_loader:
+                batches.append([xb, yb])
+                private.optimizer.zero_grad()
+                private.criterion(private.model(xb), yb).backward()
+                private.optimizer.step()
+    return private, batches
+
+
+@pytest.mark.parametrize(("mode", "own_generator"), [("hooks", True), ("ghost", False)])
+def test_fast_tensor_loader_gives_opacus_batches_and_the_same_model(mode, own_generator):
+    fast, fast_batches = _seeded_round(mode, fast_data=True, own_generator=own_generator)
+    slow, slow_batches = _seeded_round(mode, fast_data=False, own_generator=own_generator)
+    assert isinstance(fast.data_loader, dp.PoissonTensorLoader)
+    assert not isinstance(slow.data_loader, dp.PoissonTensorLoader)  # Opacus' DPDataLoader
+    assert len(fast.data_loader) == len(slow.data_loader) == 10
+    assert fast.data_loader.sample_rate == slow.data_loader.sample_rate == 0.1
+    # The same Poisson draws, row for row, empty batches included (rate 0.1 of 20 rows).
+    assert len(fast_batches) == len(slow_batches) == 30
+    assert any(len(b[0]) == 0 for b in slow_batches)
+    for (fx, fy), (sx, sy) in zip(fast_batches, slow_batches, strict=True):
+        assert fx.shape == sx.shape and fy.shape == sy.shape and fx.dtype == sx.dtype
+        assert torch.equal(fx, sx) and torch.equal(fy, sy)
+    for a, b in zip(fast.model.parameters(), slow.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert fast.history == slow.history and fast.steps == 30
+
+
+def test_other_datasets_keep_opacus_data_loader():
+    class Rows(torch.utils.data.Dataset):
+        def __init__(self, x: torch.Tensor):
+            self.x = x
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int):
+            return self.x[i], (self.x[i, :1] > 0).float()
+
+    loader = DataLoader(Rows(torch.randn(40, 5)), batch_size=4)
+    policy = _policy()
+    plan = dp.plan_trial(policy, batches_per_epoch=len(loader))
+    model = nn.Linear(5, 1)
+    private = dp.make_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        loader,
+        policy=policy,
+        plan=plan,
+        criterion=nn.BCEWithLogitsLoss(),
+    )
+    from opacus.data_loader import DPDataLoader
+
+    assert isinstance(private.data_loader, DPDataLoader)
+
+
 def test_loader_that_does_not_match_the_plan_is_refused():
     policy = _policy()
     plan = dp.plan_trial(policy, batches_per_epoch=7)
