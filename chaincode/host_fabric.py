@@ -344,9 +344,26 @@ def main() -> None:
                  "CHAINCODE_SERVER_ADDRESS (host:port to listen on)")
     invoke = load_contract()
     try:
-        asyncio.run(serve(cc_id, address, invoke))
+        _run(serve(cc_id, address, invoke))
     except KeyboardInterrupt:
         pass
+
+
+def _run(main_coroutine: Any) -> None:
+    """``asyncio.run``, on uvloop when it is installed (``BCFL_CHAINCODE_UVLOOP=0``: never).
+
+    Every state call of the contract is a hop between a worker thread and the event loop; on this
+    host uvloop took about a sixth off the service's CPU time per transaction.
+    """
+    if os.environ.get("BCFL_CHAINCODE_UVLOOP", "1") != "0":
+        try:
+            import uvloop  # type: ignore[import-not-found]
+        except ImportError:
+            pass
+        else:
+            uvloop.run(main_coroutine)
+            return
+    asyncio.run(main_coroutine)
 
 
 if __name__ == "__main__":

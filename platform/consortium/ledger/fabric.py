@@ -289,6 +289,49 @@ def _contract_error_from(texts: list[str]) -> ContractError | None:
 # ---------------------------------------------------------------------------------------------
 
 
+class _CommittedBlocks:
+    """Per peer (of a channel of a network): the highest block it is known to have committed, and
+    the commit status requests in flight for a block, shared by every client of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._height: dict[tuple[Any, str], int] = {}
+        self._asking: dict[tuple[Any, str, int], Any] = {}
+
+    def committed(self, scope: Any, address: str, block: int) -> None:
+        with self._lock:
+            if self._height.get((scope, address), -1) < block:
+                self._height[(scope, address)] = block
+
+    def wait_for(self, scope: Any, address: str, block: int, ask: Callable[[], Any]) -> Any:
+        """None when ``address`` has committed ``block``, else a future answering when it has."""
+        with self._lock:
+            if self._height.get((scope, address), -1) >= block:
+                return None
+            key = (scope, address, block)
+            future = self._asking.get(key)
+            if future is None:
+                future = self._asking[key] = ask()
+            else:
+                return future
+
+        def settle(done: Any) -> None:
+            with self._lock:
+                self._asking.pop(key, None)
+            try:
+                answered = done.exception() is None
+            except Exception:  # cancelled
+                answered = False
+            if answered:
+                self.committed(scope, address, block)
+
+        future.add_done_callback(settle)
+        return future
+
+
+_BLOCKS = _CommittedBlocks()
+
+
 class FabricLedger:
     """``Ledger`` over a Fabric channel, through the peers' Gateway service."""
 
@@ -306,6 +349,8 @@ class FabricLedger:
         self._creator = serialized_identity(identity)
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        self._stubs: dict[str, gateway_pb2_grpc.GatewayStub] = {}  # one per channel: building one costs
+        self._tls_id = hashlib.sha256(target.tls_root_pems).hexdigest()  # which network (ports are reused)
         self._preferred = 0  # index of the gateway peer that answered last
         credentials = grpc.ssl_channel_credentials(root_certificates=target.tls_root_pems)
         self._credentials = credentials
@@ -324,6 +369,12 @@ class FabricLedger:
                 self._channels[address] = channel
             return channel
 
+    def _stub(self, address: str) -> gateway_pb2_grpc.GatewayStub:
+        stub = self._stubs.get(address)
+        if stub is None:
+            stub = self._stubs[address] = gateway_pb2_grpc.GatewayStub(self._channel(address))
+        return stub
+
     def _gateways(self) -> list[GatewayPeer]:
         peers = self.target.peers
         start = self._preferred
@@ -333,7 +384,7 @@ class FabricLedger:
         """Run ``fn(stub, peer)`` on the preferred gateway peer, failing over to the next when unreachable."""
         errors = []
         for peer in self._gateways():
-            stub = gateway_pb2_grpc.GatewayStub(self._channel(peer.address))
+            stub = self._stub(peer.address)
             try:
                 result = fn(stub, peer)
             except grpc.RpcError as err:
@@ -436,10 +487,14 @@ class FabricLedger:
         signed_status = gateway_pb2.SignedCommitStatusRequest(request=status_request,
                                                               signature=self.identity.sign(status_request))
 
+        gateway: list[str] = []  # the peer that answered
+
         def submit_and_wait(stub: gateway_pb2_grpc.GatewayStub, peer: GatewayPeer) -> Any:
             stub.Submit(submit, timeout=self.timeout)
             try:
-                return stub.CommitStatus(signed_status, timeout=self.timeout)
+                status = stub.CommitStatus(signed_status, timeout=self.timeout)
+                gateway.append(peer.address)
+                return status
             except grpc.RpcError as err:
                 # submitted already: never resubmit elsewhere, a lost answer is not a lost transaction
                 err._bcfl_final = True  # type: ignore[attr-defined]
@@ -450,7 +505,7 @@ class FabricLedger:
         except grpc.RpcError as err:
             self._raise_for("submit", err)
         if status.result == transaction_pb2.VALID and self.commit_wait == "all":
-            self._wait_everywhere(signed_status)
+            self._wait_everywhere(signed_status, int(status.block_number), gateway[-1])
         if status.result != transaction_pb2.VALID:
             name = transaction_pb2.TxValidationCode.Name(status.result)
             raise TransactionInvalid(
@@ -463,24 +518,33 @@ class FabricLedger:
         return TxResult(tx_id=tx_id, block_number=int(status.block_number),
                         result=_json_result(result, function), event_name=event_name)
 
-    def _wait_everywhere(self, signed_status: gateway_pb2.SignedCommitStatusRequest) -> None:
-        """Wait until every reachable peer has committed the transaction (bounded).
+    def _wait_everywhere(self, signed_status: gateway_pb2.SignedCommitStatusRequest, block: int,
+                         gateway: str) -> None:
+        """Wait until every reachable peer has committed the transaction's block (bounded).
 
         The gateway answered once its own peer committed; the next transaction, maybe submitted by
         another member through another organisation's peer, must not be endorsed against older
         state, as the embedded ledger never is. Unreachable peers are skipped (they catch up).
+        A peer commits a block whole, so one answer per peer and block serves every transaction of
+        that block submitted from this process (``_BLOCKS``): a transaction whose block a peer is
+        known to have committed asks that peer nothing, and one whose block is being asked about
+        waits for that answer.
         """
-        futures = []
-        for index, peer in enumerate(self.target.peers):
-            if index == self._preferred:  # the gateway that answered: committed already
+        scope = (self._tls_id, self.target.channel)
+        waits = []
+        for peer in self.target.peers:
+            if peer.address == gateway:  # the gateway that answered: committed already
+                _BLOCKS.committed(scope, peer.address, block)
                 continue
-            stub = gateway_pb2_grpc.GatewayStub(self._channel(peer.address))
-            futures.append(stub.CommitStatus.future(signed_status, timeout=self.commit_wait_timeout))
-        for future in futures:
-            try:
-                future.result()
-            except grpc.RpcError:
-                pass  # down or behind: it is not in the way of the next endorsement for long
+            stub = self._stub(peer.address)
+            waits.append(_BLOCKS.wait_for(scope, peer.address, block, lambda stub=stub: stub.CommitStatus.future(
+                signed_status, timeout=self.commit_wait_timeout)))
+        for wait in waits:
+            if wait is not None:
+                try:
+                    wait.result()
+                except grpc.RpcError:
+                    pass  # down or behind: it is not in the way of the next endorsement for long
 
     def chaincode_events(self, start_block: int = 0, timeout: float | None = None) -> Iterator[LedgerEvent]:
         """Live chaincode events from ``start_block`` on (the Gateway's ChaincodeEvents stream; never ends
@@ -596,6 +660,7 @@ class FabricLedger:
             for channel in self._channels.values():
                 channel.close()
             self._channels.clear()
+            self._stubs.clear()
 
     def __enter__(self) -> FabricLedger:
         return self
