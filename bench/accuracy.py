@@ -96,7 +96,8 @@ def main() -> None:
                                                  for m in summary["malicious"] if m in r["accepted"]),
                        **round_timing(summary)}
                 results[name].append(run)
-                print(f"{name} seed {seed}: accuracy {accuracy:.3f}, round {run.get('round_seconds', 0):.2f} s, "
+                shown = "n/a" if accuracy is None else f"{accuracy:.3f}"
+                print(f"{name} seed {seed}: accuracy {shown}, round {run.get('round_seconds', 0):.2f} s, "
                       f"overhead {run.get('overhead_share', 0):.0%}", flush=True)
     rows = []
     honest = results.get("HE on, DP off")

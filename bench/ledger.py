@@ -128,8 +128,11 @@ class Driver:
         self.parallel([("admin", "create_trial", self.trial_args(t)) for t in trial_ids])
         self.parallel([("admin", "open_enrolment", {"trial_id": t}) for t in trial_ids])
         for h in HOSPITALS:  # one enrolment per trial at a time (they touch the trial record)
+            hospital_keys = {t: key() for t in trial_ids}
+            self.parallel([(h, "register_encryption_key", {"trial_id": t, "encryption_public_key": hospital_keys[t]})
+                           for t in trial_ids])
             self.parallel([("admin", "enrol_hospital", {"trial_id": t, "msp_id": self.msp[h],
-                                                        "encryption_public_key": key()}) for t in trial_ids])
+                                                        "encryption_public_key": hospital_keys[t]}) for t in trial_ids])
         self.parallel([("admin", "start_trial", {"trial_id": t}) for t in trial_ids])
         keys = {t: {"trial_id": t, "public_context": {"content_id": "cid-context", "sha256": digest("ctx", t)},
                     "envelopes": {self.msp[h]: {"content_id": f"cid-env-{h}", "sha256": digest("env", t, h)}

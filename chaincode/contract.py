@@ -35,7 +35,9 @@ create_trial      admin; {trial_id, task, data_schema, model: {name, [hyperparam
                   DEFAULT_EVALUATION and DEFAULT_PHASE_SECONDS;
                   DP and HE are on unless {"enabled": false, ["reason"]} is given.
 open_enrolment    admin; {trial_id}; trial; EnrolmentOpened
-enrol_hospital    admin; {trial_id, msp_id, encryption_public_key (X25519, PEM or base64)};
+register_encryption_key  silo; {trial_id, encryption_public_key}: the hospital's own X25519 key for the trial
+enrol_hospital    admin; {trial_id, msp_id, encryption_public_key (X25519, PEM or base64)}, which must equal
+                  the key that hospital registered itself;
                   enrolment; HospitalEnrolled
 remove_hospital   admin; {trial_id, msp_id, [reason]}; enrolment; HospitalRemoved
 start_trial       admin; {trial_id}; trial; TrialStarted (needs min_silos enrolled)
@@ -227,6 +229,7 @@ CODES: dict[str, str] = {
     "COMMITMENT_MISMATCH": "the revealed values do not hash to the organisation's commitment",
     "DUPLICATE_CONTENT": "another organisation already revealed an update with this sha256 in this trial",
     "SELF_VOTE": "a voter scored its own update",
+    "KEY_MISMATCH": "the encryption key given for a hospital is not the one the hospital registered itself",
     "AGGREGATE_MISMATCH": "the aggregate does not sum exactly the accepted updates",
     "ATTESTATION_MISMATCH": "attested model hashes differ; the round was halted (halt code and event, not raised)",
 }
@@ -810,6 +813,33 @@ def _x25519_public_key(a: Args, name: str) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+def _key_registration_key(trial_id: str, msp_id: str) -> str:
+    return create_composite_key("encryption_key", [trial_id, msp_id])
+
+
+@_function("register_encryption_key", "silo")
+def _register_encryption_key(tx: _Tx, caller: _Caller, a: Args) -> Any:
+    """A hospital registers its own X25519 key for a trial, signed by itself.
+
+    The trial's secret context is sealed to the enrolled keys, so they must come from the
+    hospitals, not from the operator: ``enrol_hospital`` accepts only the key the hospital
+    registered here (otherwise an operator could enrol a key of its own and open the envelope).
+    """
+    trial = _load_trial(tx, a.identifier("trial_id"))
+    msp_id = _own_organisation(a, caller)
+    public_key = _x25519_public_key(a, "encryption_public_key")
+    a.done()
+    _require_trial_state(trial, "DRAFT", "ENROLLING")
+    enrolment = tx.get(_enrolment_key(trial["trial_id"], msp_id))
+    if enrolment is not None and enrolment["status"] == "enrolled":
+        _fail("ALREADY_EXISTS", f"{msp_id} is already enrolled in trial {trial['trial_id']!r}; its key is fixed", msp_id=msp_id)
+    record = {"trial_id": trial["trial_id"], "msp_id": msp_id, "encryption_public_key": public_key,
+              "registered_at": tx.now}
+    tx.put(_key_registration_key(trial["trial_id"], msp_id), record)
+    tx.emit("EncryptionKeyRegistered", {"trial_id": trial["trial_id"], "msp_id": msp_id})
+    return record
+
+
 @_function("enrol_hospital", "admin")
 def _enrol_hospital(tx: _Tx, caller: _Caller, a: Args) -> Any:
     trial = _load_trial(tx, a.identifier("trial_id"))
@@ -831,6 +861,14 @@ def _enrol_hospital(tx: _Tx, caller: _Caller, a: Args) -> Any:
     existing = tx.get(key)
     if existing is not None and existing["status"] == "enrolled":
         _fail("ALREADY_EXISTS", f"{msp_id} is already enrolled in trial {trial['trial_id']!r}", msp_id=msp_id)
+    registered = tx.get(_key_registration_key(trial["trial_id"], msp_id))
+    if registered is None:
+        _fail("NOT_FOUND", f"{msp_id} has not registered an encryption key for trial {trial['trial_id']!r}; "
+              "the hospital itself must call register_encryption_key first", msp_id=msp_id)
+    if registered["encryption_public_key"] != public_key:
+        _fail("KEY_MISMATCH", f"encryption_public_key: not the key {msp_id} registered itself for trial "
+              f"{trial['trial_id']!r}; expected {registered['encryption_public_key']}", field="encryption_public_key",
+              msp_id=msp_id)
     record = {
         "trial_id": trial["trial_id"],
         "msp_id": msp_id,

@@ -62,8 +62,6 @@ MAX_SCORE_MICRO = 10**12
 # A peer update that cannot be fetched, verified or decrypted gets the lowest score: it is
 # rejected by the votes instead of stopping the round.
 REJECT_SCORE_MICRO = -MAX_SCORE_MICRO
-# Aliases of the contract's default HE preset name for privacy.he's default preset.
-HE_PRESET_ALIASES = {"standard": he.DEFAULT_PRESET, "default": he.DEFAULT_PRESET}
 # Round indexes in the accountant: one per (round, attempt).
 _ATTEMPTS_PER_ROUND = 1_000_000
 
@@ -95,7 +93,7 @@ def he_preset_name(trial: dict[str, Any]) -> str:
             detail={"trial_id": trial["trial_id"], "field": "he.enabled"},
         )
     name = record.get("preset") or he.DEFAULT_PRESET
-    return he.get_preset(HE_PRESET_ALIASES.get(name, name)).name
+    return he.get_preset(name).name
 
 
 def release_rng(secret_context: bytes, trial_id: str, aggregate_sha256: str) -> np.random.Generator:

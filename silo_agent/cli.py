@@ -30,12 +30,12 @@ def silo_group() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
 @click.option("--trial", "trial_id", required=True, help="Trial to ask enrolment in.")
 def enroll_command(config_path: str, trial_id: str) -> None:
-    """Ask the coordinator to enrol this hospital in a trial (sends its X25519 public key)."""
+    """Register this hospital's X25519 key for a trial on the ledger (signed by the hospital) and
+    ask the coordinator to enrol it; the admin can only enrol the key registered here."""
     from consortium.identity import load_identity
 
     config = _config(config_path)
     identity = load_identity(config.identity)
-    public_key_pem = identity.encryption_public_key_pem()
     try:
         from consortium.coordinator_client import CoordinatorClient
     except ImportError as exc:
@@ -44,10 +44,15 @@ def enroll_command(config_path: str, trial_id: str) -> None:
             "coordinator client (CoordinatorClient) to post enrolment requests",
             code="NOT_AVAILABLE",
         ) from exc
+    from consortium.ledger import open_ledger
+    from silo_agent.enrolment import request_enrolment
+
     client = CoordinatorClient(config.coordinator_url, identity)
+    ledger = open_ledger(config.ledger_url, identity)
     try:
-        result = client.request_enrolment(trial_id, public_key_pem)
+        result = request_enrolment(ledger, client, identity, trial_id)
     finally:
+        ledger.close()
         close = getattr(client, "close", None)
         if close is not None:
             close()

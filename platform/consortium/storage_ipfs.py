@@ -700,8 +700,10 @@ class KuboNode:
         tmp = self.repo / "config.tmp"
         tmp.write_text(json.dumps(config, indent=2))
         os.replace(tmp, self.repo / "config")
-        (self.repo / "swarm.key").write_bytes(self.swarm_key)
-        (self.repo / "swarm.key").chmod(0o600)
+        # the pre-shared key is the swarm's only secret: never world-readable, even briefly
+        fd = os.open(self.repo / "swarm.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(self.swarm_key)
         return self
 
     def start(self, timeout: float = 60.0) -> KuboNode:

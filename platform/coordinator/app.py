@@ -263,6 +263,12 @@ def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
     }
 
 
+def _require_admin_or_auditor(who: Any, what: str) -> None:
+    if who.role not in ("admin", "auditor"):
+        raise ContractError(f"{what} is for admins and auditors, not {who.role!r}", code="FORBIDDEN_ROLE",
+                            detail={"role": who.role, "allowed": ["admin", "auditor"]})
+
+
 def create_app(service: CoordinatorService, *, manage_service: bool = True) -> FastAPI:
     """The API over ``service``. With ``manage_service`` the app starts the scheduler on startup
     and closes the service on shutdown."""
@@ -416,8 +422,10 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
     def ledger_info() -> dict[str, Any]:
         return {"url_scheme": service.config.ledger_url.split(":", 1)[0], "height": service.reader.height()}
 
-    @app.get(f"{API_PREFIX}/ledger/verify", tags=["read"], summary="Re-verify every block, signature and index of the ledger")
-    def verify_ledger() -> dict[str, Any]:
+    @app.get(f"{API_PREFIX}/ledger/verify", tags=["read"],
+             summary="Re-verify every block, signature and index of the ledger (admins and auditors: it reads the whole chain)")
+    def verify_ledger(who: Who) -> dict[str, Any]:
+        _require_admin_or_auditor(who, "a full ledger verification")
         return service.verify_ledger()
 
     @app.get(f"{API_PREFIX}/scheduler", tags=["read"], summary="Scheduler status and recent steps")
@@ -435,9 +443,7 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
         limit: int = Query(default=100, ge=1, le=1000),
         msp_id: str | None = Query(default=None, pattern=IDENTIFIER),
     ) -> list[dict[str, Any]]:
-        if who.role not in ("admin", "auditor"):
-            raise ContractError(f"the audit log is for admins and auditors, not {who.role!r}", code="FORBIDDEN_ROLE",
-                                detail={"role": who.role, "allowed": ["admin", "auditor"]})
+        _require_admin_or_auditor(who, "the audit log")
         return service.database.audit_log(limit=limit, msp_id=msp_id)
 
     # -- silo -------------------------------------------------------------------------------

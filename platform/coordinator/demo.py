@@ -110,11 +110,13 @@ def run_demo(
         console.print(f"{hospitals} silo agents running (logs in {net.root / 'logs'})")
         final = _follow(net, trial_id, rounds, timeout, console)
         summary["state"] = final["state"]
+        # Each silo records its last model's metrics on its final tick, then exits by itself.
+        deadline = time.monotonic() + 120
+        while any(net.processes[h].running for h in net.hospital_names()) and time.monotonic() < deadline:
+            time.sleep(0.3)
         if chain is not None:
             summary["settlement_balances"] = _wait_for_settlement(net, trial_id, chain, console)
         summary.update(collect_results(net, trial_id))
-        for hospital in net.hospital_names():
-            net.processes[hospital].stop(timeout=30)
         verify_args = ["ledger", "verify", net.ledger_url, "--consortium", str(net.consortium.directory),
                        "--as", "auditor", "--json"]
         verify = subprocess.run(bcfl_command(*verify_args, *(["--replay"] if ledger == "embedded" else [])),

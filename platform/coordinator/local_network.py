@@ -255,10 +255,17 @@ class LocalNetwork:
         return proc
 
     def request_enrolment(self, hospital: str, trial_id: str) -> dict[str, Any]:
-        """What `bcfl silo enroll` does: send the hospital's X25519 public key to the coordinator."""
+        """What `bcfl silo enroll` does: register the hospital's key on the ledger, then ask the coordinator."""
+        from consortium.ledger import open_ledger
+        from silo_agent.enrolment import request_enrolment
+
         identity = self.consortium.identity(hospital)
-        with CoordinatorClient(self.base_url, identity) as client:
-            return client.request_enrolment(trial_id, identity.encryption_public_key_pem())
+        ledger = open_ledger(self.ledger_url, identity)
+        try:
+            with CoordinatorClient(self.base_url, identity) as client:
+                return request_enrolment(ledger, client, identity, trial_id)
+        finally:
+            ledger.close()
 
     def stop_all(self) -> None:
         for name in list(self.processes):

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -14,6 +12,7 @@ from typing import Any
 
 from consortium.canonical import canonical_json
 from consortium.errors import PrivacyBudgetExceeded, PrivacyError
+from consortium.files import write_atomic
 from privacy.dp.policy import DPPlan, DPPolicy, from_micro_epsilon, to_micro_epsilon
 
 STATE_FORMAT = "bcfl-dp-accountant/1"
@@ -274,22 +273,7 @@ def _read(path: Path) -> dict[str, Any]:
 
 
 def _write_atomic(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(canonical_json(state))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, canonical_json(state))
 
 
 @contextmanager

@@ -89,8 +89,14 @@ class Flow:
     def create(self, **overrides: Any) -> dict[str, Any]:
         return self.admin.submit("create_trial", self.trial_args(**overrides))
 
+    def register_key(self, name: str, key: str | None = None) -> str:
+        key = key or x25519_public_key()
+        self.client(name).submit("register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key})
+        return key
+
     def enrol(self, name: str) -> dict[str, Any]:
-        args = {"trial_id": self.trial_id, "msp_id": self.msp[name], "encryption_public_key": x25519_public_key()}
+        key = self.register_key(name)
+        args = {"trial_id": self.trial_id, "msp_id": self.msp[name], "encryption_public_key": key}
         return self.admin.submit("enrol_hospital", args)
 
     def enrolling(self, hospitals: tuple[str, ...] = HOSPITALS[:3], **overrides: Any) -> None:

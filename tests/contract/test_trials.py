@@ -121,6 +121,14 @@ def test_enrolment_accepts_hospitals_only_with_a_valid_x25519_key(flow):
     bad_key = {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": "bm90IGEga2V5"}
     assert refused("INVALID_ARGUMENT", flow.admin.submit, "enrol_hospital", bad_key).detail["field"] == "encryption_public_key"
     pem = x25519_public_key(pem=True)
+    # the operator cannot enrol a key the hospital did not register itself
+    refused("NOT_FOUND", flow.admin.submit, "enrol_hospital", {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": pem})
+    flow.register_key("hospital1", pem)
+    refused("KEY_MISMATCH", flow.admin.submit, "enrol_hospital", {**base, "msp_id": flow.msp["hospital1"]})
+    refused("WRONG_ORGANISATION", flow.client("hospital2").submit, "register_encryption_key",
+            {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"], "encryption_public_key": x25519_public_key()})
+    refused("FORBIDDEN_ROLE", flow.admin.submit, "register_encryption_key",
+            {"trial_id": flow.trial_id, "encryption_public_key": x25519_public_key()})
     record = flow.admin.submit("enrol_hospital", {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": pem})
     assert record["status"] == "enrolled" and len(record["encryption_public_key"]) == 44  # base64 of 32 bytes
     refused("ALREADY_EXISTS", flow.enrol, "hospital1")

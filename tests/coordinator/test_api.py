@@ -13,9 +13,11 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
 from consortium.errors import ContractError, SchemaError
+from consortium.ledger import open_ledger
 from consortium.storage import open_store
 from coordinator.cli import coordinator_group
 from privacy.he import DEFAULT_PRESET
+from silo_agent.enrolment import register_encryption_key
 
 DATA_SCHEMA = {
     "features": [
@@ -48,7 +50,8 @@ def raw_key_b64(pem: bytes) -> str:
     return base64.b64encode(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
 
 
-def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consortium: Any, store_url: str) -> None:
+def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consortium: Any, store_url: str,
+                                            ledger_url: str) -> None:
     admin, auditor = client_as("admin"), client_as("auditor")
     trial = admin.create_trial(spec())
     assert trial["state"] == "ENROLLING"
@@ -79,6 +82,10 @@ def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consort
     assert info2.value.detail["field"] == "encryption_public_key"
     assert [r["msp_id"] for r in admin.enrolment_requests("trial-1", "pending")] == ["Hospital1MSP", "Hospital2MSP", "Hospital3MSP"]
 
+    for name in ("hospital1", "hospital2"):
+        ledger = open_ledger(ledger_url, consortium.identity(name))
+        register_encryption_key(ledger, consortium.identity(name), "trial-1")
+        ledger.close()
     record = admin.enrol("trial-1", "Hospital1MSP")
     assert record["encryption_public_key"] == raw_key_b64(consortium.identity("hospital1").encryption_public_key_pem())
     # Starting with one hospital is refused and changes nothing.
@@ -113,8 +120,9 @@ def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consort
     assert auditor.rewards("trial-1")["accounts"] == []
     feed = auditor.events("trial-1")
     names = [e["name"] for e in feed["events"]]
-    assert names == ["TrialCreated", "EnrolmentOpened", "HospitalEnrolled", "HospitalEnrolled", "TrialStarted"]
-    later = auditor.events("trial-1", since_block=feed["events"][3]["block_number"])
+    assert names == ["TrialCreated", "EnrolmentOpened", "EncryptionKeyRegistered", "EncryptionKeyRegistered",
+                     "HospitalEnrolled", "HospitalEnrolled", "TrialStarted"]
+    later = auditor.events("trial-1", since_block=feed["events"][5]["block_number"])
     assert [e["name"] for e in later["events"]] == ["HospitalEnrolled", "TrialStarted"]
     page = auditor.events("trial-1", limit=2)
     assert len(page["events"]) == 2 and page["next_block"] == feed["events"][2]["block_number"]

@@ -37,6 +37,7 @@ def create_running_trial(net: Any, store: ArtifactStore, secret: he.HEContext, t
         identity = net.consortium.identity(name)
         key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        net.client(name).submit("register_encryption_key", {"trial_id": trial_id, "encryption_public_key": base64.b64encode(raw).decode()})
         admin.submit("enrol_hospital", {"trial_id": trial_id, "msp_id": identity.msp_id,
                                         "encryption_public_key": base64.b64encode(raw).decode()})
     admin.submit("start_trial", {"trial_id": trial_id})

@@ -44,6 +44,7 @@ def running_trial(service: CoordinatorService, net: Any, store_url: str, secret:
         identity = net.consortium.identity(name)
         key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        net.client(name).submit("register_encryption_key", {"trial_id": TRIAL, "encryption_public_key": base64.b64encode(raw).decode()})
         admin.submit("enrol_hospital", {"trial_id": TRIAL, "msp_id": identity.msp_id,
                                         "encryption_public_key": base64.b64encode(raw).decode()})
     service.start_trial(TRIAL)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import subprocess
+
 import httpx
 import pandas as pd
 import pytest
 
-from consortium.errors import AuthError
+from consortium.errors import AuthError, ContractError
 from consortium.http_auth import sign_request
-from coordinator.local_network import wait_for
+from consortium.identity import x25519_public_key_raw
+from coordinator.local_network import bcfl_command, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -64,3 +68,24 @@ def test_replayed_and_unauthorised_requests_against_the_server(local_network) ->
     # a hospital cannot read another hospital's enrolment request
     with net.client("hospital1") as hospital1, pytest.raises(AuthError):
         hospital1.enrolment_request(trial.trial_id, "Hospital2MSP")
+
+
+def test_silo_enroll_registers_its_own_key_and_asks_the_coordinator(local_network) -> None:
+    """`bcfl silo enroll` against the live coordinator: the key is registered on the ledger by the
+    hospital itself, so the admin can enrol exactly that key and no other."""
+    net, trial = local_network(rounds=1)
+    with net.client("admin") as admin:
+        spec = admin.trial(trial.trial_id)
+        admin.create_trial({"trial_id": "second", "task": spec["task"], "data_schema": spec["data_schema"],
+                            "model": spec["model"], "rounds": 1, "min_silos": 2})
+        enroll = subprocess.run(bcfl_command("silo", "enroll", "--config", str(net.silo_config_path("hospital1")),
+                                             "--trial", "second"), capture_output=True, text=True)
+        assert enroll.returncode == 0, enroll.stdout + enroll.stderr
+        assert [r["msp_id"] for r in admin.enrolment_requests("second", "pending")] == ["Hospital1MSP"]
+        record = admin.enrol("second", "Hospital1MSP")
+        assert record["encryption_public_key"] == base64.b64encode(
+            x25519_public_key_raw(net.consortium.identity("hospital1").encryption_public_key_pem().decode())).decode()
+        # a hospital that registered nothing cannot be enrolled with a key the operator chose
+        with pytest.raises(ContractError) as err:
+            admin.enrol("second", "Hospital2MSP")
+        assert err.value.code == "NOT_FOUND"

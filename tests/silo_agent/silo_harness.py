@@ -75,7 +75,9 @@ class CoordinatorDriver:
             identity = self.net.consortium.identity(name)
             pem = identity.encryption_public_key_pem()
             raw = serialization.load_pem_public_key(pem).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-            self.admin.submit("enrol_hospital", {"trial_id": self.trial_id, "msp_id": identity.msp_id, "encryption_public_key": base64.b64encode(raw).decode()})
+            key = base64.b64encode(raw).decode()
+            self.net.client(name).submit("register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key})
+            self.admin.submit("enrol_hospital", {"trial_id": self.trial_id, "msp_id": identity.msp_id, "encryption_public_key": key})
         return self.admin.submit("start_trial", {"trial_id": self.trial_id})
 
     def trial(self) -> dict[str, Any]:

@@ -79,25 +79,3 @@ def test_run_once_and_status_json(driver: Any, make_agent: Any, demo_files: dict
     assert trial["round_details"][0]["test"]["accuracy"] > 0.6
     table = runner.invoke(silo_group, ["status", "--config", str(config)])
     assert table.exit_code == 0 and "trial-1" in table.output
-
-
-def test_enroll_posts_the_encryption_key_through_the_coordinator_client(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, demo_files: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    config = _toml(tmp_path, consortium, ledger_url, store_url, demo_files["paths"][0], "hospital1")
-    calls: list[tuple] = []
-
-    class FakeClient:
-        def __init__(self, base_url: str, identity: Any) -> None:
-            calls.append(("init", base_url, identity.msp_id))
-
-        def request_enrolment(self, trial_id: str, public_key_pem: bytes) -> dict:
-            calls.append(("request", trial_id, public_key_pem.startswith(b"-----BEGIN PUBLIC KEY")))
-            return {"status": "pending"}
-
-    module = type(sys)("consortium.coordinator_client")
-    module.CoordinatorClient = FakeClient  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "consortium.coordinator_client", module)
-    result = CliRunner().invoke(silo_group, ["enroll", "--config", str(config), "--trial", "t-1"])
-    assert result.exit_code == 0, result.output
-    assert calls == [("init", "http://127.0.0.1:8700", "Hospital1MSP"), ("request", "t-1", True)]

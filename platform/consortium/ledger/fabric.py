@@ -76,7 +76,6 @@ _MAX_MESSAGE = 100 * 1024 * 1024
 _CODE_RE = re.compile(r"^([A-Z][A-Z0-9_]{1,63}): (.*)$", re.S)
 _CC_RESPONSE_RE = re.compile(r"chaincode response (\d+), (.*)$", re.S)
 DETAIL_MARKER = "\n\x1edetail="  # as in chaincode.host_fabric (not imported: clients need no shim)
-P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
 class TransactionInvalid(LedgerError):
