@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from fabric_protos.gateway import gateway_pb2, gateway_pb2_grpc
 
@@ -46,7 +48,18 @@ def _submit_endorsed_by(ledger: FabricLedger, function: str, args: dict[str, Any
     request = gateway_pb2.EndorseRequest(transaction_id=proposal.tx_id, channel_id=ledger.target.channel,
                                          proposed_transaction=proposal.signed, endorsing_organizations=orgs)
     stub = gateway_pb2_grpc.GatewayStub(ledger._channel(ledger.target.peers[0].address))
-    prepared = stub.Endorse(request, timeout=ledger.timeout).prepared_transaction
+    # A peer restarted by an earlier fault test rejoins gossip (which the Gateway's discovery uses)
+    # after a few alive intervals; until then naming its organisation finds no endorser.
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            prepared = stub.Endorse(request, timeout=ledger.timeout).prepared_transaction
+            break
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE or "endorsing peers" not in (exc.details() or "") \
+                    or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
     return ledger.submit_envelope(proposal.tx_id, ledger.sign_envelope(prepared), function)
 
 
