@@ -50,6 +50,19 @@ class StoredArtifact:
     size: int
 
 
+def describe_artifact(data: bytes | bytearray | memoryview) -> tuple[bytes, StoredArtifact]:
+    """Check what a store is asked to put (bytes, within MAX_ARTIFACT_BYTES) and name it."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise StoreError(f"artifact must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) > MAX_ARTIFACT_BYTES:
+        raise StoreError(
+            f"artifact of {len(data)} bytes exceeds the store limit of {MAX_ARTIFACT_BYTES} bytes",
+            code="ARTIFACT_TOO_LARGE",
+        )
+    return data, StoredArtifact(content_id(data), hashlib.sha256(data).hexdigest(), len(data))
+
+
 class ArtifactStore(Protocol):
     url: str
 
@@ -78,16 +91,8 @@ class FileStore:
         return self.root / cid[-2:] / cid
 
     def put(self, data: bytes) -> StoredArtifact:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise StoreError(f"artifact must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) > MAX_ARTIFACT_BYTES:
-            raise StoreError(
-                f"artifact of {len(data)} bytes exceeds the store limit of {MAX_ARTIFACT_BYTES} bytes",
-                code="ARTIFACT_TOO_LARGE",
-            )
-        cid = content_id(data)
-        artifact = StoredArtifact(cid, hashlib.sha256(data).hexdigest(), len(data))
+        data, artifact = describe_artifact(data)
+        cid = artifact.content_id
         path = self._path(cid)
         if path.exists():
             try:

@@ -49,7 +49,12 @@ import httpx
 from multiformats import CID, multihash
 
 from consortium.errors import ConfigError, StoreError, StoreIntegrityError
-from consortium.storage import MAX_ARTIFACT_BYTES, StoredArtifact, content_id, parse_content_id
+from consortium.storage import (
+    MAX_ARTIFACT_BYTES,
+    StoredArtifact,
+    describe_artifact,
+    parse_content_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -114,16 +119,8 @@ class IpfsStore:
     # -- the seam ---------------------------------------------------------------------------
 
     def put(self, data: bytes) -> StoredArtifact:
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise StoreError(f"artifact must be bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if len(data) > MAX_ARTIFACT_BYTES:
-            raise StoreError(
-                f"artifact of {len(data)} bytes exceeds the store limit of {MAX_ARTIFACT_BYTES} bytes",
-                code="ARTIFACT_TOO_LARGE",
-            )
-        cid = content_id(data)
-        artifact = StoredArtifact(cid, hashlib.sha256(data).hexdigest(), len(data))
+        data, artifact = describe_artifact(data)
+        cid = artifact.content_id
         if len(data) <= RAW_BLOCK_LIMIT:
             self._put_raw_block(cid, data)
         else:
