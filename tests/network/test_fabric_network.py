@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -171,7 +170,6 @@ def test_a_stopped_hospital_peer_does_not_stop_the_trial_and_catches_up(
         hospital1.close()
 
 
-@pytest.mark.skipif(not os.environ.get("BCFL_FABRIC_RAFT3"), reason="set BCFL_FABRIC_RAFT3=1 for a 3-node Raft run")
 def test_three_raft_orderers(tmp_path: Path) -> None:
     from consortium.network_cli import FabricNetwork
 
