@@ -10,6 +10,7 @@ from chaincode.state import (
     MAX_UNICODE_RUNE,
     Creator,
     HistoryEntry,
+    TransactionContext,
     create_composite_key,
 )
 
@@ -40,17 +41,14 @@ def _k(key: str) -> bytes:
     return key.encode("utf-8")
 
 
-class SqliteState:
+class SqliteState(TransactionContext):
     """``ChaincodeState`` over a SQLite connection: reads committed state, buffers writes."""
 
     def __init__(self, conn: sqlite3.Connection, creator: Creator, tx_id: str, timestamp: int):
         self._conn = conn
-        self._creator = creator
-        self._tx_id = tx_id
-        self._timestamp = timestamp
+        super().__init__(creator, tx_id, timestamp)
         # key -> new value, or None for a delete; applied by apply_writes() only on success.
         self.writes: dict[str, bytes | None] = {}
-        self.event: tuple[str, bytes] | None = None
 
     # -- reads: committed state only (a transaction never sees its own writes, as on Fabric) --
     def get_state(self, key: str) -> bytes | None:
@@ -104,20 +102,6 @@ class SqliteState:
         self._check_key(key)
         self.writes[key] = None
 
-    # -- transaction context --
-    def get_creator(self) -> Creator:
-        return self._creator
-
-    def get_tx_id(self) -> str:
-        return self._tx_id
-
-    def get_tx_timestamp(self) -> int:
-        return self._timestamp
-
-    def set_event(self, name: str, payload: bytes) -> None:
-        if not name:
-            raise ValueError("event name must not be empty")
-        self.event = (name, bytes(payload))
 
     @staticmethod
     def _check_key(key: str) -> None:

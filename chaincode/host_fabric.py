@@ -52,6 +52,7 @@ from chaincode.state import (
     MAX_UNICODE_RUNE,
     Creator,
     HistoryEntry,
+    TransactionContext,
     create_composite_key,
 )
 
@@ -73,18 +74,15 @@ class PeerStateError(RuntimeError):
     """The peer refused a state request (bad key, query limit, timeout...)."""
 
 
-class ShimState:
+class ShimState(TransactionContext):
     """``ChaincodeState`` for one transaction, over the shim's stream to the peer (worker-thread side)."""
 
     def __init__(self, handler: BcflHandler, loop: asyncio.AbstractEventLoop, msg: shim.ChaincodeMessage,
                  creator: Creator, timestamp: int):
+        super().__init__(creator, msg.txid, timestamp)
         self._handler = handler
         self._loop = loop
         self._channel_id = msg.channel_id
-        self._tx_id = msg.txid
-        self._creator = creator
-        self._timestamp = timestamp
-        self.event: tuple[str, bytes] | None = None
 
     def _ask(self, msg_type: int, payload: Any) -> shim.ChaincodeMessage:
         coro = self._handler.ask(msg_type, payload.SerializeToString(), self._channel_id, self._tx_id)
@@ -145,20 +143,6 @@ class ShimState:
         _check_key(key)
         self._ask(shim.ChaincodeMessage.DEL_STATE, shim.DelState(key=key, collection=""))
 
-    # -- transaction context --
-    def get_creator(self) -> Creator:
-        return self._creator
-
-    def get_tx_id(self) -> str:
-        return self._tx_id
-
-    def get_tx_timestamp(self) -> int:
-        return self._timestamp
-
-    def set_event(self, name: str, payload: bytes) -> None:
-        if not name:
-            raise ValueError("event name must not be empty")
-        self.event = (name, bytes(payload))
 
 
 def _check_key(key: str) -> None:

@@ -63,6 +63,30 @@ class ChaincodeState(Protocol):
     def set_event(self, name: str, payload: bytes) -> None: ...
 
 
+class TransactionContext:
+    """What both hosts know about the transaction being executed, and its one event."""
+
+    def __init__(self, creator: Creator, tx_id: str, timestamp: int):
+        self._creator = creator
+        self._tx_id = tx_id
+        self._timestamp = timestamp
+        self.event: tuple[str, bytes] | None = None
+
+    def get_creator(self) -> Creator:
+        return self._creator
+
+    def get_tx_id(self) -> str:
+        return self._tx_id
+
+    def get_tx_timestamp(self) -> int:
+        return self._timestamp
+
+    def set_event(self, name: str, payload: bytes) -> None:
+        if not name:
+            raise ValueError("event name must not be empty")
+        self.event = (name, bytes(payload))  # one event per transaction: a later one replaces it
+
+
 def create_composite_key(object_type: str, attributes: list[str]) -> str:
     """Fabric's composite key encoding, so the same keys work on both hosts."""
     for part in [object_type, *attributes]:
