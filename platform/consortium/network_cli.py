@@ -43,6 +43,7 @@ from typing import Any
 import click
 
 from consortium.errors import BcflError, ConfigError
+from consortium.loopback import free_port
 
 CHANNEL = "bcfl"
 CHAINCODE = "bcfl"
@@ -121,10 +122,6 @@ def _cached_bin_dir() -> Path:
     raise NetworkError(f"no Fabric binaries under {root}; run deploy/fabric/build-binaries.sh", code="FABRIC_BUILD")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from consortium.canonical import canonical_json, sha256_hex
 from consortium.errors import SettlementError
 from consortium.files import write_atomic
+from consortium.loopback import free_port
 
 log = logging.getLogger(__name__)
 
@@ -1512,10 +1512,6 @@ def eth_toolchain(timeout: float = 600.0) -> Toolchain:
     return Toolchain(Path(out.stdout.strip().splitlines()[-1]))
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class AnvilNode:

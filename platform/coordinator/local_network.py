@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,14 +22,11 @@ from consortium.coordinator_client import CoordinatorClient
 from consortium.errors import BcflError, ConfigError
 from consortium.identity import Consortium, init_consortium
 from consortium.ledger.embedded import create_embedded_ledger
+from consortium.loopback import free_port
 
 MARKER = ".bcfl-local-network"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bcfl_command(*args: str) -> list[str]:

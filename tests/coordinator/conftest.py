@@ -22,6 +22,7 @@ from fastapi import FastAPI
 
 from consortium.coordinator_client import CoordinatorClient
 from consortium.identity import Consortium
+from consortium.loopback import free_port
 from coordinator.app import create_app
 from coordinator.config import CoordinatorConfig, load_config
 from coordinator.service import CoordinatorService
@@ -84,10 +85,6 @@ class LiveServer:
         self.thread.join(30)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def start_server(service: CoordinatorService) -> LiveServer:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ from typing import Any
 import httpx
 
 from consortium.coordinator_client import CoordinatorClient
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from consortium.loopback import free_port
 
 
 def test_serve_from_a_config_file(tmp_path: Path, consortium: Any, embedded_ledger: Any, ledger_url: str, store_url: str) -> None:

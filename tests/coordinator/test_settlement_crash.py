@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
 import ethereum_fixtures  # noqa: E402
 from ethereum_fixtures import EthChain  # noqa: E402
 
+from consortium.loopback import free_port
 from consortium.settlement import token_units  # noqa: E402
 from consortium.storage import open_store  # noqa: E402
 from coordinator.config import CoordinatorConfig  # noqa: E402
@@ -38,12 +39,6 @@ def secret_context() -> he.HEContext:
     return he.generate_context()
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(config: CoordinatorConfig, chain: EthChain, directory: Path) -> Path:

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +27,7 @@ except ImportError:  # imported as a package (tests/network/__init__.py present)
 from multiformats import CID
 
 from consortium.errors import ConfigError, StoreError, StoreIntegrityError
+from consortium.loopback import free_port
 from consortium.storage import FileStore, content_id, open_store
 from consortium.storage_ipfs import (
     LOCATOR_KEY_PREFIX,
@@ -48,10 +48,6 @@ def rpc(node: KuboNode, command: str, **params: str) -> httpx.Response:
     return httpx.post(f"{node.api_url}/api/v0/{command}", params=params, timeout=30)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def block_file(node: KuboNode, cid: str) -> Path:
