@@ -6,16 +6,10 @@ import sqlite3
 from collections.abc import Iterator
 
 from chaincode.state import (
-    COMPOSITE_KEY_NAMESPACE,
-    MAX_UNICODE_RUNE,
     Creator,
     HistoryEntry,
-    TransactionContext,
-    create_composite_key,
+    HostState,
 )
-
-# Fabric's shim replaces an empty range start with this, so range queries skip composite keys.
-_EMPTY_KEY_SUBSTITUTE = "\x01"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS world_state (
@@ -41,7 +35,7 @@ def _k(key: str) -> bytes:
     return key.encode("utf-8")
 
 
-class SqliteState(TransactionContext):
+class SqliteState(HostState):
     """``ChaincodeState`` over a SQLite connection: reads committed state, buffers writes."""
 
     def __init__(self, conn: sqlite3.Connection, creator: Creator, tx_id: str, timestamp: int):
@@ -52,20 +46,9 @@ class SqliteState(TransactionContext):
 
     # -- reads: committed state only (a transaction never sees its own writes, as on Fabric) --
     def get_state(self, key: str) -> bytes | None:
-        self._check_key(key)
+        self.check_key(key)
         row = self._conn.execute("SELECT value FROM world_state WHERE key = ?", (_k(key),)).fetchone()
         return bytes(row[0]) if row else None
-
-    def get_state_by_range(self, start_key: str, end_key: str) -> Iterator[tuple[str, bytes]]:
-        start = start_key or _EMPTY_KEY_SUBSTITUTE
-        for key in (start, end_key):
-            if key.startswith(COMPOSITE_KEY_NAMESPACE):
-                raise ValueError(f"range query key {key!r} is a composite key; use a partial composite key query")
-        return self._range(start, end_key)
-
-    def get_state_by_partial_composite_key(self, object_type: str, attributes: list[str]) -> Iterator[tuple[str, bytes]]:
-        prefix = create_composite_key(object_type, attributes)
-        return self._range(prefix, prefix + MAX_UNICODE_RUNE)
 
     def _range(self, start: str, end: str) -> Iterator[tuple[str, bytes]]:
         if end:
@@ -80,7 +63,7 @@ class SqliteState(TransactionContext):
         return iter([(bytes(k).decode("utf-8"), bytes(v)) for k, v in rows])
 
     def get_history_for_key(self, key: str) -> Iterator[HistoryEntry]:
-        self._check_key(key)
+        self.check_key(key)
         rows = self._conn.execute(
             "SELECT tx_id, timestamp, value, is_delete FROM key_history WHERE key = ? "
             "ORDER BY block_number DESC, tx_index DESC",
@@ -93,20 +76,15 @@ class SqliteState(TransactionContext):
 
     # -- writes: buffered --
     def put_state(self, key: str, value: bytes) -> None:
-        self._check_key(key)
-        if not isinstance(value, bytes | bytearray) or len(value) == 0:
-            raise ValueError(f"value for key {key!r} must be non-empty bytes")
+        self.check_key(key)
+        self.check_value(key, value)
         self.writes[key] = bytes(value)
 
     def del_state(self, key: str) -> None:
-        self._check_key(key)
+        self.check_key(key)
         self.writes[key] = None
 
 
-    @staticmethod
-    def _check_key(key: str) -> None:
-        if not isinstance(key, str) or key == "":
-            raise ValueError(f"state key must be a non-empty string, got {key!r}")
 
     def write_set(self) -> list[list[str | None]]:
         """The write set in key order as JSON-friendly [key, value-as-latin-1-hex or None]."""

@@ -48,18 +48,14 @@ from fabric_protos.peer import chaincode_shim_pb2 as shim
 from fabric_protos.peer import chaincode_shim_pb2_grpc as shim_grpc
 
 from chaincode.state import (
-    COMPOSITE_KEY_NAMESPACE,
-    MAX_UNICODE_RUNE,
     Creator,
     HistoryEntry,
-    TransactionContext,
-    create_composite_key,
+    HostState,
 )
 
 log = logging.getLogger("bcfl.chaincode.fabric")
 
 # Fabric's shims replace an empty range start with this, so simple range queries skip composite keys.
-_EMPTY_KEY_SUBSTITUTE = "\x01"
 # How long one state call may wait for the peer; the peer's own execute timeout is 30 s.
 _STATE_CALL_TIMEOUT = 30.0
 _MAX_MESSAGE = 100 * 1024 * 1024
@@ -74,7 +70,7 @@ class PeerStateError(RuntimeError):
     """The peer refused a state request (bad key, query limit, timeout...)."""
 
 
-class ShimState(TransactionContext):
+class ShimState(HostState):
     """``ChaincodeState`` for one transaction, over the shim's stream to the peer (worker-thread side)."""
 
     def __init__(self, handler: BcflHandler, loop: asyncio.AbstractEventLoop, msg: shim.ChaincodeMessage,
@@ -90,20 +86,9 @@ class ShimState(TransactionContext):
 
     # -- reads --
     def get_state(self, key: str) -> bytes | None:
-        _check_key(key)
+        self.check_key(key)
         response = self._ask(shim.ChaincodeMessage.GET_STATE, shim.GetState(key=key, collection=""))
         return bytes(response.payload) if response.payload else None
-
-    def get_state_by_range(self, start_key: str, end_key: str) -> Iterator[tuple[str, bytes]]:
-        start = start_key or _EMPTY_KEY_SUBSTITUTE
-        for key in (start, end_key):
-            if key.startswith(COMPOSITE_KEY_NAMESPACE):
-                raise ValueError(f"range query key {key!r} is a composite key; use a partial composite key query")
-        return self._range(start, end_key)
-
-    def get_state_by_partial_composite_key(self, object_type: str, attributes: list[str]) -> Iterator[tuple[str, bytes]]:
-        prefix = create_composite_key(object_type, attributes)
-        return self._range(prefix, prefix + MAX_UNICODE_RUNE)
 
     def _range(self, start: str, end: str) -> Iterator[tuple[str, bytes]]:
         first = self._ask(shim.ChaincodeMessage.GET_STATE_BY_RANGE,
@@ -112,7 +97,7 @@ class ShimState(TransactionContext):
         return iter(rows)
 
     def get_history_for_key(self, key: str) -> Iterator[HistoryEntry]:
-        _check_key(key)
+        self.check_key(key)
         first = self._ask(shim.ChaincodeMessage.GET_HISTORY_FOR_KEY, shim.GetHistoryForKey(key=key))
         entries = [
             HistoryEntry(tx_id=m.tx_id, timestamp=int(m.timestamp.seconds),
@@ -134,20 +119,15 @@ class ShimState(TransactionContext):
 
     # -- writes --
     def put_state(self, key: str, value: bytes) -> None:
-        _check_key(key)
-        if not isinstance(value, bytes | bytearray) or len(value) == 0:
-            raise ValueError(f"value for key {key!r} must be non-empty bytes")
+        self.check_key(key)
+        self.check_value(key, value)
         self._ask(shim.ChaincodeMessage.PUT_STATE, shim.PutState(key=key, value=bytes(value), collection=""))
 
     def del_state(self, key: str) -> None:
-        _check_key(key)
+        self.check_key(key)
         self._ask(shim.ChaincodeMessage.DEL_STATE, shim.DelState(key=key, collection=""))
 
 
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or key == "":
-        raise ValueError(f"state key must be a non-empty string, got {key!r}")
 
 
 def proposal_context(signed_proposal: proposal_pb2.SignedProposal) -> tuple[Creator, int]:

@@ -63,14 +63,33 @@ class ChaincodeState(Protocol):
     def set_event(self, name: str, payload: bytes) -> None: ...
 
 
-class TransactionContext:
-    """What both hosts know about the transaction being executed, and its one event."""
+# Fabric's shim replaces an empty range start with this, so range queries skip composite keys.
+EMPTY_KEY_SUBSTITUTE = "\x01"
+
+
+class HostState:
+    """What both hosts share: the transaction context, its one event, the key rules and Fabric's
+    range-query semantics. A host adds get/put/del, history, and ``_range(start, end)``."""
 
     def __init__(self, creator: Creator, tx_id: str, timestamp: int):
         self._creator = creator
         self._tx_id = tx_id
         self._timestamp = timestamp
         self.event: tuple[str, bytes] | None = None
+
+    def _range(self, start: str, end: str) -> Iterator[tuple[str, bytes]]:
+        raise NotImplementedError
+
+    def get_state_by_range(self, start_key: str, end_key: str) -> Iterator[tuple[str, bytes]]:
+        start = start_key or EMPTY_KEY_SUBSTITUTE
+        for key in (start, end_key):
+            if key.startswith(COMPOSITE_KEY_NAMESPACE):
+                raise ValueError(f"range query key {key!r} is a composite key; use a partial composite key query")
+        return self._range(start, end_key)
+
+    def get_state_by_partial_composite_key(self, object_type: str, attributes: list[str]) -> Iterator[tuple[str, bytes]]:
+        prefix = create_composite_key(object_type, attributes)
+        return self._range(prefix, prefix + MAX_UNICODE_RUNE)
 
     def get_creator(self) -> Creator:
         return self._creator
@@ -85,6 +104,16 @@ class TransactionContext:
         if not name:
             raise ValueError("event name must not be empty")
         self.event = (name, bytes(payload))  # one event per transaction: a later one replaces it
+
+    @staticmethod
+    def check_key(key: str) -> None:
+        if not isinstance(key, str) or key == "":
+            raise ValueError(f"state key must be a non-empty string, got {key!r}")
+
+    @staticmethod
+    def check_value(key: str, value: bytes) -> None:
+        if not isinstance(value, bytes | bytearray) or len(value) == 0:
+            raise ValueError(f"value for key {key!r} must be non-empty bytes")
 
 
 def create_composite_key(object_type: str, attributes: list[str]) -> str:
