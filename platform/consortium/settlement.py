@@ -659,24 +659,8 @@ class EthereumSettlement:
                     code=CODE_CONFIG,
                 )
 
-    @contextmanager
-    def _rpc(self, what: str) -> Iterator[None]:
-        import requests
-        from web3.exceptions import Web3RPCError
-
-        try:
-            yield
-        except SettlementError:
-            raise
-        except (requests.exceptions.RequestException, ConnectionError, OSError) as exc:
-            raise SettlementError(
-                f"cannot reach {self.endpoint} to {what}: {exc.__class__.__name__}: {exc}",
-                code=CODE_UNREACHABLE,
-            ) from exc
-        except Web3RPCError as exc:
-            raise SettlementError(
-                f"{self.endpoint} refused to {what}: {exc.message}", code=CODE_UNREACHABLE
-            ) from exc
+    def _rpc(self, what: str) -> Any:
+        return rpc_errors(self.endpoint, what)
 
     def verify_chain(self) -> None:
         """Refuse (CODE_CHAIN_CHANGED) unless the node serves the chain and contracts deployed."""
@@ -1155,7 +1139,6 @@ def send_transaction(
     and a "nonce too low" race is retried; a reverted receipt is replayed to find its reason.
     A fixed ``gas`` skips the estimate (the transaction is then sent even if it will revert).
     """
-    import requests
     from web3.exceptions import ContractLogicError, TimeExhausted, Web3RPCError
 
     eth = w3.eth
@@ -1172,7 +1155,7 @@ def send_transaction(
             detail={**detail, "stage": stage},
         )
 
-    try:
+    with rpc_errors(endpoint, what):
         base_tx: dict[str, Any] = {"from": sender, "value": value}
         if gas is None:
             try:
@@ -1256,17 +1239,24 @@ def send_transaction(
                     )
                 time.sleep(poll_interval)
         return receipt
+
+
+@contextmanager
+def rpc_errors(endpoint: str, what: str) -> Iterator[None]:
+    """Turn a node that cannot be reached, or refuses a call, into SettlementError(CODE_UNREACHABLE)."""
+    import requests
+    from web3.exceptions import Web3RPCError
+
+    try:
+        yield
     except SettlementError:
         raise
     except (requests.exceptions.RequestException, ConnectionError, OSError) as exc:
         raise SettlementError(
-            f"{what}: cannot reach {endpoint}: {exc.__class__.__name__}: {exc}",
-            code=CODE_UNREACHABLE,
+            f"cannot reach {endpoint} to {what}: {exc.__class__.__name__}: {exc}", code=CODE_UNREACHABLE
         ) from exc
     except Web3RPCError as exc:
-        raise SettlementError(
-            f"{what}: {endpoint} answered: {exc.message}", code=CODE_UNREACHABLE
-        ) from exc
+        raise SettlementError(f"{endpoint} refused to {what}: {exc.message}", code=CODE_UNREACHABLE) from exc
 
 
 def _default_fees(w3: Any) -> dict[str, int]:
