@@ -8,18 +8,8 @@ from collections.abc import Callable
 from fractions import Fraction
 from typing import Any, NoReturn
 
-from consortium.errors import ContractError
-
-# Identifiers end up inside composite keys, so they must never contain U+0000 or U+10FFFF;
-# a conservative alphabet also keeps them readable in logs and URLs.
-IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9 ._:/+-]{0,127}")
-SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-# CIDs, file-store ids ("sha256:..."), URLs: printable ASCII without spaces.
-CONTENT_ID = re.compile(r"[\x21-\x7e]{1,256}")
-# At least 128 bits: a salt protects low-entropy committed values (scores) from guessing.
-SALT_HEX = re.compile(r"[0-9a-f]{32,128}")
-ETH_TX_HASH = re.compile(r"0x[0-9a-f]{64}")
+from bcfl_common.errors import ContractError
+from bcfl_common.vocabulary import CONTENT_ID, IDENTIFIER, SALT_HEX, SHA256_HEX
 
 MAX_DEPTH = 32  # nesting limit for opaque JSON (data schema, hyperparameters)
 MAX_TEXT = 1024  # free-text fields (reasons)
@@ -113,13 +103,19 @@ class Args:
     def field(self, name: str) -> str:
         return f"{self._prefix}{name}"
 
-    def fail(self, name: str, value: Any, expected: str, code: str = "INVALID_ARGUMENT") -> NoReturn:
+    def fail(
+        self, name: str, value: Any, expected: str, code: str = "INVALID_ARGUMENT"
+    ) -> NoReturn:
         field = self.field(name)
         shown = "missing" if value is _MISSING else _show(value)
         raise ContractError(
             f"{field}: got {shown}, expected {expected}",
             code=code,
-            detail={"field": field, "value": None if value is _MISSING else value, "expected": expected},
+            detail={
+                "field": field,
+                "value": None if value is _MISSING else value,
+                "expected": expected,
+            },
         )
 
     def has(self, name: str) -> bool:
@@ -169,7 +165,9 @@ class Args:
         )
 
     def sha256(self, name: str) -> str:
-        return self.string(name, pattern=SHA256_HEX, expected="a sha256 digest: 64 lowercase hex digits")
+        return self.string(
+            name, pattern=SHA256_HEX, expected="a sha256 digest: 64 lowercase hex digits"
+        )
 
     def content_id(self, name: str, default: Any = _MISSING) -> Any:
         return self.string(
@@ -180,7 +178,9 @@ class Args:
         )
 
     def salt(self, name: str) -> str:
-        return self.string(name, pattern=SALT_HEX, expected="a salt: 32 to 128 lowercase hex digits")
+        return self.string(
+            name, pattern=SALT_HEX, expected="a salt: 32 to 128 lowercase hex digits"
+        )
 
     def integer(self, name: str, *, minimum: int, maximum: int, default: Any = _MISSING) -> Any:
         expected = f"an integer from {minimum} to {maximum}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 
-from consortium.canonical import canonical_json, sha256_hex
+from bcfl_common.canonical import canonical_json, sha256_hex
 
 SALT_BYTES = 32  # 64 hex digits; the contract accepts 32 to 128 hex digits (at least 128 bits)
 

@@ -183,22 +183,34 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
-
-from chaincode import rules
-from chaincode.args import (
+from bcfl_common.canonical import canonical_json
+from bcfl_common.certificates import (
+    certificate_common_name,
+    certificate_ous,
+    parse_certificate,
+    role_from_ous,
+    x25519_public_key_raw,
+)
+from bcfl_common.errors import ContractError
+from bcfl_common.vocabulary import (
+    DONE_PHASES,
     ETH_TX_HASH,
     LABEL,
+    ORGANISATION_KINDS,
+    PHASE_DURATION,
+    PHASES,
+    ROLES,
+    ROLES_BY_KIND,
+    TRIAL_STATES,
+)
+from chaincode import rules
+from chaincode.args import (
     Args,
     check_identifier_key,
     parse_args,
 )
 from chaincode.commitments import update_commitment, votes_commitment
 from chaincode.state import ChaincodeState, create_composite_key
-from consortium.canonical import canonical_json
-from consortium.errors import ContractError
-from consortium.identity import x25519_public_key_raw
 
 # Big things (models, updates, key envelopes) live in the artifact store; arguments carry ids
 # and hashes only, so 64 KiB is generous and bounds what one transaction can make peers parse.
@@ -234,16 +246,6 @@ CODES: dict[str, str] = {
     "ATTESTATION_MISMATCH": "attested model hashes differ; the round was halted (halt code and event, not raised)",
 }
 
-ROLES = ("admin", "coordinator", "silo", "auditor")
-ORGANISATION_KINDS = ("operator", "hospital", "auditor")
-ROLES_BY_KIND = {"operator": ("admin", "coordinator"), "hospital": ("silo",), "auditor": ("auditor",)}
-
-TRIAL_STATES = ("DRAFT", "ENROLLING", "RUNNING", "COMPLETED", "HALTED")
-PHASES = ("SUBMIT", "REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED")
-DONE_PHASES = ("FINALIZED", "HALTED")
-# Which trial.phase_seconds entry gives the deadline of a phase that has one.
-PHASE_DURATION = {"SUBMIT": "submit", "REVEAL": "reveal", "VOTE_COMMIT": "vote_commit", "VOTE_REVEAL": "vote_reveal"}
-
 MAX_ROUNDS = 1000
 MAX_SILOS = 1000
 MAX_SAMPLE_WEIGHT = 10**12
@@ -264,7 +266,11 @@ DEFAULT_DP = {
     "grad_sample_mode": "ghost",
 }
 DEFAULT_HE_PRESET = "ckks-n4096-s33"
-DEFAULT_EVALUATION = {"acceptance_threshold_micro": 10_000, "min_voters": 2, "reward_per_round": 1000}
+DEFAULT_EVALUATION = {
+    "acceptance_threshold_micro": 10_000,
+    "min_voters": 2,
+    "reward_per_round": 1000,
+}
 DEFAULT_PHASE_SECONDS = {"submit": 3600, "reveal": 900, "vote_commit": 1800, "vote_reveal": 900}
 
 _TASK = "a task name: 1-128 of letters, digits, space . _ : / + - starting with a letter or digit"
@@ -297,7 +303,10 @@ class _Tx:
         self.writes += 1
 
     def scan(self, object_type: str, attributes: list[str]) -> list[Any]:
-        return [json.loads(v) for _, v in self.state.get_state_by_partial_composite_key(object_type, attributes)]
+        return [
+            json.loads(v)
+            for _, v in self.state.get_state_by_partial_composite_key(object_type, attributes)
+        ]
 
     def emit(self, name: str, payload: dict[str, Any]) -> None:
         if self.event is not None:  # a contract bug: Fabric would silently keep only the last one
@@ -332,7 +341,9 @@ class _Spec:
 _FUNCTIONS: dict[str, _Spec] = {}
 
 
-def _function(name: str, *roles: str, read_only: bool = False, access: str = "member") -> Callable[[Handler], Handler]:
+def _function(
+    name: str, *roles: str, read_only: bool = False, access: str = "member"
+) -> Callable[[Handler], Handler]:
     def register(handler: Handler) -> Handler:
         _FUNCTIONS[name] = _Spec(handler, frozenset(roles or ROLES), read_only, access)
         return handler
@@ -343,23 +354,18 @@ def _function(name: str, *roles: str, read_only: bool = False, access: str = "me
 def _certificate_identity(cert_pem: bytes) -> tuple[str, str]:
     """(role, name) from the creator certificate's subject OUs and CN."""
     try:
-        cert = x509.load_pem_x509_certificate(bytes(cert_pem))
-    except (ValueError, TypeError) as exc:
-        _fail("INVALID_IDENTITY", f"creator certificate: not a PEM X.509 certificate ({exc})")
-    ous = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
-    roles = {ou for ou in ous if ou in ROLES}
-    if len(roles) > 1:
-        # Fabric's NodeOU for an organisation admin is also "admin"; next to a bcfl role it is
-        # the node role, and the lesser bcfl role is the one that counts.
-        roles.discard("admin")
-    if len(roles) != 1:
+        cert = parse_certificate(cert_pem)
+    except ValueError as exc:
+        _fail("INVALID_IDENTITY", f"creator certificate: {exc}")
+    ous = certificate_ous(cert)
+    role = role_from_ous(ous)
+    if role is None:
         _fail(
             "INVALID_IDENTITY",
-            f"creator certificate: OUs {ous} carry {len(roles)} bcfl roles, expected exactly one of {list(ROLES)}",
+            f"creator certificate: OUs {ous} do not carry exactly one bcfl role of {list(ROLES)}",
             ous=ous,
         )
-    names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return roles.pop(), str(names[0].value) if names else ""
+    return role, certificate_common_name(cert)
 
 
 def _identify(tx: _Tx, spec: _Spec, function: str) -> _Caller:
@@ -372,9 +378,16 @@ def _identify(tx: _Tx, spec: _Spec, function: str) -> _Caller:
         return caller
     if spec.access == "member":
         if consortium is None:
-            _fail("NOT_INITIALISED", f"{function}: the consortium is not initialised yet (init_consortium)")
+            _fail(
+                "NOT_INITIALISED",
+                f"{function}: the consortium is not initialised yet (init_consortium)",
+            )
         if org is None:
-            _fail("NOT_MEMBER", f"{creator.msp_id} is not an organisation of the consortium", msp_id=creator.msp_id)
+            _fail(
+                "NOT_MEMBER",
+                f"{creator.msp_id} is not an organisation of the consortium",
+                msp_id=creator.msp_id,
+            )
         if role not in ROLES_BY_KIND[org["kind"]]:
             _fail(
                 "FORBIDDEN_ROLE",
@@ -398,10 +411,17 @@ def invoke(state: ChaincodeState, function: str, args: bytes) -> bytes:
     if not isinstance(args, bytes | bytearray):
         _fail("MALFORMED_ARGS", f"args: expected bytes, got {type(args).__name__}")
     if len(args) > MAX_ARGS_BYTES:
-        _fail("ARGS_TOO_LARGE", f"args: {len(args)} bytes, expected at most {MAX_ARGS_BYTES}", size=len(args))
+        _fail(
+            "ARGS_TOO_LARGE",
+            f"args: {len(args)} bytes, expected at most {MAX_ARGS_BYTES}",
+            size=len(args),
+        )
     spec = _FUNCTIONS.get(function)
     if spec is None:
-        _fail("UNKNOWN_FUNCTION", f"function {function!r} does not exist; expected one of {sorted(_FUNCTIONS)}")
+        _fail(
+            "UNKNOWN_FUNCTION",
+            f"function {function!r} does not exist; expected one of {sorted(_FUNCTIONS)}",
+        )
     data = parse_args(args)
     tx = _Tx(state)
     caller = _identify(tx, spec, function)
@@ -484,7 +504,12 @@ def _enrolled(tx: _Tx, trial_id: str) -> list[str]:
 def _require_enrolled(tx: _Tx, trial_id: str, msp_id: str) -> None:
     rec = tx.get(_enrolment_key(trial_id, msp_id))
     if rec is None or rec["status"] != "enrolled":
-        _fail("NOT_ENROLLED", f"{msp_id} is not enrolled in trial {trial_id!r}", trial_id=trial_id, msp_id=msp_id)
+        _fail(
+            "NOT_ENROLLED",
+            f"{msp_id} is not enrolled in trial {trial_id!r}",
+            trial_id=trial_id,
+            msp_id=msp_id,
+        )
 
 
 def _own_organisation(a: Args, caller: _Caller) -> str:
@@ -512,8 +537,16 @@ def _current_round(tx: _Tx, trial: dict[str, Any], r: int) -> dict[str, Any]:
         return tx.get(_round_key(trial["trial_id"], r, current["attempt"]))
     now = "none" if current is None else f"round {current['round']} (attempt {current['attempt']})"
     if str(r) in trial["attempts"]:
-        _fail("LATE", f"round {r} of trial {trial['trial_id']!r} is over; the current round is {now}", round=r)
-    _fail("NO_SUCH_ROUND", f"round {r} of trial {trial['trial_id']!r} was never opened; the current round is {now}", round=r)
+        _fail(
+            "LATE",
+            f"round {r} of trial {trial['trial_id']!r} is over; the current round is {now}",
+            round=r,
+        )
+    _fail(
+        "NO_SUCH_ROUND",
+        f"round {r} of trial {trial['trial_id']!r} was never opened; the current round is {now}",
+        round=r,
+    )
 
 
 def _find_round(tx: _Tx, trial: dict[str, Any], r: int | None, a: int | None) -> dict[str, Any]:
@@ -539,10 +572,22 @@ def _require_phase(rnd: dict[str, Any], phase: str) -> None:
     if current == phase:
         return
     if current == "HALTED":
-        _fail("WRONG_STATE", f"{_round_label(rnd)} was halted: {rnd['halt']['reason']}", phase=current)
+        _fail(
+            "WRONG_STATE", f"{_round_label(rnd)} was halted: {rnd['halt']['reason']}", phase=current
+        )
     if PHASES.index(current) > PHASES.index(phase):
-        _fail("LATE", f"{_round_label(rnd)} is in phase {current}; phase {phase} is over", phase=current, expected=phase)
-    _fail("WRONG_STATE", f"{_round_label(rnd)} is in phase {current}; phase {phase} has not started", phase=current, expected=phase)
+        _fail(
+            "LATE",
+            f"{_round_label(rnd)} is in phase {current}; phase {phase} is over",
+            phase=current,
+            expected=phase,
+        )
+    _fail(
+        "WRONG_STATE",
+        f"{_round_label(rnd)} is in phase {current}; phase {phase} has not started",
+        phase=current,
+        expected=phase,
+    )
 
 
 def _require_on_time(tx: _Tx, rnd: dict[str, Any]) -> None:
@@ -597,11 +642,18 @@ def _halt_round(
 
 
 def _round_event(rnd: dict[str, Any], **payload: Any) -> dict[str, Any]:
-    return {"trial_id": rnd["trial_id"], "round": rnd["round"], "attempt": rnd["attempt"], **payload}
+    return {
+        "trial_id": rnd["trial_id"],
+        "round": rnd["round"],
+        "attempt": rnd["attempt"],
+        **payload,
+    }
 
 
 def _halted_event(tx: _Tx, rnd: dict[str, Any]) -> None:
-    tx.emit("RoundHalted", _round_event(rnd, code=rnd["halt"]["code"], reason=rnd["halt"]["reason"]))
+    tx.emit(
+        "RoundHalted", _round_event(rnd, code=rnd["halt"]["code"], reason=rnd["halt"]["reason"])
+    )
 
 
 def _model_ref(a: Args, name: str) -> dict[str, str]:
@@ -616,11 +668,19 @@ def _privacy_account(tx: _Tx, trial: dict[str, Any], msp_id: str) -> dict[str, A
     if existing is not None:
         return existing
     budget = trial["dp"]["target_epsilon_micro"] if trial["dp"]["enabled"] else None
-    return {"trial_id": trial["trial_id"], "msp_id": msp_id, "budget_micro": budget, "epsilon_spent_micro": 0, "entries": []}
+    return {
+        "trial_id": trial["trial_id"],
+        "msp_id": msp_id,
+        "budget_micro": budget,
+        "epsilon_spent_micro": 0,
+        "entries": [],
+    }
 
 
 def _has_budget_left(account: dict[str, Any]) -> bool:
-    return account["budget_micro"] is None or account["epsilon_spent_micro"] < account["budget_micro"]
+    return (
+        account["budget_micro"] is None or account["epsilon_spent_micro"] < account["budget_micro"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,7 +712,11 @@ def _init_consortium(tx: _Tx, caller: _Caller, a: Args) -> Any:
             f"{caller.msp_id} is {'not listed' if mine is None else 'a ' + mine['kind'] + ' organisation'}",
             msp_id=caller.msp_id,
         )
-    record = {"organisations": organisations, "initialised_at": tx.now, "initialised_by": caller.who()}
+    record = {
+        "organisations": organisations,
+        "initialised_at": tx.now,
+        "initialised_by": caller.who(),
+    }
     tx.put(_CONSORTIUM_KEY, record)
     tx.emit("ConsortiumInitialised", {"organisations": sorted(organisations)})
     return record
@@ -662,7 +726,13 @@ def _init_consortium(tx: _Tx, caller: _Caller, a: Args) -> Any:
 def _whoami(tx: _Tx, caller: _Caller, a: Args) -> Any:
     a.done()
     honoured = caller.kind is not None and caller.role in ROLES_BY_KIND[caller.kind]
-    return {"msp_id": caller.msp_id, "name": caller.name, "role": caller.role, "organisation_kind": caller.kind, "member": honoured}
+    return {
+        "msp_id": caller.msp_id,
+        "name": caller.name,
+        "role": caller.role,
+        "organisation_kind": caller.kind,
+        "member": honoured,
+    }
 
 
 @_function("get_consortium", read_only=True)
@@ -686,15 +756,25 @@ def _parse_dp(a: Args) -> dict[str, Any]:
     policy = {
         "enabled": True,
         "target_epsilon_micro": dp.integer(
-            "target_epsilon_micro", minimum=1, maximum=MAX_EPSILON_MICRO, default=DEFAULT_DP["target_epsilon_micro"]
+            "target_epsilon_micro",
+            minimum=1,
+            maximum=MAX_EPSILON_MICRO,
+            default=DEFAULT_DP["target_epsilon_micro"],
         ),
         "delta": dp.fraction("delta", default=DEFAULT_DP["delta"]),
         "max_grad_norm_milli": dp.integer(
-            "max_grad_norm_milli", minimum=1, maximum=10**9, default=DEFAULT_DP["max_grad_norm_milli"]
+            "max_grad_norm_milli",
+            minimum=1,
+            maximum=10**9,
+            default=DEFAULT_DP["max_grad_norm_milli"],
         ),
-        "local_epochs": dp.integer("local_epochs", minimum=1, maximum=1000, default=DEFAULT_DP["local_epochs"]),
+        "local_epochs": dp.integer(
+            "local_epochs", minimum=1, maximum=1000, default=DEFAULT_DP["local_epochs"]
+        ),
         "accountant": dp.choice("accountant", DP_ACCOUNTANTS, default=DEFAULT_DP["accountant"]),
-        "grad_sample_mode": dp.choice("grad_sample_mode", DP_GRAD_SAMPLE_MODES, default=DEFAULT_DP["grad_sample_mode"]),
+        "grad_sample_mode": dp.choice(
+            "grad_sample_mode", DP_GRAD_SAMPLE_MODES, default=DEFAULT_DP["grad_sample_mode"]
+        ),
     }
     dp.done()
     return policy
@@ -705,7 +785,12 @@ def _parse_he(a: Args) -> dict[str, Any]:
     if not he.boolean("enabled", default=True):
         policy = {"enabled": False, "reason": he.string("reason", default=None)}
     else:
-        policy = {"enabled": True, "preset": he.string("preset", pattern=LABEL, expected="a preset name", default=DEFAULT_HE_PRESET)}
+        policy = {
+            "enabled": True,
+            "preset": he.string(
+                "preset", pattern=LABEL, expected="a preset name", default=DEFAULT_HE_PRESET
+            ),
+        }
     he.done()
     return policy
 
@@ -715,10 +800,17 @@ def _parse_evaluation(a: Args) -> dict[str, int]:
     d = DEFAULT_EVALUATION
     policy = {
         "acceptance_threshold_micro": ev.integer(
-            "acceptance_threshold_micro", minimum=0, maximum=MAX_SCORE_MICRO, default=d["acceptance_threshold_micro"]
+            "acceptance_threshold_micro",
+            minimum=0,
+            maximum=MAX_SCORE_MICRO,
+            default=d["acceptance_threshold_micro"],
         ),
-        "min_voters": ev.integer("min_voters", minimum=1, maximum=MAX_SILOS, default=d["min_voters"]),
-        "reward_per_round": ev.integer("reward_per_round", minimum=0, maximum=10**15, default=d["reward_per_round"]),
+        "min_voters": ev.integer(
+            "min_voters", minimum=1, maximum=MAX_SILOS, default=d["min_voters"]
+        ),
+        "reward_per_round": ev.integer(
+            "reward_per_round", minimum=0, maximum=10**15, default=d["reward_per_round"]
+        ),
     }
     ev.done()
     return policy
@@ -832,9 +924,17 @@ def _register_encryption_key(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_trial_state(trial, "DRAFT", "ENROLLING")
     enrolment = tx.get(_enrolment_key(trial["trial_id"], msp_id))
     if enrolment is not None and enrolment["status"] == "enrolled":
-        _fail("ALREADY_EXISTS", f"{msp_id} is already enrolled in trial {trial['trial_id']!r}; its key is fixed", msp_id=msp_id)
-    record = {"trial_id": trial["trial_id"], "msp_id": msp_id, "encryption_public_key": public_key,
-              "registered_at": tx.now}
+        _fail(
+            "ALREADY_EXISTS",
+            f"{msp_id} is already enrolled in trial {trial['trial_id']!r}; its key is fixed",
+            msp_id=msp_id,
+        )
+    record = {
+        "trial_id": trial["trial_id"],
+        "msp_id": msp_id,
+        "encryption_public_key": public_key,
+        "registered_at": tx.now,
+    }
     tx.put(_key_registration_key(trial["trial_id"], msp_id), record)
     tx.emit("EncryptionKeyRegistered", {"trial_id": trial["trial_id"], "msp_id": msp_id})
     return record
@@ -849,7 +949,12 @@ def _enrol_hospital(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_trial_state(trial, "ENROLLING")
     org = tx.get(_CONSORTIUM_KEY)["organisations"].get(msp_id)
     if org is None:
-        _fail("NOT_FOUND", f"msp_id: {msp_id!r} is not an organisation of the consortium", field="msp_id", value=msp_id)
+        _fail(
+            "NOT_FOUND",
+            f"msp_id: {msp_id!r} is not an organisation of the consortium",
+            field="msp_id",
+            value=msp_id,
+        )
     if org["kind"] != "hospital":
         _fail(
             "WRONG_ORGANISATION",
@@ -860,15 +965,27 @@ def _enrol_hospital(tx: _Tx, caller: _Caller, a: Args) -> Any:
     key = _enrolment_key(trial["trial_id"], msp_id)
     existing = tx.get(key)
     if existing is not None and existing["status"] == "enrolled":
-        _fail("ALREADY_EXISTS", f"{msp_id} is already enrolled in trial {trial['trial_id']!r}", msp_id=msp_id)
+        _fail(
+            "ALREADY_EXISTS",
+            f"{msp_id} is already enrolled in trial {trial['trial_id']!r}",
+            msp_id=msp_id,
+        )
     registered = tx.get(_key_registration_key(trial["trial_id"], msp_id))
     if registered is None:
-        _fail("NOT_FOUND", f"{msp_id} has not registered an encryption key for trial {trial['trial_id']!r}; "
-              "the hospital itself must call register_encryption_key first", msp_id=msp_id)
+        _fail(
+            "NOT_FOUND",
+            f"{msp_id} has not registered an encryption key for trial {trial['trial_id']!r}; "
+            "the hospital itself must call register_encryption_key first",
+            msp_id=msp_id,
+        )
     if registered["encryption_public_key"] != public_key:
-        _fail("KEY_MISMATCH", f"encryption_public_key: not the key {msp_id} registered itself for trial "
-              f"{trial['trial_id']!r}; expected {registered['encryption_public_key']}", field="encryption_public_key",
-              msp_id=msp_id)
+        _fail(
+            "KEY_MISMATCH",
+            f"encryption_public_key: not the key {msp_id} registered itself for trial "
+            f"{trial['trial_id']!r}; expected {registered['encryption_public_key']}",
+            field="encryption_public_key",
+            msp_id=msp_id,
+        )
     record = {
         "trial_id": trial["trial_id"],
         "msp_id": msp_id,
@@ -894,7 +1011,13 @@ def _remove_hospital(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_trial_state(trial, "ENROLLING", "RUNNING")
     _require_enrolled(tx, trial["trial_id"], msp_id)
     key = _enrolment_key(trial["trial_id"], msp_id)
-    record = dict(tx.get(key), status="removed", removed_at=tx.now, removed_by=caller.who(), removal_reason=reason)
+    record = dict(
+        tx.get(key),
+        status="removed",
+        removed_at=tx.now,
+        removed_by=caller.who(),
+        removal_reason=reason,
+    )
     tx.put(key, record)
     tx.emit("HospitalRemoved", {"trial_id": trial["trial_id"], "msp_id": msp_id, "reason": reason})
     return record
@@ -930,7 +1053,9 @@ def _halt_trial(tx: _Tx, caller: _Caller, a: Args) -> Any:
         if rnd["phase"] not in DONE_PHASES:
             # Leave no round looking open under a halted trial.
             _halt_round(tx, caller, rnd, "TRIAL_HALTED", reason)
-    trial = _set_trial_state(tx, trial, "HALTED", halt={"reason": reason, "at": tx.now, "by": caller.who()})
+    trial = _set_trial_state(
+        tx, trial, "HALTED", halt={"reason": reason, "at": tx.now, "by": caller.who()}
+    )
     tx.emit("TrialHalted", {"trial_id": trial["trial_id"], "reason": reason})
     return trial
 
@@ -963,7 +1088,9 @@ def _complete_trial(tx: _Tx, caller: _Caller, a: Args) -> Any:
             rounds=trial["rounds"],
         )
     trial = _set_trial_state(tx, trial, "COMPLETED")
-    tx.emit("TrialCompleted", {"trial_id": trial["trial_id"], "final_model": trial["head"]["model"]})
+    tx.emit(
+        "TrialCompleted", {"trial_id": trial["trial_id"], "final_model": trial["head"]["model"]}
+    )
     return trial
 
 
@@ -1001,7 +1128,9 @@ def _record_trial_keys(tx: _Tx, caller: _Caller, a: Args) -> Any:
     raw_envelopes = a.mapping("envelopes", key=check_identifier_key, max_items=MAX_SILOS)
     envelopes: dict[str, dict[str, str]] = {}
     for holder in raw_envelopes:
-        envelopes[holder] = _model_ref(Args(raw_envelopes, prefix=a.field("envelopes") + "."), holder)
+        envelopes[holder] = _model_ref(
+            Args(raw_envelopes, prefix=a.field("envelopes") + "."), holder
+        )
     a.done()
     _require_trial_state(trial, "RUNNING")
     _require_enrolled(tx, trial["trial_id"], msp_id)
@@ -1026,7 +1155,11 @@ def _record_trial_keys(tx: _Tx, caller: _Caller, a: Args) -> Any:
     tx.put(_trial_keys_key(trial["trial_id"]), record)
     tx.emit(
         "TrialKeysRecorded",
-        {"trial_id": trial["trial_id"], "msp_id": msp_id, "public_context_sha256": public_context["sha256"]},
+        {
+            "trial_id": trial["trial_id"],
+            "msp_id": msp_id,
+            "public_context_sha256": public_context["sha256"],
+        },
     )
     return record
 
@@ -1059,14 +1192,24 @@ def _open_round(tx: _Tx, caller: _Caller, a: Args) -> Any:
     trial_id = trial["trial_id"]
     _require_trial_state(trial, "RUNNING")
     if tx.get(_trial_keys_key(trial_id)) is None:
-        _fail("WRONG_STATE", f"trial {trial_id!r} has no keys yet: an enrolled silo must record_trial_keys first")
+        _fail(
+            "WRONG_STATE",
+            f"trial {trial_id!r} has no keys yet: an enrolled silo must record_trial_keys first",
+        )
     _require_no_round_in_progress(tx, trial)
     head = trial["head"]
     r = head["round"] + 1
     if r > trial["rounds"]:
-        _fail("WRONG_STATE", f"trial {trial_id!r} has finalized all {trial['rounds']} rounds; complete it (or roll back)")
+        _fail(
+            "WRONG_STATE",
+            f"trial {trial_id!r} has finalized all {trial['rounds']} rounds; complete it (or roll back)",
+        )
     if expected_round is not None and expected_round != r:
-        _fail("WRONG_STATE", f"round: got {expected_round}, the next round of trial {trial_id!r} is {r}", round=r)
+        _fail(
+            "WRONG_STATE",
+            f"round: got {expected_round}, the next round of trial {trial_id!r} is {r}",
+            round=r,
+        )
     attempt = trial["attempts"].get(str(r), 0) + 1
     deadline = tx.now + trial["phase_seconds"]["submit"]
     rnd = {
@@ -1098,9 +1241,16 @@ def _open_round(tx: _Tx, caller: _Caller, a: Args) -> Any:
     tx.put(_round_key(trial_id, r, attempt), rnd)
     tx.put(
         _trial_key(trial_id),
-        dict(trial, current={"round": r, "attempt": attempt}, attempts=dict(trial["attempts"], **{str(r): attempt})),
+        dict(
+            trial,
+            current={"round": r, "attempt": attempt},
+            attempts=dict(trial["attempts"], **{str(r): attempt}),
+        ),
     )
-    tx.emit("RoundOpened", _round_event(rnd, base_model=head["model"], base_round=head["round"], deadline=deadline))
+    tx.emit(
+        "RoundOpened",
+        _round_event(rnd, base_model=head["model"], base_round=head["round"], deadline=deadline),
+    )
     return rnd
 
 
@@ -1123,7 +1273,11 @@ def _commit_update(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_on_time(tx, rnd)
     key = _per_round_key("update", rnd["trial_id"], r, rnd["attempt"], msp_id)
     if tx.get(key) is not None:
-        _fail("DUPLICATE", f"{msp_id} already committed an update in {_round_label(rnd)}", msp_id=msp_id)
+        _fail(
+            "DUPLICATE",
+            f"{msp_id} already committed an update in {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
     if base_sha256 != rnd["base"]["model"]["sha256"]:
         _fail(
             "STALE",
@@ -1170,12 +1324,20 @@ def _close_update_commits(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_trial_state(trial, "RUNNING")
     rnd = _current_round(tx, trial, r)
     _require_phase(rnd, "SUBMIT")
-    committed = sorted(u["msp_id"] for u in tx.scan("update", [rnd["trial_id"], _n(r), _n(rnd["attempt"])]))
+    committed = sorted(
+        u["msp_id"] for u in tx.scan("update", [rnd["trial_id"], _n(r), _n(rnd["attempt"])])
+    )
     # A hospital whose budget is spent cannot commit, so nobody waits for it.
-    expected = [m for m in _enrolled(tx, trial["trial_id"]) if _has_budget_left(_privacy_account(tx, trial, m))]
+    expected = [
+        m
+        for m in _enrolled(tx, trial["trial_id"])
+        if _has_budget_left(_privacy_account(tx, trial, m))
+    ]
     _require_closable(tx, rnd, sorted(set(expected) - set(committed)))
     if not committed:
-        rnd = _halt_round(tx, caller, rnd, "NO_COMMITMENTS", "no hospital committed an update before the deadline")
+        rnd = _halt_round(
+            tx, caller, rnd, "NO_COMMITMENTS", "no hospital committed an update before the deadline"
+        )
         _halted_event(tx, rnd)
         return rnd
     rnd = dict(_next_phase(tx, trial, rnd, "REVEAL"), committed=committed)
@@ -1203,9 +1365,17 @@ def _reveal_update(tx: _Tx, caller: _Caller, a: Args) -> Any:
     key = _per_round_key("update", trial_id, r, rnd["attempt"], msp_id)
     record = tx.get(key)
     if record is None:
-        _fail("NOT_COMMITTED", f"{msp_id} made no update commitment in {_round_label(rnd)}", msp_id=msp_id)
+        _fail(
+            "NOT_COMMITTED",
+            f"{msp_id} made no update commitment in {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
     if record["revealed"]:
-        _fail("DUPLICATE", f"{msp_id} already revealed its update in {_round_label(rnd)}", msp_id=msp_id)
+        _fail(
+            "DUPLICATE",
+            f"{msp_id} already revealed its update in {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
     recomputed = update_commitment(
         trial_id=trial_id,
         round=r,
@@ -1263,7 +1433,13 @@ def _reveal_update(tx: _Tx, caller: _Caller, a: Args) -> Any:
     if first is None:
         tx.put(
             _content_key(trial_id, sha256),
-            {"trial_id": trial_id, "sha256": sha256, "msp_id": msp_id, "round": r, "attempt": rnd["attempt"]},
+            {
+                "trial_id": trial_id,
+                "sha256": sha256,
+                "msp_id": msp_id,
+                "round": r,
+                "attempt": rnd["attempt"],
+            },
         )
     tx.emit(
         "UpdateRevealed",
@@ -1288,16 +1464,24 @@ def _close_update_reveals(tx: _Tx, caller: _Caller, a: Args) -> Any:
     rnd = _current_round(tx, trial, r)
     _require_phase(rnd, "REVEAL")
     enrolled = set(_enrolled(tx, trial["trial_id"]))
-    updates = [u for u in tx.scan("update", [rnd["trial_id"], _n(r), _n(rnd["attempt"])]) if u["msp_id"] in enrolled]
+    updates = [
+        u
+        for u in tx.scan("update", [rnd["trial_id"], _n(r), _n(rnd["attempt"])])
+        if u["msp_id"] in enrolled
+    ]
     _require_closable(tx, rnd, sorted(u["msp_id"] for u in updates if not u["revealed"]))
     candidates = sorted(u["msp_id"] for u in updates if u["revealed"])
     if not candidates:
-        rnd = _halt_round(tx, caller, rnd, "NO_REVEALS", "no committed update was revealed before the deadline")
+        rnd = _halt_round(
+            tx, caller, rnd, "NO_REVEALS", "no committed update was revealed before the deadline"
+        )
         _halted_event(tx, rnd)
         return rnd
     rnd = dict(_next_phase(tx, trial, rnd, "VOTE_COMMIT"), candidates=candidates)
     tx.put(_round_key(rnd["trial_id"], r, rnd["attempt"]), rnd)
-    tx.emit("UpdateRevealsClosed", _round_event(rnd, candidates=candidates, deadline=rnd["deadline"]))
+    tx.emit(
+        "UpdateRevealsClosed", _round_event(rnd, candidates=candidates, deadline=rnd["deadline"])
+    )
     return rnd
 
 
@@ -1319,7 +1503,11 @@ def _commit_votes(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_on_time(tx, rnd)
     key = _per_round_key("vote", rnd["trial_id"], r, rnd["attempt"], msp_id)
     if tx.get(key) is not None:
-        _fail("DUPLICATE", f"{msp_id} already committed its votes in {_round_label(rnd)}", msp_id=msp_id)
+        _fail(
+            "DUPLICATE",
+            f"{msp_id} already committed its votes in {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
     record = {
         "trial_id": rnd["trial_id"],
         "round": r,
@@ -1345,10 +1533,16 @@ def _close_vote_commits(tx: _Tx, caller: _Caller, a: Args) -> Any:
     rnd = _current_round(tx, trial, r)
     _require_phase(rnd, "VOTE_COMMIT")
     enrolled = _enrolled(tx, trial["trial_id"])
-    voters = sorted(v["msp_id"] for v in tx.scan("vote", [rnd["trial_id"], _n(r), _n(rnd["attempt"])]) if v["msp_id"] in enrolled)
+    voters = sorted(
+        v["msp_id"]
+        for v in tx.scan("vote", [rnd["trial_id"], _n(r), _n(rnd["attempt"])])
+        if v["msp_id"] in enrolled
+    )
     _require_closable(tx, rnd, sorted(set(enrolled) - set(voters)))
     if not voters:
-        rnd = _halt_round(tx, caller, rnd, "NO_VOTES", "no hospital committed votes before the deadline")
+        rnd = _halt_round(
+            tx, caller, rnd, "NO_VOTES", "no hospital committed votes before the deadline"
+        )
         _halted_event(tx, rnd)
         return rnd
     rnd = dict(_next_phase(tx, trial, rnd, "VOTE_REVEAL"), vote_committed=voters)
@@ -1373,7 +1567,11 @@ def _reveal_votes(tx: _Tx, caller: _Caller, a: Args) -> Any:
     _require_phase(rnd, "VOTE_REVEAL")
     _require_on_time(tx, rnd)
     if msp_id in scores:
-        _fail("SELF_VOTE", f"scores: {msp_id} scored its own update; a voter scores only its peers", field=f"scores.{msp_id}")
+        _fail(
+            "SELF_VOTE",
+            f"scores: {msp_id} scored its own update; a voter scores only its peers",
+            field=f"scores.{msp_id}",
+        )
     expected = sorted(set(rnd["candidates"]) - {msp_id})
     if sorted(scores) != expected:
         a.fail(
@@ -1385,10 +1583,20 @@ def _reveal_votes(tx: _Tx, caller: _Caller, a: Args) -> Any:
     key = _per_round_key("vote", rnd["trial_id"], r, rnd["attempt"], msp_id)
     record = tx.get(key)
     if record is None:
-        _fail("NOT_COMMITTED", f"{msp_id} made no votes commitment in {_round_label(rnd)}", msp_id=msp_id)
+        _fail(
+            "NOT_COMMITTED",
+            f"{msp_id} made no votes commitment in {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
     if record["revealed"]:
-        _fail("DUPLICATE", f"{msp_id} already revealed its votes in {_round_label(rnd)}", msp_id=msp_id)
-    recomputed = votes_commitment(trial_id=rnd["trial_id"], round=r, msp_id=msp_id, scores=scores, salt=salt)
+        _fail(
+            "DUPLICATE",
+            f"{msp_id} already revealed its votes in {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
+    recomputed = votes_commitment(
+        trial_id=rnd["trial_id"], round=r, msp_id=msp_id, scores=scores, salt=salt
+    )
     if recomputed != record["commitment"]:
         _fail(
             "COMMITMENT_MISMATCH",
@@ -1462,7 +1670,9 @@ def _close_voting(tx: _Tx, caller: _Caller, a: Args) -> Any:
         attestation_quorum=quorum,
     )
     if not accepted:
-        rnd = _halt_round(tx, caller, rnd, "NONE_ACCEPTED", "no update was accepted by the peer votes")
+        rnd = _halt_round(
+            tx, caller, rnd, "NONE_ACCEPTED", "no update was accepted by the peer votes"
+        )
         _halted_event(tx, rnd)
         return acceptance
     rnd = _next_phase(tx, trial, rnd, "AGGREGATE")
@@ -1521,7 +1731,10 @@ def _record_aggregate(tx: _Tx, caller: _Caller, a: Args) -> Any:
     }
     rnd = dict(_next_phase(tx, trial, rnd, "ATTEST"), aggregate=aggregate)
     tx.put(_round_key(rnd["trial_id"], r, rnd["attempt"]), rnd)
-    tx.emit("AggregateRecorded", _round_event(rnd, content_id=content_id, sha256=sha256, total_weight=rnd["total_weight"]))
+    tx.emit(
+        "AggregateRecorded",
+        _round_event(rnd, content_id=content_id, sha256=sha256, total_weight=rnd["total_weight"]),
+    )
     return rnd
 
 
@@ -1531,9 +1744,17 @@ def _credit_rewards(tx: _Tx, rnd: dict[str, Any]) -> dict[str, int]:
     tx.put(key, dict(record, status="credited"))
     for msp_id, amount in sorted(record["rewards"].items()):
         account_key = _per_org_key("reward_account", rnd["trial_id"], msp_id)
-        account = tx.get(account_key) or {"trial_id": rnd["trial_id"], "msp_id": msp_id, "total": 0, "entries": []}
+        account = tx.get(account_key) or {
+            "trial_id": rnd["trial_id"],
+            "msp_id": msp_id,
+            "total": 0,
+            "entries": [],
+        }
         entry = {"round": rnd["round"], "attempt": rnd["attempt"], "amount": amount}
-        tx.put(account_key, dict(account, total=account["total"] + amount, entries=account["entries"] + [entry]))
+        tx.put(
+            account_key,
+            dict(account, total=account["total"] + amount, entries=account["entries"] + [entry]),
+        )
     return record["rewards"]
 
 
@@ -1553,7 +1774,11 @@ def _attest_model(tx: _Tx, caller: _Caller, a: Args) -> Any:
     attempt = rnd["attempt"]
     key = _per_round_key("attestation", trial_id, r, attempt, msp_id)
     if tx.get(key) is not None:
-        _fail("DUPLICATE", f"{msp_id} already attested the model of {_round_label(rnd)}", msp_id=msp_id)
+        _fail(
+            "DUPLICATE",
+            f"{msp_id} already attested the model of {_round_label(rnd)}",
+            msp_id=msp_id,
+        )
     earlier = tx.scan("attestation", [trial_id, _n(r), _n(attempt)])
     record = {
         "trial_id": trial_id,
@@ -1572,44 +1797,79 @@ def _attest_model(tx: _Tx, caller: _Caller, a: Args) -> Any:
         # A quorum already agreed; a later dissent is recorded for the admin to judge (rollback)
         # rather than letting one hospital undo a finalized round.
         if sha256 == rnd["model"]["sha256"]:
-            tx.emit("ModelAttested", _round_event(rnd, msp_id=msp_id, sha256=sha256, finalized=True))
+            tx.emit(
+                "ModelAttested", _round_event(rnd, msp_id=msp_id, sha256=sha256, finalized=True)
+            )
         else:
-            rnd = dict(rnd, disputes=rnd["disputes"] + [{"msp_id": msp_id, "sha256": sha256, "at": tx.now}])
+            rnd = dict(
+                rnd, disputes=rnd["disputes"] + [{"msp_id": msp_id, "sha256": sha256, "at": tx.now}]
+            )
             tx.put(round_key, rnd)
             tx.emit(
                 "AttestationMismatch",
-                _round_event(rnd, code="ATTESTATION_MISMATCH", msp_id=msp_id, phase="FINALIZED", attestations=attestations),
+                _round_event(
+                    rnd,
+                    code="ATTESTATION_MISMATCH",
+                    msp_id=msp_id,
+                    phase="FINALIZED",
+                    attestations=attestations,
+                ),
             )
         return {"attestation": record, "round": rnd}
 
     if len(set(attestations.values())) > 1:
         reason = f"attested model hashes differ: {attestations}"
-        rnd = _halt_round(tx, caller, rnd, "ATTESTATION_MISMATCH", reason, attestations=attestations)
+        rnd = _halt_round(
+            tx, caller, rnd, "ATTESTATION_MISMATCH", reason, attestations=attestations
+        )
         tx.emit(
             "AttestationMismatch",
-            _round_event(rnd, code="ATTESTATION_MISMATCH", msp_id=msp_id, phase="HALTED", attestations=attestations),
+            _round_event(
+                rnd,
+                code="ATTESTATION_MISMATCH",
+                msp_id=msp_id,
+                phase="HALTED",
+                attestations=attestations,
+            ),
         )
         return {"attestation": record, "round": rnd}
 
     if len(attestations) < rnd["attestation_quorum"]:
         tx.emit(
             "ModelAttested",
-            _round_event(rnd, msp_id=msp_id, sha256=sha256, attestations=len(attestations), quorum=rnd["attestation_quorum"]),
+            _round_event(
+                rnd,
+                msp_id=msp_id,
+                sha256=sha256,
+                attestations=len(attestations),
+                quorum=rnd["attestation_quorum"],
+            ),
         )
         return {"attestation": record, "round": rnd}
 
     # Quorum: the first content id given (earliest, then by MSP id) names the stored model.
     ordered = sorted(earlier, key=lambda e: (e["attested_at"], e["msp_id"])) + [record]
-    model = {"content_id": next((e["content_id"] for e in ordered if e["content_id"]), None), "sha256": sha256}
+    model = {
+        "content_id": next((e["content_id"] for e in ordered if e["content_id"]), None),
+        "sha256": sha256,
+    }
     rnd = dict(rnd, phase="FINALIZED", phase_changed_at=tx.now, model=model, finalized_at=tx.now)
     tx.put(round_key, rnd)
     head = {"round": r, "attempt": attempt, "model": model}
-    lineage = trial["lineage"] + [{"round": r, "attempt": attempt, "model": model, "finalized_at": tx.now}]
+    lineage = trial["lineage"] + [
+        {"round": r, "attempt": attempt, "model": model, "finalized_at": tx.now}
+    ]
     tx.put(_trial_key(trial_id), dict(trial, head=head, lineage=lineage))
     rewards = _credit_rewards(tx, rnd)
     tx.emit(
         "RoundFinalized",
-        _round_event(rnd, model=model, attesters=sorted(attestations), rewards=rewards, last_round=r == trial["rounds"]),
+        _round_event(
+            rnd,
+            model=model,
+            attesters=sorted(attestations),
+            rewards=rewards,
+            last_round=r == trial["rounds"],
+        ),
     )
     return {"attestation": record, "round": rnd}
 
@@ -1663,7 +1923,14 @@ def _rollback(tx: _Tx, caller: _Caller, a: Args) -> Any:
     }
     trial = dict(trial, head=new_head, lineage=lineage, rollbacks=trial["rollbacks"] + [rollback])
     tx.put(_trial_key(trial["trial_id"]), trial)
-    tx.emit("RolledBack", {"trial_id": trial["trial_id"], **{k: v for k, v in rollback.items() if k != "by"}, "model": new_head["model"]})
+    tx.emit(
+        "RolledBack",
+        {
+            "trial_id": trial["trial_id"],
+            **{k: v for k, v in rollback.items() if k != "by"},
+            "model": new_head["model"],
+        },
+    )
     return trial
 
 
@@ -1672,16 +1939,35 @@ def _record_settlement(tx: _Tx, caller: _Caller, a: Args) -> Any:
     trial, r = _round_args(tx, a)
     attempt = a.integer("attempt", minimum=1, maximum=10**6, default=None)
     chain_id = a.integer("chain_id", minimum=1, maximum=2**63 - 1)
-    tx_hash = a.string("tx_hash", pattern=ETH_TX_HASH, expected="a transaction hash: 0x and 64 lowercase hex digits")
+    tx_hash = a.string(
+        "tx_hash",
+        pattern=ETH_TX_HASH,
+        expected="a transaction hash: 0x and 64 lowercase hex digits",
+    )
     a.done()
     rnd = _find_round(tx, trial, r, attempt)
     if rnd["phase"] != "FINALIZED":
-        _fail("WRONG_STATE", f"{_round_label(rnd)} is {rnd['phase']}; only finalized rounds are settled", phase=rnd["phase"])
+        _fail(
+            "WRONG_STATE",
+            f"{_round_label(rnd)} is {rnd['phase']}; only finalized rounds are settled",
+            phase=rnd["phase"],
+        )
     key = _per_round_key("round_rewards", trial["trial_id"], r, rnd["attempt"])
     record = tx.get(key)
     if record["settlement"] is not None:
-        _fail("ALREADY_EXISTS", f"{_round_label(rnd)} is already settled by {record['settlement']['tx_hash']}")
-    record = dict(record, settlement={"chain_id": chain_id, "tx_hash": tx_hash, "recorded_at": tx.now, "recorded_by": caller.who()})
+        _fail(
+            "ALREADY_EXISTS",
+            f"{_round_label(rnd)} is already settled by {record['settlement']['tx_hash']}",
+        )
+    record = dict(
+        record,
+        settlement={
+            "chain_id": chain_id,
+            "tx_hash": tx_hash,
+            "recorded_at": tx.now,
+            "recorded_by": caller.who(),
+        },
+    )
     tx.put(key, record)
     tx.emit("SettlementRecorded", _round_event(rnd, chain_id=chain_id, tx_hash=tx_hash))
     return record
@@ -1741,7 +2027,11 @@ def _get_acceptance(tx: _Tx, caller: _Caller, a: Args) -> Any:
     rnd = _find_round(tx, trial, r, attempt)
     record = tx.get(_per_round_key("acceptance", trial["trial_id"], r, rnd["attempt"]))
     if record is None:
-        _fail("NOT_FOUND", f"{_round_label(rnd)} has no acceptance yet (phase {rnd['phase']})", phase=rnd["phase"])
+        _fail(
+            "NOT_FOUND",
+            f"{_round_label(rnd)} has no acceptance yet (phase {rnd['phase']})",
+            phase=rnd["phase"],
+        )
     return record
 
 
@@ -1766,7 +2056,11 @@ def _get_rewards(tx: _Tx, caller: _Caller, a: Args) -> Any:
         accounts = [acc for acc in accounts if acc["msp_id"] == msp_id] or [
             {"trial_id": trial_id, "msp_id": msp_id, "total": 0, "entries": []}
         ]
-    return {"trial_id": trial_id, "accounts": accounts, "rounds": tx.scan("round_rewards", [trial_id])}
+    return {
+        "trial_id": trial_id,
+        "accounts": accounts,
+        "rounds": tx.scan("round_rewards", [trial_id]),
+    }
 
 
 _HISTORY_RECORDS: dict[str, tuple[str, ...]] = {
@@ -1830,5 +2124,7 @@ def _get_model_lineage(tx: _Tx, caller: _Caller, a: Args) -> Any:
     }
 
 
-READ_ONLY_FUNCTIONS: frozenset[str] = frozenset(name for name, spec in _FUNCTIONS.items() if spec.read_only)
+READ_ONLY_FUNCTIONS: frozenset[str] = frozenset(
+    name for name, spec in _FUNCTIONS.items() if spec.read_only
+)
 FUNCTIONS: frozenset[str] = frozenset(_FUNCTIONS)

@@ -47,7 +47,9 @@ class SqliteState(HostState):
     # -- reads: committed state only (a transaction never sees its own writes, as on Fabric) --
     def get_state(self, key: str) -> bytes | None:
         self.check_key(key)
-        row = self._conn.execute("SELECT value FROM world_state WHERE key = ?", (_k(key),)).fetchone()
+        row = self._conn.execute(
+            "SELECT value FROM world_state WHERE key = ?", (_k(key),)
+        ).fetchone()
         return bytes(row[0]) if row else None
 
     def _range(self, start: str, end: str) -> Iterator[tuple[str, bytes]]:
@@ -69,10 +71,14 @@ class SqliteState(HostState):
             "ORDER BY block_number DESC, tx_index DESC",
             (_k(key),),
         ).fetchall()
-        return iter([
-            HistoryEntry(tx_id=t, timestamp=ts, value=None if v is None else bytes(v), is_delete=bool(d))
-            for t, ts, v, d in rows
-        ])
+        return iter(
+            [
+                HistoryEntry(
+                    tx_id=t, timestamp=ts, value=None if v is None else bytes(v), is_delete=bool(d)
+                )
+                for t, ts, v, d in rows
+            ]
+        )
 
     # -- writes: buffered --
     def put_state(self, key: str, value: bytes) -> None:
@@ -83,8 +89,6 @@ class SqliteState(HostState):
     def del_state(self, key: str) -> None:
         self.check_key(key)
         self.writes[key] = None
-
-
 
     def write_set(self) -> list[list[str | None]]:
         """The write set in key order as JSON-friendly [key, value-as-latin-1-hex or None]."""

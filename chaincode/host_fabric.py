@@ -73,15 +73,23 @@ class PeerStateError(RuntimeError):
 class ShimState(HostState):
     """``ChaincodeState`` for one transaction, over the shim's stream to the peer (worker-thread side)."""
 
-    def __init__(self, handler: BcflHandler, loop: asyncio.AbstractEventLoop, msg: shim.ChaincodeMessage,
-                 creator: Creator, timestamp: int):
+    def __init__(
+        self,
+        handler: BcflHandler,
+        loop: asyncio.AbstractEventLoop,
+        msg: shim.ChaincodeMessage,
+        creator: Creator,
+        timestamp: int,
+    ):
         super().__init__(creator, msg.txid, timestamp)
         self._handler = handler
         self._loop = loop
         self._channel_id = msg.channel_id
 
     def _ask(self, msg_type: int, payload: Any) -> shim.ChaincodeMessage:
-        coro = self._handler.ask(msg_type, payload.SerializeToString(), self._channel_id, self._tx_id)
+        coro = self._handler.ask(
+            msg_type, payload.SerializeToString(), self._channel_id, self._tx_id
+        )
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_STATE_CALL_TIMEOUT)
 
     # -- reads --
@@ -91,8 +99,10 @@ class ShimState(HostState):
         return bytes(response.payload) if response.payload else None
 
     def _range(self, start: str, end: str) -> Iterator[tuple[str, bytes]]:
-        first = self._ask(shim.ChaincodeMessage.GET_STATE_BY_RANGE,
-                          shim.GetStateByRange(startKey=start, endKey=end, collection=""))
+        first = self._ask(
+            shim.ChaincodeMessage.GET_STATE_BY_RANGE,
+            shim.GetStateByRange(startKey=start, endKey=end, collection=""),
+        )
         rows = [(kv.key, bytes(kv.value)) for kv in self._pages(first, kv_query_result_pb2.KV)]
         return iter(rows)
 
@@ -100,8 +110,12 @@ class ShimState(HostState):
         self.check_key(key)
         first = self._ask(shim.ChaincodeMessage.GET_HISTORY_FOR_KEY, shim.GetHistoryForKey(key=key))
         entries = [
-            HistoryEntry(tx_id=m.tx_id, timestamp=int(m.timestamp.seconds),
-                         value=None if m.is_delete else bytes(m.value), is_delete=bool(m.is_delete))
+            HistoryEntry(
+                tx_id=m.tx_id,
+                timestamp=int(m.timestamp.seconds),
+                value=None if m.is_delete else bytes(m.value),
+                is_delete=bool(m.is_delete),
+            )
             for m in self._pages(first, kv_query_result_pb2.KeyModification)
         ]
         return iter(entries)
@@ -114,20 +128,23 @@ class ShimState(HostState):
             records += [record_type.FromString(r.resultBytes) for r in response.results]
             if not response.has_more:
                 return records
-            nxt = self._ask(shim.ChaincodeMessage.QUERY_STATE_NEXT, shim.QueryStateNext(id=response.id))
+            nxt = self._ask(
+                shim.ChaincodeMessage.QUERY_STATE_NEXT, shim.QueryStateNext(id=response.id)
+            )
             response = shim.QueryResponse.FromString(nxt.payload)
 
     # -- writes --
     def put_state(self, key: str, value: bytes) -> None:
         self.check_key(key)
         self.check_value(key, value)
-        self._ask(shim.ChaincodeMessage.PUT_STATE, shim.PutState(key=key, value=bytes(value), collection=""))
+        self._ask(
+            shim.ChaincodeMessage.PUT_STATE,
+            shim.PutState(key=key, value=bytes(value), collection=""),
+        )
 
     def del_state(self, key: str) -> None:
         self.check_key(key)
         self._ask(shim.ChaincodeMessage.DEL_STATE, shim.DelState(key=key, collection=""))
-
-
 
 
 def proposal_context(signed_proposal: proposal_pb2.SignedProposal) -> tuple[Creator, int]:
@@ -137,16 +154,18 @@ def proposal_context(signed_proposal: proposal_pb2.SignedProposal) -> tuple[Crea
     signature_header = common_pb2.SignatureHeader.FromString(header.signature_header)
     identity = identities_pb2.SerializedIdentity.FromString(signature_header.creator)
     channel_header = common_pb2.ChannelHeader.FromString(header.channel_header)
-    return Creator(msp_id=identity.mspid, cert_pem=bytes(identity.id_bytes)), int(channel_header.timestamp.seconds)
+    return Creator(msp_id=identity.mspid, cert_pem=bytes(identity.id_bytes)), int(
+        channel_header.timestamp.seconds
+    )
 
 
 def error_message(exc: BaseException) -> str:
     """``"<CODE>: <message>"`` for a ContractError, ``"INTERNAL: ..."`` for anything else."""
-    from consortium.errors import ContractError
+    from bcfl_common.errors import ContractError
 
     if isinstance(exc, ContractError):
         if exc.detail:
-            from consortium.canonical import canonical_json
+            from bcfl_common.canonical import canonical_json
 
             return f"{exc.code}: {exc.message}{DETAIL_MARKER}{canonical_json(exc.detail).decode()}"
         return f"{exc.code}: {exc.message}"
@@ -170,33 +189,48 @@ class BcflHandler(Handler):
         self._invoke = invoke
         self._executor = executor
 
-    async def ask(self, msg_type: int, payload: bytes, channel_id: str, tx_id: str) -> shim.ChaincodeMessage:
+    async def ask(
+        self, msg_type: int, payload: bytes, channel_id: str, tx_id: str
+    ) -> shim.ChaincodeMessage:
         """Send one request to the peer for ``tx_id`` and wait for its RESPONSE (or raise on ERROR)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        msg = shim.ChaincodeMessage(type=msg_type, payload=payload, txid=tx_id, channel_id=channel_id)
-        await self.msg_queue_handler.queue_msg(QueueMessage(msg, shim.ChaincodeMessage.Type.Name(msg_type), future))
+        msg = shim.ChaincodeMessage(
+            type=msg_type, payload=payload, txid=tx_id, channel_id=channel_id
+        )
+        await self.msg_queue_handler.queue_msg(
+            QueueMessage(msg, shim.ChaincodeMessage.Type.Name(msg_type), future)
+        )
         response: shim.ChaincodeMessage = await future
         if response.type == shim.ChaincodeMessage.ERROR:
             raise PeerStateError(bytes(response.payload).decode("utf-8", "replace"))
         if response.type != shim.ChaincodeMessage.RESPONSE:
-            raise PeerStateError(f"unexpected {shim.ChaincodeMessage.Type.Name(response.type)} from the peer")
+            raise PeerStateError(
+                f"unexpected {shim.ChaincodeMessage.Type.Name(response.type)} from the peer"
+            )
         return response
 
-    async def handle_stub_interaction(self, msg: shim.ChaincodeMessage, action: str = "Invoke") -> None:
+    async def handle_stub_interaction(
+        self, msg: shim.ChaincodeMessage, action: str = "Invoke"
+    ) -> None:
         event = None
         if action.lower() == "init":
             response = proposal_response_pb2.Response(status=OK)
         else:
             response, event = await self._run_transaction(msg)
-        completed = shim.ChaincodeMessage(type=shim.ChaincodeMessage.COMPLETED, payload=response.SerializeToString(),
-                                          txid=msg.txid, channel_id=msg.channel_id)
+        completed = shim.ChaincodeMessage(
+            type=shim.ChaincodeMessage.COMPLETED,
+            payload=response.SerializeToString(),
+            txid=msg.txid,
+            channel_id=msg.channel_id,
+        )
         if event is not None and response.status < 400:
             completed.chaincode_event.CopyFrom(event)
         await self.context.write(completed)
 
-    async def _run_transaction(self, msg: shim.ChaincodeMessage) -> tuple[
-            proposal_response_pb2.Response, chaincode_event_pb2.ChaincodeEvent | None]:
+    async def _run_transaction(
+        self, msg: shim.ChaincodeMessage
+    ) -> tuple[proposal_response_pb2.Response, chaincode_event_pb2.ChaincodeEvent | None]:
         loop = asyncio.get_running_loop()
         try:
             cc_input = chaincode_pb2.ChaincodeInput.FromString(msg.payload)
@@ -206,26 +240,29 @@ class BcflHandler(Handler):
             function = bytes(args[0]).decode("utf-8")
             creator, timestamp = proposal_context(msg.proposal)
             state = ShimState(self, loop, msg, creator, timestamp)
-            result = await loop.run_in_executor(self._executor, self._invoke, state, function, bytes(args[1]))
+            result = await loop.run_in_executor(
+                self._executor, self._invoke, state, function, bytes(args[1])
+            )
         except Exception as exc:  # every failure becomes an error response, never a dead stream
             if not _is_contract_error(exc):
                 log.exception("transaction %s failed", msg.txid)
             return proposal_response_pb2.Response(status=ERROR, message=error_message(exc)), None
         event = None
         if state.event is not None:
-            event = chaincode_event_pb2.ChaincodeEvent(tx_id=msg.txid, event_name=state.event[0],
-                                                       payload=state.event[1])
+            event = chaincode_event_pb2.ChaincodeEvent(
+                tx_id=msg.txid, event_name=state.event[0], payload=state.event[1]
+            )
         return proposal_response_pb2.Response(status=OK, payload=bytes(result)), event
 
 
 def _bad_call(message: str) -> Exception:
-    from consortium.errors import ContractError
+    from bcfl_common.errors import ContractError
 
     return ContractError(message, code="BAD_REQUEST")
 
 
 def _is_contract_error(exc: BaseException) -> bool:
-    from consortium.errors import ContractError
+    from bcfl_common.errors import ContractError
 
     return isinstance(exc, ContractError)
 
@@ -252,7 +289,9 @@ class ChaincodeServer(shim_grpc.ChaincodeServicer):
     def __init__(self, cc_id: str, invoke: ContractInvoke, workers: int = 16):
         self._cc_id = cc_id
         self._invoke = invoke
-        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="contract")
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=workers, thread_name_prefix="contract"
+        )
 
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         handler = BcflHandler(self._cc_id, self._invoke, self._executor)
@@ -270,25 +309,36 @@ def _read(path: str | None) -> bytes | None:
 
 
 async def serve(cc_id: str, address: str, invoke: ContractInvoke) -> None:
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", _MAX_MESSAGE),
-        ("grpc.max_send_message_length", _MAX_MESSAGE),
-        # the peer keeps its stream alive with pings; never answer them with GOAWAY too_many_pings
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
-        ("grpc.http2.max_ping_strikes", 0),
-    ])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+            # the peer keeps its stream alive with pings; never answer them with GOAWAY too_many_pings
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ("grpc.http2.max_ping_strikes", 0),
+        ]
+    )
     shim_grpc.add_ChaincodeServicer_to_server(ChaincodeServer(cc_id, invoke), server)
-    cert, key = _read(os.environ.get("CHAINCODE_TLS_CERT_FILE")), _read(os.environ.get("CHAINCODE_TLS_KEY_FILE"))
+    cert, key = (
+        _read(os.environ.get("CHAINCODE_TLS_CERT_FILE")),
+        _read(os.environ.get("CHAINCODE_TLS_KEY_FILE")),
+    )
     if cert and key:
         client_ca = _read(os.environ.get("CHAINCODE_TLS_CLIENT_CA_FILE"))
-        credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                                  require_client_auth=client_ca is not None)
+        credentials = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
         server.add_secure_port(address, credentials)
     else:
         server.add_insecure_port(address)
     await server.start()
-    log.warning("bcfl chaincode %s listening on %s (%s)", cc_id, address, "TLS" if cert and key else "plaintext")
+    log.warning(
+        "bcfl chaincode %s listening on %s (%s)",
+        cc_id,
+        address,
+        "TLS" if cert and key else "plaintext",
+    )
     try:
         await server.wait_for_termination()
     finally:
@@ -296,16 +346,20 @@ async def serve(cc_id: str, address: str, invoke: ContractInvoke) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=os.environ.get("BCFL_CHAINCODE_LOG_LEVEL", "WARNING"),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("BCFL_CHAINCODE_LOG_LEVEL", "WARNING"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     # the shim logs every message (with its payload) at INFO/WARNING on the asyncio logger
     logging.getLogger("asyncio").setLevel(logging.ERROR)
     logging.getLogger("grpc").setLevel(logging.WARNING)
     cc_id = os.environ.get("CHAINCODE_ID") or os.environ.get("CORE_CHAINCODE_ID_NAME")
     address = os.environ.get("CHAINCODE_SERVER_ADDRESS")
     if not cc_id or not address:
-        sys.exit("chaincode.host_fabric: set CHAINCODE_ID (the installed package id) and "
-                 "CHAINCODE_SERVER_ADDRESS (host:port to listen on)")
+        sys.exit(
+            "chaincode.host_fabric: set CHAINCODE_ID (the installed package id) and "
+            "CHAINCODE_SERVER_ADDRESS (host:port to listen on)"
+        )
     invoke = load_contract()
     try:
         _run(serve(cc_id, address, invoke))

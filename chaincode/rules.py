@@ -109,7 +109,9 @@ def judge_round(
             "accepted": accepted,
             "reason": reason,
             "weight": candidates[msp_id]["sample_weight"] if accepted else 0,
-            "contribution": contribution_score(median, threshold_micro) if accepted and median is not None else 0,
+            "contribution": contribution_score(median, threshold_micro)
+            if accepted and median is not None
+            else 0,
         }
     accepted_ids = [m for m, v in verdicts.items() if v["accepted"]]
     shares = {m: verdicts[m]["weight"] * verdicts[m]["contribution"] for m in accepted_ids}

@@ -84,10 +84,14 @@ class HostState:
         start = start_key or EMPTY_KEY_SUBSTITUTE
         for key in (start, end_key):
             if key.startswith(COMPOSITE_KEY_NAMESPACE):
-                raise ValueError(f"range query key {key!r} is a composite key; use a partial composite key query")
+                raise ValueError(
+                    f"range query key {key!r} is a composite key; use a partial composite key query"
+                )
         return self._range(start, end_key)
 
-    def get_state_by_partial_composite_key(self, object_type: str, attributes: list[str]) -> Iterator[tuple[str, bytes]]:
+    def get_state_by_partial_composite_key(
+        self, object_type: str, attributes: list[str]
+    ) -> Iterator[tuple[str, bytes]]:
         prefix = create_composite_key(object_type, attributes)
         return self._range(prefix, prefix + MAX_UNICODE_RUNE)
 

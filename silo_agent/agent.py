@@ -36,8 +36,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
-from chaincode.commitments import new_salt, update_commitment, votes_commitment
-from consortium.errors import (
+from bcfl_common.errors import (
     BcflError,
     ConfigError,
     ContractError,
@@ -46,13 +45,15 @@ from consortium.errors import (
     SchemaError,
     StoreError,
 )
+from chaincode.commitments import new_salt, update_commitment, votes_commitment
 from consortium.identity import Identity, load_identity
 from consortium.ledger import Ledger, open_ledger
 from consortium.storage import ArtifactStore, open_store
+from model_registry.data_schema import schema_sha256
+from model_registry.models import build_from_spec, decode_model, encode_model, parameter_count
 from privacy import dp, he
 from silo_agent.config import SiloConfig
-from silo_agent.data import EncodedData, LocalSplit, load_data, schema_sha256, split
-from silo_agent.models import build_from_spec, decode_model, encode_model, parameter_count
+from silo_agent.data import EncodedData, LocalSplit, load_data, split
 from silo_agent.state import SiloState
 from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
 
@@ -78,7 +79,9 @@ class Step:
     level: str = "info"  # info | warning | error
 
     def __str__(self) -> str:
-        where = f"{self.trial_id}" + (f" r{self.round}.{self.attempt}" if self.round is not None else "")
+        where = f"{self.trial_id}" + (
+            f" r{self.round}.{self.attempt}" if self.round is not None else ""
+        )
         return f"[{where}] {self.action}" + (f": {self.detail}" if self.detail else "")
 
 
@@ -103,7 +106,9 @@ def release_rng(secret_context: bytes, trial_id: str, aggregate_sha256: str) -> 
     aggregate identically (equal attestations) while the coordinator, who saw the ciphertexts,
     cannot reproduce (and subtract) the flooding noise.
     """
-    digest = hmac.new(secret_context, f"bcfl/release/1/{trial_id}/{aggregate_sha256}".encode(), hashlib.sha256).digest()
+    digest = hmac.new(
+        secret_context, f"bcfl/release/1/{trial_id}/{aggregate_sha256}".encode(), hashlib.sha256
+    ).digest()
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
@@ -134,7 +139,9 @@ class SiloAgent:
         self.config = config
         self.identity = identity or load_identity(config.identity)
         self.msp_id = self.identity.msp_id
-        self.ledger = ledger or open_ledger(config.ledger_url, self.identity, **(ledger_options or {}))
+        self.ledger = ledger or open_ledger(
+            config.ledger_url, self.identity, **(ledger_options or {})
+        )
         self.store = store or open_store(config.store_url)
         self.state = SiloState(config.state_dir)
         self.report = report
@@ -251,17 +258,32 @@ class SiloAgent:
             return False
         envelope_ref = keys["envelopes"].get(self.msp_id)
         if envelope_ref is None:
-            self._emit(steps, Step(trial_id, "waiting", f"no key envelope for {self.msp_id} (enrolled after key set-up)", level="warning"))
+            self._emit(
+                steps,
+                Step(
+                    trial_id,
+                    "waiting",
+                    f"no key envelope for {self.msp_id} (enrolled after key set-up)",
+                    level="warning",
+                ),
+            )
             return False
         envelope = self._fetch(envelope_ref["content_id"], envelope_ref["sha256"])
-        secret = he.open_envelope(envelope, self.identity.encryption_private_key(), trial_id=trial_id, recipient=self.msp_id)
+        secret = he.open_envelope(
+            envelope,
+            self.identity.encryption_private_key(),
+            trial_id=trial_id,
+            recipient=self.msp_id,
+        )
         ctx.secret = he.load_secret_context(secret, ctx.preset)
         ctx.secret_bytes = secret
         return True
 
     def _setup_keys(self, ctx: _TrialContext, steps: list[Step]) -> None:
         trial_id = ctx.trial["trial_id"]
-        enrolled = [r for r in self._q("get_enrolments", trial_id=trial_id) if r["status"] == "enrolled"]
+        enrolled = [
+            r for r in self._q("get_enrolments", trial_id=trial_id) if r["status"] == "enrolled"
+        ]
         holder = min(r["msp_id"] for r in enrolled) if enrolled else None
         if holder != self.msp_id:
             return
@@ -270,7 +292,9 @@ class SiloAgent:
         public = self.store.put(secret_ctx.public_bytes())
         envelopes = {}
         for record in enrolled:
-            key = X25519PublicKey.from_public_bytes(base64.b64decode(record["encryption_public_key"]))
+            key = X25519PublicKey.from_public_bytes(
+                base64.b64decode(record["encryption_public_key"])
+            )
             sealed = he.seal_envelope(secret, key, trial_id=trial_id, recipient=record["msp_id"])
             stored = self.store.put(sealed)
             envelopes[record["msp_id"]] = {"content_id": stored.content_id, "sha256": stored.sha256}
@@ -284,18 +308,40 @@ class SiloAgent:
         except ContractError as exc:
             if exc.code != "ALREADY_EXISTS":
                 raise
-        self._emit(steps, Step(trial_id, "keys recorded", f"CKKS preset {ctx.preset}, {len(envelopes)} envelopes"))
+        self._emit(
+            steps,
+            Step(
+                trial_id, "keys recorded", f"CKKS preset {ctx.preset}, {len(envelopes)} envelopes"
+            ),
+        )
 
     # -- data and models -----------------------------------------------------------------------
     def _local_data(self, ctx: _TrialContext) -> LocalSplit:
         if ctx.split is None:
             if self.config.data_path is None:
-                raise ConfigError("[data] path is not set; expected the hospital's CSV or Parquet file")
+                raise ConfigError(
+                    "[data] path is not set; expected the hospital's CSV or Parquet file"
+                )
             schema = ctx.trial["data_schema"]
-            data = load_data(self.config.data_path, schema, columns=self.config.columns, format=self.config.data_format)
-            ctx.split = split(data, trial_id=ctx.trial["trial_id"], msp_id=self.msp_id, validation_fraction=self.config.validation_fraction)
+            data = load_data(
+                self.config.data_path,
+                schema,
+                columns=self.config.columns,
+                format=self.config.data_format,
+            )
+            ctx.split = split(
+                data,
+                trial_id=ctx.trial["trial_id"],
+                msp_id=self.msp_id,
+                validation_fraction=self.config.validation_fraction,
+            )
             if self.config.test_path is not None:
-                ctx.test = load_data(self.config.test_path, schema, columns=self.config.columns, format=self.config.data_format)
+                ctx.test = load_data(
+                    self.config.test_path,
+                    schema,
+                    columns=self.config.columns,
+                    format=self.config.data_format,
+                )
         return ctx.split
 
     def _fetch(self, content_id: str | None, sha256: str) -> bytes:
@@ -303,12 +349,16 @@ class SiloAgent:
             raise StoreError(f"artifact {sha256} has no content id to fetch")
         data = self.store.get(content_id)
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise StoreError(f"artifact {content_id}: sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256} (the ledger's)")
+            raise StoreError(
+                f"artifact {content_id}: sha256 {hashlib.sha256(data).hexdigest()}, expected {sha256} (the ledger's)"
+            )
         return data
 
     def _n_params(self, ctx: _TrialContext) -> int:
         if "n_params" not in ctx.extras:
-            ctx.extras["n_params"] = parameter_count(build_from_spec(ctx.trial["model"], ctx.trial["data_schema"]))
+            ctx.extras["n_params"] = parameter_count(
+                build_from_spec(ctx.trial["model"], ctx.trial["data_schema"])
+            )
         return int(ctx.extras["n_params"])
 
     def model_bytes(self, ctx: _TrialContext, head: dict[str, Any]) -> bytes:
@@ -327,7 +377,9 @@ class SiloAgent:
                     raise
                 data = None
             if data is not None:
-                decode_model(data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"])
+                decode_model(
+                    data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"]
+                )
                 self.state.save_model(trial_id, data)
                 return data
         if head["round"] == 0:
@@ -345,31 +397,54 @@ class SiloAgent:
 
     def _params(self, ctx: _TrialContext, head: dict[str, Any]) -> np.ndarray:
         data = self.model_bytes(ctx, head)
-        return decode_model(data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"]).params
+        return decode_model(
+            data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"]
+        ).params
 
     def _apply_aggregate(self, ctx: _TrialContext, rnd: dict[str, Any]) -> bytes:
         """base + aggregate / total_weight, release-rounded: identical bytes on every silo."""
         aggregate = rnd["aggregate"]
         if aggregate is None:
-            raise StoreError(f"round {rnd['round']} of trial {rnd['trial_id']!r} has no aggregate recorded")
+            raise StoreError(
+                f"round {rnd['round']} of trial {rnd['trial_id']!r} has no aggregate recorded"
+            )
         base = self._params(ctx, rnd["base"]).astype(np.float64)
         blob = self._fetch(aggregate["content_id"], aggregate["sha256"])
-        delta = he.decrypt(ctx.secret, blob, expected_params=base.size, total_weight=float(aggregate["total_weight"]))
+        delta = he.decrypt(
+            ctx.secret,
+            blob,
+            expected_params=base.size,
+            total_weight=float(aggregate["total_weight"]),
+        )
         assert ctx.secret_bytes is not None
-        released = he.release(base + delta, rng=release_rng(ctx.secret_bytes, rnd["trial_id"], aggregate["sha256"]))
+        released = he.release(
+            base + delta, rng=release_rng(ctx.secret_bytes, rnd["trial_id"], aggregate["sha256"])
+        )
         spec = ctx.trial["model"]
-        data = encode_model(spec["name"], spec.get("hyperparameters") or {}, schema_sha256(ctx.trial["data_schema"]), released.astype(np.float32))
+        data = encode_model(
+            spec["name"],
+            spec.get("hyperparameters") or {},
+            schema_sha256(ctx.trial["data_schema"]),
+            released.astype(np.float32),
+        )
         self.state.save_model(rnd["trial_id"], data)
         return data
 
     # -- SUBMIT / REVEAL -----------------------------------------------------------------------
     def _submissions(self, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        records = self._q("get_submissions", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"])
+        records = self._q(
+            "get_submissions", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"]
+        )
         return {r["msp_id"]: r for r in records}
 
-    def _skip(self, steps: list[Step], rnd: dict[str, Any], reason: str, level: str = "warning") -> None:
+    def _skip(
+        self, steps: list[Step], rnd: dict[str, Any], reason: str, level: str = "warning"
+    ) -> None:
         self.state.record(rnd["trial_id"], rnd["round"], rnd["attempt"], "skipped", reason)
-        self._emit(steps, Step(rnd["trial_id"], "skipped round", reason, rnd["round"], rnd["attempt"], level))
+        self._emit(
+            steps,
+            Step(rnd["trial_id"], "skipped round", reason, rnd["round"], rnd["attempt"], level),
+        )
 
     def _submit_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
         trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
@@ -385,7 +460,13 @@ class SiloAgent:
             if update is None:
                 return
         try:
-            self._submit("commit_update", trial_id=trial_id, round=r, base_model_sha256=update["base_model_sha256"], commitment=update["commitment"])
+            self._submit(
+                "commit_update",
+                trial_id=trial_id,
+                round=r,
+                base_model_sha256=update["base_model_sha256"],
+                commitment=update["commitment"],
+            )
         except ContractError as exc:
             if exc.code == "DUPLICATE":
                 return
@@ -393,13 +474,26 @@ class SiloAgent:
                 self._skip(steps, rnd, f"commit refused: {exc.code}: {exc.message}")
                 return
             raise
-        self._emit(steps, Step(trial_id, "committed update", f"weight {update['sample_weight']}, epsilon +{update['epsilon_spent_micro'] / 1e6:.4f}", r, a))
+        self._emit(
+            steps,
+            Step(
+                trial_id,
+                "committed update",
+                f"weight {update['sample_weight']}, epsilon +{update['epsilon_spent_micro'] / 1e6:.4f}",
+                r,
+                a,
+            ),
+        )
 
-    def _prepare_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> dict[str, Any] | None:
+    def _prepare_update(
+        self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]
+    ) -> dict[str, Any] | None:
         trial, trial_id, r, a = ctx.trial, rnd["trial_id"], rnd["round"], rnd["attempt"]
         local = self._local_data(ctx)
         settings = TrainingSettings.from_hyperparameters(trial["model"].get("hyperparameters"))
-        accountant = open_accountant(self.state.accountant_path(trial_id), trial, settings, len(local.train))
+        accountant = open_accountant(
+            self.state.accountant_path(trial_id), trial, settings, len(local.train)
+        )
         epsilon_micro = 0
         index = r * _ATTEMPTS_PER_ROUND + a
         budget = None
@@ -416,10 +510,21 @@ class SiloAgent:
                 except PrivacyBudgetExceeded as exc:
                     self._skip(steps, rnd, f"privacy budget: {exc.message}")
                     return None
-        self._emit(steps, Step(trial_id, "training", f"{len(local.train)} samples, DP {'on' if accountant else 'off'}", r, a))
+        self._emit(
+            steps,
+            Step(
+                trial_id,
+                "training",
+                f"{len(local.train)} samples, DP {'on' if accountant else 'off'}",
+                r,
+                a,
+            ),
+        )
         base = self._params(ctx, rnd["base"])
         started = time.perf_counter()
-        result = train_local(trial["model"], trial["data_schema"], base, local.train, accountant=accountant)
+        result = train_local(
+            trial["model"], trial["data_schema"], base, local.train, accountant=accountant
+        )
         train_seconds = time.perf_counter() - started
         if accountant is not None:
             if not any(e["round"] == index for e in accountant.rounds):
@@ -428,7 +533,9 @@ class SiloAgent:
                 except PrivacyBudgetExceeded as exc:
                     self._skip(steps, rnd, f"privacy budget: {exc.message}")
                     return None
-            ledger_spent = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]["epsilon_spent_micro"]
+            ledger_spent = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0][
+                "epsilon_spent_micro"
+            ]
             epsilon_micro = max(0, accountant.spent_micro() - ledger_spent)
         delta = result.params.astype(np.float64) - base.astype(np.float64)
         if self.config.attack_kind == "sign_flip":
@@ -438,14 +545,30 @@ class SiloAgent:
         # (no honest update of a sensible model comes near it).
         cap = he.get_preset(ctx.preset).max_abs_value * 0.999 / weight
         if float(np.max(np.abs(delta))) > cap:
-            self._emit(steps, Step(trial_id, "clipped update", f"|delta| capped at {cap:.4g} for the HE range", r, a, "warning"))
+            self._emit(
+                steps,
+                Step(
+                    trial_id,
+                    "clipped update",
+                    f"|delta| capped at {cap:.4g} for the HE range",
+                    r,
+                    a,
+                    "warning",
+                ),
+            )
             delta = np.clip(delta, -cap, cap)
         blob = he.encrypt_update(ctx.secret, delta, weight=float(weight))
         stored = self.store.put(blob)
         salt = new_salt()
         commitment = update_commitment(
-            trial_id=trial_id, round=r, msp_id=self.msp_id, content_id=stored.content_id, sha256=stored.sha256,
-            sample_weight=weight, epsilon_spent_micro=epsilon_micro, salt=salt,
+            trial_id=trial_id,
+            round=r,
+            msp_id=self.msp_id,
+            content_id=stored.content_id,
+            sha256=stored.sha256,
+            sample_weight=weight,
+            epsilon_spent_micro=epsilon_micro,
+            salt=salt,
         )
         update = {
             "base_model_sha256": rnd["base"]["model"]["sha256"],
@@ -457,7 +580,9 @@ class SiloAgent:
             "commitment": commitment,
             "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
             "steps": result.steps,
-            "train_seconds": round(train_seconds, 4),  # local only: for the round-overhead benchmark
+            "train_seconds": round(
+                train_seconds, 4
+            ),  # local only: for the round-overhead benchmark
         }
         self.state.record(trial_id, r, a, "update", update)  # before commit_update is sent
         return update
@@ -469,12 +594,28 @@ class SiloAgent:
             return
         update = self.state.journal_entry(trial_id, r, a).get("update")
         if update is None or update["commitment"] != mine["commitment"]:
-            self._emit(steps, Step(trial_id, "cannot reveal", "the journal holds no update matching the ledger's commitment (state directory lost?)", r, a, "error"))
+            self._emit(
+                steps,
+                Step(
+                    trial_id,
+                    "cannot reveal",
+                    "the journal holds no update matching the ledger's commitment (state directory lost?)",
+                    r,
+                    a,
+                    "error",
+                ),
+            )
             return
         try:
             self._submit(
-                "reveal_update", trial_id=trial_id, round=r, content_id=update["content_id"], sha256=update["sha256"],
-                sample_weight=update["sample_weight"], epsilon_spent_micro=update["epsilon_spent_micro"], salt=update["salt"],
+                "reveal_update",
+                trial_id=trial_id,
+                round=r,
+                content_id=update["content_id"],
+                sha256=update["sha256"],
+                sample_weight=update["sample_weight"],
+                epsilon_spent_micro=update["epsilon_spent_micro"],
+                salt=update["salt"],
             )
         except ContractError as exc:
             if exc.code == "DUPLICATE":
@@ -509,17 +650,34 @@ class SiloAgent:
                 if record is None or not record["revealed"]:
                     raise StoreError(f"{candidate} has no revealed update")
                 blob = self._fetch(record["content_id"], record["sha256"])
-                delta = he.decrypt(ctx.secret, blob, expected_params=base.size, total_weight=float(record["sample_weight"]))
+                delta = he.decrypt(
+                    ctx.secret,
+                    blob,
+                    expected_params=base.size,
+                    total_weight=float(record["sample_weight"]),
+                )
                 loss = evaluate(spec, schema, base + delta, local.validation)["loss"]
                 value = (base_loss - loss) * 1e6
-                scores[candidate] = int(max(-MAX_SCORE_MICRO, min(MAX_SCORE_MICRO, round(value)))) if math.isfinite(value) else REJECT_SCORE_MICRO
+                scores[candidate] = (
+                    int(max(-MAX_SCORE_MICRO, min(MAX_SCORE_MICRO, round(value))))
+                    if math.isfinite(value)
+                    else REJECT_SCORE_MICRO
+                )
             except BcflError as exc:
-                log.warning("update of %s in %s round %s is unusable: %s", candidate, rnd["trial_id"], rnd["round"], exc)
+                log.warning(
+                    "update of %s in %s round %s is unusable: %s",
+                    candidate,
+                    rnd["trial_id"],
+                    rnd["round"],
+                    exc,
+                )
                 scores[candidate] = REJECT_SCORE_MICRO
         return scores
 
     def _votes(self, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        records = self._q("get_votes", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"])
+        records = self._q(
+            "get_votes", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"]
+        )
         return {r["msp_id"]: r for r in records}
 
     def _commit_votes(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
@@ -534,7 +692,9 @@ class SiloAgent:
             votes = {
                 "scores": scores,
                 "salt": salt,
-                "commitment": votes_commitment(trial_id=trial_id, round=r, msp_id=self.msp_id, scores=scores, salt=salt),
+                "commitment": votes_commitment(
+                    trial_id=trial_id, round=r, msp_id=self.msp_id, scores=scores, salt=salt
+                ),
             }
             self.state.record(trial_id, r, a, "votes", votes)  # before commit_votes is sent
         try:
@@ -543,7 +703,10 @@ class SiloAgent:
             if exc.code == "DUPLICATE":
                 return
             if exc.code in ("LATE", "NOT_ENROLLED"):
-                self._emit(steps, Step(trial_id, "votes refused", f"{exc.code}: {exc.message}", r, a, "warning"))
+                self._emit(
+                    steps,
+                    Step(trial_id, "votes refused", f"{exc.code}: {exc.message}", r, a, "warning"),
+                )
                 return
             raise
         shown = ", ".join(f"{m}={s / 1e6:+.4f}" for m, s in sorted(votes["scores"].items()))
@@ -556,15 +719,41 @@ class SiloAgent:
             return
         votes = self.state.journal_entry(trial_id, r, a).get("votes")
         if votes is None or votes["commitment"] != mine["commitment"]:
-            self._emit(steps, Step(trial_id, "cannot reveal votes", "the journal holds no votes matching the ledger's commitment", r, a, "error"))
+            self._emit(
+                steps,
+                Step(
+                    trial_id,
+                    "cannot reveal votes",
+                    "the journal holds no votes matching the ledger's commitment",
+                    r,
+                    a,
+                    "error",
+                ),
+            )
             return
         try:
-            self._submit("reveal_votes", trial_id=trial_id, round=r, scores=votes["scores"], salt=votes["salt"])
+            self._submit(
+                "reveal_votes",
+                trial_id=trial_id,
+                round=r,
+                scores=votes["scores"],
+                salt=votes["salt"],
+            )
         except ContractError as exc:
             if exc.code == "DUPLICATE":
                 return
             if exc.code in ("LATE", "NOT_ENROLLED"):
-                self._emit(steps, Step(trial_id, "votes reveal refused", f"{exc.code}: {exc.message}", r, a, "warning"))
+                self._emit(
+                    steps,
+                    Step(
+                        trial_id,
+                        "votes reveal refused",
+                        f"{exc.code}: {exc.message}",
+                        r,
+                        a,
+                        "warning",
+                    ),
+                )
                 return
             raise
         self._emit(steps, Step(trial_id, "revealed votes", "", r, a))
@@ -584,7 +773,17 @@ class SiloAgent:
             if exc.code == "DUPLICATE":
                 return
             if exc.code in ("LATE", "WRONG_STATE", "NOT_ENROLLED"):
-                self._emit(steps, Step(trial_id, "attestation refused", f"{exc.code}: {exc.message}", r, a, "warning"))
+                self._emit(
+                    steps,
+                    Step(
+                        trial_id,
+                        "attestation refused",
+                        f"{exc.code}: {exc.message}",
+                        r,
+                        a,
+                        "warning",
+                    ),
+                )
                 return
             raise
         self._emit(steps, Step(trial_id, "attested model", sha[:16], r, a))
@@ -595,7 +794,8 @@ class SiloAgent:
         trial_id = trial["trial_id"]
         known = self.state.metrics(trial_id)
         points = [{"round": 0, "attempt": 0, "model": trial["initial_model"]}] + [
-            {"round": e["round"], "attempt": e["attempt"], "model": e["model"]} for e in trial["lineage"]
+            {"round": e["round"], "attempt": e["attempt"], "model": e["model"]}
+            for e in trial["lineage"]
         ]
         for head in points:
             key = str(head["round"])
@@ -603,21 +803,39 @@ class SiloAgent:
                 continue
             params = self._params(ctx, head)
             metrics = self._metrics(ctx, params)
-            self.state.record_metrics(trial_id, key, {"round": head["round"], "attempt": head["attempt"], "model_sha256": head["model"]["sha256"], **metrics})
+            self.state.record_metrics(
+                trial_id,
+                key,
+                {
+                    "round": head["round"],
+                    "attempt": head["attempt"],
+                    "model_sha256": head["model"]["sha256"],
+                    **metrics,
+                },
+            )
             if head["round"] > 0:
                 val = metrics["validation"]
                 test = metrics.get("test")
-                detail = f"validation accuracy {val['accuracy']:.3f}" + (f", test accuracy {test['accuracy']:.3f}" if test else "")
-                self._emit(steps, Step(trial_id, "model finalized", detail, head["round"], head["attempt"]))
+                detail = f"validation accuracy {val['accuracy']:.3f}" + (
+                    f", test accuracy {test['accuracy']:.3f}" if test else ""
+                )
+                self._emit(
+                    steps, Step(trial_id, "model finalized", detail, head["round"], head["attempt"])
+                )
 
     def _metrics(self, ctx: _TrialContext, params: np.ndarray) -> dict[str, Any]:
         local = self._local_data(ctx)
         spec, schema = ctx.trial["model"], ctx.trial["data_schema"]
 
         def clean(m: dict[str, float]) -> dict[str, Any]:
-            return {k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in m.items()}
+            return {
+                k: (v if not isinstance(v, float) or math.isfinite(v) else None)
+                for k, v in m.items()
+            }
 
-        out: dict[str, Any] = {"validation": clean(evaluate(spec, schema, params, local.validation))}
+        out: dict[str, Any] = {
+            "validation": clean(evaluate(spec, schema, params, local.validation))
+        }
         if ctx.test is not None:
             out["test"] = clean(evaluate(spec, schema, params, ctx.test))
         return out
@@ -631,11 +849,15 @@ class SiloAgent:
         if round is None:
             return self.model_bytes(ctx, trial["head"])
         if round == 0:
-            return self.model_bytes(ctx, {"round": 0, "attempt": 0, "model": trial["initial_model"]})
+            return self.model_bytes(
+                ctx, {"round": 0, "attempt": 0, "model": trial["initial_model"]}
+            )
         for entry in trial["lineage"]:
             if entry["round"] == round:
                 return self.model_bytes(ctx, entry)
-        raise ConfigError(f"round: {round} is not a finalized round of trial {trial_id!r} (head is round {trial['head']['round']})")
+        raise ConfigError(
+            f"round: {round} is not a finalized round of trial {trial_id!r} (head is round {trial['head']['round']})"
+        )
 
     def close(self) -> None:
         self.ledger.close()

@@ -8,10 +8,12 @@ from typing import Any
 
 import click
 
-from consortium.errors import BcflError, ConfigError
+from bcfl_common.errors import BcflError, ConfigError
 from silo_agent.config import SiloConfig, load_config
 
-CONFIG_HELP = "Silo TOML file (see silo_agent.config); keys may be overridden by BCFL_SILO_* variables."
+CONFIG_HELP = (
+    "Silo TOML file (see silo_agent.config); keys may be overridden by BCFL_SILO_* variables."
+)
 
 
 def _config(path: str | None, trial: str | None = None) -> SiloConfig:
@@ -27,7 +29,9 @@ def silo_group() -> None:
 
 
 @silo_group.command("enroll")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP
+)
 @click.option("--trial", "trial_id", required=True, help="Trial to ask enrolment in.")
 def enroll_command(config_path: str, trial_id: str) -> None:
     """Register this hospital's X25519 key for a trial on the ledger (signed by the hospital) and
@@ -56,18 +60,43 @@ def enroll_command(config_path: str, trial_id: str) -> None:
         close = getattr(client, "close", None)
         if close is not None:
             close()
-    click.echo(f"enrolment requested for {identity.msp_id} in trial {trial_id!r} at {config.coordinator_url}")
+    click.echo(
+        f"enrolment requested for {identity.msp_id} in trial {trial_id!r} at {config.coordinator_url}"
+    )
     if result is not None:
-        click.echo(json.dumps(result, indent=2, default=str) if not isinstance(result, str) else result)
+        click.echo(
+            json.dumps(result, indent=2, default=str) if not isinstance(result, str) else result
+        )
 
 
 @silo_group.command("run")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
-@click.option("--trial", "trial_id", default=None, help="Only this trial (default: every trial this hospital is enrolled in).")
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP
+)
+@click.option(
+    "--trial",
+    "trial_id",
+    default=None,
+    help="Only this trial (default: every trial this hospital is enrolled in).",
+)
 @click.option("--once", is_flag=True, help="Do every step that is due now, then exit.")
-@click.option("--until-complete", is_flag=True, help="Exit when every followed trial is COMPLETED or HALTED.")
-@click.option("--poll", "poll_seconds", type=float, default=None, help="Seconds between ledger polls (default from config).")
-def run_command(config_path: str, trial_id: str | None, once: bool, until_complete: bool, poll_seconds: float | None) -> None:
+@click.option(
+    "--until-complete", is_flag=True, help="Exit when every followed trial is COMPLETED or HALTED."
+)
+@click.option(
+    "--poll",
+    "poll_seconds",
+    type=float,
+    default=None,
+    help="Seconds between ledger polls (default from config).",
+)
+def run_command(
+    config_path: str,
+    trial_id: str | None,
+    once: bool,
+    until_complete: bool,
+    poll_seconds: float | None,
+) -> None:
     """Follow the ledger and take part in every round (resumes safely after a restart)."""
     from rich.console import Console
 
@@ -80,10 +109,17 @@ def run_command(config_path: str, trial_id: str | None, once: bool, until_comple
 
     def show(step: Step) -> None:
         style = styles.get(step.level, "")
-        console.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] " + (f"[{style}]{step}[/{style}]" if style else str(step)), highlight=False)
+        console.print(
+            f"[dim]{time.strftime('%H:%M:%S')}[/dim] "
+            + (f"[{style}]{step}[/{style}]" if style else str(step)),
+            highlight=False,
+        )
 
     agent = SiloAgent(config, report=show)
-    console.print(f"silo agent for [bold]{agent.msp_id}[/bold]: ledger {config.ledger_url}, state {config.state_dir}", highlight=False)
+    console.print(
+        f"silo agent for [bold]{agent.msp_id}[/bold]: ledger {config.ledger_url}, state {config.state_dir}",
+        highlight=False,
+    )
     cursor = agent.state.cursor()
     try:
         with console.status("waiting for the ledger...", spinner="dots") as status:
@@ -103,7 +139,10 @@ def run_command(config_path: str, trial_id: str | None, once: bool, until_comple
                     break
                 trials = agent.my_trials()
                 if until_complete and all_done(trials):
-                    console.print("every followed trial is " + ", ".join(f"{t['trial_id']}: {t['state']}" for t in trials))
+                    console.print(
+                        "every followed trial is "
+                        + ", ".join(f"{t['trial_id']}: {t['state']}" for t in trials)
+                    )
                     break
                 status.update(_progress_line(agent, trials))
                 time.sleep(poll)
@@ -140,9 +179,16 @@ def collect_status(agent: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"msp_id": agent.msp_id, "trials": []}
     for trial in agent.my_trials():
         trial_id = trial["trial_id"]
-        privacy = agent.ledger.evaluate("get_privacy_ledger", {"trial_id": trial_id, "msp_id": agent.msp_id})[0]
-        rewards = agent.ledger.evaluate("get_rewards", {"trial_id": trial_id, "msp_id": agent.msp_id})
-        account = next((a for a in rewards["accounts"] if a["msp_id"] == agent.msp_id), {"total": 0, "entries": []})
+        privacy = agent.ledger.evaluate(
+            "get_privacy_ledger", {"trial_id": trial_id, "msp_id": agent.msp_id}
+        )[0]
+        rewards = agent.ledger.evaluate(
+            "get_rewards", {"trial_id": trial_id, "msp_id": agent.msp_id}
+        )
+        account = next(
+            (a for a in rewards["accounts"] if a["msp_id"] == agent.msp_id),
+            {"total": 0, "entries": []},
+        )
         local_epsilon = None
         path = agent.state.accountant_path(trial_id)
         if path.exists():
@@ -180,7 +226,9 @@ def collect_status(agent: Any) -> dict[str, Any]:
                 "dp_enabled": trial["dp"]["enabled"],
                 "epsilon_spent": privacy["epsilon_spent_micro"] / 1e6,
                 "epsilon_budget": None if budget is None else budget / 1e6,
-                "epsilon_remaining": None if budget is None else (budget - privacy["epsilon_spent_micro"]) / 1e6,
+                "epsilon_remaining": None
+                if budget is None
+                else (budget - privacy["epsilon_spent_micro"]) / 1e6,
                 "epsilon_local_accountant": local_epsilon,
                 "rewards_total": account["total"],
                 "rewards": account["entries"],
@@ -193,7 +241,9 @@ def collect_status(agent: Any) -> dict[str, Any]:
 
 
 @silo_group.command("status")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP)
+@click.option(
+    "--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP
+)
 @click.option("--trial", "trial_id", default=None, help="Only this trial.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
 def status_command(config_path: str, trial_id: str | None, as_json: bool) -> None:
@@ -226,23 +276,54 @@ def _print_status(status: dict[str, Any]) -> None:
 
     console = Console()
     trials = Table(title=f"Trials of {status['msp_id']}")
-    for column in ("trial", "state", "rounds", "DP", "epsilon spent", "epsilon remaining", "rewards", "problem"):
+    for column in (
+        "trial",
+        "state",
+        "rounds",
+        "DP",
+        "epsilon spent",
+        "epsilon remaining",
+        "rewards",
+        "problem",
+    ):
         trials.add_column(column)
     for t in status["trials"]:
         trials.add_row(
-            t["trial_id"], t["state"], f"{t['finalized_rounds']}/{t['rounds']}", "on" if t["dp_enabled"] else "off",
-            _fmt(t["epsilon_spent"]), _fmt(t["epsilon_remaining"]), str(t["rewards_total"]), t["problem"] or "",
+            t["trial_id"],
+            t["state"],
+            f"{t['finalized_rounds']}/{t['rounds']}",
+            "on" if t["dp_enabled"] else "off",
+            _fmt(t["epsilon_spent"]),
+            _fmt(t["epsilon_remaining"]),
+            str(t["rewards_total"]),
+            t["problem"] or "",
         )
     console.print(trials)
     for t in status["trials"]:
         table = Table(title=f"Rounds of {t['trial_id']}")
-        for column in ("round", "phase", "submitted", "accepted", "epsilon", "val acc", "val loss", "test acc", "note"):
+        for column in (
+            "round",
+            "phase",
+            "submitted",
+            "accepted",
+            "epsilon",
+            "val acc",
+            "val loss",
+            "test acc",
+            "note",
+        ):
             table.add_column(column)
         for r in t["round_details"]:
             val, test = r["validation"] or {}, r["test"] or {}
             table.add_row(
-                f"{r['round']}.{r['attempt']}", r["phase"], "yes" if r["submitted"] else "no", "yes" if r["accepted"] else "no",
-                _fmt(None if r["epsilon_micro"] is None else r["epsilon_micro"] / 1e6, 4), _fmt(val.get("accuracy")),
-                _fmt(val.get("loss")), _fmt(test.get("accuracy")), r["skipped"] or r["halt"] or "",
+                f"{r['round']}.{r['attempt']}",
+                r["phase"],
+                "yes" if r["submitted"] else "no",
+                "yes" if r["accepted"] else "no",
+                _fmt(None if r["epsilon_micro"] is None else r["epsilon_micro"] / 1e6, 4),
+                _fmt(val.get("accuracy")),
+                _fmt(val.get("loss")),
+                _fmt(test.get("accuracy")),
+                r["skipped"] or r["halt"] or "",
             )
         console.print(table)

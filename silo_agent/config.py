@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 
 ENV_PREFIX = "BCFL_SILO_"
 ATTACKS = ("none", "sign_flip")
@@ -134,10 +134,14 @@ def _coerce(value: Any, kind: type, where: str) -> Any:
             return value
     except ValueError:
         pass
-    raise ConfigError(f"{where}: got {value!r}, expected {'a list of strings' if kind is list else kind.__name__}")
+    raise ConfigError(
+        f"{where}: got {value!r}, expected {'a list of strings' if kind is list else kind.__name__}"
+    )
 
 
-def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any) -> SiloConfig:
+def load_config(
+    path: str | Path | None = None, *, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> SiloConfig:
     """Read ``path`` (TOML), apply ``BCFL_SILO_*`` variables, then keyword overrides."""
     environ = os.environ if environ is None else environ
     raw: dict[str, Any] = {}
@@ -146,7 +150,9 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     if path is not None:
         source = Path(path)
         if not source.is_file():
-            raise ConfigError(f"config file {source} not found; expected a silo TOML file (see `bcfl silo --help`)")
+            raise ConfigError(
+                f"config file {source} not found; expected a silo TOML file (see `bcfl silo --help`)"
+            )
         try:
             raw = tomllib.loads(source.read_text())
         except tomllib.TOMLDecodeError as exc:
@@ -156,13 +162,19 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
     for key, value in raw.items():
         if isinstance(value, dict):
             if key not in known_sections:
-                raise ConfigError(f"config file {source}: unknown section [{key}], expected one of {sorted(known_sections)}")
+                raise ConfigError(
+                    f"config file {source}: unknown section [{key}], expected one of {sorted(known_sections)}"
+                )
             allowed = {k for s, k in _KEYS if s == key} | ({"columns"} if key == "data" else set())
             unknown = set(value) - allowed
             if unknown:
-                raise ConfigError(f"config file {source}: unknown keys {sorted(unknown)} in [{key}], expected some of {sorted(allowed)}")
+                raise ConfigError(
+                    f"config file {source}: unknown keys {sorted(unknown)} in [{key}], expected some of {sorted(allowed)}"
+                )
         elif ("", key) not in _KEYS:
-            raise ConfigError(f"config file {source}: unknown key {key!r}, expected one of {sorted(k for s, k in _KEYS if not s)} or a section")
+            raise ConfigError(
+                f"config file {source}: unknown key {key!r}, expected one of {sorted(k for s, k in _KEYS if not s)} or a section"
+            )
     values: dict[str, Any] = {}
     for (section, key), (kind, default) in _KEYS.items():
         name = f"{section}.{key}" if section else key
@@ -171,13 +183,17 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         if env is not None and env != "":
             value = env
             name = _env_name(section, key)
-        values[f"{section}_{key}" if section else key] = _coerce(value if value is not None else default, kind, name)
+        values[f"{section}_{key}" if section else key] = _coerce(
+            value if value is not None else default, kind, name
+        )
     for key, value in overrides.items():
         if value is not None:
             values[key] = value
     columns = raw.get("data", {}).get("columns", {}) or {}
-    if not isinstance(columns, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in columns.items()):
-        raise ConfigError("[data.columns]: expected local column name = \"schema name\" string pairs")
+    if not isinstance(columns, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in columns.items()
+    ):
+        raise ConfigError('[data.columns]: expected local column name = "schema name" string pairs')
 
     def resolve(p: str | None) -> Path | None:
         if p is None:
@@ -185,15 +201,23 @@ def load_config(path: str | Path | None = None, *, environ: Mapping[str, str] | 
         q = Path(p).expanduser()
         return q if q.is_absolute() else base / q
 
-    for required, name in (("identity", "identity"), ("ledger_url", "[ledger] url"), ("store_url", "[store] url")):
+    for required, name in (
+        ("identity", "identity"),
+        ("ledger_url", "[ledger] url"),
+        ("store_url", "[store] url"),
+    ):
         if not values.get(required):
-            raise ConfigError(f"silo config {source or '(environment)'}: {name} is missing; expected it in the TOML file or {_env_name(*_split(required))}")
+            raise ConfigError(
+                f"silo config {source or '(environment)'}: {name} is missing; expected it in the TOML file or {_env_name(*_split(required))}"
+            )
     attack = values["attack_kind"]
     if attack not in ATTACKS:
         raise ConfigError(f"[attack] kind: got {attack!r}, expected one of {list(ATTACKS)}")
     fraction = values["data_validation_fraction"]
     if not 0 < fraction < 1:
-        raise ConfigError(f"[data] validation_fraction: got {fraction}, expected a number in (0, 1)")
+        raise ConfigError(
+            f"[data] validation_fraction: got {fraction}, expected a number in (0, 1)"
+        )
     budget = values["privacy_epsilon_budget"]
     if budget is not None and budget <= 0:
         raise ConfigError(f"[privacy] epsilon_budget: got {budget}, expected a number > 0")

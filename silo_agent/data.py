@@ -1,21 +1,7 @@
 """Local data: the trial's data schema, loading CSV/Parquet, validation, encoding, the local split.
 
-The data schema is part of the trial record on the ledger (``data_schema``). Its format::
-
-    {
-      "version": 1,                                   # optional, 1 if absent
-      "features": [                                   # in model input order
-        {"name": "age", "type": "float",              # "float" | "int" | "bool" | "category"
-         "min": 18, "max": 100,                       # allowed range (optional, inclusive)
-         "mean": 53.1, "std": 9.4},                   # optional scaling, agreed by the consortium
-        {"name": "cp", "type": "category", "categories": [1, 2, 3, 4]},
-        ...
-      ],
-      "label": {"name": "num", "positive": [1, 2, 3, 4]}     # binary: values counted positive
-            |  {"name": "y", "threshold": 0.5}               # binary: value > threshold
-            |  {"name": "digit", "classes": [0, 1, ..., 9]}  # multi-class
-      "input_shape": [1, 8, 8]                        # optional: image models (C, H, W)
-    }
+The data schema (its form: ``model_registry.data_schema``) is part of the trial record on the
+ledger (``data_schema``).
 
 Encoding (identical on every silo, so one federated model means the same thing everywhere):
 numeric features are scaled by the schema, never by local statistics: ``(x - mean) / std`` when
@@ -28,7 +14,6 @@ weight and scores do.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from consortium.canonical import canonical_json
-from consortium.errors import SchemaError
+from bcfl_common.errors import SchemaError
+from model_registry.data_schema import check_schema, is_number
 
-FEATURE_TYPES = ("float", "int", "bool", "category")
 MAX_ROWS_LISTED = 10
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f"}
@@ -68,114 +52,6 @@ class LocalSplit:
 
 
 # ---------------------------------------------------------------------------------------------
-# The schema
-# ---------------------------------------------------------------------------------------------
-
-
-def _schema_error(message: str, **detail: Any) -> SchemaError:
-    return SchemaError(message, detail=detail)
-
-
-def check_schema(schema: Any) -> dict[str, Any]:
-    """Validate the schema's own form; returns it. Raises SchemaError naming the bad field."""
-    if not isinstance(schema, dict):
-        raise _schema_error(f"data schema: got {type(schema).__name__}, expected a JSON object")
-    version = schema.get("version", 1)
-    if version != 1:
-        raise _schema_error(f"data schema version: got {version!r}, expected 1", field="version")
-    unknown = set(schema) - {"version", "features", "label", "input_shape", "description"}
-    if unknown:
-        raise _schema_error(
-            f"data schema: unknown fields {sorted(unknown)}, expected features, label, "
-            "input_shape, version, description",
-            fields=sorted(unknown),
-        )
-    features = schema.get("features")
-    if not isinstance(features, list) or not features:
-        raise _schema_error("data schema features: expected a non-empty list of feature objects", field="features")
-    names: set[str] = set()
-    for i, feature in enumerate(features):
-        where = f"data schema features[{i}]"
-        if not isinstance(feature, dict) or not isinstance(feature.get("name"), str) or not feature["name"]:
-            raise _schema_error(f"{where}: expected an object with a non-empty string name", field=f"features[{i}]")
-        name = feature["name"]
-        if name in names:
-            raise _schema_error(f"{where}: feature {name!r} appears twice, expected each name once", field=name)
-        names.add(name)
-        kind = feature.get("type")
-        if kind not in FEATURE_TYPES:
-            raise _schema_error(f"{where} ({name}) type: got {kind!r}, expected one of {list(FEATURE_TYPES)}", field=name)
-        if kind == "category":
-            cats = feature.get("categories")
-            if not isinstance(cats, list) or len(cats) < 2 or len({str(c) for c in cats}) != len(cats):
-                raise _schema_error(
-                    f"{where} ({name}) categories: got {cats!r}, expected a list of at least 2 distinct values",
-                    field=name,
-                )
-        for key in ("min", "max", "mean", "std"):
-            value = feature.get(key)
-            if value is not None and (not _is_number(value) or not math.isfinite(value)):
-                raise _schema_error(f"{where} ({name}) {key}: got {value!r}, expected a finite number", field=name)
-        if feature.get("min") is not None and feature.get("max") is not None and feature["min"] > feature["max"]:
-            raise _schema_error(f"{where} ({name}): min {feature['min']} is above max {feature['max']}", field=name)
-        if feature.get("std") is not None and feature["std"] <= 0:
-            raise _schema_error(f"{where} ({name}) std: got {feature['std']}, expected a number > 0", field=name)
-    label = schema.get("label")
-    if not isinstance(label, dict) or not isinstance(label.get("name"), str) or not label["name"]:
-        raise _schema_error("data schema label: expected an object with a non-empty string name", field="label")
-    if label["name"] in names:
-        raise _schema_error(f"data schema label: {label['name']!r} is also a feature", field="label")
-    modes = [k for k in ("positive", "threshold", "classes") if k in label]
-    if len(modes) != 1:
-        raise _schema_error(
-            f"data schema label: got {modes or 'none'} of positive/threshold/classes, expected exactly one",
-            field="label",
-        )
-    if "positive" in label and (not isinstance(label["positive"], list) or not label["positive"]):
-        raise _schema_error("data schema label positive: expected a non-empty list of values", field="label")
-    if "threshold" in label and not _is_number(label["threshold"]):
-        raise _schema_error("data schema label threshold: expected a number", field="label")
-    if "classes" in label and (not isinstance(label["classes"], list) or len(label["classes"]) < 2):
-        raise _schema_error("data schema label classes: expected a list of at least 2 values", field="label")
-    shape = schema.get("input_shape")
-    if shape is not None:
-        if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(s, int) and s > 0 for s in shape)):
-            raise _schema_error(f"data schema input_shape: got {shape!r}, expected [channels, height, width]", field="input_shape")
-        if math.prod(shape) != feature_count(schema, _checked=True):
-            raise _schema_error(
-                f"data schema input_shape: {shape} holds {math.prod(shape)} values, expected the "
-                f"{feature_count(schema, _checked=True)} encoded features",
-                field="input_shape",
-            )
-    return schema
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def schema_sha256(schema: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical_json(schema)).hexdigest()
-
-
-def feature_count(schema: dict[str, Any], *, _checked: bool = False) -> int:
-    """Width of the encoded feature vector (one-hot categories count one column each)."""
-    if not _checked:
-        check_schema(schema)
-    return sum(len(f["categories"]) if f["type"] == "category" else 1 for f in schema["features"])
-
-
-def output_count(schema: dict[str, Any]) -> int:
-    """Model outputs: 1 logit for a binary label, one per class otherwise."""
-    label = schema["label"]
-    return len(label["classes"]) if "classes" in label else 1
-
-
-def is_binary(schema: dict[str, Any]) -> bool:
-    return "classes" not in schema["label"]
-
-
-# ---------------------------------------------------------------------------------------------
 # Loading and validation
 # ---------------------------------------------------------------------------------------------
 
@@ -185,15 +61,22 @@ def read_table(path: str | Path, *, format: str | None = None) -> pd.DataFrame:
     path = Path(path)
     kind = (format or path.suffix.lstrip(".")).lower()
     if not path.is_file():
-        raise SchemaError(f"data path: {path} does not exist, expected a CSV or Parquet file", detail={"path": str(path)})
+        raise SchemaError(
+            f"data path: {path} does not exist, expected a CSV or Parquet file",
+            detail={"path": str(path)},
+        )
     try:
         if kind in ("parquet", "pq"):
             return pd.read_parquet(path)
         if kind in ("csv", "txt", ""):
             return pd.read_csv(path)
     except Exception as exc:  # pandas/pyarrow raise many types for unreadable files
-        raise SchemaError(f"data path: {path} cannot be read as {kind} ({exc})", detail={"path": str(path)}) from exc
-    raise SchemaError(f"data format: got {kind!r} for {path}, expected csv or parquet", detail={"path": str(path)})
+        raise SchemaError(
+            f"data path: {path} cannot be read as {kind} ({exc})", detail={"path": str(path)}
+        ) from exc
+    raise SchemaError(
+        f"data format: got {kind!r} for {path}, expected csv or parquet", detail={"path": str(path)}
+    )
 
 
 def apply_column_mapping(frame: pd.DataFrame, mapping: dict[str, str] | None) -> pd.DataFrame:
@@ -208,7 +91,9 @@ def apply_column_mapping(frame: pd.DataFrame, mapping: dict[str, str] | None) ->
         )
     targets = list(mapping.values())
     if len(set(targets)) != len(targets):
-        raise SchemaError(f"column mapping: two local columns map to the same schema name ({targets})")
+        raise SchemaError(
+            f"column mapping: two local columns map to the same schema name ({targets})"
+        )
     return frame.rename(columns=mapping)
 
 
@@ -227,7 +112,7 @@ def _numeric(series: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 def _category_index(series: pd.Series, categories: list[Any]) -> np.ndarray:
     """Index of each value in ``categories`` (-1 when absent); numbers compare numerically."""
     out = np.full(len(series), -1, dtype=np.int64)
-    numeric_cats = all(_is_number(c) for c in categories)
+    numeric_cats = all(is_number(c) for c in categories)
     if numeric_cats:
         values, _ = _numeric(series)
         for k, cat in enumerate(categories):
@@ -252,7 +137,14 @@ def validate(frame: pd.DataFrame, schema: dict[str, Any]) -> None:
     def problem(column: str, what: str, mask: np.ndarray) -> None:
         rows = _rows(mask)
         if rows:
-            problems.append({"column": column, "problem": what, "rows": rows[:MAX_ROWS_LISTED], "count": len(rows)})
+            problems.append(
+                {
+                    "column": column,
+                    "problem": what,
+                    "rows": rows[:MAX_ROWS_LISTED],
+                    "count": len(rows),
+                }
+            )
 
     required = [f["name"] for f in schema["features"]] + [schema["label"]["name"]]
     missing = [c for c in required if c not in frame.columns]
@@ -270,7 +162,11 @@ def validate(frame: pd.DataFrame, schema: dict[str, Any]) -> None:
             problem(name, f"not a number (type {kind})", bad)
             ok = ~np.isnan(values)
             if kind == "int":
-                problem(name, "not an integer (type int)", ok & (np.abs(values - np.round(values)) > 1e-9))
+                problem(
+                    name,
+                    "not an integer (type int)",
+                    ok & (np.abs(values - np.round(values)) > 1e-9),
+                )
             low, high = feature.get("min"), feature.get("max")
             if low is not None:
                 problem(name, f"below the minimum {low}", ok & (values < low))
@@ -278,10 +174,18 @@ def validate(frame: pd.DataFrame, schema: dict[str, Any]) -> None:
                 problem(name, f"above the maximum {high}", ok & (values > high))
             problem(name, "not finite", ok & ~np.isfinite(values))
         elif kind == "bool":
-            problem(name, "not a boolean (expected 0/1 or true/false)", series.notna().to_numpy() & np.isnan(_bool_values(series)))
+            problem(
+                name,
+                "not a boolean (expected 0/1 or true/false)",
+                series.notna().to_numpy() & np.isnan(_bool_values(series)),
+            )
         else:
             index = _category_index(series, feature["categories"])
-            problem(name, f"not one of the categories {feature['categories']}", series.notna().to_numpy() & (index < 0))
+            problem(
+                name,
+                f"not one of the categories {feature['categories']}",
+                series.notna().to_numpy() & (index < 0),
+            )
     label = schema["label"]
     if label["name"] not in missing:
         series = frame[label["name"]]
@@ -291,17 +195,25 @@ def validate(frame: pd.DataFrame, schema: dict[str, Any]) -> None:
             problem(label["name"], "label is not a number", bad)
         elif "classes" in label:
             index = _category_index(series, label["classes"])
-            problem(label["name"], f"label not one of the classes {label['classes']}", series.notna().to_numpy() & (index < 0))
+            problem(
+                label["name"],
+                f"label not one of the classes {label['classes']}",
+                series.notna().to_numpy() & (index < 0),
+            )
     if not len(frame):
         problems.append({"column": "*", "problem": "no rows", "rows": [], "count": 0})
     if problems:
         parts = []
         for p in problems[:8]:
-            where = f" in rows {p['rows']}" + (f" and {p['count'] - len(p['rows'])} more" if p["count"] > len(p["rows"]) else "")
+            where = f" in rows {p['rows']}" + (
+                f" and {p['count'] - len(p['rows'])} more" if p["count"] > len(p["rows"]) else ""
+            )
             parts.append(f"column {p['column']!r}: {p['problem']}" + (where if p["rows"] else ""))
         more = f" (and {len(problems) - 8} more problems)" if len(problems) > 8 else ""
         raise SchemaError(
-            "local data does not match the trial's data schema: " + "; ".join(parts) + more
+            "local data does not match the trial's data schema: "
+            + "; ".join(parts)
+            + more
             + ". Nothing was sent.",
             detail={"problems": problems},
         )
@@ -312,7 +224,7 @@ def _bool_values(series: pd.Series) -> np.ndarray:
     for i, value in enumerate(series.to_numpy()):
         if isinstance(value, bool | np.bool_):
             out[i] = float(value)
-        elif _is_number(value) or isinstance(value, np.number):
+        elif is_number(value) or isinstance(value, np.number):
             if float(value) in (0.0, 1.0):
                 out[i] = float(value)
         elif isinstance(value, str):
@@ -356,23 +268,37 @@ def scale_feature(values: np.ndarray, feature: dict[str, Any]) -> np.ndarray:
 
 
 def load_data(
-    path: str | Path, schema: dict[str, Any], *, columns: dict[str, str] | None = None, format: str | None = None
+    path: str | Path,
+    schema: dict[str, Any],
+    *,
+    columns: dict[str, str] | None = None,
+    format: str | None = None,
 ) -> EncodedData:
     """Read, map, validate and encode a local data file."""
     return encode(apply_column_mapping(read_table(path, format=format), columns), schema)
 
 
 def split_seed(trial_id: str, msp_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"bcfl/split/{trial_id}/{msp_id}".encode()).digest()[:8], "little")
+    return int.from_bytes(
+        hashlib.sha256(f"bcfl/split/{trial_id}/{msp_id}".encode()).digest()[:8], "little"
+    )
 
 
-def split(data: EncodedData, *, trial_id: str, msp_id: str, validation_fraction: float = 0.2) -> LocalSplit:
+def split(
+    data: EncodedData, *, trial_id: str, msp_id: str, validation_fraction: float = 0.2
+) -> LocalSplit:
     """Deterministic train/validation split seeded by (trial id, MSP id); at least one row each."""
     n = len(data)
     if n < 2:
-        raise SchemaError(f"local data: {n} rows, expected at least 2 (one to train, one to validate)")
+        raise SchemaError(
+            f"local data: {n} rows, expected at least 2 (one to train, one to validate)"
+        )
     if not 0 < validation_fraction < 1:
-        raise SchemaError(f"validation_fraction: got {validation_fraction}, expected a number in (0, 1)")
+        raise SchemaError(
+            f"validation_fraction: got {validation_fraction}, expected a number in (0, 1)"
+        )
     order = np.random.default_rng(split_seed(trial_id, msp_id)).permutation(n)
     n_val = min(n - 1, max(1, int(round(n * validation_fraction))))
-    return LocalSplit(train=data.subset(np.sort(order[n_val:])), validation=data.subset(np.sort(order[:n_val])))
+    return LocalSplit(
+        train=data.subset(np.sort(order[n_val:])), validation=data.subset(np.sort(order[:n_val]))
+    )

@@ -24,12 +24,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 
 DATASETS = ("breast-cancer", "heart-disease")
 DEFAULT_DATASET = "breast-cancer"
 HEART_FILES = ("cleveland", "hungarian", "switzerland", "va")
-HEART_COLUMNS = ["age", "sex", "cp", "trestbps", "chol", "fbs", "restecg", "thalach", "exang", "oldpeak", "slope", "ca", "thal", "num"]
+HEART_COLUMNS = [
+    "age",
+    "sex",
+    "cp",
+    "trestbps",
+    "chol",
+    "fbs",
+    "restecg",
+    "thalach",
+    "exang",
+    "oldpeak",
+    "slope",
+    "ca",
+    "thal",
+    "num",
+]
 HEART_TRAIN_FRACTION = 0.66
 DEFAULT_HEART_DIR = Path("/work/shared/data/heart_disease")
 
@@ -61,13 +76,17 @@ class DemoDataset:
         return pd.concat([h.test for h in self.hospitals], ignore_index=True)
 
 
-def load_demo_dataset(name: str = DEFAULT_DATASET, hospitals: int = 4, data_dir: str | Path | None = None) -> DemoDataset:
+def load_demo_dataset(
+    name: str = DEFAULT_DATASET, hospitals: int = 4, data_dir: str | Path | None = None
+) -> DemoDataset:
     """Load a demo data set split over ``hospitals`` (heart-disease is always its 4 centres)."""
     if name == "breast-cancer":
         return _breast_cancer(hospitals)
     if name == "heart-disease":
         if hospitals != 4:
-            raise ConfigError(f"hospitals: got {hospitals} for heart-disease, expected 4 (its four real centres)")
+            raise ConfigError(
+                f"hospitals: got {hospitals} for heart-disease, expected 4 (its four real centres)"
+            )
         return _heart_disease(Path(data_dir) if data_dir is not None else DEFAULT_HEART_DIR)
     raise ConfigError(f"data set: got {name!r}, expected one of {list(DATASETS)}")
 
@@ -144,14 +163,27 @@ def _heart_disease(data_dir: Path) -> DemoDataset:
         name="heart-disease",
         schema=HEART_SCHEMA,
         hospitals=hospitals,
-        model={"name": "logistic_regression", "hyperparameters": {"learning_rate": 0.1, "local_epochs": 2, "batch_size": 16}},
+        model={
+            "name": "logistic_regression",
+            "hyperparameters": {"learning_rate": 0.1, "local_epochs": 2, "batch_size": 16},
+        },
         rounds=10,
         # epsilon 3 for the whole trial; delta = 1/(10 n) for the largest hospital, which is
         # <= 1/(10 n) for every hospital.
-        dp={"enabled": True, "target_epsilon_micro": 3_000_000, "delta": f"1/{10 * largest}", "max_grad_norm_milli": 1000, "accountant": "rdp"},
+        dp={
+            "enabled": True,
+            "target_epsilon_micro": 3_000_000,
+            "delta": f"1/{10 * largest}",
+            "max_grad_norm_milli": 1000,
+            "accountant": "rdp",
+        },
         # Scores are validation log-loss improvements (silo_agent.agent.score_candidates): a
         # tolerance of 0.03 keeps honest DP-noised, non-IID updates and rejects sign-flipped ones.
-        evaluation={"acceptance_threshold_micro": 30_000, "min_voters": 2, "reward_per_round": 1000},
+        evaluation={
+            "acceptance_threshold_micro": 30_000,
+            "min_voters": 2,
+            "reward_per_round": 1000,
+        },
     )
 
 
@@ -173,7 +205,13 @@ def _breast_cancer(hospitals: int) -> DemoDataset:
     for column in names:
         values = frame[column].to_numpy()
         features.append(
-            _feature(column, 0.0, float(_round_sig(values.max() * 2)), float(_round_sig(values.mean())), float(_round_sig(values.std())))
+            _feature(
+                column,
+                0.0,
+                float(_round_sig(values.max() * 2)),
+                float(_round_sig(values.mean())),
+                float(_round_sig(values.std())),
+            )
         )
     schema = {
         "version": 1,
@@ -197,10 +235,23 @@ def _breast_cancer(hospitals: int) -> DemoDataset:
         name="breast-cancer",
         schema=schema,
         hospitals=out,
-        model={"name": "logistic_regression", "hyperparameters": {"learning_rate": 0.1, "local_epochs": 1, "batch_size": 16}},
+        model={
+            "name": "logistic_regression",
+            "hyperparameters": {"learning_rate": 0.1, "local_epochs": 1, "batch_size": 16},
+        },
         rounds=5,
-        dp={"enabled": True, "target_epsilon_micro": 3_000_000, "delta": "1/1000", "max_grad_norm_milli": 1000, "accountant": "rdp"},
-        evaluation={"acceptance_threshold_micro": 50_000, "min_voters": 2, "reward_per_round": 1000},
+        dp={
+            "enabled": True,
+            "target_epsilon_micro": 3_000_000,
+            "delta": "1/1000",
+            "max_grad_norm_milli": 1000,
+            "accountant": "rdp",
+        },
+        evaluation={
+            "acceptance_threshold_micro": 50_000,
+            "min_voters": 2,
+            "reward_per_round": 1000,
+        },
     )
 
 
@@ -210,7 +261,9 @@ def _round_sig(value: float, digits: int = 4) -> float:
     return round(value, digits - 1 - int(math.floor(math.log10(abs(value)))))
 
 
-def _dirichlet_split(labels: np.ndarray, parts: int, *, alpha: float, seed: int, minimum: int) -> list[np.ndarray]:
+def _dirichlet_split(
+    labels: np.ndarray, parts: int, *, alpha: float, seed: int, minimum: int
+) -> list[np.ndarray]:
     """Label-skewed partition: each class is spread over the parts by Dirichlet(alpha) shares.
     Deterministic: the first seed (from ``seed`` up) whose parts all have ``minimum`` rows."""
     for attempt in range(1000):

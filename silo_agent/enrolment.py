@@ -14,11 +14,16 @@ def register_encryption_key(ledger: Ledger, identity: Identity, trial_id: str) -
     The contract enrols a hospital only with the key the hospital registered, so an operator
     cannot slip in a key of its own and receive the trial's secret context.
     """
-    args = {"trial_id": trial_id, "encryption_public_key": identity.encryption_public_key_pem().decode()}
+    args = {
+        "trial_id": trial_id,
+        "encryption_public_key": identity.encryption_public_key_pem().decode(),
+    }
     return ledger.submit("register_encryption_key", args).result
 
 
-def request_enrolment(ledger: Ledger, coordinator: Any, identity: Identity, trial_id: str) -> dict[str, Any]:
+def request_enrolment(
+    ledger: Ledger, coordinator: Any, identity: Identity, trial_id: str
+) -> dict[str, Any]:
     """Register the key on the ledger, then send the enrolment request to the coordinator."""
     register_encryption_key(ledger, identity, trial_id)
     return coordinator.request_enrolment(trial_id, identity.encryption_public_key_pem())

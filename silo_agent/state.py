@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from consortium.canonical import canonical_json
-from consortium.errors import ConfigError
-from consortium.files import write_atomic
+from bcfl_common.canonical import canonical_json
+from bcfl_common.errors import ConfigError
+from bcfl_common.files import write_atomic
 
 
 def read_json(path: Path, default: Any) -> Any:
@@ -33,7 +33,9 @@ def read_json(path: Path, default: Any) -> Any:
     except FileNotFoundError:
         return default
     except ValueError as exc:
-        raise ConfigError(f"state file {path}: not valid JSON ({exc}); expected a file written by the silo agent") from exc
+        raise ConfigError(
+            f"state file {path}: not valid JSON ({exc}); expected a file written by the silo agent"
+        ) from exc
 
 
 class SiloState:
@@ -71,7 +73,9 @@ class SiloState:
 
     # journal ---------------------------------------------------------------------------------
     def journal(self, trial_id: str) -> dict[str, Any]:
-        return read_json(self.trial_dir(trial_id) / "journal.json", {"trial_id": trial_id, "rounds": {}})
+        return read_json(
+            self.trial_dir(trial_id) / "journal.json", {"trial_id": trial_id, "rounds": {}}
+        )
 
     def journal_entry(self, trial_id: str, round: int, attempt: int) -> dict[str, Any]:
         return dict(self.journal(trial_id)["rounds"].get(f"{round}.{attempt}", {}))
@@ -79,7 +83,9 @@ class SiloState:
     def record(self, trial_id: str, round: int, attempt: int, part: str, value: Any) -> None:
         """Set ``part`` of the round attempt's journal entry (durably, before any submission)."""
         journal = self.journal(trial_id)
-        entry = journal["rounds"].setdefault(f"{round}.{attempt}", {"round": round, "attempt": attempt})
+        entry = journal["rounds"].setdefault(
+            f"{round}.{attempt}", {"round": round, "attempt": attempt}
+        )
         entry[part] = value
         write_atomic(self.trial_dir(trial_id) / "journal.json", canonical_json(journal))
 

@@ -15,10 +15,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from consortium.errors import ConfigError, PrivacyError
+from bcfl_common.errors import ConfigError, PrivacyError
+from model_registry.data_schema import is_binary
+from model_registry.models import build_from_spec, flatten, load_flat
 from privacy import dp
-from silo_agent.data import EncodedData, is_binary
-from silo_agent.models import build_from_spec, flatten, load_flat
+from silo_agent.data import EncodedData
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,10 @@ class TrainingSettings:
 
     @classmethod
     def from_hyperparameters(cls, hyperparameters: dict[str, Any] | None) -> TrainingSettings:
-        hp = {**DEFAULT_TRAINING, **{k: v for k, v in (hyperparameters or {}).items() if k in DEFAULT_TRAINING}}
+        hp = {
+            **DEFAULT_TRAINING,
+            **{k: v for k, v in (hyperparameters or {}).items() if k in DEFAULT_TRAINING},
+        }
         settings = cls(
             learning_rate=float(hp["learning_rate"]),
             local_epochs=int(hp["local_epochs"]),
@@ -55,13 +59,25 @@ class TrainingSettings:
             weight_decay=float(hp["weight_decay"]),
         )
         if not (math.isfinite(settings.learning_rate) and settings.learning_rate > 0):
-            raise ConfigError(f"hyperparameter learning_rate: got {settings.learning_rate}, expected a number > 0", code="MODEL_SPEC")
+            raise ConfigError(
+                f"hyperparameter learning_rate: got {settings.learning_rate}, expected a number > 0",
+                code="MODEL_SPEC",
+            )
         if not 1 <= settings.local_epochs <= 1000:
-            raise ConfigError(f"hyperparameter local_epochs: got {settings.local_epochs}, expected 1 to 1000", code="MODEL_SPEC")
+            raise ConfigError(
+                f"hyperparameter local_epochs: got {settings.local_epochs}, expected 1 to 1000",
+                code="MODEL_SPEC",
+            )
         if not 1 <= settings.batch_size <= 1_000_000:
-            raise ConfigError(f"hyperparameter batch_size: got {settings.batch_size}, expected 1 to 1000000", code="MODEL_SPEC")
+            raise ConfigError(
+                f"hyperparameter batch_size: got {settings.batch_size}, expected 1 to 1000000",
+                code="MODEL_SPEC",
+            )
         if settings.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"hyperparameter optimizer: got {settings.optimizer!r}, expected one of {list(OPTIMIZERS)}", code="MODEL_SPEC")
+            raise ConfigError(
+                f"hyperparameter optimizer: got {settings.optimizer!r}, expected one of {list(OPTIMIZERS)}",
+                code="MODEL_SPEC",
+            )
         return settings
 
     def batches_per_epoch(self, n_train: int) -> int:
@@ -86,8 +102,15 @@ def _targets(y: np.ndarray, schema: dict[str, Any]) -> torch.Tensor:
 
 def _optimizer(model: nn.Module, settings: TrainingSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum, weight_decay=settings.weight_decay)
+        return torch.optim.Adam(
+            model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        )
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=settings.learning_rate,
+        momentum=settings.momentum,
+        weight_decay=settings.weight_decay,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +130,11 @@ def dp_policy(trial: dict[str, Any], settings: TrainingSettings) -> dp.DPPolicy 
             "(the accountants privacy.dp implements)"
         )
     delta = record["delta"]
-    delta_value = float(Fraction(delta[0], delta[1])) if isinstance(delta, list) else float(Fraction(str(delta)))
+    delta_value = (
+        float(Fraction(delta[0], delta[1]))
+        if isinstance(delta, list)
+        else float(Fraction(str(delta)))
+    )
     return dp.DPPolicy(
         target_epsilon=record["target_epsilon_micro"] / dp.MICRO,
         delta=delta_value,
@@ -119,7 +146,9 @@ def dp_policy(trial: dict[str, Any], settings: TrainingSettings) -> dp.DPPolicy 
     )
 
 
-def dp_plan(trial: dict[str, Any], policy: dp.DPPolicy, settings: TrainingSettings, n_train: int) -> dp.DPPlan:
+def dp_plan(
+    trial: dict[str, Any], policy: dp.DPPolicy, settings: TrainingSettings, n_train: int
+) -> dp.DPPlan:
     """The silo's plan for the whole trial; a noise multiplier fixed by the trial wins."""
     batches = settings.batches_per_epoch(n_train)
     fixed = trial["dp"].get("noise_multiplier_milli")
@@ -129,14 +158,23 @@ def dp_plan(trial: dict[str, Any], policy: dp.DPPolicy, settings: TrainingSettin
     return dp.plan_trial(policy, batches_per_epoch=batches)
 
 
-def open_accountant(path: Path, trial: dict[str, Any], settings: TrainingSettings, n_train: int) -> dp.PrivacyAccountant | None:
+def open_accountant(
+    path: Path, trial: dict[str, Any], settings: TrainingSettings, n_train: int
+) -> dp.PrivacyAccountant | None:
     policy = dp_policy(trial, settings)
     if policy is None:
         return None
     if path.exists():
-        return dp.PrivacyAccountant.open_or_create(path, trial_id=trial["trial_id"], policy=policy, plan=dp.PrivacyAccountant.open(path).plan)
+        return dp.PrivacyAccountant.open_or_create(
+            path,
+            trial_id=trial["trial_id"],
+            policy=policy,
+            plan=dp.PrivacyAccountant.open(path).plan,
+        )
     plan = dp_plan(trial, policy, settings, n_train)
-    return dp.PrivacyAccountant.open_or_create(path, trial_id=trial["trial_id"], policy=policy, plan=plan)
+    return dp.PrivacyAccountant.open_or_create(
+        path, trial_id=trial["trial_id"], policy=policy, plan=plan
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +208,9 @@ def train_local(
         warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
         warnings.filterwarnings("ignore", message=".*Optimal order is the largest alpha.*")
         params, steps = _train(model, settings, loader, criterion, optimizer, accountant, losses)
-    return TrainResult(params=params, steps=steps, train_loss=float(np.mean(losses)) if losses else float("nan"))
+    return TrainResult(
+        params=params, steps=steps, train_loss=float(np.mean(losses)) if losses else float("nan")
+    )
 
 
 def _train(
@@ -194,7 +234,14 @@ def _train(
                 losses.append(float(loss.detach()))
         params = flatten(model)
     else:
-        private = dp.make_private(model, optimizer, loader, policy=accountant.policy, plan=accountant.plan, criterion=criterion)
+        private = dp.make_private(
+            model,
+            optimizer,
+            loader,
+            policy=accountant.policy,
+            plan=accountant.plan,
+            criterion=criterion,
+        )
         for _ in range(settings.local_epochs):
             for xb, yb in private.data_loader:
                 private.optimizer.zero_grad()
@@ -210,13 +257,19 @@ def _train(
     return params, steps
 
 
-def evaluate(model_spec: dict[str, Any], data_schema: dict[str, Any], params: np.ndarray, data: EncodedData) -> dict[str, float]:
+def evaluate(
+    model_spec: dict[str, Any], data_schema: dict[str, Any], params: np.ndarray, data: EncodedData
+) -> dict[str, float]:
     """Mean log-loss and accuracy of the model ``params`` on ``data``."""
-    model = load_flat(build_from_spec(model_spec, data_schema), np.asarray(params, dtype=np.float32))
+    model = load_flat(
+        build_from_spec(model_spec, data_schema), np.asarray(params, dtype=np.float32)
+    )
     return evaluate_module(model, data_schema, data)
 
 
-def evaluate_module(model: nn.Module, data_schema: dict[str, Any], data: EncodedData) -> dict[str, float]:
+def evaluate_module(
+    model: nn.Module, data_schema: dict[str, Any], data: EncodedData
+) -> dict[str, float]:
     model.eval()
     with torch.no_grad():
         x = torch.from_numpy(data.x)

@@ -15,7 +15,15 @@ from consortium.identity import Consortium, init_consortium
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger
 
-MEMBER_NAMES = ("admin", "coordinator", "auditor", "hospital1", "hospital2", "hospital3", "hospital4")
+MEMBER_NAMES = (
+    "admin",
+    "coordinator",
+    "auditor",
+    "hospital1",
+    "hospital2",
+    "hospital3",
+    "hospital4",
+)
 
 
 class SettableClock:
@@ -57,9 +65,13 @@ def ledger_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def embedded_ledger(consortium: Consortium, ledger_url: str, clock: SettableClock) -> Iterator[EmbeddedLedger]:
+def embedded_ledger(
+    consortium: Consortium, ledger_url: str, clock: SettableClock
+) -> Iterator[EmbeddedLedger]:
     """A fresh embedded ledger, created and bootstrapped by the consortium admin."""
-    ledger = create_embedded_ledger(ledger_url, consortium, consortium.identity("admin"), clock=clock)
+    ledger = create_embedded_ledger(
+        ledger_url, consortium, consortium.identity("admin"), clock=clock
+    )
     yield ledger
     ledger.close()
 
@@ -102,7 +114,9 @@ class ContractNet:
 
 
 @pytest.fixture
-def contract_net(embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str, clock: SettableClock) -> Iterator[ContractNet]:
+def contract_net(
+    embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str, clock: SettableClock
+) -> Iterator[ContractNet]:
     net = ContractNet(consortium=consortium, url=ledger_url, clock=clock)
     yield net
     net.close()

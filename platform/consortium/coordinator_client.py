@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import httpx
 
-from consortium.errors import (
+from bcfl_common.errors import (
     AuthError,
     BcflError,
     ContractError,
@@ -81,11 +81,19 @@ def _seg(value: str | int) -> str:
 class CoordinatorClient:
     """One method per endpoint of the coordinator API (``/api/v1``), acting as ``identity``."""
 
-    def __init__(self, base_url: str, identity: Identity, *, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        base_url: str,
+        identity: Identity,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.identity = identity
-        self._http = httpx.Client(base_url=self.base_url, auth=BcflAuth(identity), timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.base_url, auth=BcflAuth(identity), timeout=timeout, transport=transport
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -97,10 +105,14 @@ class CoordinatorClient:
         self.close()
 
     # -- plumbing ----------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, *, json: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         params = {k: v for k, v in (params or {}).items() if v is not None}
         try:
-            response = self._http.request(method, "/api/v1" + path, json=json, params=params or None)
+            response = self._http.request(
+                method, "/api/v1" + path, json=json, params=params or None
+            )
         except httpx.HTTPError as exc:
             raise CoordinatorUnavailable(
                 f"coordinator at {self.base_url} cannot be reached ({type(exc).__name__}: {exc})",
@@ -119,7 +131,9 @@ class CoordinatorClient:
         try:
             response = self._http.get("/healthz")
         except httpx.HTTPError as exc:
-            raise CoordinatorUnavailable(f"coordinator at {self.base_url} cannot be reached ({exc})") from exc
+            raise CoordinatorUnavailable(
+                f"coordinator at {self.base_url} cannot be reached ({exc})"
+            ) from exc
         if response.status_code != 200:
             raise error_from_response(response)
         return response.json()
@@ -144,19 +158,47 @@ class CoordinatorClient:
         return self.request("GET", f"/trials/{_seg(trial_id)}/rounds")
 
     def round(self, trial_id: str, round_number: int, attempt: int | None = None) -> dict[str, Any]:
-        return self.request("GET", f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}", params={"attempt": attempt})
+        return self.request(
+            "GET",
+            f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}",
+            params={"attempt": attempt},
+        )
 
-    def submissions(self, trial_id: str, round_number: int, attempt: int | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/submissions", params={"attempt": attempt})
+    def submissions(
+        self, trial_id: str, round_number: int, attempt: int | None = None
+    ) -> list[dict[str, Any]]:
+        return self.request(
+            "GET",
+            f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/submissions",
+            params={"attempt": attempt},
+        )
 
-    def votes(self, trial_id: str, round_number: int, attempt: int | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/votes", params={"attempt": attempt})
+    def votes(
+        self, trial_id: str, round_number: int, attempt: int | None = None
+    ) -> list[dict[str, Any]]:
+        return self.request(
+            "GET",
+            f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/votes",
+            params={"attempt": attempt},
+        )
 
-    def acceptance(self, trial_id: str, round_number: int, attempt: int | None = None) -> dict[str, Any]:
-        return self.request("GET", f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/acceptance", params={"attempt": attempt})
+    def acceptance(
+        self, trial_id: str, round_number: int, attempt: int | None = None
+    ) -> dict[str, Any]:
+        return self.request(
+            "GET",
+            f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/acceptance",
+            params={"attempt": attempt},
+        )
 
-    def attestations(self, trial_id: str, round_number: int, attempt: int | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/attestations", params={"attempt": attempt})
+    def attestations(
+        self, trial_id: str, round_number: int, attempt: int | None = None
+    ) -> list[dict[str, Any]]:
+        return self.request(
+            "GET",
+            f"/trials/{_seg(trial_id)}/rounds/{int(round_number)}/attestations",
+            params={"attempt": attempt},
+        )
 
     def privacy_ledger(self, trial_id: str, msp_id: str | None = None) -> list[dict[str, Any]]:
         return self.request("GET", f"/trials/{_seg(trial_id)}/privacy", params={"msp_id": msp_id})
@@ -167,14 +209,27 @@ class CoordinatorClient:
     def lineage(self, trial_id: str) -> dict[str, Any]:
         return self.request("GET", f"/trials/{_seg(trial_id)}/lineage")
 
-    def history(self, trial_id: str, record: str = "trial", *, round_number: int | None = None,
-                attempt: int | None = None, msp_id: str | None = None) -> list[dict[str, Any]]:
+    def history(
+        self,
+        trial_id: str,
+        record: str = "trial",
+        *,
+        round_number: int | None = None,
+        attempt: int | None = None,
+        msp_id: str | None = None,
+    ) -> list[dict[str, Any]]:
         params = {"record": record, "round": round_number, "attempt": attempt, "msp_id": msp_id}
         return self.request("GET", f"/trials/{_seg(trial_id)}/history", params=params)
 
-    def events(self, trial_id: str, since_block: int = 0, limit: int | None = None) -> dict[str, Any]:
+    def events(
+        self, trial_id: str, since_block: int = 0, limit: int | None = None
+    ) -> dict[str, Any]:
         """``{events: [...], next_block}``: pass ``next_block`` as ``since_block`` to continue."""
-        return self.request("GET", f"/trials/{_seg(trial_id)}/events", params={"since_block": since_block, "limit": limit})
+        return self.request(
+            "GET",
+            f"/trials/{_seg(trial_id)}/events",
+            params={"since_block": since_block, "limit": limit},
+        )
 
     def ledger(self) -> dict[str, Any]:
         return self.request("GET", "/ledger")
@@ -185,18 +240,32 @@ class CoordinatorClient:
     def scheduler_status(self) -> dict[str, Any]:
         return self.request("GET", "/scheduler")
 
-    def audit_log(self, limit: int | None = None, msp_id: str | None = None) -> list[dict[str, Any]]:
+    def audit_log(
+        self, limit: int | None = None, msp_id: str | None = None
+    ) -> list[dict[str, Any]]:
         return self.request("GET", "/audit-log", params={"limit": limit, "msp_id": msp_id})
 
     # -- silo --------------------------------------------------------------------------------
-    def request_enrolment(self, trial_id: str, encryption_public_key: str | bytes) -> dict[str, Any]:
+    def request_enrolment(
+        self, trial_id: str, encryption_public_key: str | bytes
+    ) -> dict[str, Any]:
         """Ask to join ``trial_id`` with the hospital's X25519 public key (PEM)."""
-        key = encryption_public_key.decode("ascii") if isinstance(encryption_public_key, bytes) else encryption_public_key
-        return self.request("POST", f"/silo/trials/{_seg(trial_id)}/enrolment-requests", json={"encryption_public_key": key})
+        key = (
+            encryption_public_key.decode("ascii")
+            if isinstance(encryption_public_key, bytes)
+            else encryption_public_key
+        )
+        return self.request(
+            "POST",
+            f"/silo/trials/{_seg(trial_id)}/enrolment-requests",
+            json={"encryption_public_key": key},
+        )
 
     def enrolment_request(self, trial_id: str, msp_id: str | None = None) -> dict[str, Any]:
         msp_id = msp_id or self.identity.msp_id
-        return self.request("GET", f"/silo/trials/{_seg(trial_id)}/enrolment-requests/{_seg(msp_id)}")
+        return self.request(
+            "GET", f"/silo/trials/{_seg(trial_id)}/enrolment-requests/{_seg(msp_id)}"
+        )
 
     # -- admin -------------------------------------------------------------------------------
     def create_trial(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -206,17 +275,32 @@ class CoordinatorClient:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/open-enrolment")
 
     def enrolment_requests(self, trial_id: str, status: str | None = None) -> list[dict[str, Any]]:
-        return self.request("GET", f"/admin/trials/{_seg(trial_id)}/enrolment-requests", params={"status": status})
+        return self.request(
+            "GET", f"/admin/trials/{_seg(trial_id)}/enrolment-requests", params={"status": status}
+        )
 
     def enrol(self, trial_id: str, msp_id: str) -> dict[str, Any]:
-        return self.request("POST", f"/admin/trials/{_seg(trial_id)}/enrolments", json={"msp_id": msp_id})
+        return self.request(
+            "POST", f"/admin/trials/{_seg(trial_id)}/enrolments", json={"msp_id": msp_id}
+        )
 
-    def reject_enrolment(self, trial_id: str, msp_id: str, reason: str | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/admin/trials/{_seg(trial_id)}/enrolment-requests/{_seg(msp_id)}/reject",
-                            json={"reason": reason})
+    def reject_enrolment(
+        self, trial_id: str, msp_id: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        return self.request(
+            "POST",
+            f"/admin/trials/{_seg(trial_id)}/enrolment-requests/{_seg(msp_id)}/reject",
+            json={"reason": reason},
+        )
 
-    def remove_hospital(self, trial_id: str, msp_id: str, reason: str | None = None) -> dict[str, Any]:
-        return self.request("DELETE", f"/admin/trials/{_seg(trial_id)}/enrolments/{_seg(msp_id)}", params={"reason": reason})
+    def remove_hospital(
+        self, trial_id: str, msp_id: str, reason: str | None = None
+    ) -> dict[str, Any]:
+        return self.request(
+            "DELETE",
+            f"/admin/trials/{_seg(trial_id)}/enrolments/{_seg(msp_id)}",
+            params={"reason": reason},
+        )
 
     def start_trial(self, trial_id: str) -> dict[str, Any]:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/start")
@@ -225,7 +309,11 @@ class CoordinatorClient:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/halt", json={"reason": reason})
 
     def rollback(self, trial_id: str, to_round: int, reason: str | None = None) -> dict[str, Any]:
-        return self.request("POST", f"/admin/trials/{_seg(trial_id)}/rollback", json={"to_round": to_round, "reason": reason})
+        return self.request(
+            "POST",
+            f"/admin/trials/{_seg(trial_id)}/rollback",
+            json={"to_round": to_round, "reason": reason},
+        )
 
     def complete_trial(self, trial_id: str) -> dict[str, Any]:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/complete")
@@ -234,11 +322,20 @@ class CoordinatorClient:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/rounds")
 
     def abort_round(self, trial_id: str, round_number: int, reason: str) -> dict[str, Any]:
-        return self.request("POST", f"/admin/trials/{_seg(trial_id)}/rounds/{int(round_number)}/abort", json={"reason": reason})
+        return self.request(
+            "POST",
+            f"/admin/trials/{_seg(trial_id)}/rounds/{int(round_number)}/abort",
+            json={"reason": reason},
+        )
 
-    def set_trial_settlement(self, trial_id: str, enabled: bool, reason: str | None = None) -> dict[str, Any]:
-        return self.request("PUT", f"/admin/trials/{_seg(trial_id)}/settlement",
-                            json={"enabled": enabled, "reason": reason})
+    def set_trial_settlement(
+        self, trial_id: str, enabled: bool, reason: str | None = None
+    ) -> dict[str, Any]:
+        return self.request(
+            "PUT",
+            f"/admin/trials/{_seg(trial_id)}/settlement",
+            json={"enabled": enabled, "reason": reason},
+        )
 
     def trial_settlement(self, trial_id: str) -> dict[str, Any]:
         return self.request("GET", f"/trials/{_seg(trial_id)}/settlement")

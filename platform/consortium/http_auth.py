@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from consortium.canonical import sha256_hex
-from consortium.errors import BcflError, IdentityError
+from bcfl_common.canonical import sha256_hex
+from bcfl_common.errors import BcflError, IdentityError
 from consortium.identity import (
     ROLES,
     Consortium,
@@ -59,10 +59,16 @@ _MSP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
 # Which bcfl roles an organisation of each kind may hold (the contract's rule, enforced here too).
-ROLES_BY_KIND = {"operator": ("admin", "coordinator"), "hospital": ("silo",), "auditor": ("auditor",)}
+ROLES_BY_KIND = {
+    "operator": ("admin", "coordinator"),
+    "hospital": ("silo",),
+    "auditor": ("auditor",),
+}
 
 
-def canonical_request(method: str, target: str, timestamp: int | str, nonce: str, body: bytes) -> bytes:
+def canonical_request(
+    method: str, target: str, timestamp: int | str, nonce: str, body: bytes
+) -> bytes:
     """The bytes a request signature covers."""
     return f"{method.upper()}\n{target}\n{timestamp}\n{nonce}\n{sha256_hex(body)}".encode()
 
@@ -108,7 +114,9 @@ class BcflAuth(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers.update(
-            sign_request(self.identity, request.method, request_target(request.url), request.content)
+            sign_request(
+                self.identity, request.method, request_target(request.url), request.content
+            )
         )
         yield request
 
@@ -187,7 +195,11 @@ def authenticate(
     nonce = lowered[HEADER_NONCE.lower()]
     signature_hex = lowered[HEADER_SIGNATURE.lower()]
     if not _MSP_ID.fullmatch(msp_id):
-        raise _fail("MALFORMED_AUTH", f"{HEADER_MSP_ID}: got {msp_id[:80]!r}, expected an MSP id", field=HEADER_MSP_ID)
+        raise _fail(
+            "MALFORMED_AUTH",
+            f"{HEADER_MSP_ID}: got {msp_id[:80]!r}, expected an MSP id",
+            field=HEADER_MSP_ID,
+        )
     if not _TIMESTAMP.fullmatch(timestamp_text):
         raise _fail(
             "MALFORMED_AUTH",
@@ -216,14 +228,19 @@ def authenticate(
         cert_pem = base64.b64decode(cert_b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _fail(
-            "MALFORMED_AUTH", f"{HEADER_CERTIFICATE}: not base64 ({exc}); expected base64 of a PEM certificate",
+            "MALFORMED_AUTH",
+            f"{HEADER_CERTIFICATE}: not base64 ({exc}); expected base64 of a PEM certificate",
             field=HEADER_CERTIFICATE,
         ) from exc
     timestamp = int(timestamp_text)
     now = int(time.time()) if now is None else int(now)
     try:
         consortium.verify_member_certificate(msp_id, cert_pem, at=now)
-        verify_signature(cert_pem, canonical_request(method, target, timestamp, nonce, body), bytes.fromhex(signature_hex))
+        verify_signature(
+            cert_pem,
+            canonical_request(method, target, timestamp, nonce, body),
+            bytes.fromhex(signature_hex),
+        )
     except IdentityError as exc:
         code = exc.code if exc.code != IdentityError.code else "BAD_SIGNATURE"
         raise _fail(code, exc.message, msp_id=msp_id) from exc

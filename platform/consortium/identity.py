@@ -20,17 +20,14 @@ Roles travel in the certificate subject as organisational units: one OU is the F
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -39,25 +36,17 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from consortium.errors import ConfigError, IdentityError
+from bcfl_common.certificates import certificate_common_name as common_name_of
+from bcfl_common.certificates import certificate_ous, role_from_ous
+from bcfl_common.errors import ConfigError, IdentityError
+from bcfl_common.files import write_private
 
-ROLES = ("admin", "coordinator", "silo", "auditor")
-ORGANISATION_KINDS = ("operator", "hospital", "auditor")
 CONSORTIUM_FILE = "consortium.json"
 # Order of the P-256 group: signatures are normalised to s <= n/2 (Fabric refuses high-S).
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 CERT_VALIDITY = dt.timedelta(days=3650)
 # A fixed "not before" keeps certificates valid for transactions stamped slightly in the past.
 _NOT_BEFORE_SLACK = dt.timedelta(days=1)
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write a secret with mode 0600 from the first byte (never world-readable, even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(path, 0o600)
 
 
 def _write_public(path: Path, data: bytes) -> None:
@@ -119,42 +108,14 @@ def certificate_subject(cert: x509.Certificate) -> str:
     return cert.subject.rfc4514_string()
 
 
-def certificate_ous(cert: x509.Certificate) -> list[str]:
-    return [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
-
-
 def certificate_role(cert_pem: bytes | str) -> str | None:
-    """The bcfl role carried in the certificate's OUs, or None.
-
-    ``admin`` is also Fabric's admin NodeOU: next to another role OU it is read as the NodeOU and
-    the other role counts (least privilege), exactly as the contract reads it.
-    """
-    roles = {ou for ou in certificate_ous(load_certificate(cert_pem)) if ou in ROLES}
-    if len(roles) > 1:
-        roles.discard("admin")
-    # Two roles other than admin are ambiguous: such a certificate acts as nobody.
-    return roles.pop() if len(roles) == 1 else None
-
-
-def x25519_public_key_raw(text: str) -> bytes:
-    """The 32 raw bytes of an X25519 public key given as PEM (SubjectPublicKeyInfo) or base64 of
-    the raw bytes; ValueError otherwise."""
-    try:
-        if text.lstrip().startswith("-----BEGIN"):
-            key = serialization.load_pem_public_key(text.encode("ascii"))
-            if not isinstance(key, x25519.X25519PublicKey):
-                raise ValueError("not an X25519 key")
-            return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        raw = base64.b64decode(text, validate=True)
-        x25519.X25519PublicKey.from_public_bytes(raw)
-        return raw
-    except (TypeError, binascii.Error, UnsupportedAlgorithm, UnicodeEncodeError) as exc:
-        raise ValueError(f"not an X25519 public key: {exc}") from exc
+    """The bcfl role carried in the certificate's OUs, or None: read exactly as the contract
+    reads it (``bcfl_common.certificates.role_from_ous``)."""
+    return role_from_ous(certificate_ous(load_certificate(cert_pem)))
 
 
 def certificate_common_name(cert_pem: bytes | str) -> str:
-    names = load_certificate(cert_pem).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(names[0].value) if names else ""
+    return common_name_of(load_certificate(cert_pem))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,7 +131,9 @@ class CertificateAuthority:
     key: ec.EllipticCurvePrivateKey
 
     @classmethod
-    def create(cls, common_name: str, organisation: str, now: dt.datetime | None = None) -> CertificateAuthority:
+    def create(
+        cls, common_name: str, organisation: str, now: dt.datetime | None = None
+    ) -> CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         now = now or dt.datetime.now(dt.UTC)
         name = x509.Name(
@@ -190,13 +153,21 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
             .sign(key, hashes.SHA256())
         )
         return cls(cert=cert, key=key)
@@ -211,7 +182,7 @@ class CertificateAuthority:
 
     def save(self, directory: Path, stem: str = "ca") -> None:
         _write_public(directory / f"{stem}.pem", _pem_cert(self.cert))
-        _write_private(directory / f"{stem}-key.pem", _pem_private(self.key))
+        write_private(directory / f"{stem}-key.pem", _pem_private(self.key))
 
     def issue(
         self,
@@ -238,7 +209,9 @@ class CertificateAuthority:
         now = now or dt.datetime.now(dt.UTC)
         organisation = self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value
         attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(organisation))]
-        attributes += [x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou) for ou in organisational_units]
+        attributes += [
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou) for ou in organisational_units
+        ]
         attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
         builder = (
             x509.CertificateBuilder()
@@ -259,13 +232,21 @@ class CertificateAuthority:
             sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
             builder = builder.add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=True,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=True,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             ).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
                 critical=False,
             )
             if sans:
@@ -273,9 +254,15 @@ class CertificateAuthority:
         else:
             builder = builder.add_extension(
                 x509.KeyUsage(
-                    digital_signature=True, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
-                    crl_sign=False, encipher_only=False, decipher_only=False,
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
                 ),
                 critical=True,
             )
@@ -311,7 +298,9 @@ class Identity:
     def encryption_private_key(self) -> x25519.X25519PrivateKey:
         path = self.encryption_private_key_path
         if path is None:
-            raise IdentityError(f"member {self.name!r} has no encryption key (only hospitals have one)")
+            raise IdentityError(
+                f"member {self.name!r} has no encryption key (only hospitals have one)"
+            )
         key = serialization.load_pem_private_key(path.read_bytes(), None)
         if not isinstance(key, x25519.X25519PrivateKey):
             raise IdentityError(f"{path} is not an X25519 private key")
@@ -319,7 +308,9 @@ class Identity:
 
     def encryption_public_key_pem(self) -> bytes:
         if self.directory is None or not (self.directory / "encryption" / "public.pem").exists():
-            raise IdentityError(f"member {self.name!r} has no encryption key (only hospitals have one)")
+            raise IdentityError(
+                f"member {self.name!r} has no encryption key (only hospitals have one)"
+            )
         return (self.directory / "encryption" / "public.pem").read_bytes()
 
 
@@ -342,11 +333,18 @@ def load_identity(member_dir: str | Path) -> Identity:
         raise IdentityError(f"{key_path} is not an EC private key; expected ECDSA P-256")
     cert_pem = cert_path.read_bytes()
     cert_key = load_certificate(cert_pem).public_key()
-    if not isinstance(cert_key, ec.EllipticCurvePublicKey) or cert_key.public_numbers() != key.public_key().public_numbers():
+    if (
+        not isinstance(cert_key, ec.EllipticCurvePublicKey)
+        or cert_key.public_numbers() != key.public_key().public_numbers()
+    ):
         raise IdentityError(f"{key_path} does not match the certificate {cert_path}")
     return Identity(
-        name=meta["name"], msp_id=meta["msp_id"], role=meta["role"], cert_pem=cert_pem,
-        private_key=key, directory=member_dir,
+        name=meta["name"],
+        msp_id=meta["msp_id"],
+        role=meta["role"],
+        cert_pem=cert_pem,
+        private_key=key,
+        directory=member_dir,
     )
 
 
@@ -393,20 +391,30 @@ class Consortium:
     def from_dict(cls, data: dict, directory: Path | None = None) -> Consortium:
         organisations = {
             o["msp_id"]: Organisation(
-                msp_id=o["msp_id"], kind=o["kind"], ca_cert_pem=o["ca_cert"].encode(),
+                msp_id=o["msp_id"],
+                kind=o["kind"],
+                ca_cert_pem=o["ca_cert"].encode(),
                 tls_ca_cert_pem=o["tls_ca_cert"].encode(),
             )
             for o in data["organisations"]
         }
-        members = {m["name"]: MemberInfo(m["name"], m["role"], m["msp_id"]) for m in data["members"]}
-        return cls(name=data["name"], organisations=organisations, members=members, directory=directory)
+        members = {
+            m["name"]: MemberInfo(m["name"], m["role"], m["msp_id"]) for m in data["members"]
+        }
+        return cls(
+            name=data["name"], organisations=organisations, members=members, directory=directory
+        )
 
     def to_dict(self) -> dict:
         return {
             "name": self.name,
             "organisations": [
-                {"msp_id": o.msp_id, "kind": o.kind, "ca_cert": o.ca_cert_pem.decode(),
-                 "tls_ca_cert": o.tls_ca_cert_pem.decode()}
+                {
+                    "msp_id": o.msp_id,
+                    "kind": o.kind,
+                    "ca_cert": o.ca_cert_pem.decode(),
+                    "tls_ca_cert": o.tls_ca_cert_pem.decode(),
+                }
                 for o in self.organisations.values()
             ],
             "members": [
@@ -441,7 +449,9 @@ class Consortium:
             return CertificateAuthority.load(self.organisation_dir(msp_id) / "tlsca", "tlsca")
         return CertificateAuthority.load(self.organisation_dir(msp_id) / "ca", "ca")
 
-    def verify_member_certificate(self, msp_id: str, cert_pem: bytes, at: int | None = None) -> x509.Certificate:
+    def verify_member_certificate(
+        self, msp_id: str, cert_pem: bytes, at: int | None = None
+    ) -> x509.Certificate:
         """Check that ``cert_pem`` was issued by ``msp_id``'s CA (and is valid at time ``at``)."""
         org = self.organisations.get(msp_id)
         if org is None:
@@ -453,7 +463,9 @@ class Consortium:
         return verify_issued_by(cert_pem, org.ca_cert_pem, at=at, what=f"certificate for {msp_id}")
 
 
-def verify_issued_by(cert_pem: bytes, ca_cert_pem: bytes, *, at: int | None = None, what: str = "certificate") -> x509.Certificate:
+def verify_issued_by(
+    cert_pem: bytes, ca_cert_pem: bytes, *, at: int | None = None, what: str = "certificate"
+) -> x509.Certificate:
     cert = load_certificate(cert_pem)
     ca = load_certificate(ca_cert_pem)
     try:
@@ -515,7 +527,7 @@ def write_msp_folder(
     if cert is not None:
         _write_public(directory / "signcerts" / "cert.pem", _pem_cert(cert))
     if key is not None:
-        _write_private(directory / "keystore" / "key.pem", _pem_private(key))
+        write_private(directory / "keystore" / "key.pem", _pem_private(key))
 
 
 def _plan(hospitals: int) -> list[tuple[str, str, list[tuple[str, str]]]]:
@@ -529,7 +541,9 @@ def _plan(hospitals: int) -> list[tuple[str, str, list[tuple[str, str]]]]:
     return plan
 
 
-def init_consortium(directory: str | Path, hospitals: int, name: str = "bcfl-consortium") -> Consortium:
+def init_consortium(
+    directory: str | Path, hospitals: int, name: str = "bcfl-consortium"
+) -> Consortium:
     """Create a consortium in an empty (or absent) directory and return its description."""
     directory = Path(directory)
     if hospitals < 1 or hospitals > 64:
@@ -550,14 +564,18 @@ def init_consortium(directory: str | Path, hospitals: int, name: str = "bcfl-con
         ca.save(org_dir / "ca", "ca")
         tls_ca.save(org_dir / "tlsca", "tlsca")
         write_msp_folder(org_dir / "msp", ca, tls_ca)
-        organisations[msp_id] = Organisation(msp_id, kind, _pem_cert(ca.cert), _pem_cert(tls_ca.cert))
+        organisations[msp_id] = Organisation(
+            msp_id, kind, _pem_cert(ca.cert), _pem_cert(tls_ca.cert)
+        )
         for member_name, role in people:
-            cert, key = ca.issue(member_name, [fabric_node_ou(role), role] if role != "admin" else ["admin"])
+            cert, key = ca.issue(
+                member_name, [fabric_node_ou(role), role] if role != "admin" else ["admin"]
+            )
             member_dir = directory / "members" / member_name
             write_msp_folder(member_dir / "msp", ca, tls_ca, cert, key)
             if role == "silo":
                 enc = x25519.X25519PrivateKey.generate()
-                _write_private(member_dir / "encryption" / "private.pem", _pem_private(enc))
+                write_private(member_dir / "encryption" / "private.pem", _pem_private(enc))
                 _write_public(
                     member_dir / "encryption" / "public.pem",
                     enc.public_key().public_bytes(
@@ -568,7 +586,9 @@ def init_consortium(directory: str | Path, hospitals: int, name: str = "bcfl-con
                 json.dumps({"name": member_name, "role": role, "msp_id": msp_id}, indent=2) + "\n"
             )
             members[member_name] = MemberInfo(member_name, role, msp_id)
-    consortium = Consortium(name=name, organisations=organisations, members=members, directory=directory)
+    consortium = Consortium(
+        name=name, organisations=organisations, members=members, directory=directory
+    )
     (directory / CONSORTIUM_FILE).write_text(json.dumps(consortium.to_dict(), indent=2) + "\n")
     return consortium
 

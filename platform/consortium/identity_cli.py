@@ -19,8 +19,14 @@ def consortium_group() -> None:
 
 @consortium_group.command("init")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--hospitals", "-n", type=click.IntRange(1, 64), default=4, show_default=True,
-              help="Number of hospital organisations.")
+@click.option(
+    "--hospitals",
+    "-n",
+    type=click.IntRange(1, 64),
+    default=4,
+    show_default=True,
+    help="Number of hospital organisations.",
+)
 @click.option("--name", default="bcfl-consortium", show_default=True, help="Consortium name.")
 def init_command(directory: Path, hospitals: int, name: str) -> None:
     """Create a consortium in DIRECTORY: a CA per organisation and one MSP folder per member.

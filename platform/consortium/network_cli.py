@@ -42,7 +42,7 @@ from typing import Any
 
 import click
 
-from consortium.errors import BcflError, ConfigError
+from bcfl_common.errors import BcflError, ConfigError
 from consortium.loopback import free_port
 
 CHANNEL = "bcfl"
@@ -75,7 +75,9 @@ def default_state_dir() -> Path:
     env = os.environ.get("BCFL_NETWORK_DIR")
     if env:
         return Path(env).expanduser()
-    return Path(os.environ.get("BCFL_CACHE", Path.home() / ".cache" / "bcfl")).expanduser() / "network"
+    return (
+        Path(os.environ.get("BCFL_CACHE", Path.home() / ".cache" / "bcfl")).expanduser() / "network"
+    )
 
 
 def fabric_bin_dir(build: bool = True, report: Callable[[str], None] | None = None) -> Path:
@@ -85,7 +87,9 @@ def fabric_bin_dir(build: bool = True, report: Callable[[str], None] | None = No
         path = Path(env).expanduser()
         missing = [b for b in REQUIRED_BINARIES if not (path / b).is_file()]
         if missing:
-            raise ConfigError(f"BCFL_FABRIC_BIN={env} lacks {', '.join(missing)}; expected Fabric binaries")
+            raise ConfigError(
+                f"BCFL_FABRIC_BIN={env} lacks {', '.join(missing)}; expected Fabric binaries"
+            )
         return path
     script = DEPLOY_DIR / "build-binaries.sh"
     if not build:
@@ -116,12 +120,14 @@ def fabric_unavailable_reason() -> str | None:
 
 
 def _cached_bin_dir() -> Path:
-    root = Path(os.environ.get("BCFL_CACHE", Path.home() / ".cache" / "bcfl")).expanduser() / "fabric"
+    root = (
+        Path(os.environ.get("BCFL_CACHE", Path.home() / ".cache" / "bcfl")).expanduser() / "fabric"
+    )
     for candidate in sorted(root.glob("*/.complete")):
         return candidate.parent / "bin"
-    raise NetworkError(f"no Fabric binaries under {root}; run deploy/fabric/build-binaries.sh", code="FABRIC_BUILD")
-
-
+    raise NetworkError(
+        f"no Fabric binaries under {root}; run deploy/fabric/build-binaries.sh", code="FABRIC_BUILD"
+    )
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -179,7 +185,9 @@ class FabricNetwork:
         python: str | None = None,
     ):
         self.state_dir = Path(state_dir or default_state_dir()).expanduser().resolve()
-        self.consortium_dir = Path(consortium_dir).expanduser().resolve() if consortium_dir else None
+        self.consortium_dir = (
+            Path(consortium_dir).expanduser().resolve() if consortium_dir else None
+        )
         self.hospitals = hospitals
         if orderers not in (1, 3, 5):
             raise ConfigError(f"--orderers={orderers}: expected 1, 3 or 5 Raft nodes")
@@ -259,7 +267,7 @@ class FabricNetwork:
         Like the embedded ledger's creation, this must come before anything else so that no other
         member can bootstrap the contract with itself as operator. Idempotent.
         """
-        from consortium.errors import ContractError
+        from bcfl_common.errors import ContractError
         from consortium.identity import Consortium, organisation_kinds
         from consortium.ledger import open_ledger
 
@@ -292,13 +300,22 @@ class FabricNetwork:
             orgs.append({"msp_id": org.msp_id, "kind": org.kind, "peer": runs_peer})
             if runs_peer:
                 name = f"peer0.{_short(org.msp_id)}"
-                peers.append({
-                    "name": name, "msp_id": org.msp_id, "port": free_port(),
-                    "chaincode_port": free_port(), "operations_port": free_port(),
-                })
+                peers.append(
+                    {
+                        "name": name,
+                        "msp_id": org.msp_id,
+                        "port": free_port(),
+                        "chaincode_port": free_port(),
+                        "operations_port": free_port(),
+                    }
+                )
         orderers = [
-            {"name": f"orderer{i}", "port": free_port(), "admin_port": free_port(),
-             "operations_port": free_port()}
+            {
+                "name": f"orderer{i}",
+                "port": free_port(),
+                "admin_port": free_port(),
+                "operations_port": free_port(),
+            }
             for i in range(self.orderers)
         ]
         return {
@@ -323,19 +340,21 @@ class FabricNetwork:
             Consortium,
             _pem_cert,
             _pem_private,
-            _write_private,
             _write_public,
             write_msp_folder,
+            write_private,
         )
 
         crypto = self.state_dir / "crypto"
         consortium = Consortium.load(info["consortium_dir"])
 
         def write_tls(directory: Path, tls_ca: CertificateAuthority, cn: str) -> None:
-            cert, key = tls_ca.issue(cn, [], hostnames=["localhost", cn], ip_addresses=["127.0.0.1"], tls=True)
+            cert, key = tls_ca.issue(
+                cn, [], hostnames=["localhost", cn], ip_addresses=["127.0.0.1"], tls=True
+            )
             _write_public(directory / "server.crt", _pem_cert(cert))
             assert key is not None
-            _write_private(directory / "server.key", _pem_private(key))
+            write_private(directory / "server.key", _pem_private(key))
             _write_public(directory / "ca.crt", _pem_cert(tls_ca.cert))
 
         # The ordering organisation: network infrastructure with CAs of its own.
@@ -382,7 +401,9 @@ class FabricNetwork:
 
     @property
     def orderer_tls_ca(self) -> Path:
-        return self.state_dir / "crypto" / "ordererOrganizations" / "orderer" / "tlsca" / "tlsca.pem"
+        return (
+            self.state_dir / "crypto" / "ordererOrganizations" / "orderer" / "tlsca" / "tlsca.pem"
+        )
 
     # -- configuration ---------------------------------------------------------------------------------
     def _write_configs(self, info: dict[str, Any]) -> None:
@@ -397,7 +418,9 @@ class FabricNetwork:
         }
         for old, new in replacements.items():
             if old not in core:
-                raise NetworkError(f"Fabric's sample core.yaml has no {old!r}; the pinned release changed?")
+                raise NetworkError(
+                    f"Fabric's sample core.yaml has no {old!r}; the pinned release changed?"
+                )
             core = core.replace(old, new)
         (config / "core.yaml").write_text(core)
         shutil.copy(sample / "orderer.yaml", config / "orderer.yaml")
@@ -405,15 +428,24 @@ class FabricNetwork:
         def org_policies(msp_id: str, orderer: bool = False) -> dict[str, Any]:
             member = "peer" if not orderer else "orderer"
             return {
-                "Readers": {"Type": "Signature", "Rule": f"OR('{msp_id}.admin', '{msp_id}.{member}', '{msp_id}.client')"},
-                "Writers": {"Type": "Signature", "Rule": f"OR('{msp_id}.admin', '{msp_id}.client')" if not orderer else f"OR('{msp_id}.member')"},
+                "Readers": {
+                    "Type": "Signature",
+                    "Rule": f"OR('{msp_id}.admin', '{msp_id}.{member}', '{msp_id}.client')",
+                },
+                "Writers": {
+                    "Type": "Signature",
+                    "Rule": f"OR('{msp_id}.admin', '{msp_id}.client')"
+                    if not orderer
+                    else f"OR('{msp_id}.member')",
+                },
                 "Admins": {"Type": "Signature", "Rule": f"OR('{msp_id}.admin')"},
                 "Endorsement": {"Type": "Signature", "Rule": f"OR('{msp_id}.peer')"},
             }
 
         crypto = self.state_dir / "crypto"
         orderer_org = {
-            "Name": ORDERER_MSP, "ID": ORDERER_MSP,
+            "Name": ORDERER_MSP,
+            "ID": ORDERER_MSP,
             "MSPDir": str(crypto / "ordererOrganizations" / "orderer" / "msp"),
             "Policies": org_policies(ORDERER_MSP, orderer=True),
             "OrdererEndpoints": [f"127.0.0.1:{o['port']}" for o in info["orderers"]],
@@ -422,10 +454,16 @@ class FabricNetwork:
         for org in info["organisations"]:
             msp_id = org["msp_id"]
             entry: dict[str, Any] = {
-                "Name": msp_id, "ID": msp_id, "MSPDir": str(self._org_dir(msp_id) / "msp"),
+                "Name": msp_id,
+                "ID": msp_id,
+                "MSPDir": str(self._org_dir(msp_id) / "msp"),
                 "Policies": org_policies(msp_id),
             }
-            anchors = [{"Host": "127.0.0.1", "Port": p["port"]} for p in info["peers"] if p["msp_id"] == msp_id]
+            anchors = [
+                {"Host": "127.0.0.1", "Port": p["port"]}
+                for p in info["peers"]
+                if p["msp_id"] == msp_id
+            ]
             if anchors:
                 entry["AnchorPeers"] = anchors
             app_orgs.append(entry)
@@ -439,52 +477,95 @@ class FabricNetwork:
             # ImplicitMeta form organisation by organisation, in no fixed order, verifying the
             # request's signature again for each; this verifies it once. Every proposal (the
             # Propose ACL: Writers) and every commit status request (Readers) is checked with it.
-            principals = ", ".join(f"'{org['msp_id']}.{role}'" for org in info["organisations"] for role in roles)
+            principals = ", ".join(
+                f"'{org['msp_id']}.{role}'" for org in info["organisations"] for role in roles
+            )
             return {"Type": "Signature", "Rule": f"OR({principals})"}
 
         consenters = []
         for o in info["orderers"]:
             tls = self._orderer_dir(o["name"]) / "tls" / "server.crt"
-            consenters.append({"Host": "127.0.0.1", "Port": o["port"], "ClientTLSCert": str(tls), "ServerTLSCert": str(tls)})
+            consenters.append(
+                {
+                    "Host": "127.0.0.1",
+                    "Port": o["port"],
+                    "ClientTLSCert": str(tls),
+                    "ServerTLSCert": str(tls),
+                }
+            )
         profile = {
-            "Policies": {"Readers": implicit("ANY Readers"), "Writers": implicit("ANY Writers"),
-                         "Admins": implicit("MAJORITY Admins")},
+            "Policies": {
+                "Readers": implicit("ANY Readers"),
+                "Writers": implicit("ANY Writers"),
+                "Admins": implicit("MAJORITY Admins"),
+            },
             "Capabilities": {"V3_0": True},
             "Orderer": {
                 "OrdererType": "etcdraft",
                 "BatchTimeout": info["batch_timeout"],
-                "BatchSize": {"MaxMessageCount": info["max_message_count"], "AbsoluteMaxBytes": "10 MB",
-                              "PreferredMaxBytes": "2 MB"},
+                "BatchSize": {
+                    "MaxMessageCount": info["max_message_count"],
+                    "AbsoluteMaxBytes": "10 MB",
+                    "PreferredMaxBytes": "2 MB",
+                },
                 "EtcdRaft": {
                     "Consenters": consenters,
-                    "Options": {"TickInterval": "100ms", "ElectionTick": 10, "HeartbeatTick": 1,
-                                "MaxInflightBlocks": 5, "SnapshotIntervalSize": "16 MB"},
+                    "Options": {
+                        "TickInterval": "100ms",
+                        "ElectionTick": 10,
+                        "HeartbeatTick": 1,
+                        "MaxInflightBlocks": 5,
+                        "SnapshotIntervalSize": "16 MB",
+                    },
                 },
                 "Organizations": [orderer_org],
-                "Policies": {"Readers": implicit("ANY Readers"), "Writers": implicit("ANY Writers"),
-                             "Admins": implicit("MAJORITY Admins"),
-                             "BlockValidation": implicit("ANY Writers")},
+                "Policies": {
+                    "Readers": implicit("ANY Readers"),
+                    "Writers": implicit("ANY Writers"),
+                    "Admins": implicit("MAJORITY Admins"),
+                    "BlockValidation": implicit("ANY Writers"),
+                },
                 "Capabilities": {"V2_0": True},
             },
             "Application": {
                 "Organizations": app_orgs,
-                "Policies": {"Readers": any_member(("admin", "peer", "client")),
-                             "Writers": any_member(("admin", "client")),
-                             "Admins": implicit("MAJORITY Admins"),
-                             "LifecycleEndorsement": implicit("MAJORITY Endorsement"),
-                             "Endorsement": implicit("MAJORITY Endorsement")},
+                "Policies": {
+                    "Readers": any_member(("admin", "peer", "client")),
+                    "Writers": any_member(("admin", "client")),
+                    "Admins": implicit("MAJORITY Admins"),
+                    "LifecycleEndorsement": implicit("MAJORITY Endorsement"),
+                    "Endorsement": implicit("MAJORITY Endorsement"),
+                },
                 "Capabilities": {"V2_5": True},
             },
         }
         # JSON is YAML: configtxgen reads this file as its configtx.yaml.
-        (config / "configtx.yaml").write_text(json.dumps({"Profiles": {"BcflChannel": profile}}, indent=2))
+        (config / "configtx.yaml").write_text(
+            json.dumps({"Profiles": {"BcflChannel": profile}}, indent=2)
+        )
         block = self.state_dir / "config" / f"{CHANNEL}.block"
-        self._run([str(self.bin / "configtxgen"), "-configPath", str(config), "-profile", "BcflChannel",
-                   "-channelID", CHANNEL, "-outputBlock", str(block)], what="configtxgen")
+        self._run(
+            [
+                str(self.bin / "configtxgen"),
+                "-configPath",
+                str(config),
+                "-profile",
+                "BcflChannel",
+                "-channelID",
+                CHANNEL,
+                "-outputBlock",
+                str(block),
+            ],
+            what="configtxgen",
+        )
 
     # -- processes ----------------------------------------------------------------------------------
     def _base_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CORE_", "ORDERER_", "FABRIC_"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CORE_", "ORDERER_", "FABRIC_"))
+        }
         env["FABRIC_CFG_PATH"] = str(self.state_dir / "config")
         return env
 
@@ -554,13 +635,20 @@ class FabricNetwork:
             "CORE_CHAINCODE_EXECUTETIMEOUT": "30s",
             # gateways keep connections to the other peers alive; do not GOAWAY them (too_many_pings)
             "CORE_PEER_KEEPALIVE_MININTERVAL": "5s",
-            "CORE_PEER_AUTHENTICATION_TIMEWINDOW": (self.load_info() or {}).get("auth_time_window", "15m"),
+            "CORE_PEER_AUTHENTICATION_TIMEWINDOW": (self.load_info() or {}).get(
+                "auth_time_window", "15m"
+            ),
             "FABRIC_LOGGING_SPEC": os.environ.get("BCFL_FABRIC_LOGGING", PEER_LOG_SPEC),
             "FABRIC_LOGGING_FORMAT": LOG_FORMAT,
         }
 
     def _peer_proc(self, info: dict[str, Any], peer: dict[str, Any]) -> Proc:
-        return Proc(peer["name"], [str(self.bin / "peer"), "node", "start"], self._peer_env(peer), peer["port"])
+        return Proc(
+            peer["name"],
+            [str(self.bin / "peer"), "node", "start"],
+            self._peer_env(peer),
+            peer["port"],
+        )
 
     def _chaincode_proc(self, info: dict[str, Any]) -> Proc:
         server = info["chaincode_server"]
@@ -568,7 +656,9 @@ class FabricNetwork:
         env |= {
             "CHAINCODE_ID": server["package_id"],
             "CHAINCODE_SERVER_ADDRESS": f"127.0.0.1:{server['port']}",
-            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "platform"), env.get("PYTHONPATH", "")]),
+            "PYTHONPATH": os.pathsep.join(
+                [str(REPO_ROOT), str(REPO_ROOT / "platform"), env.get("PYTHONPATH", "")]
+            ),
         }
         return Proc("chaincode", [self.python, "-m", "chaincode.host_fabric"], env, server["port"])
 
@@ -606,8 +696,13 @@ class FabricNetwork:
             log = open(self._log_path(proc.name), "ab")
             env = proc.env | {"BCFL_NETWORK_NODE": f"{self.state_dir}/{proc.name}"}
             child: subprocess.Popen[bytes] | None = subprocess.Popen(
-                proc.argv, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.state_dir, start_new_session=True,
+                proc.argv,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=self.state_dir,
+                start_new_session=True,
             )
             log.close()
             assert child is not None
@@ -620,11 +715,15 @@ class FabricNetwork:
             if (child.poll() is not None) if child is not None else self._pid(proc.name) is None:
                 raise NetworkError(
                     f"{proc.name} exited while starting; see {self._log_path(proc.name)}:\n"
-                    + self._tail(proc.name), code="NODE_FAILED",
+                    + self._tail(proc.name),
+                    code="NODE_FAILED",
                 )
             if time.monotonic() > deadline:
-                raise NetworkError(f"{proc.name} did not listen on port {proc.port} within {timeout:.0f} s; "
-                                   f"see {self._log_path(proc.name)}", code="NODE_TIMEOUT")
+                raise NetworkError(
+                    f"{proc.name} did not listen on port {proc.port} within {timeout:.0f} s; "
+                    f"see {self._log_path(proc.name)}",
+                    code="NODE_TIMEOUT",
+                )
             time.sleep(0.1)
 
     def _tail(self, name: str, lines: int = 15) -> str:
@@ -653,38 +752,85 @@ class FabricNetwork:
         self._pid_path(name).unlink(missing_ok=True)
         return pid is not None
 
-    def _run(self, argv: list[str], *, env: dict[str, str] | None = None, what: str, check: bool = True,
-             retries: int = 0) -> subprocess.CompletedProcess[str]:
+    def _run(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        what: str,
+        check: bool = True,
+        retries: int = 0,
+    ) -> subprocess.CompletedProcess[str]:
         for attempt in range(retries + 1):
-            proc = subprocess.run(argv, env=env or self._base_env(), capture_output=True, text=True,
-                                  cwd=self.state_dir, timeout=120)
+            proc = subprocess.run(
+                argv,
+                env=env or self._base_env(),
+                capture_output=True,
+                text=True,
+                cwd=self.state_dir,
+                timeout=120,
+            )
             if proc.returncode == 0 or not check:
                 return proc
             if attempt < retries:
                 time.sleep(1.0)
-        raise NetworkError(f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}",
-                           code="FABRIC_COMMAND")
+        raise NetworkError(
+            f"{what} failed (exit {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-1500:]}",
+            code="FABRIC_COMMAND",
+        )
 
     # -- channel ----------------------------------------------------------------------------------
     def _join_orderers(self, info: dict[str, Any]) -> None:
-        admin = self.state_dir / "crypto" / "ordererOrganizations" / "orderer" / "users" / "Admin" / "tls"
+        admin = (
+            self.state_dir
+            / "crypto"
+            / "ordererOrganizations"
+            / "orderer"
+            / "users"
+            / "Admin"
+            / "tls"
+        )
         block = self.state_dir / "config" / f"{CHANNEL}.block"
         for o in info["orderers"]:
-            common = ["-o", f"127.0.0.1:{o['admin_port']}", "--ca-file", str(self.orderer_tls_ca),
-                      "--client-cert", str(admin / "server.crt"), "--client-key", str(admin / "server.key")]
-            listing = self._run([str(self.bin / "osnadmin"), "channel", "list", *common], what="osnadmin channel list",
-                                retries=5)
+            common = [
+                "-o",
+                f"127.0.0.1:{o['admin_port']}",
+                "--ca-file",
+                str(self.orderer_tls_ca),
+                "--client-cert",
+                str(admin / "server.crt"),
+                "--client-key",
+                str(admin / "server.key"),
+            ]
+            listing = self._run(
+                [str(self.bin / "osnadmin"), "channel", "list", *common],
+                what="osnadmin channel list",
+                retries=5,
+            )
             if f'"name": "{CHANNEL}"' in listing.stdout or f'"name":"{CHANNEL}"' in listing.stdout:
                 continue
-            self._run([str(self.bin / "osnadmin"), "channel", "join", "--channelID", CHANNEL,
-                       "--config-block", str(block), *common], what=f"osnadmin channel join on {o['name']}")
+            self._run(
+                [
+                    str(self.bin / "osnadmin"),
+                    "channel",
+                    "join",
+                    "--channelID",
+                    CHANNEL,
+                    "--config-block",
+                    str(block),
+                    *common,
+                ],
+                what=f"osnadmin channel join on {o['name']}",
+            )
 
     def admin_env(self, peer: dict[str, Any]) -> dict[str, str]:
         """Environment for the peer CLI acting as the organisation's network admin on ``peer``."""
         ndir = self._peer_dir(peer)
         return self._base_env() | {
             "CORE_PEER_LOCALMSPID": peer["msp_id"],
-            "CORE_PEER_MSPCONFIGPATH": str(self._org_dir(peer["msp_id"]) / "users" / "Admin" / "msp"),
+            "CORE_PEER_MSPCONFIGPATH": str(
+                self._org_dir(peer["msp_id"]) / "users" / "Admin" / "msp"
+            ),
             "CORE_PEER_ADDRESS": f"127.0.0.1:{peer['port']}",
             "CORE_PEER_TLS_ENABLED": "true",
             "CORE_PEER_TLS_ROOTCERT_FILE": str(ndir / "tls" / "ca.crt"),
@@ -698,19 +844,28 @@ class FabricNetwork:
         block = self.state_dir / "config" / f"{CHANNEL}.block"
         for peer in info["peers"]:
             env = self.admin_env(peer)
-            listing = self._run([str(self.bin / "peer"), "channel", "list"], env=env, what="peer channel list",
-                                retries=5)
+            listing = self._run(
+                [str(self.bin / "peer"), "channel", "list"],
+                env=env,
+                what="peer channel list",
+                retries=5,
+            )
             if CHANNEL in listing.stdout.split():
                 continue
-            self._run([str(self.bin / "peer"), "channel", "join", "-b", str(block)], env=env,
-                      what=f"peer channel join on {peer['name']}", retries=3)
+            self._run(
+                [str(self.bin / "peer"), "channel", "join", "-b", str(block)],
+                env=env,
+                what=f"peer channel join on {peer['name']}",
+                retries=3,
+            )
 
     # -- chaincode -------------------------------------------------------------------------------
     def _package(self, info: dict[str, Any]) -> tuple[Path, str]:
         """The chaincode-as-a-service package (deterministic bytes) and its package id."""
         server = info["chaincode_server"]
-        connection = json.dumps({"address": f"127.0.0.1:{server['port']}", "dial_timeout": "10s",
-                                 "tls_required": False}).encode()
+        connection = json.dumps(
+            {"address": f"127.0.0.1:{server['port']}", "dial_timeout": "10s", "tls_required": False}
+        ).encode()
         metadata = json.dumps({"type": "ccaas", "label": CHAINCODE_LABEL}).encode()
 
         def tar_gz(files: dict[str, bytes]) -> bytes:
@@ -718,7 +873,10 @@ class FabricNetwork:
             # mtime 0 and a fixed gzip header keep the package id stable across runs
             import gzip
 
-            with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+            with (
+                gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+                tarfile.open(fileobj=gz, mode="w") as tar,
+            ):
                 for name, data in files.items():
                     member = tarfile.TarInfo(name)
                     member.size = len(data)
@@ -726,7 +884,9 @@ class FabricNetwork:
                     tar.addfile(member, io.BytesIO(data))
             return buf.getvalue()
 
-        package = tar_gz({"metadata.json": metadata, "code.tar.gz": tar_gz({"connection.json": connection})})
+        package = tar_gz(
+            {"metadata.json": metadata, "code.tar.gz": tar_gz({"connection.json": connection})}
+        )
         path = self.state_dir / "config" / "bcfl-ccaas.tar.gz"
         path.write_bytes(package)
         return path, f"{CHAINCODE_LABEL}:{hashlib.sha256(package).hexdigest()}"
@@ -738,11 +898,18 @@ class FabricNetwork:
         peer_bin = str(self.bin / "peer")
         for peer in info["peers"]:
             env = self.admin_env(peer)
-            installed = self._run([peer_bin, "lifecycle", "chaincode", "queryinstalled"], env=env,
-                                  what="peer lifecycle chaincode queryinstalled", retries=3)
+            installed = self._run(
+                [peer_bin, "lifecycle", "chaincode", "queryinstalled"],
+                env=env,
+                what="peer lifecycle chaincode queryinstalled",
+                retries=3,
+            )
             if package_id not in installed.stdout:
-                self._run([peer_bin, "lifecycle", "chaincode", "install", str(package)], env=env,
-                          what=f"chaincode install on {peer['name']}")
+                self._run(
+                    [peer_bin, "lifecycle", "chaincode", "install", str(package)],
+                    env=env,
+                    what=f"chaincode install on {peer['name']}",
+                )
         self._ensure_running(self._chaincode_proc(info), timeout=60)
         self.define_chaincode(CHAINCODE, info)
 
@@ -753,49 +920,126 @@ class FabricNetwork:
         """
         info = info or self.load_info()
         if info is None or "package_id" not in info.get("chaincode_server", {}):
-            raise NetworkError(f"no network with chaincode in {self.state_dir}; run `bcfl network up`", code="NO_NETWORK")
+            raise NetworkError(
+                f"no network with chaincode in {self.state_dir}; run `bcfl network up`",
+                code="NO_NETWORK",
+            )
         package_id = info["chaincode_server"]["package_id"]
         peer_bin = str(self.bin / "peer")
-        committed = self._run([peer_bin, "lifecycle", "chaincode", "querycommitted", "-C", CHANNEL, "-n", name],
-                              env=self.admin_env(info["peers"][0]), what="querycommitted", check=False)
+        committed = self._run(
+            [peer_bin, "lifecycle", "chaincode", "querycommitted", "-C", CHANNEL, "-n", name],
+            env=self.admin_env(info["peers"][0]),
+            what="querycommitted",
+            check=False,
+        )
         if committed.returncode == 0 and "Sequence: 1" in committed.stdout:
             return
-        definition = ["-C", CHANNEL, "-n", name, "--version", "1", "--sequence", "1",
-                      "--signature-policy", majority_endorsement_policy(info)]
+        definition = [
+            "-C",
+            CHANNEL,
+            "-n",
+            name,
+            "--version",
+            "1",
+            "--sequence",
+            "1",
+            "--signature-policy",
+            majority_endorsement_policy(info),
+        ]
         for peer in info["peers"]:
             env = self.admin_env(peer)
-            ready = self._run([peer_bin, "lifecycle", "chaincode", "checkcommitreadiness", *definition, "-O", "json"],
-                              env=env, what="checkcommitreadiness", check=False)
+            ready = self._run(
+                [
+                    peer_bin,
+                    "lifecycle",
+                    "chaincode",
+                    "checkcommitreadiness",
+                    *definition,
+                    "-O",
+                    "json",
+                ],
+                env=env,
+                what="checkcommitreadiness",
+                check=False,
+            )
             try:
                 approvals = json.loads(ready.stdout)["approvals"]
             except (ValueError, KeyError):
                 approvals = {}
             if approvals.get(peer["msp_id"]):
                 continue
-            self._run([peer_bin, "lifecycle", "chaincode", "approveformyorg", *definition, "--package-id", package_id,
-                       *self._orderer_args(info), "--waitForEventTimeout", "60s"],
-                      env=env, what=f"approveformyorg for {peer['msp_id']}", retries=2)
+            self._run(
+                [
+                    peer_bin,
+                    "lifecycle",
+                    "chaincode",
+                    "approveformyorg",
+                    *definition,
+                    "--package-id",
+                    package_id,
+                    *self._orderer_args(info),
+                    "--waitForEventTimeout",
+                    "60s",
+                ],
+                env=env,
+                what=f"approveformyorg for {peer['msp_id']}",
+                retries=2,
+            )
         targets: list[str] = []
         for peer in info["peers"]:
-            targets += ["--peerAddresses", f"127.0.0.1:{peer['port']}",
-                        "--tlsRootCertFiles", str(self._peer_dir(peer) / "tls" / "ca.crt")]
-        self._run([peer_bin, "lifecycle", "chaincode", "commit", *definition, *self._orderer_args(info), *targets,
-                   "--waitForEventTimeout", "60s"],
-                  env=self.admin_env(info["peers"][0]), what="chaincode commit", retries=2)
+            targets += [
+                "--peerAddresses",
+                f"127.0.0.1:{peer['port']}",
+                "--tlsRootCertFiles",
+                str(self._peer_dir(peer) / "tls" / "ca.crt"),
+            ]
+        self._run(
+            [
+                peer_bin,
+                "lifecycle",
+                "chaincode",
+                "commit",
+                *definition,
+                *self._orderer_args(info),
+                *targets,
+                "--waitForEventTimeout",
+                "60s",
+            ],
+            env=self.admin_env(info["peers"][0]),
+            what="chaincode commit",
+            retries=2,
+        )
 
-    def _wait_discovery(self, info: dict[str, Any], timeout: float = 60.0, name: str = CHAINCODE) -> None:
+    def _wait_discovery(
+        self, info: dict[str, Any], timeout: float = 60.0, name: str = CHAINCODE
+    ) -> None:
         """Wait until every peer has committed the chaincode definition (gossip has caught up)."""
         deadline = time.monotonic() + timeout
         peer_bin = str(self.bin / "peer")
         for peer in info["peers"]:
             while True:
-                out = self._run([peer_bin, "lifecycle", "chaincode", "querycommitted", "-C", CHANNEL, "-n", name],
-                                env=self.admin_env(peer), what="querycommitted", check=False)
+                out = self._run(
+                    [
+                        peer_bin,
+                        "lifecycle",
+                        "chaincode",
+                        "querycommitted",
+                        "-C",
+                        CHANNEL,
+                        "-n",
+                        name,
+                    ],
+                    env=self.admin_env(peer),
+                    what="querycommitted",
+                    check=False,
+                )
                 if out.returncode == 0:
                     break
                 if time.monotonic() > deadline:
-                    raise NetworkError(f"{peer['name']} did not see the chaincode definition within {timeout:.0f} s",
-                                       code="NODE_TIMEOUT")
+                    raise NetworkError(
+                        f"{peer['name']} did not see the chaincode definition within {timeout:.0f} s",
+                        code="NODE_TIMEOUT",
+                    )
                 time.sleep(0.5)
         # Gossip membership (which discovery, and so the Gateway, relies on) takes a few alive intervals.
         time.sleep(float(os.environ.get("BCFL_NETWORK_SETTLE", "3")))
@@ -803,18 +1047,25 @@ class FabricNetwork:
     # -- single nodes (fault tests) ---------------------------------------------------------------
     def node_names(self) -> list[str]:
         info = self.load_info() or {}
-        return ([o["name"] for o in info.get("orderers", [])] + [p["name"] for p in info.get("peers", [])]
-                + (["chaincode"] if info else []))
+        return (
+            [o["name"] for o in info.get("orderers", [])]
+            + [p["name"] for p in info.get("peers", [])]
+            + (["chaincode"] if info else [])
+        )
 
     def stop_node(self, name: str) -> bool:
         if name not in self.node_names():
-            raise ConfigError(f"no node {name!r} in this network; expected one of {self.node_names()}")
+            raise ConfigError(
+                f"no node {name!r} in this network; expected one of {self.node_names()}"
+            )
         return self._stop(name)
 
     def start_node(self, name: str) -> None:
         info = self.load_info()
         if info is None:
-            raise NetworkError(f"no network in {self.state_dir}; run `bcfl network up` first", code="NO_NETWORK")
+            raise NetworkError(
+                f"no network in {self.state_dir}; run `bcfl network up` first", code="NO_NETWORK"
+            )
         for o in info["orderers"]:
             if o["name"] == name:
                 return self._ensure_running(self._orderer_proc(info, o))
@@ -834,13 +1085,17 @@ class FabricNetwork:
         if run.is_dir():
             names |= {p.stem for p in run.glob("*.pid")}
         # chaincode first, orderers last, so nothing logs a storm of reconnect errors
-        order = sorted(names, key=lambda n: (0 if n == "chaincode" else 2 if n.startswith("orderer") else 1, n))
+        order = sorted(
+            names, key=lambda n: (0 if n == "chaincode" else 2 if n.startswith("orderer") else 1, n)
+        )
         for name in order:
             if self._stop(name):
                 stopped.append(name)
         if purge and self.state_dir.exists():
             if not (self.info_path.exists() or (self.state_dir / "run").exists()):
-                raise ConfigError(f"{self.state_dir} does not look like a network state directory; not removing it")
+                raise ConfigError(
+                    f"{self.state_dir} does not look like a network state directory; not removing it"
+                )
             shutil.rmtree(self.state_dir)
         return stopped
 
@@ -850,21 +1105,49 @@ class FabricNetwork:
             return {"state_dir": str(self.state_dir), "exists": False, "nodes": []}
         nodes = []
         for o in info["orderers"]:
-            nodes.append({"name": o["name"], "kind": "orderer", "msp_id": ORDERER_MSP,
-                          "address": f"127.0.0.1:{o['port']}", "pid": self._pid(o["name"]),
-                          "listening": port_open(o["port"])})
+            nodes.append(
+                {
+                    "name": o["name"],
+                    "kind": "orderer",
+                    "msp_id": ORDERER_MSP,
+                    "address": f"127.0.0.1:{o['port']}",
+                    "pid": self._pid(o["name"]),
+                    "listening": port_open(o["port"]),
+                }
+            )
         for p in info["peers"]:
-            nodes.append({"name": p["name"], "kind": "peer", "msp_id": p["msp_id"],
-                          "address": f"127.0.0.1:{p['port']}", "pid": self._pid(p["name"]),
-                          "listening": port_open(p["port"])})
+            nodes.append(
+                {
+                    "name": p["name"],
+                    "kind": "peer",
+                    "msp_id": p["msp_id"],
+                    "address": f"127.0.0.1:{p['port']}",
+                    "pid": self._pid(p["name"]),
+                    "listening": port_open(p["port"]),
+                }
+            )
         cc = info["chaincode_server"]
-        nodes.append({"name": "chaincode", "kind": "chaincode", "msp_id": "",
-                      "address": f"127.0.0.1:{cc['port']}", "pid": self._pid("chaincode"),
-                      "listening": port_open(cc["port"])})
-        return {"state_dir": str(self.state_dir), "exists": True, "up": info.get("up", False),
-                "channel": info["channel"], "chaincode": info["chaincode"],
-                "consortium_dir": info["consortium_dir"], "ledger_url": self.ledger_url(),
-                "logs": str(self.state_dir / "logs"), "nodes": nodes}
+        nodes.append(
+            {
+                "name": "chaincode",
+                "kind": "chaincode",
+                "msp_id": "",
+                "address": f"127.0.0.1:{cc['port']}",
+                "pid": self._pid("chaincode"),
+                "listening": port_open(cc["port"]),
+            }
+        )
+        return {
+            "state_dir": str(self.state_dir),
+            "exists": True,
+            "up": info.get("up", False),
+            "channel": info["channel"],
+            "chaincode": info["chaincode"],
+            "consortium_dir": info["consortium_dir"],
+            "ledger_url": self.ledger_url(),
+            "logs": str(self.state_dir / "logs"),
+            "nodes": nodes,
+        }
 
     def ledger_url(self, msp_id: str | None = None) -> str:
         """A ``fabric://`` URL for this network (the network.json form, or one peer's for ``msp_id``)."""
@@ -873,8 +1156,10 @@ class FabricNetwork:
         info = self.load_info() or {}
         for p in info.get("peers", []):
             if p["msp_id"] == msp_id:
-                return (f"fabric://127.0.0.1:{p['port']}/{CHANNEL}/{CHAINCODE}"
-                        f"?tls_ca={self._peer_dir(p) / 'tls' / 'ca.crt'}")
+                return (
+                    f"fabric://127.0.0.1:{p['port']}/{CHANNEL}/{CHAINCODE}"
+                    f"?tls_ca={self._peer_dir(p) / 'tls' / 'ca.crt'}"
+                )
         raise ConfigError(f"no peer of {msp_id!r} in this network")
 
 
@@ -883,7 +1168,9 @@ class FabricNetwork:
 # ---------------------------------------------------------------------------------------------------
 
 _state_dir_option = click.option(
-    "--state-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
     help="Where the network keeps its state and logs [default: $BCFL_NETWORK_DIR or ~/.cache/bcfl/network].",
 )
 
@@ -895,25 +1182,56 @@ def network_group() -> None:
 
 @network_group.command("up")
 @_state_dir_option
-@click.option("--consortium", "consortium_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Consortium directory from `bcfl consortium init` [default: one made in the state dir].")
-@click.option("--hospitals", type=int, default=4, show_default=True,
-              help="Hospitals of the consortium made when --consortium is not given.")
-@click.option("--orderers", type=click.Choice(["1", "3", "5"]), default="1", show_default=True,
-              help="Raft ordering nodes.")
-@click.option("--batch-timeout", default=DEFAULT_BATCH_TIMEOUT, show_default=True,
-              help="Orderer BatchTimeout (block cutting latency).")
+@click.option(
+    "--consortium",
+    "consortium_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Consortium directory from `bcfl consortium init` [default: one made in the state dir].",
+)
+@click.option(
+    "--hospitals",
+    type=int,
+    default=4,
+    show_default=True,
+    help="Hospitals of the consortium made when --consortium is not given.",
+)
+@click.option(
+    "--orderers",
+    type=click.Choice(["1", "3", "5"]),
+    default="1",
+    show_default=True,
+    help="Raft ordering nodes.",
+)
+@click.option(
+    "--batch-timeout",
+    default=DEFAULT_BATCH_TIMEOUT,
+    show_default=True,
+    help="Orderer BatchTimeout (block cutting latency).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the network description as JSON.")
-def up_command(state_dir: Path | None, consortium_dir: Path | None, hospitals: int, orderers: str,
-               batch_timeout: str, as_json: bool) -> None:
+def up_command(
+    state_dir: Path | None,
+    consortium_dir: Path | None,
+    hospitals: int,
+    orderers: str,
+    batch_timeout: str,
+    as_json: bool,
+) -> None:
     """Bring the network up (idempotent: finishes or restarts what is missing)."""
     from rich.console import Console
 
-    network = FabricNetwork(state_dir, consortium_dir=consortium_dir, hospitals=hospitals,
-                            orderers=int(orderers), batch_timeout=batch_timeout)
+    network = FabricNetwork(
+        state_dir,
+        consortium_dir=consortium_dir,
+        hospitals=hospitals,
+        orderers=int(orderers),
+        batch_timeout=batch_timeout,
+    )
     console = Console(stderr=True)
     start = time.monotonic()
     with console.status("bringing the Fabric network up") as status:
+
         def report(step: str) -> None:
             status.update(f"network up: {step}")
             console.log(step)
@@ -928,12 +1246,17 @@ def up_command(state_dir: Path | None, consortium_dir: Path | None, hospitals: i
 
 @network_group.command("down")
 @_state_dir_option
-@click.option("--keep-state", is_flag=True, help="Stop the processes but keep ledgers, identities and logs.")
+@click.option(
+    "--keep-state", is_flag=True, help="Stop the processes but keep ledgers, identities and logs."
+)
 def down_command(state_dir: Path | None, keep_state: bool) -> None:
     """Stop every process of the network and (unless --keep-state) remove its state."""
     network = FabricNetwork(state_dir)
     stopped = network.down(purge=not keep_state)
-    click.echo(f"stopped {len(stopped)} process(es)" + ("" if keep_state else f"; removed {network.state_dir}"))
+    click.echo(
+        f"stopped {len(stopped)} process(es)"
+        + ("" if keep_state else f"; removed {network.state_dir}")
+    )
 
 
 @network_group.command("status")
@@ -978,8 +1301,19 @@ def _print_status(status: dict[str, Any]) -> None:
     for column in ("node", "kind", "organisation", "address", "pid", "state"):
         table.add_column(column)
     for node in status["nodes"]:
-        state = "running" if node["pid"] and node["listening"] else ("starting" if node["pid"] else "stopped")
-        table.add_row(node["name"], node["kind"], node["msp_id"], node["address"], str(node["pid"] or "-"), state)
+        state = (
+            "running"
+            if node["pid"] and node["listening"]
+            else ("starting" if node["pid"] else "stopped")
+        )
+        table.add_row(
+            node["name"],
+            node["kind"],
+            node["msp_id"],
+            node["address"],
+            str(node["pid"] or "-"),
+            state,
+        )
     console.print(table)
     console.print(f"channel {status['channel']}, chaincode {status['chaincode']}")
     console.print(f"ledger URL: {status['ledger_url']}")

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from consortium.canonical import canonical_json, sha256_hex
-from consortium.errors import SettlementError
-from consortium.files import write_atomic
+from bcfl_common.canonical import canonical_json, sha256_hex
+from bcfl_common.errors import SettlementError
+from bcfl_common.files import write_atomic
 from consortium.loopback import free_port
 
 log = logging.getLogger(__name__)
@@ -1253,10 +1253,13 @@ def rpc_errors(endpoint: str, what: str) -> Iterator[None]:
         raise
     except (requests.exceptions.RequestException, ConnectionError, OSError) as exc:
         raise SettlementError(
-            f"cannot reach {endpoint} to {what}: {exc.__class__.__name__}: {exc}", code=CODE_UNREACHABLE
+            f"cannot reach {endpoint} to {what}: {exc.__class__.__name__}: {exc}",
+            code=CODE_UNREACHABLE,
         ) from exc
     except Web3RPCError as exc:
-        raise SettlementError(f"{endpoint} refused to {what}: {exc.message}", code=CODE_UNREACHABLE) from exc
+        raise SettlementError(
+            f"{endpoint} refused to {what}: {exc.message}", code=CODE_UNREACHABLE
+        ) from exc
 
 
 def _default_fees(w3: Any) -> dict[str, int]:
@@ -1500,8 +1503,6 @@ def eth_toolchain(timeout: float = 600.0) -> Toolchain:
             f"{script} did not finish within {timeout:.0f}s", code=CODE_CONFIG
         ) from exc
     return Toolchain(Path(out.stdout.strip().splitlines()[-1]))
-
-
 
 
 class AnvilNode:

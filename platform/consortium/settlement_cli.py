@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from consortium.errors import SettlementError
+from bcfl_common.errors import SettlementError
 
 
 def format_tokens(amount: int, decimals: int = 18) -> str:
@@ -239,7 +239,7 @@ def demo_cmd(hospitals: int, rounds: int, workdir: str | None) -> None:
     from eth_account import Account
     from rich.progress import Progress
 
-    from consortium.canonical import canonical_json, sha256_hex
+    from bcfl_common.canonical import canonical_json, sha256_hex
     from consortium.settlement import PayeeDirectory, RoundRewards, local_settlement, token_units
 
     console = Console()

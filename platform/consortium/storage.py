@@ -17,8 +17,8 @@ from urllib.parse import unquote, urlparse
 
 from multiformats import CID, multihash
 
-from consortium.errors import ConfigError, StoreError, StoreIntegrityError
-from consortium.files import write_atomic
+from bcfl_common.errors import ConfigError, StoreError, StoreIntegrityError
+from bcfl_common.files import write_atomic
 
 # Largest artifact a store accepts (an encrypted update of ~10M parameters fits).
 MAX_ARTIFACT_BYTES = 512 * 1024 * 1024
@@ -34,7 +34,9 @@ def parse_content_id(cid: str) -> bytes:
     try:
         parsed = CID.decode(cid)
     except (ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"content id {cid!r} is not a valid CID ({exc})", code="BAD_CONTENT_ID") from exc
+        raise StoreError(
+            f"content id {cid!r} is not a valid CID ({exc})", code="BAD_CONTENT_ID"
+        ) from exc
     if parsed.version != 1 or parsed.hashfun.name != "sha2-256":
         raise StoreError(
             f"content id {cid!r} is CIDv{parsed.version} with {parsed.hashfun.name}; expected CIDv1 with sha2-256",
@@ -109,10 +111,13 @@ class FileStore:
         try:
             size = path.stat().st_size
         except FileNotFoundError as exc:
-            raise StoreError(f"artifact {cid} is not in store {self.url}", code="ARTIFACT_NOT_FOUND") from exc
+            raise StoreError(
+                f"artifact {cid} is not in store {self.url}", code="ARTIFACT_NOT_FOUND"
+            ) from exc
         if size > max_bytes:
             raise StoreError(
-                f"artifact {cid} is {size} bytes; the caller accepts at most {max_bytes}", code="ARTIFACT_TOO_LARGE"
+                f"artifact {cid} is {size} bytes; the caller accepts at most {max_bytes}",
+                code="ARTIFACT_TOO_LARGE",
             )
         data = path.read_bytes()
         if hashlib.sha256(data).digest() != digest:

@@ -29,7 +29,12 @@ def put_command(url: str, file: Path, as_json: bool) -> None:
 @store_group.command("get")
 @click.argument("url", envvar="BCFL_STORE")
 @click.argument("content_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write here instead of stdout.",
+)
 def get_command(url: str, content_id: str, output: Path | None) -> None:
     """Fetch CONTENT_ID (its hash is checked before anything is written)."""
     data = open_store(url).get(content_id)

@@ -48,7 +48,7 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 from multiformats import CID, multihash
 
-from consortium.errors import ConfigError, StoreError, StoreIntegrityError
+from bcfl_common.errors import ConfigError, StoreError, StoreIntegrityError
 from consortium.storage import (
     MAX_ARTIFACT_BYTES,
     StoredArtifact,

@@ -31,7 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from consortium.errors import BcflError, ConfigError, ContractError
+from bcfl_common.errors import BcflError, ConfigError, ContractError
 from consortium.http_auth import AUTH_HEADERS, Principal, authenticate
 from coordinator.schemas import (
     IDENTIFIER,
@@ -79,17 +79,28 @@ def error_status(exc: BcflError) -> int:
     return exc.http_status
 
 
-def _json_error(status: int, code: str, message: str, detail: dict[str, Any] | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message, "detail": detail or {}}, status_code=status)
+def _json_error(
+    status: int, code: str, message: str, detail: dict[str, Any] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"code": code, "message": message, "detail": detail or {}}, status_code=status
+    )
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, detail: dict[str, Any] | None = None) -> None:
+async def _send_error(
+    send: Send, status: int, code: str, message: str, detail: dict[str, Any] | None = None
+) -> None:
     body = json.dumps({"code": code, "message": message, "detail": detail or {}}).encode()
-    await send({
-        "type": "http.response.start",
-        "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-    })
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -138,7 +149,9 @@ class SignedRequestMiddleware:
                 status_box["status"] = message["status"]
             await send(message)
 
-        async def refuse(status: int, code: str, message: str, detail: dict[str, Any] | None = None) -> None:
+        async def refuse(
+            status: int, code: str, message: str, detail: dict[str, Any] | None = None
+        ) -> None:
             status_box["code"] = code
             await _send_error(send_recording, status, code, message, detail)
 
@@ -147,12 +160,19 @@ class SignedRequestMiddleware:
             declared = headers.get("content-length")
             if declared is not None:
                 if not declared.isdigit():
-                    await refuse(400, "BAD_REQUEST", f"Content-Length: got {declared[:40]!r}, expected a byte count")
+                    await refuse(
+                        400,
+                        "BAD_REQUEST",
+                        f"Content-Length: got {declared[:40]!r}, expected a byte count",
+                    )
                     return
                 if int(declared) > self.limit:
-                    await refuse(413, "PAYLOAD_TOO_LARGE",
-                                 f"request body: {declared} bytes, expected at most {self.limit} bytes",
-                                 {"size": int(declared), "max_body_bytes": self.limit})
+                    await refuse(
+                        413,
+                        "PAYLOAD_TOO_LARGE",
+                        f"request body: {declared} bytes, expected at most {self.limit} bytes",
+                        {"size": int(declared), "max_body_bytes": self.limit},
+                    )
                     return
             if not path.startswith("/api/"):
                 await self.app(scope, receive, send_recording)
@@ -166,30 +186,42 @@ class SignedRequestMiddleware:
                 body += message.get("body", b"")
                 more = message.get("more_body", False)
                 if len(body) > self.limit:
-                    await refuse(413, "PAYLOAD_TOO_LARGE",
-                                 f"request body: more than {self.limit} bytes, expected at most {self.limit} bytes",
-                                 {"max_body_bytes": self.limit})
+                    await refuse(
+                        413,
+                        "PAYLOAD_TOO_LARGE",
+                        f"request body: more than {self.limit} bytes, expected at most {self.limit} bytes",
+                        {"max_body_bytes": self.limit},
+                    )
                     return
             raw_path = scope.get("raw_path") or path.encode()
             target = raw_path.decode("latin-1")
             if scope.get("query_string"):
                 target += "?" + scope["query_string"].decode("latin-1")
             try:
-                principal = await anyio.to_thread.run_sync(self._authenticate, headers, method, target, bytes(body))
+                principal = await anyio.to_thread.run_sync(
+                    self._authenticate, headers, method, target, bytes(body)
+                )
             except BcflError as exc:
                 await refuse(error_status(exc), exc.code, exc.message, exc.detail)
                 return
             role = required_role(path)
             if not principal.role_honoured:
-                await refuse(403, "FORBIDDEN_ROLE",
-                             f"role {principal.role!r} is not honoured from {principal.msp_id}, a "
-                             f"{principal.organisation_kind} organisation", {"role": principal.role})
+                await refuse(
+                    403,
+                    "FORBIDDEN_ROLE",
+                    f"role {principal.role!r} is not honoured from {principal.msp_id}, a "
+                    f"{principal.organisation_kind} organisation",
+                    {"role": principal.role},
+                )
                 return
             if role is not None and principal.role != role:
-                await refuse(403, "FORBIDDEN_ROLE",
-                             f"{method} {path} is for role {role!r}, not {principal.role!r} "
-                             f"({principal.name}@{principal.msp_id})",
-                             {"role": principal.role, "required": role})
+                await refuse(
+                    403,
+                    "FORBIDDEN_ROLE",
+                    f"{method} {path} is for role {role!r}, not {principal.role!r} "
+                    f"({principal.name}@{principal.msp_id})",
+                    {"role": principal.role, "required": role},
+                )
                 return
             scope.setdefault("state", {})["principal"] = principal
             replayed = False
@@ -205,7 +237,9 @@ class SignedRequestMiddleware:
         finally:
             if path.startswith("/api/"):
                 fields = {
-                    "msp_id": principal.msp_id if principal else headers.get(AUTH_HEADERS[0].lower(), "")[:64] or None,
+                    "msp_id": principal.msp_id
+                    if principal
+                    else headers.get(AUTH_HEADERS[0].lower(), "")[:64] or None,
                     "name": principal.name if principal else None,
                     "role": principal.role if principal else None,
                     "method": method[:16],
@@ -214,11 +248,25 @@ class SignedRequestMiddleware:
                     "code": status_box["code"],
                 }
                 await anyio.to_thread.run_sync(lambda: self.service.audit(**fields))
-                log.info("%s %s %s -> %s (%.0f ms)", fields["msp_id"], method, path, fields["status"], 1000 * (time.time() - started))
+                log.info(
+                    "%s %s %s -> %s (%.0f ms)",
+                    fields["msp_id"],
+                    method,
+                    path,
+                    fields["status"],
+                    1000 * (time.time() - started),
+                )
 
-    def _authenticate(self, headers: dict[str, str], method: str, target: str, body: bytes) -> Principal:
+    def _authenticate(
+        self, headers: dict[str, str], method: str, target: str, body: bytes
+    ) -> Principal:
         principal = authenticate(
-            headers, method, target, body, self.service.consortium, max_skew=self.service.config.max_clock_skew
+            headers,
+            method,
+            target,
+            body,
+            self.service.consortium,
+            max_skew=self.service.config.max_clock_skew,
         )
         self.service.remember_nonce(principal)
         return principal
@@ -265,8 +313,11 @@ def validation_error_body(exc: RequestValidationError) -> dict[str, Any]:
 
 def _require_admin_or_auditor(who: Any, what: str) -> None:
     if who.role not in ("admin", "auditor"):
-        raise ContractError(f"{what} is for admins and auditors, not {who.role!r}", code="FORBIDDEN_ROLE",
-                            detail={"role": who.role, "allowed": ["admin", "auditor"]})
+        raise ContractError(
+            f"{what} is for admins and auditors, not {who.role!r}",
+            code="FORBIDDEN_ROLE",
+            detail={"role": who.role, "allowed": ["admin", "auditor"]},
+        )
 
 
 def create_app(service: CoordinatorService, *, manage_service: bool = True) -> FastAPI:
@@ -325,7 +376,6 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
                 detail={"field": "msp_id", "value": msp_id, "expected": who.msp_id},
             )
 
-
     # -- open -------------------------------------------------------------------------------
     @app.get("/healthz", tags=["service"], summary="Liveness (no authentication)")
     def healthz() -> dict[str, str]:
@@ -337,22 +387,38 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
         return who.to_dict()
 
     @app.get(f"{API_PREFIX}/trials", tags=["read"], summary="Trials on the ledger")
-    def list_trials(state: str | None = Query(default=None, pattern="^(DRAFT|ENROLLING|RUNNING|COMPLETED|HALTED)$")) -> list[dict[str, Any]]:
+    def list_trials(
+        state: str | None = Query(
+            default=None, pattern="^(DRAFT|ENROLLING|RUNNING|COMPLETED|HALTED)$"
+        ),
+    ) -> list[dict[str, Any]]:
         return service.query("list_trials", {} if state is None else {"state": state})
 
     @app.get(f"{API_PREFIX}/trials/{{trial_id}}", tags=["read"], summary="One trial record")
     def get_trial(trial_id: TrialId) -> dict[str, Any]:
         return service.trial(trial_id)
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/enrolments", tags=["read"], summary="Enrolments on the ledger")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/enrolments",
+        tags=["read"],
+        summary="Enrolments on the ledger",
+    )
     def get_enrolments(trial_id: TrialId) -> list[dict[str, Any]]:
         return service.query("get_enrolments", {"trial_id": trial_id})
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/keys", tags=["read"], summary="The trial's public HE context and key envelopes (refs)")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/keys",
+        tags=["read"],
+        summary="The trial's public HE context and key envelopes (refs)",
+    )
     def get_trial_keys(trial_id: TrialId) -> dict[str, Any]:
         return service.query("get_trial_keys", {"trial_id": trial_id})
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rounds", tags=["read"], summary="Every attempt of every round")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rounds",
+        tags=["read"],
+        summary="Every attempt of every round",
+    )
     def list_rounds(trial_id: TrialId) -> list[dict[str, Any]]:
         return service.query("list_rounds", {"trial_id": trial_id})
 
@@ -362,41 +428,93 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
             args["attempt"] = attempt
         return args
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}", tags=["read"], summary="One round")
-    def get_round(trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None) -> dict[str, Any]:
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}",
+        tags=["read"],
+        summary="One round",
+    )
+    def get_round(
+        trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None
+    ) -> dict[str, Any]:
         return service.query("get_round", _round_args(trial_id, round_number, attempt))
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/submissions", tags=["read"],
-             summary="Update commitments and reveals of a round")
-    def get_submissions(trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None) -> list[dict[str, Any]]:
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/submissions",
+        tags=["read"],
+        summary="Update commitments and reveals of a round",
+    )
+    def get_submissions(
+        trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None
+    ) -> list[dict[str, Any]]:
         return service.query("get_submissions", _round_args(trial_id, round_number, attempt))
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/votes", tags=["read"], summary="Vote commitments and reveals")
-    def get_votes(trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None) -> list[dict[str, Any]]:
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/votes",
+        tags=["read"],
+        summary="Vote commitments and reveals",
+    )
+    def get_votes(
+        trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None
+    ) -> list[dict[str, Any]]:
         return service.query("get_votes", _round_args(trial_id, round_number, attempt))
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/acceptance", tags=["read"],
-             summary="Acceptance, weights, contributions and rewards computed by the contract")
-    def get_acceptance(trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None) -> dict[str, Any]:
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/acceptance",
+        tags=["read"],
+        summary="Acceptance, weights, contributions and rewards computed by the contract",
+    )
+    def get_acceptance(
+        trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None
+    ) -> dict[str, Any]:
         return service.query("get_acceptance", _round_args(trial_id, round_number, attempt))
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/attestations", tags=["read"], summary="Model attestations")
-    def get_attestations(trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None) -> list[dict[str, Any]]:
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rounds/{{round_number}}/attestations",
+        tags=["read"],
+        summary="Model attestations",
+    )
+    def get_attestations(
+        trial_id: TrialId, round_number: RoundNo, attempt: Attempt = None
+    ) -> list[dict[str, Any]]:
         return service.query("get_attestations", _round_args(trial_id, round_number, attempt))
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/privacy", tags=["read"], summary="Privacy ledger: epsilon spent per hospital")
-    def get_privacy(trial_id: TrialId, msp_id: str | None = Query(default=None, pattern=IDENTIFIER)) -> list[dict[str, Any]]:
-        return service.query("get_privacy_ledger", {"trial_id": trial_id} | ({"msp_id": msp_id} if msp_id else {}))
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/privacy",
+        tags=["read"],
+        summary="Privacy ledger: epsilon spent per hospital",
+    )
+    def get_privacy(
+        trial_id: TrialId, msp_id: str | None = Query(default=None, pattern=IDENTIFIER)
+    ) -> list[dict[str, Any]]:
+        return service.query(
+            "get_privacy_ledger", {"trial_id": trial_id} | ({"msp_id": msp_id} if msp_id else {})
+        )
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/rewards", tags=["read"], summary="Reward accounts and per-round rewards")
-    def get_rewards(trial_id: TrialId, msp_id: str | None = Query(default=None, pattern=IDENTIFIER)) -> dict[str, Any]:
-        return service.query("get_rewards", {"trial_id": trial_id} | ({"msp_id": msp_id} if msp_id else {}))
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/rewards",
+        tags=["read"],
+        summary="Reward accounts and per-round rewards",
+    )
+    def get_rewards(
+        trial_id: TrialId, msp_id: str | None = Query(default=None, pattern=IDENTIFIER)
+    ) -> dict[str, Any]:
+        return service.query(
+            "get_rewards", {"trial_id": trial_id} | ({"msp_id": msp_id} if msp_id else {})
+        )
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/lineage", tags=["read"], summary="Model lineage and rollbacks")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/lineage",
+        tags=["read"],
+        summary="Model lineage and rollbacks",
+    )
     def get_lineage(trial_id: TrialId) -> dict[str, Any]:
         return service.query("get_model_lineage", {"trial_id": trial_id})
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/history", tags=["read"], summary="Every value a trial record ever had")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/history",
+        tags=["read"],
+        summary="Every value a trial record ever had",
+    )
     def get_history(
         trial_id: TrialId,
         record: str = Query(default="trial", pattern=r"^[a-z_]{1,32}$"),
@@ -410,7 +528,11 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
                 args[key] = value
         return service.query("get_history", args)
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/events", tags=["read"], summary="Progress feed: the trial's ledger events")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/events",
+        tags=["read"],
+        summary="Progress feed: the trial's ledger events",
+    )
     def get_events(
         trial_id: TrialId,
         since_block: int = Query(default=0, ge=0),
@@ -420,10 +542,16 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
 
     @app.get(f"{API_PREFIX}/ledger", tags=["read"], summary="Ledger height")
     def ledger_info() -> dict[str, Any]:
-        return {"url_scheme": service.config.ledger_url.split(":", 1)[0], "height": service.reader.height()}
+        return {
+            "url_scheme": service.config.ledger_url.split(":", 1)[0],
+            "height": service.reader.height(),
+        }
 
-    @app.get(f"{API_PREFIX}/ledger/verify", tags=["read"],
-             summary="Re-verify every block, signature and index of the ledger (admins and auditors: it reads the whole chain)")
+    @app.get(
+        f"{API_PREFIX}/ledger/verify",
+        tags=["read"],
+        summary="Re-verify every block, signature and index of the ledger (admins and auditors: it reads the whole chain)",
+    )
     def verify_ledger(who: Who) -> dict[str, Any]:
         _require_admin_or_auditor(who, "a full ledger verification")
         return service.verify_ledger()
@@ -432,12 +560,17 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
     def scheduler_status() -> dict[str, Any]:
         return service.scheduler.status()
 
-    @app.get(f"{API_PREFIX}/trials/{{trial_id}}/settlement", tags=["read"],
-             summary="Ethereum settlement of the trial: switch, halt (e.g. SETTLEMENT_CHAIN_CHANGED) and each round's settlement")
+    @app.get(
+        f"{API_PREFIX}/trials/{{trial_id}}/settlement",
+        tags=["read"],
+        summary="Ethereum settlement of the trial: switch, halt (e.g. SETTLEMENT_CHAIN_CHANGED) and each round's settlement",
+    )
     def get_settlement(trial_id: TrialId) -> dict[str, Any]:
         return service.trial_settlement(trial_id)
 
-    @app.get(f"{API_PREFIX}/audit-log", tags=["read"], summary="The API audit log (admins and auditors)")
+    @app.get(
+        f"{API_PREFIX}/audit-log", tags=["read"], summary="The API audit log (admins and auditors)"
+    )
     def audit_log(
         who: Who,
         limit: int = Query(default=100, ge=1, le=1000),
@@ -447,82 +580,154 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
         return service.database.audit_log(limit=limit, msp_id=msp_id)
 
     # -- silo -------------------------------------------------------------------------------
-    @app.post(f"{API_PREFIX}/silo/trials/{{trial_id}}/enrolment-requests", status_code=201, tags=["silo"],
-              summary="Ask to join a trial with the hospital's X25519 key (one request per hospital per trial)")
-    def request_enrolment(body: EnrolmentRequestBody, trial_id: TrialId, who: Who) -> dict[str, Any]:
+    @app.post(
+        f"{API_PREFIX}/silo/trials/{{trial_id}}/enrolment-requests",
+        status_code=201,
+        tags=["silo"],
+        summary="Ask to join a trial with the hospital's X25519 key (one request per hospital per trial)",
+    )
+    def request_enrolment(
+        body: EnrolmentRequestBody, trial_id: TrialId, who: Who
+    ) -> dict[str, Any]:
         own_organisation(who, body.msp_id, "request enrolment")
         return service.request_enrolment(trial_id, who, body.encryption_public_key)
 
-    @app.get(f"{API_PREFIX}/silo/trials/{{trial_id}}/enrolment-requests/{{msp_id}}", tags=["silo"],
-             summary="The caller's own enrolment request")
+    @app.get(
+        f"{API_PREFIX}/silo/trials/{{trial_id}}/enrolment-requests/{{msp_id}}",
+        tags=["silo"],
+        summary="The caller's own enrolment request",
+    )
     def own_enrolment_request(trial_id: TrialId, msp_id: MspId, who: Who) -> dict[str, Any]:
         own_organisation(who, msp_id, "read enrolment requests")
         return service.enrolment_request(trial_id, msp_id)
 
     # -- admin ------------------------------------------------------------------------------
-    @app.post(f"{API_PREFIX}/admin/trials", status_code=201, tags=["admin"],
-              summary="Create a trial (builds and stores the initial model) and open its enrolment")
+    @app.post(
+        f"{API_PREFIX}/admin/trials",
+        status_code=201,
+        tags=["admin"],
+        summary="Create a trial (builds and stores the initial model) and open its enrolment",
+    )
     def create_trial(spec: TrialSpec, who: Who) -> dict[str, Any]:
         return service.create_trial(spec, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/open-enrolment", tags=["admin"], summary="DRAFT -> ENROLLING")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/open-enrolment",
+        tags=["admin"],
+        summary="DRAFT -> ENROLLING",
+    )
     def open_enrolment(trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.open_enrolment(trial_id, who)
 
-    @app.get(f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolment-requests", tags=["admin"], summary="Enrolment requests of a trial")
+    @app.get(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolment-requests",
+        tags=["admin"],
+        summary="Enrolment requests of a trial",
+    )
     def list_enrolment_requests(
-        trial_id: TrialId, status: str | None = Query(default=None, pattern="^(" + "|".join(ENROLMENT_STATUSES) + ")$")
+        trial_id: TrialId,
+        status: str | None = Query(
+            default=None, pattern="^(" + "|".join(ENROLMENT_STATUSES) + ")$"
+        ),
     ) -> list[dict[str, Any]]:
         return service.enrolment_requests(trial_id, status)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolments", status_code=201, tags=["admin"],
-              summary="Approve a hospital's pending request: enrol it on the ledger with its key")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolments",
+        status_code=201,
+        tags=["admin"],
+        summary="Approve a hospital's pending request: enrol it on the ledger with its key",
+    )
     def enrol(body: EnrolBody, trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.approve_enrolment(trial_id, body.msp_id, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolment-requests/{{msp_id}}/reject", tags=["admin"],
-              summary="Reject a pending enrolment request")
-    def reject(trial_id: TrialId, msp_id: MspId, who: Who,
-               body: OptionalReasonBody | None = None) -> dict[str, Any]:
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolment-requests/{{msp_id}}/reject",
+        tags=["admin"],
+        summary="Reject a pending enrolment request",
+    )
+    def reject(
+        trial_id: TrialId, msp_id: MspId, who: Who, body: OptionalReasonBody | None = None
+    ) -> dict[str, Any]:
         return service.reject_enrolment(trial_id, msp_id, body.reason if body else None, who)
 
-    @app.delete(f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolments/{{msp_id}}", tags=["admin"], summary="Remove an enrolled hospital")
-    def remove(trial_id: TrialId, msp_id: MspId, who: Who,
-               reason: str | None = Query(default=None, max_length=1024)) -> dict[str, Any]:
+    @app.delete(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/enrolments/{{msp_id}}",
+        tags=["admin"],
+        summary="Remove an enrolled hospital",
+    )
+    def remove(
+        trial_id: TrialId,
+        msp_id: MspId,
+        who: Who,
+        reason: str | None = Query(default=None, max_length=1024),
+    ) -> dict[str, Any]:
         return service.remove_hospital(trial_id, msp_id, reason, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/start", tags=["admin"], summary="ENROLLING -> RUNNING")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/start",
+        tags=["admin"],
+        summary="ENROLLING -> RUNNING",
+    )
     def start(trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.start_trial(trial_id, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/halt", tags=["admin"], summary="Halt the trial (and its open round)")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/halt",
+        tags=["admin"],
+        summary="Halt the trial (and its open round)",
+    )
     def halt(body: ReasonBody, trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.halt_trial(trial_id, body.reason, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/rollback", tags=["admin"], summary="Reopen training from an earlier finalized round")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/rollback",
+        tags=["admin"],
+        summary="Reopen training from an earlier finalized round",
+    )
     def rollback(body: RollbackBody, trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.rollback(trial_id, body.to_round, body.reason, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/complete", tags=["admin"], summary="RUNNING -> COMPLETED (all rounds finalized)")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/complete",
+        tags=["admin"],
+        summary="RUNNING -> COMPLETED (all rounds finalized)",
+    )
     def complete(trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.complete_trial(trial_id, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/rounds", status_code=201, tags=["admin"],
-              summary="Open the next round now (e.g. to resume after a halted round)")
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/rounds",
+        status_code=201,
+        tags=["admin"],
+        summary="Open the next round now (e.g. to resume after a halted round)",
+    )
     def open_round(trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.open_round(trial_id, who)
 
-    @app.post(f"{API_PREFIX}/admin/trials/{{trial_id}}/rounds/{{round_number}}/abort", tags=["admin"], summary="Halt the current round")
-    def abort_round(body: ReasonBody, trial_id: TrialId, round_number: RoundNo,
-                    who: Who) -> dict[str, Any]:
+    @app.post(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/rounds/{{round_number}}/abort",
+        tags=["admin"],
+        summary="Halt the current round",
+    )
+    def abort_round(
+        body: ReasonBody, trial_id: TrialId, round_number: RoundNo, who: Who
+    ) -> dict[str, Any]:
         return service.abort_round(trial_id, round_number, body.reason, who)
 
-    @app.put(f"{API_PREFIX}/admin/trials/{{trial_id}}/settlement", tags=["admin"],
-             summary="Switch Ethereum settlement of the trial's finalized rounds on or off (on again resumes after a halt)")
+    @app.put(
+        f"{API_PREFIX}/admin/trials/{{trial_id}}/settlement",
+        tags=["admin"],
+        summary="Switch Ethereum settlement of the trial's finalized rounds on or off (on again resumes after a halt)",
+    )
     def set_settlement(body: SettlementSwitchBody, trial_id: TrialId, who: Who) -> dict[str, Any]:
         return service.set_trial_settlement(trial_id, body.enabled, body.reason, who)
 
-    @app.post(f"{API_PREFIX}/admin/scheduler/run", tags=["admin"], summary="Run one scheduler pass now and return what it did")
+    @app.post(
+        f"{API_PREFIX}/admin/scheduler/run",
+        tags=["admin"],
+        summary="Run one scheduler pass now and return what it did",
+    )
     def run_scheduler() -> dict[str, Any]:
         return {"outcomes": [o.to_dict() for o in service.scheduler.tick()]}
 

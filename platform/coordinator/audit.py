@@ -26,9 +26,9 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from bcfl_common.errors import BcflError, ContractError, SettlementError
 from chaincode import rules
 from chaincode.commitments import update_commitment, votes_commitment
-from consortium.errors import BcflError, ContractError, SettlementError
 from coordinator.settlement_step import (
     TOKEN_UNITS_PER_REWARD,
     chain_rewards,
@@ -63,7 +63,10 @@ def _label(r: int, a: int) -> str:
 
 
 def _rounds(ledger: Any, trial_id: str) -> list[dict[str, Any]]:
-    return sorted(ledger.evaluate("list_rounds", {"trial_id": trial_id}), key=lambda x: (x["round"], x["attempt"]))
+    return sorted(
+        ledger.evaluate("list_rounds", {"trial_id": trial_id}),
+        key=lambda x: (x["round"], x["attempt"]),
+    )
 
 
 def _maybe(ledger: Any, function: str, args: dict[str, Any]) -> Any:
@@ -79,7 +82,11 @@ def _maybe(ledger: Any, function: str, args: dict[str, Any]) -> Any:
 def _switch(policy: dict[str, Any], on: str) -> dict[str, Any]:
     if policy["enabled"]:
         return {"enabled": True, "summary": on, "reason": None}
-    return {"enabled": False, "summary": "off", "reason": policy.get("reason") or "(no reason recorded)"}
+    return {
+        "enabled": False,
+        "summary": "off",
+        "reason": policy.get("reason") or "(no reason recorded)",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -90,12 +97,21 @@ def _switch(policy: dict[str, Any], on: str) -> dict[str, Any]:
 def trials_report(ledger: Any) -> dict[str, Any]:
     rows = []
     for t in sorted(ledger.evaluate("list_trials", {}), key=lambda t: t["trial_id"]):
-        rows.append({
-            "trial_id": t["trial_id"], "state": t["state"], "task": t["task"], "model": t["model"]["name"],
-            "finalized": t["head"]["round"], "rounds": t["rounds"], "current": t["current"],
-            "dp": _switch(t["dp"], "on")["summary"], "he": _switch(t["he"], "on")["summary"],
-            "rollbacks": len(t["rollbacks"]), "created_at": t["created_at"],
-        })
+        rows.append(
+            {
+                "trial_id": t["trial_id"],
+                "state": t["state"],
+                "task": t["task"],
+                "model": t["model"]["name"],
+                "finalized": t["head"]["round"],
+                "rounds": t["rounds"],
+                "current": t["current"],
+                "dp": _switch(t["dp"], "on")["summary"],
+                "he": _switch(t["he"], "on")["summary"],
+                "rollbacks": len(t["rollbacks"]),
+                "created_at": t["created_at"],
+            }
+        )
     return _report(trials=rows)
 
 
@@ -103,55 +119,106 @@ def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
     """State, privacy switches (with reasons), enrolments, and every round attempt with its verdicts and rewards."""
     trial = ledger.evaluate("get_trial", {"trial_id": trial_id})
     dp, he = trial["dp"], trial["he"]
-    dp_switch = _switch(dp, f"on: target epsilon {epsilon(dp.get('target_epsilon_micro'))}, "
-                            f"delta {dp.get('delta', ['?', '?'])[0]}/{dp.get('delta', ['?', '?'])[1]}, "
-                            f"accountant {dp.get('accountant')}, max grad norm {(dp.get('max_grad_norm_milli') or 0) / 1000}")
+    dp_switch = _switch(
+        dp,
+        f"on: target epsilon {epsilon(dp.get('target_epsilon_micro'))}, "
+        f"delta {dp.get('delta', ['?', '?'])[0]}/{dp.get('delta', ['?', '?'])[1]}, "
+        f"accountant {dp.get('accountant')}, max grad norm {(dp.get('max_grad_norm_milli') or 0) / 1000}",
+    )
     he_switch = _switch(he, f"on: CKKS preset {he.get('preset')}")
     warnings = []  # explicit, recorded decisions: shown prominently, not failures
     if not he["enabled"]:
-        warnings.append(f"homomorphic encryption is OFF ({he_switch['reason']}): updates are not encrypted")
+        warnings.append(
+            f"homomorphic encryption is OFF ({he_switch['reason']}): updates are not encrypted"
+        )
     if not dp["enabled"]:
-        warnings.append(f"differential privacy is OFF ({dp_switch['reason']}): no privacy budget protects the patients")
-    rewards = {(r["round"], r["attempt"]): r for r in ledger.evaluate("get_rewards", {"trial_id": trial_id})["rounds"]}
+        warnings.append(
+            f"differential privacy is OFF ({dp_switch['reason']}): no privacy budget protects the patients"
+        )
+    rewards = {
+        (r["round"], r["attempt"]): r
+        for r in ledger.evaluate("get_rewards", {"trial_id": trial_id})["rounds"]
+    }
     rounds = []
     for rnd in _rounds(ledger, trial_id):
         r, a = rnd["round"], rnd["attempt"]
-        acceptance = _maybe(ledger, "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a})
+        acceptance = _maybe(
+            ledger, "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a}
+        )
         candidates = []
         if acceptance is not None:
             for msp, v in sorted(acceptance["candidates"].items()):
-                candidates.append({
-                    "msp_id": msp, "accepted": v["accepted"], "reason": v["reason"], "median_micro": v["median_micro"],
-                    "votes": v["votes"], "required_votes": v["required_votes"], "sample_weight": v["sample_weight"],
-                    "weight": v["weight"], "contribution": v["contribution"], "reward": v["reward"], "sha256": v["sha256"],
-                })
+                candidates.append(
+                    {
+                        "msp_id": msp,
+                        "accepted": v["accepted"],
+                        "reason": v["reason"],
+                        "median_micro": v["median_micro"],
+                        "votes": v["votes"],
+                        "required_votes": v["required_votes"],
+                        "sample_weight": v["sample_weight"],
+                        "weight": v["weight"],
+                        "contribution": v["contribution"],
+                        "reward": v["reward"],
+                        "sha256": v["sha256"],
+                    }
+                )
         rr = rewards.get((r, a))
-        rounds.append({
-            "round": r, "attempt": a, "phase": rnd["phase"], "opened_at": rnd["opened_at"],
-            "base_round": rnd["base"]["round"], "enrolled": rnd["enrolled"], "committed": rnd["committed"],
-            "candidates": candidates, "accepted": rnd["accepted"], "total_weight": rnd["total_weight"],
-            "aggregate_sha256": (rnd["aggregate"] or {}).get("sha256"),
-            "model_sha256": (rnd["model"] or {}).get("sha256"), "finalized_at": rnd["finalized_at"],
-            "halt": None if rnd["halt"] is None else {"code": rnd["halt"]["code"], "reason": rnd["halt"]["reason"]},
-            "disputes": rnd["disputes"],
-            "rewards_status": None if rr is None else rr["status"],
-            "settlement": None if rr is None else rr["settlement"],
-        })
+        rounds.append(
+            {
+                "round": r,
+                "attempt": a,
+                "phase": rnd["phase"],
+                "opened_at": rnd["opened_at"],
+                "base_round": rnd["base"]["round"],
+                "enrolled": rnd["enrolled"],
+                "committed": rnd["committed"],
+                "candidates": candidates,
+                "accepted": rnd["accepted"],
+                "total_weight": rnd["total_weight"],
+                "aggregate_sha256": (rnd["aggregate"] or {}).get("sha256"),
+                "model_sha256": (rnd["model"] or {}).get("sha256"),
+                "finalized_at": rnd["finalized_at"],
+                "halt": None
+                if rnd["halt"] is None
+                else {"code": rnd["halt"]["code"], "reason": rnd["halt"]["reason"]},
+                "disputes": rnd["disputes"],
+                "rewards_status": None if rr is None else rr["status"],
+                "settlement": None if rr is None else rr["settlement"],
+            }
+        )
     enrolments = [
-        {"msp_id": e["msp_id"], "status": e["status"], "enrolled_at": e["enrolled_at"],
-         "removed_at": e["removed_at"], "removal_reason": e["removal_reason"]}
+        {
+            "msp_id": e["msp_id"],
+            "status": e["status"],
+            "enrolled_at": e["enrolled_at"],
+            "removed_at": e["removed_at"],
+            "removal_reason": e["removal_reason"],
+        }
         for e in ledger.evaluate("get_enrolments", {"trial_id": trial_id})
     ]
     return _report(
         trial={
-            "trial_id": trial_id, "state": trial["state"], "task": trial["task"], "model": trial["model"],
-            "rounds": trial["rounds"], "finalized": trial["head"]["round"], "min_silos": trial["min_silos"],
-            "created_at": trial["created_at"], "created_by": trial["created_by"], "halt": trial["halt"],
-            "evaluation": trial["evaluation"], "phase_seconds": trial["phase_seconds"],
-            "initial_model": trial["initial_model"], "head": trial["head"],
+            "trial_id": trial_id,
+            "state": trial["state"],
+            "task": trial["task"],
+            "model": trial["model"],
+            "rounds": trial["rounds"],
+            "finalized": trial["head"]["round"],
+            "min_silos": trial["min_silos"],
+            "created_at": trial["created_at"],
+            "created_by": trial["created_by"],
+            "halt": trial["halt"],
+            "evaluation": trial["evaluation"],
+            "phase_seconds": trial["phase_seconds"],
+            "initial_model": trial["initial_model"],
+            "head": trial["head"],
         },
-        dp=dict(dp_switch, policy=dp), he=dict(he_switch, policy=he),
-        enrolments=enrolments, rounds=rounds, warnings=warnings,
+        dp=dict(dp_switch, policy=dp),
+        he=dict(he_switch, policy=he),
+        enrolments=enrolments,
+        rounds=rounds,
+        warnings=warnings,
     )
 
 
@@ -177,28 +244,54 @@ def privacy_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         entries = []
         for e in account["entries"]:
             cumulative += e["epsilon_micro"]
-            entries.append({"round": e["round"], "attempt": e["attempt"], "epsilon_micro": e["epsilon_micro"],
-                            "cumulative_micro": cumulative, "at": e["at"]})
+            entries.append(
+                {
+                    "round": e["round"],
+                    "attempt": e["attempt"],
+                    "epsilon_micro": e["epsilon_micro"],
+                    "cumulative_micro": cumulative,
+                    "at": e["at"],
+                }
+            )
             update = revealed.get((msp, e["round"], e["attempt"]))
             if update != e["epsilon_micro"]:
-                problems.append(f"{msp} {_label(e['round'], e['attempt'])}: privacy entry of {e['epsilon_micro']} micro-epsilon "
-                                f"but its revealed update declares {update}")
+                problems.append(
+                    f"{msp} {_label(e['round'], e['attempt'])}: privacy entry of {e['epsilon_micro']} micro-epsilon "
+                    f"but its revealed update declares {update}"
+                )
         if cumulative != account["epsilon_spent_micro"]:
-            problems.append(f"{msp}: entries sum to {cumulative} micro-epsilon, the account says {account['epsilon_spent_micro']}")
+            problems.append(
+                f"{msp}: entries sum to {cumulative} micro-epsilon, the account says {account['epsilon_spent_micro']}"
+            )
         if budget is not None and cumulative > budget:
             problems.append(f"{msp}: spent {cumulative} micro-epsilon, over its budget of {budget}")
         listed = {(e["round"], e["attempt"]) for e in account["entries"]}
         for (m, r, a), value in sorted(revealed.items()):
             if m == msp and (r, a) not in listed:
-                problems.append(f"{msp} {_label(r, a)}: revealed an update spending {value} micro-epsilon with no privacy entry")
-        hospitals.append({"msp_id": msp, "budget_micro": budget, "spent_micro": account["epsilon_spent_micro"],
-                          "remaining_micro": None if budget is None else budget - cumulative, "entries": entries})
+                problems.append(
+                    f"{msp} {_label(r, a)}: revealed an update spending {value} micro-epsilon with no privacy entry"
+                )
+        hospitals.append(
+            {
+                "msp_id": msp,
+                "budget_micro": budget,
+                "spent_micro": account["epsilon_spent_micro"],
+                "remaining_micro": None if budget is None else budget - cumulative,
+                "entries": entries,
+            }
+        )
     dp = trial["dp"]
     return _report(
-        trial_id=trial_id, dp_enabled=dp["enabled"], dp_reason=None if dp["enabled"] else dp.get("reason"),
-        budget_micro=dp.get("target_epsilon_micro"), hospitals=hospitals,
-        checks=["entries sum to each hospital's cumulative epsilon", "cumulative epsilon within the budget",
-                "every entry matches a revealed update and every revealed update has an entry"],
+        trial_id=trial_id,
+        dp_enabled=dp["enabled"],
+        dp_reason=None if dp["enabled"] else dp.get("reason"),
+        budget_micro=dp.get("target_epsilon_micro"),
+        hospitals=hospitals,
+        checks=[
+            "entries sum to each hospital's cumulative epsilon",
+            "cumulative epsilon within the budget",
+            "every entry matches a revealed update and every revealed update has an entry",
+        ],
         problems=problems,
     )
 
@@ -224,21 +317,42 @@ def rewards_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         phase = rnd["phase"] if rnd else None
         want = _EXPECTED_STATUS.get(phase or "", "pending")
         if rr["status"] != want:
-            problems.append(f"{_label(r, a)}: rewards are {rr['status']} but the round is {phase} (expected {want})")
-        acceptance = _maybe(ledger, "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a})
-        if acceptance is not None and (acceptance["rewards"] != rr["rewards"] or acceptance["reward_pool"] != rr["pool"]):
-            problems.append(f"{_label(r, a)}: round_rewards {rr['rewards']} (pool {rr['pool']}) differ from the acceptance's "
-                            f"{acceptance['rewards']} (pool {acceptance['reward_pool']})")
+            problems.append(
+                f"{_label(r, a)}: rewards are {rr['status']} but the round is {phase} (expected {want})"
+            )
+        acceptance = _maybe(
+            ledger, "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a}
+        )
+        if acceptance is not None and (
+            acceptance["rewards"] != rr["rewards"] or acceptance["reward_pool"] != rr["pool"]
+        ):
+            problems.append(
+                f"{_label(r, a)}: round_rewards {rr['rewards']} (pool {rr['pool']}) differ from the acceptance's "
+                f"{acceptance['rewards']} (pool {acceptance['reward_pool']})"
+            )
         if rr["status"] == "credited":
             if sum(rr["rewards"].values()) != rr["pool"]:
-                problems.append(f"{_label(r, a)}: rewards sum to {sum(rr['rewards'].values())}, not the pool {rr['pool']}")
+                problems.append(
+                    f"{_label(r, a)}: rewards sum to {sum(rr['rewards'].values())}, not the pool {rr['pool']}"
+                )
             for msp, amount in rr["rewards"].items():
                 expected_totals[msp] += amount
                 expected_entries[msp].append((r, a, amount))
         if rr["settlement"] is not None and rr["status"] != "credited":
-            problems.append(f"{_label(r, a)}: a settlement is recorded but the rewards are {rr['status']}")
-        rows.append({"round": r, "attempt": a, "phase": phase, "status": rr["status"], "pool": rr["pool"],
-                     "rewards": rr["rewards"], "settlement": rr["settlement"]})
+            problems.append(
+                f"{_label(r, a)}: a settlement is recorded but the rewards are {rr['status']}"
+            )
+        rows.append(
+            {
+                "round": r,
+                "attempt": a,
+                "phase": phase,
+                "status": rr["status"],
+                "pool": rr["pool"],
+                "rewards": rr["rewards"],
+                "settlement": rr["settlement"],
+            }
+        )
     accounts = []
     seen = set()
     for acc in sorted(data["accounts"], key=lambda x: x["msp_id"]):
@@ -246,18 +360,36 @@ def rewards_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         seen.add(msp)
         entries = [(e["round"], e["attempt"], e["amount"]) for e in acc["entries"]]
         if sum(e[2] for e in entries) != acc["total"]:
-            problems.append(f"{msp}: account entries sum to {sum(e[2] for e in entries)}, the account total is {acc['total']}")
+            problems.append(
+                f"{msp}: account entries sum to {sum(e[2] for e in entries)}, the account total is {acc['total']}"
+            )
         if sorted(entries) != sorted(expected_entries.get(msp, [])):
-            problems.append(f"{msp}: account entries {sorted(entries)} differ from the credited rounds' "
-                            f"{sorted(expected_entries.get(msp, []))}")
-        accounts.append({"msp_id": msp, "total": acc["total"], "expected_total": expected_totals.get(msp, 0),
-                         "entries": acc["entries"]})
+            problems.append(
+                f"{msp}: account entries {sorted(entries)} differ from the credited rounds' "
+                f"{sorted(expected_entries.get(msp, []))}"
+            )
+        accounts.append(
+            {
+                "msp_id": msp,
+                "total": acc["total"],
+                "expected_total": expected_totals.get(msp, 0),
+                "entries": acc["entries"],
+            }
+        )
     for msp in sorted(set(expected_totals) - seen):
-        problems.append(f"{msp}: credited {expected_totals[msp]} in finalized rounds but has no reward account")
+        problems.append(
+            f"{msp}: credited {expected_totals[msp]} in finalized rounds but has no reward account"
+        )
     return _report(
-        trial_id=trial_id, rounds=rows, accounts=accounts,
-        checks=["rewards status follows the round (credited/void/pending)", "round_rewards equal the acceptance's",
-                "credited rewards sum to the pool", "accounts equal the sum of credited rounds"],
+        trial_id=trial_id,
+        rounds=rows,
+        accounts=accounts,
+        checks=[
+            "rewards status follows the round (credited/void/pending)",
+            "round_rewards equal the acceptance's",
+            "credited rewards sum to the pool",
+            "accounts equal the sum of credited rounds",
+        ],
         problems=problems,
     )
 
@@ -280,35 +412,69 @@ def lineage_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         if r != i:
             problems.append(f"lineage position {i} holds round {r}; expected round {i}")
         if rnd is None or rnd["phase"] != "FINALIZED":
-            problems.append(f"lineage {_label(r, a)} is not a finalized round ({None if rnd is None else rnd['phase']})")
+            problems.append(
+                f"lineage {_label(r, a)} is not a finalized round ({None if rnd is None else rnd['phase']})"
+            )
         else:
             if rnd["model"] != entry["model"]:
-                problems.append(f"lineage {_label(r, a)}: model {entry['model']} differs from the round's {rnd['model']}")
+                problems.append(
+                    f"lineage {_label(r, a)}: model {entry['model']} differs from the round's {rnd['model']}"
+                )
             if rnd["base"]["model"]["sha256"] != previous["sha256"]:
-                problems.append(f"{_label(r, a)} was trained from {rnd['base']['model']['sha256']}, "
-                                f"not from the previous model in the lineage {previous['sha256']}")
-            attested = ledger.evaluate("get_attestations", {"trial_id": trial_id, "round": r, "attempt": a})
+                problems.append(
+                    f"{_label(r, a)} was trained from {rnd['base']['model']['sha256']}, "
+                    f"not from the previous model in the lineage {previous['sha256']}"
+                )
+            attested = ledger.evaluate(
+                "get_attestations", {"trial_id": trial_id, "round": r, "attempt": a}
+            )
             agreeing = [x["msp_id"] for x in attested if x["sha256"] == entry["model"]["sha256"]]
             quorum = rules.attestation_quorum(len(rnd["participants"]))
             if len(agreeing) < quorum:
-                problems.append(f"{_label(r, a)}: {len(agreeing)} attestations of the model, quorum is {quorum}")
-        chain.append({"round": r, "attempt": a, "model_sha256": entry["model"]["sha256"],
-                      "content_id": entry["model"]["content_id"], "finalized_at": entry["finalized_at"],
-                      "disputes": [] if rnd is None else rnd["disputes"]})
+                problems.append(
+                    f"{_label(r, a)}: {len(agreeing)} attestations of the model, quorum is {quorum}"
+                )
+        chain.append(
+            {
+                "round": r,
+                "attempt": a,
+                "model_sha256": entry["model"]["sha256"],
+                "content_id": entry["model"]["content_id"],
+                "finalized_at": entry["finalized_at"],
+                "disputes": [] if rnd is None else rnd["disputes"],
+            }
+        )
         previous = entry["model"]
     if lineage["head"]["round"] != len(lineage["rounds"]):
-        problems.append(f"head is round {lineage['head']['round']} but the lineage holds {len(lineage['rounds'])} rounds")
+        problems.append(
+            f"head is round {lineage['head']['round']} but the lineage holds {len(lineage['rounds'])} rounds"
+        )
     in_lineage = {(e["round"], e["attempt"]) for e in lineage["rounds"]}
-    attempts = [{"round": r["round"], "attempt": r["attempt"], "phase": r["phase"],
-                 "model_sha256": (r["model"] or {}).get("sha256"),
-                 "in_lineage": (r["round"], r["attempt"]) in in_lineage,
-                 "halt": None if r["halt"] is None else {"code": r["halt"]["code"], "reason": r["halt"]["reason"]}}
-                for r in rounds.values()]
+    attempts = [
+        {
+            "round": r["round"],
+            "attempt": r["attempt"],
+            "phase": r["phase"],
+            "model_sha256": (r["model"] or {}).get("sha256"),
+            "in_lineage": (r["round"], r["attempt"]) in in_lineage,
+            "halt": None
+            if r["halt"] is None
+            else {"code": r["halt"]["code"], "reason": r["halt"]["reason"]},
+        }
+        for r in rounds.values()
+    ]
     return _report(
-        trial_id=trial_id, initial_model=lineage["initial_model"], head=lineage["head"], lineage=chain,
-        attempts=attempts, rollbacks=lineage["rollbacks"],
-        checks=["lineage rounds are consecutive finalized rounds", "each round trained from the previous model",
-                "each finalized model attested by a quorum"],
+        trial_id=trial_id,
+        initial_model=lineage["initial_model"],
+        head=lineage["head"],
+        lineage=chain,
+        attempts=attempts,
+        rollbacks=lineage["rollbacks"],
+        checks=[
+            "lineage rounds are consecutive finalized rounds",
+            "each round trained from the previous model",
+            "each finalized model attested by a quorum",
+        ],
         problems=problems,
     )
 
@@ -328,16 +494,31 @@ def enrolled_at_close(events: Iterable[Any]) -> dict[tuple[str, int, int], list[
             enrolled[p["trial_id"]].add(p["msp_id"])
         elif ev.name == "HospitalRemoved":
             enrolled[p["trial_id"]].discard(p["msp_id"])
-        elif ev.name == "VotingClosed" or (ev.name == "RoundHalted" and p.get("code") == "NONE_ACCEPTED"):
+        elif ev.name == "VotingClosed" or (
+            ev.name == "RoundHalted" and p.get("code") == "NONE_ACCEPTED"
+        ):
             at_close[(p["trial_id"], p["round"], p["attempt"])] = sorted(enrolled[p["trial_id"]])
     return at_close
 
 
-_VERDICT_FIELDS = ("candidates", "accepted", "rejected", "accepted_sha256s", "total_weight", "reward_pool", "rewards")
+_VERDICT_FIELDS = (
+    "candidates",
+    "accepted",
+    "rejected",
+    "accepted_sha256s",
+    "total_weight",
+    "reward_pool",
+    "rewards",
+)
 
 
-def verify_round(ledger: Any, trial: dict[str, Any], rnd: dict[str, Any], enrolled: list[str] | None,
-                 store: Any | None = None) -> dict[str, Any]:
+def verify_round(
+    ledger: Any,
+    trial: dict[str, Any],
+    rnd: dict[str, Any],
+    enrolled: list[str] | None,
+    store: Any | None = None,
+) -> dict[str, Any]:
     """Recompute one round attempt from its revealed records (and its aggregate from the store)."""
     trial_id, r, a = trial["trial_id"], rnd["round"], rnd["attempt"]
     where = {"trial_id": trial_id, "round": r, "attempt": a}
@@ -347,89 +528,151 @@ def verify_round(ledger: Any, trial: dict[str, Any], rnd: dict[str, Any], enroll
     votes = {v["msp_id"]: v for v in ledger.evaluate("get_votes", where)}
     for u in updates.values():
         if u["revealed"]:
-            again = update_commitment(trial_id=trial_id, round=r, msp_id=u["msp_id"], content_id=u["content_id"],
-                                      sha256=u["sha256"], sample_weight=u["sample_weight"],
-                                      epsilon_spent_micro=u["epsilon_spent_micro"], salt=u["salt"])
+            again = update_commitment(
+                trial_id=trial_id,
+                round=r,
+                msp_id=u["msp_id"],
+                content_id=u["content_id"],
+                sha256=u["sha256"],
+                sample_weight=u["sample_weight"],
+                epsilon_spent_micro=u["epsilon_spent_micro"],
+                salt=u["salt"],
+            )
             if again != u["commitment"]:
-                problems.append(f"update of {u['msp_id']}: revealed values hash to {again}, not its commitment {u['commitment']}")
+                problems.append(
+                    f"update of {u['msp_id']}: revealed values hash to {again}, not its commitment {u['commitment']}"
+                )
     for v in votes.values():
         if v["revealed"]:
-            again = votes_commitment(trial_id=trial_id, round=r, msp_id=v["msp_id"], scores=v["scores"], salt=v["salt"])
+            again = votes_commitment(
+                trial_id=trial_id, round=r, msp_id=v["msp_id"], scores=v["scores"], salt=v["salt"]
+            )
             if again != v["commitment"]:
-                problems.append(f"votes of {v['msp_id']}: revealed scores hash to {again}, not their commitment {v['commitment']}")
+                problems.append(
+                    f"votes of {v['msp_id']}: revealed scores hash to {again}, not their commitment {v['commitment']}"
+                )
     checks.append("commitments of revealed updates and votes")
 
     acceptance = _maybe(ledger, "get_acceptance", where)
     if acceptance is not None:
         if enrolled is None:
-            problems.append("no VotingClosed event for this round on the ledger: cannot tell who was enrolled at the close")
+            problems.append(
+                "no VotingClosed event for this round on the ledger: cannot tell who was enrolled at the close"
+            )
         else:
             policy = trial["evaluation"]
             revealed = {m: v["scores"] for m, v in votes.items() if v["revealed"] and m in enrolled}
             verdict = rules.judge_round(
-                candidates={m: updates[m] for m in rnd["candidates"]}, votes=revealed, enrolled=enrolled,
-                threshold_micro=policy["acceptance_threshold_micro"], min_voters=policy["min_voters"],
+                candidates={m: updates[m] for m in rnd["candidates"]},
+                votes=revealed,
+                enrolled=enrolled,
+                threshold_micro=policy["acceptance_threshold_micro"],
+                min_voters=policy["min_voters"],
                 reward_pool=policy["reward_per_round"],
             )
             for name in _VERDICT_FIELDS:
                 if verdict[name] != acceptance[name]:
-                    problems.append(f"acceptance.{name}: the ledger records {acceptance[name]}, "
-                                    f"recomputed from the revealed votes: {verdict[name]}")
+                    problems.append(
+                        f"acceptance.{name}: the ledger records {acceptance[name]}, "
+                        f"recomputed from the revealed votes: {verdict[name]}"
+                    )
             if sorted(revealed) != acceptance["voters_revealed"]:
-                problems.append(f"acceptance.voters_revealed: {acceptance['voters_revealed']}, revealed votes: {sorted(revealed)}")
-            if (acceptance["threshold_micro"], acceptance["min_voters"]) != (policy["acceptance_threshold_micro"], policy["min_voters"]):
-                problems.append("acceptance used another threshold or min_voters than the trial's evaluation policy")
-            checks.append("acceptance, weights, contributions and rewards recomputed from the revealed votes")
+                problems.append(
+                    f"acceptance.voters_revealed: {acceptance['voters_revealed']}, revealed votes: {sorted(revealed)}"
+                )
+            if (acceptance["threshold_micro"], acceptance["min_voters"]) != (
+                policy["acceptance_threshold_micro"],
+                policy["min_voters"],
+            ):
+                problems.append(
+                    "acceptance used another threshold or min_voters than the trial's evaluation policy"
+                )
+            checks.append(
+                "acceptance, weights, contributions and rewards recomputed from the revealed votes"
+            )
         for name in ("accepted", "accepted_sha256s", "total_weight"):
             if rnd[name] != acceptance[name]:
-                problems.append(f"round.{name} {rnd[name]} differs from the acceptance's {acceptance[name]}")
-        if rnd["attestation_quorum"] is not None and rnd["attestation_quorum"] != rules.attestation_quorum(len(rnd["participants"])):
-            problems.append(f"attestation quorum {rnd['attestation_quorum']} is not a majority of {len(rnd['participants'])} participants")
+                problems.append(
+                    f"round.{name} {rnd[name]} differs from the acceptance's {acceptance[name]}"
+                )
+        if rnd["attestation_quorum"] is not None and rnd[
+            "attestation_quorum"
+        ] != rules.attestation_quorum(len(rnd["participants"])):
+            problems.append(
+                f"attestation quorum {rnd['attestation_quorum']} is not a majority of {len(rnd['participants'])} participants"
+            )
     aggregate = rnd["aggregate"]
     if aggregate is not None:
         if aggregate["update_sha256s"] != rnd["accepted_sha256s"]:
-            problems.append(f"the aggregate sums {aggregate['update_sha256s']}, the accepted updates are {rnd['accepted_sha256s']}")
+            problems.append(
+                f"the aggregate sums {aggregate['update_sha256s']}, the accepted updates are {rnd['accepted_sha256s']}"
+            )
         checks.append("the aggregate sums exactly the accepted updates")
         if store is not None:
             problems.extend(recompute_aggregate(ledger, trial, rnd, updates, store))
             checks.append("aggregate recomputed from the store (verifiable aggregation)")
-    return {"round": r, "attempt": a, "phase": rnd["phase"], "checks": checks, "problems": problems,
-            "aggregate_sha256": None if aggregate is None else aggregate["sha256"]}
+    return {
+        "round": r,
+        "attempt": a,
+        "phase": rnd["phase"],
+        "checks": checks,
+        "problems": problems,
+        "aggregate_sha256": None if aggregate is None else aggregate["sha256"],
+    }
 
 
-def recompute_aggregate(ledger: Any, trial: dict[str, Any], rnd: dict[str, Any], updates: dict[str, dict[str, Any]],
-                        store: Any) -> list[str]:
+def recompute_aggregate(
+    ledger: Any,
+    trial: dict[str, Any],
+    rnd: dict[str, Any],
+    updates: dict[str, dict[str, Any]],
+    store: Any,
+) -> list[str]:
     """Sum the accepted encrypted updates with the public context, in sha256 order; compare with the recorded aggregate."""
     from privacy import he
 
     aggregate = rnd["aggregate"]
     if not trial["he"]["enabled"]:
-        return ["the trial has homomorphic encryption off: there is no encrypted aggregate to recompute"]
+        return [
+            "the trial has homomorphic encryption off: there is no encrypted aggregate to recompute"
+        ]
     by_sha = {u["sha256"]: u for u in updates.values() if u["revealed"]}
 
     def fetch(ref: dict[str, Any], what: str, max_bytes: int) -> bytes:
         data = store.get(ref["content_id"], max_bytes=max_bytes)
         digest = hashlib.sha256(data).hexdigest()
         if digest != ref["sha256"]:
-            raise AuditFailed(f"{what} ({ref['content_id']}) hashes to {digest}, the ledger records {ref['sha256']}")
+            raise AuditFailed(
+                f"{what} ({ref['content_id']}) hashes to {digest}, the ledger records {ref['sha256']}"
+            )
         return data
 
     try:
         keys = ledger.evaluate("get_trial_keys", {"trial_id": trial["trial_id"]})
-        context = he.load_public_context(fetch(keys["public_context"], "the public context", 16 << 20), trial["he"]["preset"])
+        context = he.load_public_context(
+            fetch(keys["public_context"], "the public context", 16 << 20), trial["he"]["preset"]
+        )
         blobs = []
         for sha in sorted(aggregate["update_sha256s"]):
             if sha not in by_sha:
                 return [f"accepted update {sha} has no revealed submission"]
             u = by_sha[sha]
-            blobs.append(fetch({"content_id": u["content_id"], "sha256": sha}, f"the update of {u['msp_id']}", he.MAX_CONTAINER_BYTES))
+            blobs.append(
+                fetch(
+                    {"content_id": u["content_id"], "sha256": sha},
+                    f"the update of {u['msp_id']}",
+                    he.MAX_CONTAINER_BYTES,
+                )
+            )
         recomputed = hashlib.sha256(he.aggregate(context, blobs)).hexdigest()
     except BcflError as exc:
         return [f"cannot recompute the aggregate: {exc.message}"]
     problems = []
     if recomputed != aggregate["sha256"]:
-        problems.append(f"aggregate: the ledger records sha256 {aggregate['sha256']}, re-aggregating the accepted updates "
-                        f"gives {recomputed}")
+        problems.append(
+            f"aggregate: the ledger records sha256 {aggregate['sha256']}, re-aggregating the accepted updates "
+            f"gives {recomputed}"
+        )
     try:
         fetch(aggregate, "the recorded aggregate", he.MAX_CONTAINER_BYTES)
     except BcflError as exc:
@@ -437,27 +680,53 @@ def recompute_aggregate(ledger: Any, trial: dict[str, Any], rnd: dict[str, Any],
     return problems
 
 
-def verify_report(ledger: Any, *, trial_id: str | None = None, store: Any | None = None,
-                  progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+def verify_report(
+    ledger: Any,
+    *,
+    trial_id: str | None = None,
+    store: Any | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
     """Ledger verification plus every round recomputed; ``progress(what, done, total)`` is called per round."""
     ledger_report = ledger.verify().to_dict()
     problems = [f"ledger: {p}" for p in ledger_report["problems"]]
     at_close = enrolled_at_close(ledger.events(0))
-    trials = [ledger.evaluate("get_trial", {"trial_id": trial_id})] if trial_id else ledger.evaluate("list_trials", {})
-    work = [(t, rnd) for t in sorted(trials, key=lambda t: t["trial_id"]) for rnd in _rounds(ledger, t["trial_id"])]
+    trials = (
+        [ledger.evaluate("get_trial", {"trial_id": trial_id})]
+        if trial_id
+        else ledger.evaluate("list_trials", {})
+    )
+    work = [
+        (t, rnd)
+        for t in sorted(trials, key=lambda t: t["trial_id"])
+        for rnd in _rounds(ledger, t["trial_id"])
+    ]
     results: dict[str, list[dict[str, Any]]] = {t["trial_id"]: [] for t in trials}
     for i, (trial, rnd) in enumerate(work):
         if progress is not None:
             progress(f"{trial['trial_id']} {_label(rnd['round'], rnd['attempt'])}", i, len(work))
-        result = verify_round(ledger, trial, rnd, at_close.get((trial["trial_id"], rnd["round"], rnd["attempt"])), store)
+        result = verify_round(
+            ledger,
+            trial,
+            rnd,
+            at_close.get((trial["trial_id"], rnd["round"], rnd["attempt"])),
+            store,
+        )
         results[trial["trial_id"]].append(result)
-        problems.extend(f"{trial['trial_id']} {_label(rnd['round'], rnd['attempt'])}: {p}" for p in result["problems"])
+        problems.extend(
+            f"{trial['trial_id']} {_label(rnd['round'], rnd['attempt'])}: {p}"
+            for p in result["problems"]
+        )
     if progress is not None:
         progress("done", len(work), len(work))
     return _report(
-        ledger=ledger_report, trials=results, store_checked=store is not None,
-        checks=["ledger blocks, signatures and state"] + ledger_report["checks"]
-        + ["commitments", "acceptance recomputed"] + (["aggregates recomputed"] if store is not None else []),
+        ledger=ledger_report,
+        trials=results,
+        store_checked=store is not None,
+        checks=["ledger blocks, signatures and state"]
+        + ledger_report["checks"]
+        + ["commitments", "acceptance recomputed"]
+        + (["aggregates recomputed"] if store is not None else []),
         problems=problems,
     )
 
@@ -479,14 +748,26 @@ def settlement_report(ledger: Any, trial_id: str, settlement: Any, payees: Any) 
     deployment = getattr(settlement, "deployment", None)
     chain_id = getattr(deployment, "chain_id", None)
     rows = []
-    rewards = sorted(ledger.evaluate("get_rewards", {"trial_id": trial_id})["rounds"], key=lambda x: (x["round"], x["attempt"]))
+    rewards = sorted(
+        ledger.evaluate("get_rewards", {"trial_id": trial_id})["rounds"],
+        key=lambda x: (x["round"], x["attempt"]),
+    )
     for rr in rewards:
         r, a = rr["round"], rr["attempt"]
         label = _label(r, a)
         row: dict[str, Any] = {
-            "round": r, "attempt": a, "chain_round": settlement_round(r, a), "ledger_status": rr["status"],
-            "ledger_rewards": rr["rewards"], "ledger_settlement": rr["settlement"], "ledger_digest": None,
-            "status": None, "expected_anchor": None, "chain": None, "payees": [], "problems": [],
+            "round": r,
+            "attempt": a,
+            "chain_round": settlement_round(r, a),
+            "ledger_status": rr["status"],
+            "ledger_rewards": rr["rewards"],
+            "ledger_settlement": rr["settlement"],
+            "ledger_digest": None,
+            "status": None,
+            "expected_anchor": None,
+            "chain": None,
+            "payees": [],
+            "problems": [],
         }
         recorded = rr["settlement"]
         if rr["status"] != "credited":
@@ -495,23 +776,32 @@ def settlement_report(ledger: Any, trial_id: str, settlement: Any, payees: Any) 
                 try:
                     found = settlement.read_settlement(trial_id, row["chain_round"])
                 except SettlementError as exc:
-                    found, row["problems"] = None, [f"cannot read the chain ({exc.code}): {exc.message}"]
+                    found, row["problems"] = (
+                        None,
+                        [f"cannot read the chain ({exc.code}): {exc.message}"],
+                    )
                 if found is not None:
                     row["chain"] = found.to_dict()
-                    row["problems"].append(f"{label} is {rr['status']} on the ledger but was paid on chain by {found.tx_hash}")
+                    row["problems"].append(
+                        f"{label} is {rr['status']} on the ledger but was paid on chain by {found.tx_hash}"
+                    )
             rows.append(row)
             problems.extend(f"{label}: {p}" for p in row["problems"])
             continue
         rnd = ledger.evaluate("get_round", {"trial_id": trial_id, "round": r, "attempt": a})
-        acceptance = ledger.evaluate("get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a})
+        acceptance = ledger.evaluate(
+            "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a}
+        )
         request = chain_rewards(trial_id, rnd, acceptance, rr)
         row["ledger_digest"] = request.ledger_digest
         row["payouts"] = {m: str(v) for m, v in round_payouts(rr).items()}
         if chain_error is not None:
             row["status"] = "unverifiable"
             if recorded is not None:
-                row["problems"].append(f"the ledger records settlement {recorded['tx_hash']} on chain {recorded['chain_id']}, "
-                                       f"which this node cannot show ({chain_error.code})")
+                row["problems"].append(
+                    f"the ledger records settlement {recorded['tx_hash']} on chain {recorded['chain_id']}, "
+                    f"which this node cannot show ({chain_error.code})"
+                )
             rows.append(row)
             problems.extend(f"{label}: {p}" for p in row["problems"])
             continue
@@ -526,35 +816,56 @@ def settlement_report(ledger: Any, trial_id: str, settlement: Any, payees: Any) 
         row["status"] = rec.status
         row["expected_anchor"] = rec.expected_digest
         row["chain"] = None if rec.record is None else rec.record.to_dict()
-        row["payees"] = [{"msp_id": p.msp_id, "payee": p.payee,
-                          "ledger_amount": None if p.ledger_amount is None else str(p.ledger_amount),
-                          "chain_amount": None if p.chain_amount is None else str(p.chain_amount)} for p in rec.rows]
+        row["payees"] = [
+            {
+                "msp_id": p.msp_id,
+                "payee": p.payee,
+                "ledger_amount": None if p.ledger_amount is None else str(p.ledger_amount),
+                "chain_amount": None if p.chain_amount is None else str(p.chain_amount),
+            }
+            for p in rec.rows
+        ]
         row["problems"] = list(rec.problems) if rec.status == "mismatch" else []
         if rec.record is not None:
             if recorded is None:
                 row["status"] = "unrecorded" if rec.status == "settled" else rec.status
-                row["problems"].append(f"paid on chain by {rec.record.tx_hash} but no settlement is recorded on the ledger")
+                row["problems"].append(
+                    f"paid on chain by {rec.record.tx_hash} but no settlement is recorded on the ledger"
+                )
             else:
                 if recorded["tx_hash"] != rec.record.tx_hash:
-                    row["problems"].append(f"the ledger records transaction {recorded['tx_hash']}, the chain's settlement "
-                                           f"is {rec.record.tx_hash}")
+                    row["problems"].append(
+                        f"the ledger records transaction {recorded['tx_hash']}, the chain's settlement "
+                        f"is {rec.record.tx_hash}"
+                    )
                 if recorded["chain_id"] != rec.record.chain_id:
-                    row["problems"].append(f"the ledger records chain {recorded['chain_id']}, the settlement is on chain "
-                                           f"{rec.record.chain_id}")
+                    row["problems"].append(
+                        f"the ledger records chain {recorded['chain_id']}, the settlement is on chain "
+                        f"{rec.record.chain_id}"
+                    )
         elif recorded is not None:
             row["status"] = "missing"
-            row["problems"].append(f"the ledger records settlement {recorded['tx_hash']} on chain {recorded['chain_id']}, "
-                                   f"but chain {chain_id} has no settlement of this round")
+            row["problems"].append(
+                f"the ledger records settlement {recorded['tx_hash']} on chain {recorded['chain_id']}, "
+                f"but chain {chain_id} has no settlement of this round"
+            )
         if row["problems"] and row["status"] == "settled":
             row["status"] = "mismatch"
         rows.append(row)
         problems.extend(f"{label}: {p}" for p in row["problems"] if p != "not settled on chain")
     return _report(
-        trial_id=trial_id, chain_id=chain_id, contract=getattr(deployment, "settlement", None),
-        endpoint=getattr(settlement, "endpoint", None), token_units_per_reward=str(TOKEN_UNITS_PER_REWARD),
+        trial_id=trial_id,
+        chain_id=chain_id,
+        contract=getattr(deployment, "settlement", None),
+        endpoint=getattr(settlement, "endpoint", None),
+        token_units_per_reward=str(TOKEN_UNITS_PER_REWARD),
         rounds=rows,
-        checks=["the chain is the deployed one", "each credited round paid as the ledger's rewards say (1 point = 1 token)",
-                "each anchor commits to the ledger digest of the round", "the ledger records the chain's transaction",
-                "rounds not credited are not paid"],
+        checks=[
+            "the chain is the deployed one",
+            "each credited round paid as the ledger's rewards say (1 point = 1 token)",
+            "each anchor commits to the ledger digest of the round",
+            "the ledger records the chain's transaction",
+            "rounds not credited are not paid",
+        ],
         problems=problems,
     )

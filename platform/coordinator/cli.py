@@ -12,14 +12,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 from consortium.ledger.cli import identity_options, resolve_identity
 from coordinator.config import DEFAULT_PORT, load_config
 
 log = logging.getLogger(__name__)
 
 config_option = click.option(
-    "--config", "config_path", envvar="BCFL_COORDINATOR_CONFIG",
+    "--config",
+    "config_path",
+    envvar="BCFL_COORDINATOR_CONFIG",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="coordinator.toml (every key may also come from BCFL_COORDINATOR_<KEY>).",
 )
@@ -34,20 +36,29 @@ def coordinator_group() -> None:
 @config_option
 @click.option("--host", default=None, help="Interface to listen on (default 127.0.0.1).")
 @click.option("--port", type=int, default=None, help=f"Port (default {DEFAULT_PORT}).")
-@click.option("--no-scheduler", is_flag=True, help="Serve the API only; do not run the round scheduler.")
-def serve_command(config_path: Path | None, host: str | None, port: int | None, no_scheduler: bool) -> None:
+@click.option(
+    "--no-scheduler", is_flag=True, help="Serve the API only; do not run the round scheduler."
+)
+def serve_command(
+    config_path: Path | None, host: str | None, port: int | None, no_scheduler: bool
+) -> None:
     """Run the coordinator API (and its round scheduler) until interrupted."""
     import uvicorn
 
     from coordinator.app import create_app
     from coordinator.service import CoordinatorService
 
-    config = load_config(config_path, overrides={"host": host, "port": port, "scheduler": False if no_scheduler else None})
+    config = load_config(
+        config_path,
+        overrides={"host": host, "port": port, "scheduler": False if no_scheduler else None},
+    )
     service = CoordinatorService(config)
     app = create_app(service)
-    click.echo(f"bcfl coordinator on {config.base_url} (API docs {config.base_url}/docs; "
-               f"ledger {config.ledger_url.split(':', 1)[0]}, database {service.database.redacted_url}, "
-               f"scheduler {'on' if config.scheduler else 'off'})")
+    click.echo(
+        f"bcfl coordinator on {config.base_url} (API docs {config.base_url}/docs; "
+        f"ledger {config.ledger_url.split(':', 1)[0]}, database {service.database.redacted_url}, "
+        f"scheduler {'on' if config.scheduler else 'off'})"
+    )
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", lifespan="on")
 
 
@@ -81,15 +92,24 @@ def db_upgrade_command(config_path: Path | None, database_url: str | None, revis
 
 def api_options(func):  # type: ignore[no-untyped-def]
     func = identity_options(func)
-    func = click.option("--url", envvar="BCFL_COORDINATOR_URL", default=f"http://127.0.0.1:{DEFAULT_PORT}",
-                        show_default=True, help="The coordinator's base URL.")(func)
+    func = click.option(
+        "--url",
+        envvar="BCFL_COORDINATOR_URL",
+        default=f"http://127.0.0.1:{DEFAULT_PORT}",
+        show_default=True,
+        help="The coordinator's base URL.",
+    )(func)
     return func
 
 
-def _client(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None) -> Any:
+def _client(
+    url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None
+) -> Any:
     from consortium.coordinator_client import CoordinatorClient
 
-    return CoordinatorClient(url, resolve_identity(identity_dir, consortium_dir, member, default="admin"))
+    return CoordinatorClient(
+        url, resolve_identity(identity_dir, consortium_dir, member, default="admin")
+    )
 
 
 def _emit(data: Any, as_json: bool, render: Any = None) -> None:
@@ -109,7 +129,10 @@ def _show_trial(trial: dict[str, Any]) -> None:
         ("task", trial["task"]),
         ("model", f"{trial['model']['name']} {json.dumps(trial['model']['hyperparameters'])}"),
         ("rounds", f"{head['round']} of {trial['rounds']} finalized"),
-        ("current round", "none" if current is None else f"{current['round']} (attempt {current['attempt']})"),
+        (
+            "current round",
+            "none" if current is None else f"{current['round']} (attempt {current['attempt']})",
+        ),
         ("head model", head["model"]["sha256"][:16] + "…"),
         ("min silos", str(trial["min_silos"])),
         ("DP", "on" if trial["dp"]["enabled"] else "off"),
@@ -129,11 +152,22 @@ def trial_group() -> None:
 
 @trial_group.command("create")
 @api_options
-@click.option("--spec", "spec_path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="Trial spec, TOML (or JSON): trial_id, task, data_schema, model, rounds, min_silos, dp, he, evaluation, phase_seconds.")
+@click.option(
+    "--spec",
+    "spec_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Trial spec, TOML (or JSON): trial_id, task, data_schema, model, rounds, min_silos, dp, he, evaluation, phase_seconds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the trial record as JSON.")
-def trial_create(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                 spec_path: Path, as_json: bool) -> None:
+def trial_create(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    spec_path: Path,
+    as_json: bool,
+) -> None:
     """Create a trial from a spec file and open its enrolment."""
     text = spec_path.read_text()
     try:
@@ -147,10 +181,19 @@ def trial_create(url: str, identity_dir: Path | None, consortium_dir: Path | Non
 @trial_group.command("requests")
 @api_options
 @click.argument("trial_id")
-@click.option("--status", type=click.Choice(["pending", "approved", "rejected", "removed"]), default=None)
+@click.option(
+    "--status", type=click.Choice(["pending", "approved", "rejected", "removed"]), default=None
+)
 @click.option("--json", "as_json", is_flag=True)
-def trial_requests(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                   trial_id: str, status: str | None, as_json: bool) -> None:
+def trial_requests(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    status: str | None,
+    as_json: bool,
+) -> None:
     """List the hospitals' enrolment requests."""
 
     def render(rows: list[dict[str, Any]]) -> None:
@@ -158,7 +201,9 @@ def trial_requests(url: str, identity_dir: Path | None, consortium_dir: Path | N
         for column in ("msp_id", "status", "requested_by", "decided_by"):
             table.add_column(column)
         for row in rows:
-            table.add_row(row["msp_id"], row["status"], row["requested_by"], row["decided_by"] or "")
+            table.add_row(
+                row["msp_id"], row["status"], row["requested_by"], row["decided_by"] or ""
+            )
         Console().print(table)
 
     with _client(url, identity_dir, consortium_dir, member) as client:
@@ -170,12 +215,23 @@ def trial_requests(url: str, identity_dir: Path | None, consortium_dir: Path | N
 @click.argument("trial_id")
 @click.argument("msp_ids", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True)
-def trial_enrol(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                trial_id: str, msp_ids: tuple[str, ...], as_json: bool) -> None:
+def trial_enrol(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    msp_ids: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Approve the pending enrolment requests of MSP_IDS (enrol them on the ledger)."""
     with _client(url, identity_dir, consortium_dir, member) as client:
         records = [client.enrol(trial_id, msp_id) for msp_id in msp_ids]
-    _emit(records, as_json, lambda rows: [click.echo(f"enrolled {r['msp_id']} in {trial_id}") for r in rows])
+    _emit(
+        records,
+        as_json,
+        lambda rows: [click.echo(f"enrolled {r['msp_id']} in {trial_id}") for r in rows],
+    )
 
 
 @trial_group.command("remove")
@@ -184,20 +240,37 @@ def trial_enrol(url: str, identity_dir: Path | None, consortium_dir: Path | None
 @click.argument("msp_id")
 @click.option("--reason", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def trial_remove(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                 trial_id: str, msp_id: str, reason: str | None, as_json: bool) -> None:
+def trial_remove(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    msp_id: str,
+    reason: str | None,
+    as_json: bool,
+) -> None:
     """Remove an enrolled hospital from a trial."""
     with _client(url, identity_dir, consortium_dir, member) as client:
-        _emit(client.remove_hospital(trial_id, msp_id, reason), as_json,
-              lambda r: click.echo(f"removed {r['msp_id']} from {trial_id}"))
+        _emit(
+            client.remove_hospital(trial_id, msp_id, reason),
+            as_json,
+            lambda r: click.echo(f"removed {r['msp_id']} from {trial_id}"),
+        )
 
 
 @trial_group.command("start")
 @api_options
 @click.argument("trial_id")
 @click.option("--json", "as_json", is_flag=True)
-def trial_start(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                trial_id: str, as_json: bool) -> None:
+def trial_start(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    as_json: bool,
+) -> None:
     """Start a trial (ENROLLING -> RUNNING); the scheduler then runs its rounds."""
     with _client(url, identity_dir, consortium_dir, member) as client:
         _emit(client.start_trial(trial_id), as_json, _show_trial)
@@ -208,8 +281,15 @@ def trial_start(url: str, identity_dir: Path | None, consortium_dir: Path | None
 @click.argument("trial_id")
 @click.option("--reason", required=True)
 @click.option("--json", "as_json", is_flag=True)
-def trial_halt(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-               trial_id: str, reason: str, as_json: bool) -> None:
+def trial_halt(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    reason: str,
+    as_json: bool,
+) -> None:
     """Halt a trial (and its open round)."""
     with _client(url, identity_dir, consortium_dir, member) as client:
         _emit(client.halt_trial(trial_id, reason), as_json, _show_trial)
@@ -218,11 +298,24 @@ def trial_halt(url: str, identity_dir: Path | None, consortium_dir: Path | None,
 @trial_group.command("rollback")
 @api_options
 @click.argument("trial_id")
-@click.option("--to-round", type=int, required=True, help="The finalized round to reopen training from (0 = initial model).")
+@click.option(
+    "--to-round",
+    type=int,
+    required=True,
+    help="The finalized round to reopen training from (0 = initial model).",
+)
 @click.option("--reason", default=None)
 @click.option("--json", "as_json", is_flag=True)
-def trial_rollback(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                   trial_id: str, to_round: int, reason: str | None, as_json: bool) -> None:
+def trial_rollback(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    to_round: int,
+    reason: str | None,
+    as_json: bool,
+) -> None:
     """Roll a trial back to an earlier finalized round."""
     with _client(url, identity_dir, consortium_dir, member) as client:
         _emit(client.rollback(trial_id, to_round, reason), as_json, _show_trial)
@@ -232,8 +325,14 @@ def trial_rollback(url: str, identity_dir: Path | None, consortium_dir: Path | N
 @api_options
 @click.argument("trial_id")
 @click.option("--json", "as_json", is_flag=True)
-def trial_complete(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                   trial_id: str, as_json: bool) -> None:
+def trial_complete(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    as_json: bool,
+) -> None:
     """Mark a trial COMPLETED (every round finalized; the scheduler also does this)."""
     with _client(url, identity_dir, consortium_dir, member) as client:
         _emit(client.complete_trial(trial_id), as_json, _show_trial)
@@ -243,8 +342,14 @@ def trial_complete(url: str, identity_dir: Path | None, consortium_dir: Path | N
 @api_options
 @click.argument("trial_id", required=False)
 @click.option("--json", "as_json", is_flag=True)
-def trial_status(url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None,
-                 trial_id: str | None, as_json: bool) -> None:
+def trial_status(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str | None,
+    as_json: bool,
+) -> None:
     """One trial with its rounds, or every trial when TRIAL_ID is omitted."""
     with _client(url, identity_dir, consortium_dir, member) as client:
         if trial_id is None:
@@ -256,13 +361,22 @@ def trial_status(url: str, identity_dir: Path | None, consortium_dir: Path | Non
                     table.add_column(column)
                 for t in rows:
                     current = t.get("current")
-                    table.add_row(t["trial_id"], t["state"], t["task"], f"{t['head']['round']}/{t['rounds']}",
-                                  "" if current is None else f"{current['round']}.{current['attempt']}")
+                    table.add_row(
+                        t["trial_id"],
+                        t["state"],
+                        t["task"],
+                        f"{t['head']['round']}/{t['rounds']}",
+                        "" if current is None else f"{current['round']}.{current['attempt']}",
+                    )
                 Console().print(table)
 
             _emit(trials, as_json, render_all)
             return
-        data = {"trial": client.trial(trial_id), "rounds": client.rounds(trial_id), "enrolments": client.enrolments(trial_id)}
+        data = {
+            "trial": client.trial(trial_id),
+            "rounds": client.rounds(trial_id),
+            "enrolments": client.enrolments(trial_id),
+        }
 
     def render(d: dict[str, Any]) -> None:
         _show_trial(d["trial"])
@@ -271,7 +385,9 @@ def trial_status(url: str, identity_dir: Path | None, consortium_dir: Path | Non
             table.add_column(column)
         for r in d["rounds"]:
             model = (r.get("model") or {}).get("sha256") or ""
-            table.add_row(str(r["round"]), str(r["attempt"]), r["phase"], ", ".join(r["accepted"]), model[:16])
+            table.add_row(
+                str(r["round"]), str(r["attempt"]), r["phase"], ", ".join(r["accepted"]), model[:16]
+            )
         Console().print(table)
         enrolled = [e["msp_id"] for e in d["enrolments"] if e["status"] == "enrolled"]
         click.echo(f"enrolled: {', '.join(enrolled) or 'none'}")

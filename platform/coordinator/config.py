@@ -37,7 +37,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 
 ENV_PREFIX = "BCFL_COORDINATOR_"
 DEFAULT_PORT = 8700
@@ -72,19 +72,32 @@ class CoordinatorConfig:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: str(getattr(self, f.name)) if isinstance(getattr(self, f.name), Path) else getattr(self, f.name)
-                for f in fields(self)}
+        return {
+            f.name: str(getattr(self, f.name))
+            if isinstance(getattr(self, f.name), Path)
+            else getattr(self, f.name)
+            for f in fields(self)
+        }
 
 
 KEYS = tuple(f.name for f in fields(CoordinatorConfig))
-_PATH_KEYS = ("consortium", "admin_identity", "coordinator_identity", "state_dir", "settlement_payees")
+_PATH_KEYS = (
+    "consortium",
+    "admin_identity",
+    "coordinator_identity",
+    "state_dir",
+    "settlement_payees",
+)
 # [settlement] table key -> configuration key
 SETTLEMENT_TABLE_KEYS = {"url": "settlement_url", "payees": "settlement_payees"}
 
 
 def _convert(key: str, value: Any, source: str, base: Path) -> Any:
     def bad(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: {key} = {value!r}; expected {expected}", detail={"key": key, "value": str(value)})
+        return ConfigError(
+            f"{source}: {key} = {value!r}; expected {expected}",
+            detail={"key": key, "value": str(value)},
+        )
 
     if key in _PATH_KEYS:
         if not isinstance(value, str | Path) or not str(value):
@@ -100,7 +113,11 @@ def _convert(key: str, value: Any, source: str, base: Path) -> Any:
             number = int(value) if not isinstance(value, bool) else None
         except (TypeError, ValueError):
             number = None
-        low, high = {"port": (0, 65535), "max_body_bytes": (1024, 1 << 30), "max_clock_skew": (1, 86400)}[key]
+        low, high = {
+            "port": (0, 65535),
+            "max_body_bytes": (1024, 1 << 30),
+            "max_clock_skew": (1, 86400),
+        }[key]
         if number is None or not low <= number <= high:
             raise bad(f"an integer in [{low}, {high}]")
         return number
@@ -115,7 +132,16 @@ def _convert(key: str, value: Any, source: str, base: Path) -> Any:
     if key == "scheduler":
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "1",
+            "true",
+            "yes",
+            "on",
+            "0",
+            "false",
+            "no",
+            "off",
+        ):
             return value.lower() in ("1", "true", "yes", "on")
         raise bad("true or false")
     raise AssertionError(key)
@@ -141,9 +167,14 @@ def load_config(
         table = data.get("coordinator", data)
         if not isinstance(table, dict):
             raise ConfigError(f"{path}: [coordinator] must be a table")
-        unknown = sorted(set(table) - set(KEYS) - ({"coordinator", "settlement"} if table is data else set()))
+        unknown = sorted(
+            set(table) - set(KEYS) - ({"coordinator", "settlement"} if table is data else set())
+        )
         if unknown:
-            raise ConfigError(f"{path}: unknown keys {unknown}; expected some of {list(KEYS)}", detail={"unknown": unknown})
+            raise ConfigError(
+                f"{path}: unknown keys {unknown}; expected some of {list(KEYS)}",
+                detail={"unknown": unknown},
+            )
         base = path.resolve().parent
         for key, value in table.items():
             if key in KEYS:
@@ -153,8 +184,10 @@ def load_config(
             raise ConfigError(f"{path}: [settlement] must be a table")
         unknown = sorted(set(settlement) - set(SETTLEMENT_TABLE_KEYS))
         if unknown:
-            raise ConfigError(f"{path}: unknown [settlement] keys {unknown}; expected some of {sorted(SETTLEMENT_TABLE_KEYS)}",
-                              detail={"unknown": unknown})
+            raise ConfigError(
+                f"{path}: unknown [settlement] keys {unknown}; expected some of {sorted(SETTLEMENT_TABLE_KEYS)}",
+                detail={"unknown": unknown},
+            )
         for key, value in settlement.items():
             name = SETTLEMENT_TABLE_KEYS[key]
             values[name] = _convert(name, value, f"{path} [settlement] {key}", base)

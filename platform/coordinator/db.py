@@ -33,7 +33,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from consortium.errors import BcflError, ConfigError
+from bcfl_common.errors import BcflError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -77,14 +77,18 @@ class EnrolmentRequest(Base):
     """A hospital's request to join a trial, with the X25519 key its trial key envelope is sealed to."""
 
     __tablename__ = "enrolment_requests"
-    __table_args__ = (UniqueConstraint("trial_id", "msp_id", name="uq_enrolment_requests_trial_msp"),)
+    __table_args__ = (
+        UniqueConstraint("trial_id", "msp_id", name="uq_enrolment_requests_trial_msp"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     trial_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
     msp_id: Mapped[str] = mapped_column(String(64), nullable=False)
     # base64 of the raw 32-byte X25519 public key (what the contract records).
     encryption_public_key: Mapped[str] = mapped_column(String(64), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # pending | approved | rejected | removed
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False
+    )  # pending | approved | rejected | removed
     requested_at: Mapped[int] = mapped_column(BigInteger, nullable=False)
     requested_by: Mapped[str] = mapped_column(String(256), nullable=False)
     decided_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
@@ -117,7 +121,9 @@ class SchedulerStep(Base):
     round: Mapped[int | None] = mapped_column(Integer, nullable=True)
     attempt: Mapped[int | None] = mapped_column(Integer, nullable=True)
     step: Mapped[str] = mapped_column(String(64), nullable=False)
-    status: Mapped[str] = mapped_column(String(16), nullable=False)  # started | done | failed | raced
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False
+    )  # started | done | failed | raced
     tx_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     block_number: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     detail: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON
@@ -174,10 +180,21 @@ class TrialSettlement(Base):
     def to_dict(self) -> dict[str, Any]:
         halted = None
         if self.halted_code is not None:
-            halted = {"code": self.halted_code, "message": self.halted_message, "at": self.halted_at,
-                      "round": self.halted_round, "attempt": self.halted_attempt}
-        return {"trial_id": self.trial_id, "enabled": self.enabled, "changed_at": self.changed_at,
-                "changed_by": self.changed_by, "reason": self.reason, "halted": halted}
+            halted = {
+                "code": self.halted_code,
+                "message": self.halted_message,
+                "at": self.halted_at,
+                "round": self.halted_round,
+                "attempt": self.halted_attempt,
+            }
+        return {
+            "trial_id": self.trial_id,
+            "enabled": self.enabled,
+            "changed_at": self.changed_at,
+            "changed_by": self.changed_by,
+            "reason": self.reason,
+            "halted": halted,
+        }
 
 
 class AuditEntry(Base):
@@ -213,7 +230,7 @@ def normalise_database_url(url: str) -> str:
     """``postgresql://`` and ``postgres://`` mean psycopg 3; SQLite stays as it is."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     if url.startswith("postgresql+psycopg2://"):
         raise ConfigError(
             f"database URL {_redact(url)!r}: psycopg2 is not installed; expected postgresql:// or postgresql+psycopg://"
@@ -298,7 +315,9 @@ class Database:
                 config.attributes["connection"] = connection
                 command.upgrade(config, revision)
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database {self.redacted_url}: migration to {revision} failed ({exc})") from exc
+            raise DatabaseError(
+                f"database {self.redacted_url}: migration to {revision} failed ({exc})"
+            ) from exc
 
     def downgrade(self, revision: str) -> None:
         """Undo migrations down to ``revision`` (``base`` drops every table the migrations made)."""
@@ -310,7 +329,9 @@ class Database:
                 config.attributes["connection"] = connection
                 command.downgrade(config, revision)
         except SQLAlchemyError as exc:
-            raise DatabaseError(f"database {self.redacted_url}: migration down to {revision} failed ({exc})") from exc
+            raise DatabaseError(
+                f"database {self.redacted_url}: migration down to {revision} failed ({exc})"
+            ) from exc
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -328,7 +349,9 @@ class Database:
             session.rollback()
             if isinstance(exc, IntegrityError):
                 raise
-            raise DatabaseError(f"database {self.redacted_url}: {exc.__class__.__name__}: {exc}") from exc
+            raise DatabaseError(
+                f"database {self.redacted_url}: {exc.__class__.__name__}: {exc}"
+            ) from exc
         except BaseException:
             session.rollback()
             raise
@@ -339,15 +362,21 @@ class Database:
         self.engine.dispose()
 
     # -- nonces ------------------------------------------------------------------------------
-    def remember_nonce(self, msp_id: str, nonce: str, timestamp: int, *, now: int, keep_seconds: int) -> bool:
+    def remember_nonce(
+        self, msp_id: str, nonce: str, timestamp: int, *, now: int, keep_seconds: int
+    ) -> bool:
         """Record a request nonce; False if this MSP already used it (a replay)."""
         if now - self._last_purge > 60:
             self._last_purge = now
             with self.session() as session:
-                session.execute(delete(RequestNonce).where(RequestNonce.timestamp < now - keep_seconds))
+                session.execute(
+                    delete(RequestNonce).where(RequestNonce.timestamp < now - keep_seconds)
+                )
         try:
             with self.session() as session:
-                session.add(RequestNonce(msp_id=msp_id, nonce=nonce, timestamp=timestamp, seen_at=now))
+                session.add(
+                    RequestNonce(msp_id=msp_id, nonce=nonce, timestamp=timestamp, seen_at=now)
+                )
         except IntegrityError:
             return False
         return True
@@ -365,10 +394,21 @@ class Database:
             return [row.to_dict() for row in session.scalars(query)]
 
     # -- scheduler bookkeeping ----------------------------------------------------------------
-    def step_started(self, trial_id: str, step: str, round: int | None, attempt: int | None, detail: dict[str, Any] | None = None) -> int:
+    def step_started(
+        self,
+        trial_id: str,
+        step: str,
+        round: int | None,
+        attempt: int | None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
         with self.session() as session:
             row = SchedulerStep(
-                trial_id=trial_id, step=step, round=round, attempt=attempt, status="started",
+                trial_id=trial_id,
+                step=step,
+                round=round,
+                attempt=attempt,
+                status="started",
                 detail=None if detail is None else json.dumps(detail, sort_keys=True, default=str),
                 started_at=time.time(),
             )
@@ -376,8 +416,15 @@ class Database:
             session.flush()
             return int(row.id)
 
-    def step_finished(self, step_id: int, status: str, *, tx_id: str | None = None, block_number: int | None = None,
-                      detail: dict[str, Any] | None = None) -> None:
+    def step_finished(
+        self,
+        step_id: int,
+        status: str,
+        *,
+        tx_id: str | None = None,
+        block_number: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
         with self.session() as session:
             row = session.get(SchedulerStep, step_id)
             if row is None:
@@ -423,7 +470,9 @@ class Database:
                 query = query.where(TrialSettlement.enabled == enabled)
             return [row.to_dict() for row in session.scalars(query)]
 
-    def set_trial_settlement(self, trial_id: str, enabled: bool, *, by: str, reason: str | None = None) -> dict[str, Any]:
+    def set_trial_settlement(
+        self, trial_id: str, enabled: bool, *, by: str, reason: str | None = None
+    ) -> dict[str, Any]:
         """Switch settlement on or off for a trial; switching it on also clears a halt (resume)."""
         with self.session() as session:
             row = session.get(TrialSettlement, trial_id)
@@ -441,8 +490,15 @@ class Database:
             session.flush()
             return row.to_dict()
 
-    def halt_trial_settlement(self, trial_id: str, code: str, message: str, *, round: int | None = None,
-                              attempt: int | None = None) -> None:
+    def halt_trial_settlement(
+        self,
+        trial_id: str,
+        code: str,
+        message: str,
+        *,
+        round: int | None = None,
+        attempt: int | None = None,
+    ) -> None:
         with self.session() as session:
             row = session.get(TrialSettlement, trial_id)
             if row is None:

@@ -14,15 +14,23 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from consortium.errors import BcflError, ConfigError
+from bcfl_common.errors import BcflError, ConfigError
 from coordinator.local_network import LocalNetwork, bcfl_command
 
 PHASE_ORDER = ("SUBMIT", "REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED")
 DEMO_PHASE_SECONDS = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
 
 
-def trial_spec(dataset: Any, *, trial_id: str, rounds: int, hospitals: int, dp: bool, epsilon: float | None,
-               seed: int) -> dict[str, Any]:
+def trial_spec(
+    dataset: Any,
+    *,
+    trial_id: str,
+    rounds: int,
+    hospitals: int,
+    dp: bool,
+    epsilon: float | None,
+    seed: int,
+) -> dict[str, Any]:
     """The trial the demo opens: the data set's recommended model and policies, DP and HE on."""
     if dp:
         dp_policy = dict(dataset.dp)
@@ -66,45 +74,84 @@ def run_demo(
     from silo_agent.datasets import load_demo_dataset, write_demo_dataset
 
     if malicious < 0 or malicious >= hospitals:
-        raise ConfigError(f"--malicious={malicious}: expected 0 to {hospitals - 1} (at least one honest hospital)")
+        raise ConfigError(
+            f"--malicious={malicious}: expected 0 to {hospitals - 1} (at least one honest hospital)"
+        )
     dataset = load_demo_dataset(dataset_name, hospitals=hospitals, data_dir=data_dir)
     rounds = rounds or dataset.rounds
     trial_id = f"demo-{dataset_name}"
-    console.rule(f"[bold]bcfl demo[/bold]: {dataset.name}, {hospitals} hospitals, {rounds} rounds, "
-                 f"DP {'on' if dp else 'OFF'}, HE on, {malicious} malicious")
-    net = LocalNetwork.create(workdir, hospitals, fresh=fresh, ledger=ledger,
-                              report=lambda step: console.print(f"  fabric: {step}"))
-    summary: dict[str, Any] = {"workdir": str(net.root), "trial_id": trial_id, "dataset": dataset.name,
-                               "hospitals": hospitals, "rounds": rounds, "malicious": [], "dp": dp,
-                               "ledger": ledger, "settlement": settlement}
+    console.rule(
+        f"[bold]bcfl demo[/bold]: {dataset.name}, {hospitals} hospitals, {rounds} rounds, "
+        f"DP {'on' if dp else 'OFF'}, HE on, {malicious} malicious"
+    )
+    net = LocalNetwork.create(
+        workdir,
+        hospitals,
+        fresh=fresh,
+        ledger=ledger,
+        report=lambda step: console.print(f"  fabric: {step}"),
+    )
+    summary: dict[str, Any] = {
+        "workdir": str(net.root),
+        "trial_id": trial_id,
+        "dataset": dataset.name,
+        "hospitals": hospitals,
+        "rounds": rounds,
+        "malicious": [],
+        "dp": dp,
+        "ledger": ledger,
+        "settlement": settlement,
+    }
     stack = ExitStack()
     try:
         chain = None
         coordinator_extra: dict[str, dict[str, Any]] = {}
         if settlement == "ethereum":
             chain = _start_local_chain(net, stack, console)
-            coordinator_extra["settlement"] = {"url": chain["url"], "payees": str(chain["payees_path"])}
-        console.print(f"consortium, {ledger} ledger and store created under [cyan]{net.root}[/cyan]")
+            coordinator_extra["settlement"] = {
+                "url": chain["url"],
+                "payees": str(chain["payees_path"]),
+            }
+        console.print(
+            f"consortium, {ledger} ledger and store created under [cyan]{net.root}[/cyan]"
+        )
         files = write_demo_dataset(dataset, net.root / "data")
-        bad = set(net.hospital_names()[hospitals - malicious:])
+        bad = set(net.hospital_names()[hospitals - malicious :])
         summary["malicious"] = sorted(net.msp_id(h) for h in bad)
         for hospital, paths in zip(net.hospital_names(), files, strict=True):
-            net.write_silo_config(hospital, {"path": paths["train"], "test_path": paths["test"]},
-                                  attack="sign_flip" if hospital in bad else "none")
+            net.write_silo_config(
+                hospital,
+                {"path": paths["train"], "test_path": paths["test"]},
+                attack="sign_flip" if hospital in bad else "none",
+            )
         net.write_coordinator_config(coordinator_extra)
         net.start_coordinator()
-        console.print(f"coordinator serving on [cyan]{net.base_url}[/cyan] (API docs {net.base_url}/docs)")
-        spec = trial_spec(dataset, trial_id=trial_id, rounds=rounds, hospitals=hospitals, dp=dp, epsilon=epsilon, seed=seed)
+        console.print(
+            f"coordinator serving on [cyan]{net.base_url}[/cyan] (API docs {net.base_url}/docs)"
+        )
+        spec = trial_spec(
+            dataset,
+            trial_id=trial_id,
+            rounds=rounds,
+            hospitals=hospitals,
+            dp=dp,
+            epsilon=epsilon,
+            seed=seed,
+        )
         with net.client("admin") as admin:
             admin.create_trial(spec)
             for hospital in net.hospital_names():
                 net.request_enrolment(hospital, trial_id)
                 admin.enrol(trial_id, net.msp_id(hospital))
             if chain is not None:
-                admin.set_trial_settlement(trial_id, True, reason="demo: rewards paid on the local chain")
+                admin.set_trial_settlement(
+                    trial_id, True, reason="demo: rewards paid on the local chain"
+                )
             admin.start_trial(trial_id)
-        console.print(f"trial [bold]{trial_id}[/bold] created, {hospitals} hospitals enrolled, started"
-                      + (", rewards settled on Ethereum" if chain is not None else ""))
+        console.print(
+            f"trial [bold]{trial_id}[/bold] created, {hospitals} hospitals enrolled, started"
+            + (", rewards settled on Ethereum" if chain is not None else "")
+        )
         for hospital in net.hospital_names():
             net.start_silo(hospital, trial_id=trial_id)
         console.print(f"{hospitals} silo agents running (logs in {net.root / 'logs'})")
@@ -112,17 +159,35 @@ def run_demo(
         summary["state"] = final["state"]
         # Each silo records its last model's metrics on its final tick, then exits by itself.
         deadline = time.monotonic() + 120
-        while any(net.processes[h].running for h in net.hospital_names()) and time.monotonic() < deadline:
+        while (
+            any(net.processes[h].running for h in net.hospital_names())
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.3)
         if chain is not None:
             summary["settlement_balances"] = _wait_for_settlement(net, trial_id, chain, console)
         summary.update(collect_results(net, trial_id))
-        verify_args = ["ledger", "verify", net.ledger_url, "--consortium", str(net.consortium.directory),
-                       "--as", "auditor", "--json"]
-        verify = subprocess.run(bcfl_command(*verify_args, *(["--replay"] if ledger == "embedded" else [])),
-                                capture_output=True, text=True)
+        verify_args = [
+            "ledger",
+            "verify",
+            net.ledger_url,
+            "--consortium",
+            str(net.consortium.directory),
+            "--as",
+            "auditor",
+            "--json",
+        ]
+        verify = subprocess.run(
+            bcfl_command(*verify_args, *(["--replay"] if ledger == "embedded" else [])),
+            capture_output=True,
+            text=True,
+        )
         summary["ledger_verify_replayed"] = ledger == "embedded"
-        summary["ledger_verify"] = json.loads(verify.stdout) if verify.stdout.strip() else {"ok": False, "problems": [verify.stderr]}
+        summary["ledger_verify"] = (
+            json.loads(verify.stdout)
+            if verify.stdout.strip()
+            else {"ok": False, "problems": [verify.stderr]}
+        )
     finally:
         net.stop_all()
         stack.close()
@@ -148,18 +213,31 @@ def plot_summary(summary: dict[str, Any], path: Path) -> Path:
     for msp in msps:
         ys = [(summary["initial_test"].get(msp) or {}).get("accuracy")]
         ys += [(r["hospitals"][msp].get("test") or {}).get("accuracy") for r in finalized]
-        left.plot(xs, ys, marker="o", linestyle="--" if msp in bad else "-",
-                  label=_short(msp) + (" (malicious)" if msp in bad else ""))
+        left.plot(
+            xs,
+            ys,
+            marker="o",
+            linestyle="--" if msp in bad else "-",
+            label=_short(msp) + (" (malicious)" if msp in bad else ""),
+        )
     pooled = [pooled_accuracy([summary["initial_test"].get(m) for m in msps])]
     pooled += [pooled_accuracy([r["hospitals"][m].get("test") for m in msps]) for r in finalized]
     left.plot(xs, pooled, color="black", linewidth=2.5, marker="s", label="pooled")
-    left.set(xlabel="round", ylabel="accuracy on held-out data", title=f"{summary['dataset']}: global model per round")
+    left.set(
+        xlabel="round",
+        ylabel="accuracy on held-out data",
+        title=f"{summary['dataset']}: global model per round",
+    )
     left.set_xticks(xs)
     left.grid(alpha=0.3)
     left.legend(fontsize=8)
     spent = [summary["privacy"][m]["spent"] for m in msps]
-    right.bar([_short(m) for m in msps], spent, color=["#c44" if m in bad else "#48a" for m in msps])
-    budgets = [summary["privacy"][m]["budget"] for m in msps if summary["privacy"][m]["budget"] is not None]
+    right.bar(
+        [_short(m) for m in msps], spent, color=["#c44" if m in bad else "#48a" for m in msps]
+    )
+    budgets = [
+        summary["privacy"][m]["budget"] for m in msps if summary["privacy"][m]["budget"] is not None
+    ]
     if budgets:
         right.axhline(max(budgets), color="black", linestyle=":", label="trial budget")
         right.legend(fontsize=8)
@@ -179,13 +257,18 @@ def _start_local_chain(net: LocalNetwork, stack: ExitStack, console: Console) ->
     local = stack.enter_context(local_settlement(net.root / "ethereum"))
     payees = {net.msp_id(h): Account.create().address for h in net.hospital_names()}
     payees_path = net.root / "ethereum" / "payees.toml"
-    payees_path.write_text("[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in payees.items()))
-    console.print(f"local Ethereum chain (anvil) on {local.node.rpc_url}, settlement contracts deployed")
+    payees_path.write_text(
+        "[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in payees.items())
+    )
+    console.print(
+        f"local Ethereum chain (anvil) on {local.node.rpc_url}, settlement contracts deployed"
+    )
     return {"local": local, "url": local.url, "payees": payees, "payees_path": payees_path}
 
 
-def _wait_for_settlement(net: LocalNetwork, trial_id: str, chain: dict[str, Any], console: Console,
-                         timeout: float = 120) -> dict[str, str]:
+def _wait_for_settlement(
+    net: LocalNetwork, trial_id: str, chain: dict[str, Any], console: Console, timeout: float = 120
+) -> dict[str, str]:
     """Wait until every credited round's rewards carry their Ethereum transaction on the ledger."""
     from consortium.settlement import PayeeDirectory
     from consortium.settlement_cli import format_tokens
@@ -199,26 +282,43 @@ def _wait_for_settlement(net: LocalNetwork, trial_id: str, chain: dict[str, Any]
     deadline = time.monotonic() + timeout
     while not settled():
         if time.monotonic() > deadline:
-            raise BcflError(f"rounds were not settled on Ethereum within {timeout:.0f} s; see {net.root / 'logs'}")
+            raise BcflError(
+                f"rounds were not settled on Ethereum within {timeout:.0f} s; see {net.root / 'logs'}"
+            )
         time.sleep(0.5)
     client = chain["local"].open()
     try:
         payees = PayeeDirectory(chain["payees"])
         info = client.token_info()
-        return {msp: {"address": chain["payees"][msp], "balance": format_tokens(amount, info["decimals"]),
-                      "symbol": info["symbol"]}
-                for msp, amount in client.balances(payees).items()}
+        return {
+            msp: {
+                "address": chain["payees"][msp],
+                "balance": format_tokens(amount, info["decimals"]),
+                "symbol": info["symbol"],
+            }
+            for msp, amount in client.balances(payees).items()
+        }
     finally:
         client.close()
 
 
-def _follow(net: LocalNetwork, trial_id: str, rounds: int, timeout: float, console: Console) -> dict[str, Any]:
+def _follow(
+    net: LocalNetwork, trial_id: str, rounds: int, timeout: float, console: Console
+) -> dict[str, Any]:
     """Live progress until the trial completes or halts (or a party dies)."""
     deadline = time.monotonic() + timeout
-    with net.client("auditor") as auditor, Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    ) as progress:
+    with (
+        net.client("auditor") as auditor,
+        Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress,
+    ):
         overall = progress.add_task("rounds finalized", total=rounds)
         phase_task = progress.add_task("round 1: waiting for trial keys", total=len(PHASE_ORDER))
         while True:
@@ -228,17 +328,27 @@ def _follow(net: LocalNetwork, trial_id: str, rounds: int, timeout: float, conso
             if current:
                 rnd = auditor.round(trial_id, current["round"], current["attempt"])
                 phase = rnd["phase"]
-                label = f"round {rnd['round']}" + (f" (attempt {rnd['attempt']})" if rnd["attempt"] > 1 else "")
+                label = f"round {rnd['round']}" + (
+                    f" (attempt {rnd['attempt']})" if rnd["attempt"] > 1 else ""
+                )
                 step = PHASE_ORDER.index(phase) + 1 if phase in PHASE_ORDER else 0
-                progress.update(phase_task, description=f"{label}: {phase.lower().replace('_', ' ')}", completed=step)
+                progress.update(
+                    phase_task,
+                    description=f"{label}: {phase.lower().replace('_', ' ')}",
+                    completed=step,
+                )
             if trial["state"] in ("COMPLETED", "HALTED"):
                 return trial
             for name, proc in net.processes.items():
                 if not proc.running:
-                    raise BcflError(f"{name} exited with {proc.returncode} before the trial ended; its log:\n{proc.log_tail()}")
+                    raise BcflError(
+                        f"{name} exited with {proc.returncode} before the trial ended; its log:\n{proc.log_tail()}"
+                    )
             if time.monotonic() > deadline:
-                raise BcflError(f"the trial did not finish within {timeout:.0f} s (state {trial['state']}); "
-                                f"logs in {net.root / 'logs'}")
+                raise BcflError(
+                    f"the trial did not finish within {timeout:.0f} s (state {trial['state']}); "
+                    f"logs in {net.root / 'logs'}"
+                )
             time.sleep(0.5)
 
 
@@ -255,7 +365,9 @@ def collect_results(net: LocalNetwork, trial_id: str) -> dict[str, Any]:
             status = collect_status(agent)
         finally:
             agent.close()
-        statuses[net.msp_id(hospital)] = next(t for t in status["trials"] if t["trial_id"] == trial_id)
+        statuses[net.msp_id(hospital)] = next(
+            t for t in status["trials"] if t["trial_id"] == trial_id
+        )
     with net.client("auditor") as auditor:
         rounds_out = []
         for rnd in auditor.rounds(trial_id):
@@ -267,26 +379,47 @@ def collect_results(net: LocalNetwork, trial_id: str) -> dict[str, Any]:
                     acceptance = None
             per_hospital = {}
             for msp_id, status in statuses.items():
-                detail = next((d for d in status["round_details"]
-                               if d["round"] == rnd["round"] and d["attempt"] == rnd["attempt"]), {})
+                detail = next(
+                    (
+                        d
+                        for d in status["round_details"]
+                        if d["round"] == rnd["round"] and d["attempt"] == rnd["attempt"]
+                    ),
+                    {},
+                )
                 per_hospital[msp_id] = {
                     "test": detail.get("test"),
                     "epsilon_micro": detail.get("epsilon_micro"),
                     "accepted": msp_id in rnd.get("accepted", []),
                     "reward": (acceptance or {}).get("rewards", {}).get(msp_id, 0),
-                    "reason": ((acceptance or {}).get("candidates", {}).get(msp_id) or {}).get("reason"),
+                    "reason": ((acceptance or {}).get("candidates", {}).get(msp_id) or {}).get(
+                        "reason"
+                    ),
                 }
-            rounds_out.append({"round": rnd["round"], "attempt": rnd["attempt"], "phase": rnd["phase"],
-                               "accepted": rnd.get("accepted", []), "hospitals": per_hospital})
+            rounds_out.append(
+                {
+                    "round": rnd["round"],
+                    "attempt": rnd["attempt"],
+                    "phase": rnd["phase"],
+                    "accepted": rnd.get("accepted", []),
+                    "hospitals": per_hospital,
+                }
+            )
         privacy = auditor.privacy_ledger(trial_id)
         rewards = auditor.rewards(trial_id)
     return {
         "round_results": rounds_out,
-        "privacy": {p["msp_id"]: {"spent": p["epsilon_spent_micro"] / 1e6,
-                                  "budget": None if p["budget_micro"] is None else p["budget_micro"] / 1e6}
-                    for p in privacy},
+        "privacy": {
+            p["msp_id"]: {
+                "spent": p["epsilon_spent_micro"] / 1e6,
+                "budget": None if p["budget_micro"] is None else p["budget_micro"] / 1e6,
+            }
+            for p in privacy
+        },
         "rewards": {a["msp_id"]: a["total"] for a in rewards.get("accounts", [])},
-        "initial_test": {msp: (s.get("initial_metrics") or {}).get("test") for msp, s in statuses.items()},
+        "initial_test": {
+            msp: (s.get("initial_metrics") or {}).get("test") for msp, s in statuses.items()
+        },
     }
 
 
@@ -316,8 +449,12 @@ def _short(msp_id: str) -> str:
 def print_summary(summary: dict[str, Any], console: Console) -> None:
     msps = sorted(summary.get("privacy", {}))
     bad = set(summary.get("malicious", []))
-    table = Table(title=f"Trial {summary['trial_id']}: accuracy on each hospital's held-out data",
-                  caption=", ".join(f"{_short(m)} = {m}" + (" (malicious)" if m in bad else "") for m in msps))
+    table = Table(
+        title=f"Trial {summary['trial_id']}: accuracy on each hospital's held-out data",
+        caption=", ".join(
+            f"{_short(m)} = {m}" + (" (malicious)" if m in bad else "") for m in msps
+        ),
+    )
     table.add_column("round")
     for msp in msps:
         table.add_column(_short(msp) + ("*" if msp in bad else ""), justify="right")
@@ -325,17 +462,29 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     table.add_column("accepted")
     table.add_column("rejected by votes")
     initial = summary.get("initial_test", {})
-    table.add_row("initial", *[_accuracy(initial.get(m)) for m in msps],
-                  _fmt_pooled(pooled_accuracy([initial.get(m) for m in msps])), "", "")
+    table.add_row(
+        "initial",
+        *[_accuracy(initial.get(m)) for m in msps],
+        _fmt_pooled(pooled_accuracy([initial.get(m) for m in msps])),
+        "",
+        "",
+    )
     for rnd in summary.get("round_results", []):
         label = f"{rnd['round']}" + (f".{rnd['attempt']}" if rnd["attempt"] > 1 else "")
         if rnd["phase"] != "FINALIZED":
             label += f" ({rnd['phase'].lower()})"
         tests = [rnd["hospitals"].get(m, {}).get("test") for m in msps]
         accepted = f"{len(rnd['accepted'])} of {len(msps)}"
-        rejected = [m for m in msps if rnd["hospitals"].get(m, {}).get("reason") not in (None, "accepted")]
-        table.add_row(label, *[_accuracy(t) for t in tests], _fmt_pooled(pooled_accuracy(tests)), accepted,
-                      "[red]" + ", ".join(_short(m) for m in rejected) + "[/red]" if rejected else "")
+        rejected = [
+            m for m in msps if rnd["hospitals"].get(m, {}).get("reason") not in (None, "accepted")
+        ]
+        table.add_row(
+            label,
+            *[_accuracy(t) for t in tests],
+            _fmt_pooled(pooled_accuracy(tests)),
+            accepted,
+            "[red]" + ", ".join(_short(m) for m in rejected) + "[/red]" if rejected else "",
+        )
     console.print(table)
 
     ledger_table = Table(title="Privacy and rewards (from the ledger)")
@@ -343,31 +492,45 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
         ledger_table.add_column(column, justify="right" if column != "hospital" else "left")
     for msp in msps:
         p = summary["privacy"][msp]
-        ledger_table.add_row(msp + ("*" if msp in bad else ""), f"{p['spent']:.3f}",
-                             "DP off" if p["budget"] is None else f"{p['budget']:.3f}",
-                             str(summary.get("rewards", {}).get(msp, 0)))
+        ledger_table.add_row(
+            msp + ("*" if msp in bad else ""),
+            f"{p['spent']:.3f}",
+            "DP off" if p["budget"] is None else f"{p['budget']:.3f}",
+            str(summary.get("rewards", {}).get(msp, 0)),
+        )
     console.print(ledger_table)
     balances = summary.get("settlement_balances")
     if balances:
-        token_table = Table(title="Rewards settled on Ethereum (anvil): token balances read from the chain")
+        token_table = Table(
+            title="Rewards settled on Ethereum (anvil): token balances read from the chain"
+        )
         for column in ("hospital", "payee address", "balance"):
             token_table.add_column(column, justify="right" if column == "balance" else "left")
         for msp in msps:
             entry = balances.get(msp, {})
-            token_table.add_row(msp + ("*" if msp in bad else ""), entry.get("address", "-"),
-                                f"{entry.get('balance', '-')} {entry.get('symbol', '')}")
+            token_table.add_row(
+                msp + ("*" if msp in bad else ""),
+                entry.get("address", "-"),
+                f"{entry.get('balance', '-')} {entry.get('symbol', '')}",
+            )
         console.print(token_table)
     verify = summary.get("ledger_verify", {})
     if verify.get("ok"):
-        replayed = ", every transaction re-executed" if summary.get("ledger_verify_replayed") else ""
-        console.print(f"[green]bcfl ledger verify: OK[/green] ({verify.get('blocks')} blocks, "
-                      f"{verify.get('transactions')} transactions{replayed})")
+        replayed = (
+            ", every transaction re-executed" if summary.get("ledger_verify_replayed") else ""
+        )
+        console.print(
+            f"[green]bcfl ledger verify: OK[/green] ({verify.get('blocks')} blocks, "
+            f"{verify.get('transactions')} transactions{replayed})"
+        )
     else:
         console.print(f"[red]bcfl ledger verify FAILED[/red]: {verify.get('problems')}")
     state = summary.get("state")
     colour = "green" if state == "COMPLETED" else "red"
-    console.print(f"trial state: [{colour}]{state}[/{colour}]; everything is under {summary['workdir']} "
-                  "(summary.json, accuracy.png, logs/, ledger/, store/)")
+    console.print(
+        f"trial state: [{colour}]{state}[/{colour}]; everything is under {summary['workdir']} "
+        "(summary.json, accuracy.png, logs/, ledger/, store/)"
+    )
 
 
 def _fmt_pooled(value: float | None) -> str:
@@ -375,38 +538,118 @@ def _fmt_pooled(value: float | None) -> str:
 
 
 @click.command("demo")
-@click.option("--dataset", type=click.Choice(["breast-cancer", "heart-disease"]), default="breast-cancer",
-              show_default=True, help="breast-cancer ships inside scikit-learn; heart-disease needs --data-dir.")
-@click.option("--data-dir", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder with the four UCI heart disease files (processed.*.data).")
+@click.option(
+    "--dataset",
+    type=click.Choice(["breast-cancer", "heart-disease"]),
+    default="breast-cancer",
+    show_default=True,
+    help="breast-cancer ships inside scikit-learn; heart-disease needs --data-dir.",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder with the four UCI heart disease files (processed.*.data).",
+)
 @click.option("--hospitals", type=click.IntRange(2, 16), default=4, show_default=True)
-@click.option("--rounds", type=click.IntRange(1, 100), default=None, help="Default: the data set's recommendation.")
-@click.option("--malicious", type=int, default=0, show_default=True, help="Hospitals that send poisoned updates.")
-@click.option("--no-dp", is_flag=True, help="Switch differential privacy off (recorded on the ledger).")
-@click.option("--epsilon", type=float, default=None, help="Trial-wide epsilon per hospital (default: the data set's).")
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 100),
+    default=None,
+    help="Default: the data set's recommendation.",
+)
+@click.option(
+    "--malicious",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Hospitals that send poisoned updates.",
+)
+@click.option(
+    "--no-dp", is_flag=True, help="Switch differential privacy off (recorded on the ledger)."
+)
+@click.option(
+    "--epsilon",
+    type=float,
+    default=None,
+    help="Trial-wide epsilon per hospital (default: the data set's).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Initial model seed.")
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("bcfl-demo"),
-              show_default=True, help="Where the consortium, ledger, store, logs and summary go.")
-@click.option("--ledger", type=click.Choice(["embedded", "fabric"]), default="embedded", show_default=True,
-              help="embedded: SQLite hash chain; fabric: a native Hyperledger Fabric network on loopback.")
-@click.option("--settlement", type=click.Choice(["none", "ethereum"]), default="none", show_default=True,
-              help="ethereum: pay each round's rewards as tokens on a local chain (anvil) and anchor the round.")
-@click.option("--fresh/--no-fresh", default=True, show_default=True, help="Replace a previous demo run in WORKDIR.")
-@click.option("--timeout", type=float, default=1800, show_default=True, help="Give up after this many seconds.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("bcfl-demo"),
+    show_default=True,
+    help="Where the consortium, ledger, store, logs and summary go.",
+)
+@click.option(
+    "--ledger",
+    type=click.Choice(["embedded", "fabric"]),
+    default="embedded",
+    show_default=True,
+    help="embedded: SQLite hash chain; fabric: a native Hyperledger Fabric network on loopback.",
+)
+@click.option(
+    "--settlement",
+    type=click.Choice(["none", "ethereum"]),
+    default="none",
+    show_default=True,
+    help="ethereum: pay each round's rewards as tokens on a local chain (anvil) and anchor the round.",
+)
+@click.option(
+    "--fresh/--no-fresh",
+    default=True,
+    show_default=True,
+    help="Replace a previous demo run in WORKDIR.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=1800,
+    show_default=True,
+    help="Give up after this many seconds.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON at the end.")
-def demo_command(dataset: str, data_dir: Path | None, hospitals: int, rounds: int | None, malicious: int,
-                 no_dp: bool, epsilon: float | None, seed: int, workdir: Path, ledger: str, settlement: str,
-                 fresh: bool, timeout: float, as_json: bool) -> None:
+def demo_command(
+    dataset: str,
+    data_dir: Path | None,
+    hospitals: int,
+    rounds: int | None,
+    malicious: int,
+    no_dp: bool,
+    epsilon: float | None,
+    seed: int,
+    workdir: Path,
+    ledger: str,
+    settlement: str,
+    fresh: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
     """Run a whole trial on this machine: a coordinator server and one silo agent process per
     hospital on loopback, DP and HE on, votes deciding what is aggregated; then print per-round
     accuracy, accepted updates, epsilon and rewards, and verify the ledger."""
     console = Console()
-    summary = run_demo(workdir=workdir, dataset_name=dataset, data_dir=data_dir, hospitals=hospitals, rounds=rounds,
-                       malicious=malicious, dp=not no_dp, epsilon=epsilon, seed=seed, fresh=fresh, timeout=timeout,
-                       console=console, ledger=ledger, settlement=settlement)
+    summary = run_demo(
+        workdir=workdir,
+        dataset_name=dataset,
+        data_dir=data_dir,
+        hospitals=hospitals,
+        rounds=rounds,
+        malicious=malicious,
+        dp=not no_dp,
+        epsilon=epsilon,
+        seed=seed,
+        fresh=fresh,
+        timeout=timeout,
+        console=console,
+        ledger=ledger,
+        settlement=settlement,
+    )
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     if summary.get("state") != "COMPLETED" or not summary.get("ledger_verify", {}).get("ok"):
-        raise BcflError("the demo trial did not complete with a verifying ledger (see above)", code="DEMO_FAILED")
-
-
+        raise BcflError(
+            "the demo trial did not complete with a verifying ledger (see above)",
+            code="DEMO_FAILED",
+        )

@@ -25,7 +25,9 @@ class ThreadBoundLedger:
         self.identity = identity
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ledger-{name}")
         try:
-            self._ledger: Ledger = self._executor.submit(open_ledger, url, identity, **options).result()
+            self._ledger: Ledger = self._executor.submit(
+                open_ledger, url, identity, **options
+            ).result()
         except BaseException:
             self._executor.shutdown(wait=False)
             raise

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bcfl_common.errors import BcflError, ConfigError
 from consortium.coordinator_client import CoordinatorClient
-from consortium.errors import BcflError, ConfigError
 from consortium.identity import Consortium, init_consortium
 from consortium.ledger.embedded import create_embedded_ledger
 from consortium.loopback import free_port
@@ -27,11 +27,9 @@ from consortium.loopback import free_port
 MARKER = ".bcfl-local-network"
 
 
-
-
 def bcfl_command(*args: str) -> list[str]:
     """The `bcfl` CLI of this interpreter (works whether or not the venv's bin is on PATH)."""
-    return [sys.executable, "-m", "consortium", *args]
+    return [sys.executable, "-m", "bcfl_cli", *args]
 
 
 def _toml(value: Any) -> str:
@@ -125,8 +123,16 @@ class LocalNetwork:
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
-    def create(cls, root: Path, hospitals: int, *, fresh: bool = False, ledger: str = "embedded",
-               store_url: str | None = None, report: Any = None) -> LocalNetwork:
+    def create(
+        cls,
+        root: Path,
+        hospitals: int,
+        *,
+        fresh: bool = False,
+        ledger: str = "embedded",
+        store_url: str | None = None,
+        report: Any = None,
+    ) -> LocalNetwork:
         """Make the consortium, the ledger (``embedded``, or ``fabric``: a native Fabric network
         under ROOT/fabric with one peer per organisation) and the store."""
         root = root.resolve()
@@ -141,7 +147,9 @@ class LocalNetwork:
             shutil.rmtree(root)
         root.mkdir(parents=True, exist_ok=True)
         (root / MARKER).write_text("made by bcfl; safe to delete\n")
-        consortium = init_consortium(root / "consortium", hospitals=hospitals, name="demo-consortium")
+        consortium = init_consortium(
+            root / "consortium", hospitals=hospitals, name="demo-consortium"
+        )
         fabric = None
         if ledger == "embedded":
             ledger_url = f"embedded://{root / 'ledger' / 'ledger.db'}"
@@ -155,8 +163,14 @@ class LocalNetwork:
         else:
             raise ConfigError(f"ledger: got {ledger!r}, expected 'embedded' or 'fabric'")
         store_url = store_url or f"file://{root / 'store'}"
-        return cls(root=root, hospitals=hospitals, consortium=consortium, ledger_url=ledger_url,
-                   store_url=store_url, fabric=fabric)
+        return cls(
+            root=root,
+            hospitals=hospitals,
+            consortium=consortium,
+            ledger_url=ledger_url,
+            store_url=store_url,
+            fabric=fabric,
+        )
 
     def hospital_names(self) -> list[str]:
         return [f"hospital{i}" for i in range(1, self.hospitals + 1)]
@@ -203,8 +217,10 @@ class LocalNetwork:
         if not config.exists():
             self.write_coordinator_config()
         proc = ManagedProcess(
-            "coordinator", bcfl_command("coordinator", "serve", "--config", str(config)),
-            self.root / "logs" / "coordinator.log", self._env(),
+            "coordinator",
+            bcfl_command("coordinator", "serve", "--config", str(config)),
+            self.root / "logs" / "coordinator.log",
+            self._env(),
         )
         proc.start()
         self.processes["coordinator"] = proc
@@ -212,22 +228,36 @@ class LocalNetwork:
         with self.client("auditor") as client:
             while time.monotonic() < deadline:
                 if not proc.running:
-                    raise BcflError(f"the coordinator exited ({proc.returncode}); its log:\n{proc.log_tail()}")
+                    raise BcflError(
+                        f"the coordinator exited ({proc.returncode}); its log:\n{proc.log_tail()}"
+                    )
                 try:
                     client.health()
                     return proc
                 except BcflError:
                     time.sleep(0.2)
         proc.stop()
-        raise BcflError(f"the coordinator did not answer on {self.base_url} within {timeout:.0f} s:\n{proc.log_tail()}")
+        raise BcflError(
+            f"the coordinator did not answer on {self.base_url} within {timeout:.0f} s:\n{proc.log_tail()}"
+        )
 
     # -- silos ------------------------------------------------------------------------------
-    def write_silo_config(self, hospital: str, data: dict[str, Any], *, attack: str = "none",
-                          attack_scale: float = 10.0, epsilon_budget: float | None = None,
-                          poll_seconds: float = 0.3) -> Path:
+    def write_silo_config(
+        self,
+        hospital: str,
+        data: dict[str, Any],
+        *,
+        attack: str = "none",
+        attack_scale: float = 10.0,
+        epsilon_budget: float | None = None,
+        poll_seconds: float = 0.3,
+    ) -> Path:
         folder = self.root / "silos" / hospital
         sections: dict[str, dict[str, Any]] = {
-            "": {"identity": str(self.consortium.member_dir(hospital)), "state_dir": str(folder / "state")},
+            "": {
+                "identity": str(self.consortium.member_dir(hospital)),
+                "state_dir": str(folder / "state"),
+            },
             "ledger": {"url": self.ledger_url},
             "store": {"url": self.store_url},
             "coordinator": {"url": self.base_url},
@@ -245,7 +275,9 @@ class LocalNetwork:
         args = ["silo", "run", "--config", str(self.silo_config_path(hospital)), "--until-complete"]
         if trial_id:
             args += ["--trial", trial_id]
-        proc = ManagedProcess(hospital, bcfl_command(*args), self.root / "logs" / f"{hospital}.log", self._env())
+        proc = ManagedProcess(
+            hospital, bcfl_command(*args), self.root / "logs" / f"{hospital}.log", self._env()
+        )
         proc.start()
         self.processes[hospital] = proc
         return proc
@@ -273,7 +305,9 @@ class LocalNetwork:
             self.fabric.down(purge=False)
 
 
-def wait_for(predicate: Any, *, timeout: float, interval: float = 0.3, what: str = "condition") -> Any:
+def wait_for(
+    predicate: Any, *, timeout: float, interval: float = 0.3, what: str = "condition"
+) -> Any:
     """Poll ``predicate`` until it returns something truthy; raise TimeoutError naming ``what``."""
     deadline = time.monotonic() + timeout
     while True:

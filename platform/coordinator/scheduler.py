@@ -34,7 +34,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from consortium.errors import (
+from bcfl_common.errors import (
     BcflError,
     ContractError,
     PrivacyError,
@@ -163,7 +163,9 @@ class Scheduler:
             if self._height is None and self.database is not None:
                 saved = self.database.get_state("last_block")
                 self._height = int(saved) if saved is not None else None
-            new_events = list(self.ledger.events(self._height or 0)) if self._height != height else []
+            new_events = (
+                list(self.ledger.events(self._height or 0)) if self._height != height else []
+            )
             self._events_seen += len(new_events)
             for trial in self.ledger.evaluate("list_trials", {"state": "RUNNING"}):
                 outcomes.extend(self.run_trial(trial["trial_id"]))
@@ -197,7 +199,10 @@ class Scheduler:
         current = trial["current"]
         rnd = None
         if current is not None:
-            rnd = self._query("get_round", {"trial_id": trial_id, "round": current["round"], "attempt": current["attempt"]})
+            rnd = self._query(
+                "get_round",
+                {"trial_id": trial_id, "round": current["round"], "attempt": current["attempt"]},
+            )
         if rnd is None or rnd["phase"] in TERMINAL_PHASES:
             return self._between_rounds(trial, rnd)
         phase = rnd["phase"]
@@ -205,18 +210,40 @@ class Scheduler:
             waiting = self._waiting_for(trial, rnd)
             now = int(self.clock())
             if waiting and now <= rnd["deadline"]:
-                return self._outcome(trial, rnd, CLOSE_STEPS[phase], "waiting",
-                                     phase=phase, waiting_for=waiting, deadline=rnd["deadline"], now=now)
+                return self._outcome(
+                    trial,
+                    rnd,
+                    CLOSE_STEPS[phase],
+                    "waiting",
+                    phase=phase,
+                    waiting_for=waiting,
+                    deadline=rnd["deadline"],
+                    now=now,
+                )
             return self._submit(
-                self.ledger, trial, rnd, CLOSE_STEPS[phase], {"trial_id": trial_id, "round": rnd["round"]},
+                self.ledger,
+                trial,
+                rnd,
+                CLOSE_STEPS[phase],
+                {"trial_id": trial_id, "round": rnd["round"]},
                 detail={"phase": phase, "missing": waiting, "deadline_passed": bool(waiting)},
             )
         if phase == "AGGREGATE":
             return self._aggregate(trial, rnd)
         # ATTEST: the contract finalizes at quorum; nothing for the coordinator to do.
-        attested = self._query("get_attestations", {"trial_id": trial_id, "round": rnd["round"], "attempt": rnd["attempt"]})
-        return self._outcome(trial, rnd, "attest", "waiting", phase=phase,
-                             attestations=len(attested), quorum=rnd["attestation_quorum"])
+        attested = self._query(
+            "get_attestations",
+            {"trial_id": trial_id, "round": rnd["round"], "attempt": rnd["attempt"]},
+        )
+        return self._outcome(
+            trial,
+            rnd,
+            "attest",
+            "waiting",
+            phase=phase,
+            attestations=len(attested),
+            quorum=rnd["attestation_quorum"],
+        )
 
     # -- between rounds ----------------------------------------------------------------------
     def _between_rounds(self, trial: dict[str, Any], rnd: dict[str, Any] | None) -> StepOutcome:
@@ -224,68 +251,125 @@ class Scheduler:
         if rnd is not None and rnd["phase"] == "HALTED" and not _resumed_after(trial, rnd):
             halt = rnd["halt"] or {}
             return self._outcome(
-                trial, rnd, "open_round", "waiting", phase="HALTED", halt_code=halt.get("code"),
+                trial,
+                rnd,
+                "open_round",
+                "waiting",
+                phase="HALTED",
+                halt_code=halt.get("code"),
                 reason=f"round {rnd['round']} halted ({halt.get('code')}: {halt.get('reason')}); "
                 "waiting for the admin to open the next round or roll back",
             )
         head = trial["head"]
         if head["round"] >= trial["rounds"]:
             if self.admin_ledger is None:
-                return self._outcome(trial, rnd, "complete_trial", "waiting",
-                                     reason="every round is finalized; completing needs the admin identity")
-            return self._submit(self.admin_ledger, trial, rnd, "complete_trial", {"trial_id": trial_id})
+                return self._outcome(
+                    trial,
+                    rnd,
+                    "complete_trial",
+                    "waiting",
+                    reason="every round is finalized; completing needs the admin identity",
+                )
+            return self._submit(
+                self.admin_ledger, trial, rnd, "complete_trial", {"trial_id": trial_id}
+            )
         try:
             self._query("get_trial_keys", {"trial_id": trial_id})
         except ContractError as exc:
             if exc.code != "NOT_FOUND":
                 raise
-            return self._outcome(trial, rnd, "open_round", "waiting",
-                                 reason="no trial keys yet: an enrolled hospital must record_trial_keys")
+            return self._outcome(
+                trial,
+                rnd,
+                "open_round",
+                "waiting",
+                reason="no trial keys yet: an enrolled hospital must record_trial_keys",
+            )
         next_round = head["round"] + 1
-        return self._submit(self.ledger, trial, None, "open_round", {"trial_id": trial_id, "round": next_round},
-                            round_number=next_round)
+        return self._submit(
+            self.ledger,
+            trial,
+            None,
+            "open_round",
+            {"trial_id": trial_id, "round": next_round},
+            round_number=next_round,
+        )
 
     # -- who is still expected ---------------------------------------------------------------
     def _waiting_for(self, trial: dict[str, Any], rnd: dict[str, Any]) -> list[str]:
         trial_id, r, a = trial["trial_id"], rnd["round"], rnd["attempt"]
-        enrolled = {e["msp_id"] for e in self._query("get_enrolments", {"trial_id": trial_id}) if e["status"] == "enrolled"}
+        enrolled = {
+            e["msp_id"]
+            for e in self._query("get_enrolments", {"trial_id": trial_id})
+            if e["status"] == "enrolled"
+        }
         where = {"trial_id": trial_id, "round": r, "attempt": a}
         phase = rnd["phase"]
         if phase == "SUBMIT":
-            accounts = {acc["msp_id"]: acc for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})}
+            accounts = {
+                acc["msp_id"]: acc
+                for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
+            }
             expected = {
-                m for m in enrolled
-                if m not in accounts or accounts[m]["budget_micro"] is None
+                m
+                for m in enrolled
+                if m not in accounts
+                or accounts[m]["budget_micro"] is None
                 or accounts[m]["epsilon_spent_micro"] < accounts[m]["budget_micro"]
             }
             committed = {u["msp_id"] for u in self._query("get_submissions", where)}
             return sorted(expected - committed)
         if phase == "REVEAL":
-            return sorted(u["msp_id"] for u in self._query("get_submissions", where) if u["msp_id"] in enrolled and not u["revealed"])
+            return sorted(
+                u["msp_id"]
+                for u in self._query("get_submissions", where)
+                if u["msp_id"] in enrolled and not u["revealed"]
+            )
         if phase == "VOTE_COMMIT":
             return sorted(enrolled - {v["msp_id"] for v in self._query("get_votes", where)})
         if phase == "VOTE_REVEAL":
-            return sorted(v["msp_id"] for v in self._query("get_votes", where) if v["msp_id"] in enrolled and not v["revealed"])
+            return sorted(
+                v["msp_id"]
+                for v in self._query("get_votes", where)
+                if v["msp_id"] in enrolled and not v["revealed"]
+            )
         return []
 
     # -- aggregation -------------------------------------------------------------------------
     def _aggregate(self, trial: dict[str, Any], rnd: dict[str, Any]) -> StepOutcome:
         trial_id, r, a = trial["trial_id"], rnd["round"], rnd["attempt"]
-        submissions = {u["msp_id"]: u for u in self._query("get_submissions", {"trial_id": trial_id, "round": r, "attempt": a})}
+        submissions = {
+            u["msp_id"]: u
+            for u in self._query(
+                "get_submissions", {"trial_id": trial_id, "round": r, "attempt": a}
+            )
+        }
         step_id = None
         try:
             if not trial["he"]["enabled"]:
-                raise _Unusable("the trial has homomorphic encryption switched off; the coordinator aggregates only encrypted updates")
+                raise _Unusable(
+                    "the trial has homomorphic encryption switched off; the coordinator aggregates only encrypted updates"
+                )
             inputs = []
             for msp_id in rnd["accepted"]:
                 update = submissions.get(msp_id)
                 if update is None or not update["revealed"]:
-                    raise _Unusable(f"accepted update of {msp_id} has no revealed submission on the ledger")
-                inputs.append({"msp_id": msp_id, "content_id": update["content_id"], "sha256": update["sha256"]})
+                    raise _Unusable(
+                        f"accepted update of {msp_id} has no revealed submission on the ledger"
+                    )
+                inputs.append(
+                    {
+                        "msp_id": msp_id,
+                        "content_id": update["content_id"],
+                        "sha256": update["sha256"],
+                    }
+                )
             # Sorted by sha256: the order every silo uses to recompute the same aggregate bytes.
             inputs.sort(key=lambda item: item["sha256"])
             if [item["sha256"] for item in inputs] != sorted(rnd["accepted_sha256s"]):
-                raise _Unusable("the accepted submissions do not match the round's accepted_sha256s")
+                raise _Unusable(
+                    "the accepted submissions do not match the round's accepted_sha256s"
+                )
             keys = self._query("get_trial_keys", {"trial_id": trial_id})
             step_id = self._step_started(trial_id, "aggregate", r, a, {"updates": inputs})
             aggregate_bytes = self._compute_aggregate(trial, rnd, keys, inputs)
@@ -294,9 +378,13 @@ class Scheduler:
             return self._abandon(trial, rnd, step_id, str(exc))
         except (StoreError, BcflError) as exc:
             # Store or ledger unreachable: try again on the next pass.
-            self._step_finished(step_id, "failed", detail={"code": exc.code, "message": exc.message})
+            self._step_finished(
+                step_id, "failed", detail={"code": exc.code, "message": exc.message}
+            )
             log.warning("trial %s round %s: aggregation postponed: %s", trial_id, r, exc.message)
-            return self._outcome(trial, rnd, "aggregate", "failed", code=exc.code, message=exc.message)
+            return self._outcome(
+                trial, rnd, "aggregate", "failed", code=exc.code, message=exc.message
+            )
         args = {
             "trial_id": trial_id,
             "round": r,
@@ -304,16 +392,36 @@ class Scheduler:
             "sha256": stored.sha256,
             "update_sha256s": [item["sha256"] for item in inputs],
         }
-        self._step_finished(step_id, "stored", detail={"content_id": stored.content_id, "sha256": stored.sha256})
-        return self._submit(self.ledger, trial, rnd, "record_aggregate", args,
-                            detail={"content_id": stored.content_id, "sha256": stored.sha256, "summed": len(inputs)})
+        self._step_finished(
+            step_id, "stored", detail={"content_id": stored.content_id, "sha256": stored.sha256}
+        )
+        return self._submit(
+            self.ledger,
+            trial,
+            rnd,
+            "record_aggregate",
+            args,
+            detail={
+                "content_id": stored.content_id,
+                "sha256": stored.sha256,
+                "summed": len(inputs),
+            },
+        )
 
-    def _compute_aggregate(self, trial: dict[str, Any], rnd: dict[str, Any], keys: dict[str, Any], inputs: list[dict[str, Any]]) -> bytes:
+    def _compute_aggregate(
+        self,
+        trial: dict[str, Any],
+        rnd: dict[str, Any],
+        keys: dict[str, Any],
+        inputs: list[dict[str, Any]],
+    ) -> bytes:
         from privacy import he  # TenSEAL is loaded only when there is something to sum
 
         preset = trial["he"]["preset"]
         try:
-            context_bytes = self._fetch(keys["public_context"], "the trial's public context", rnd, trial, max_bytes=16 << 20)
+            context_bytes = self._fetch(
+                keys["public_context"], "the trial's public context", rnd, trial, max_bytes=16 << 20
+            )
             context = he.load_public_context(context_bytes, preset)
         except (UpdateFormatError, PrivacyError) as exc:
             raise _Unusable(f"the trial's public context: {exc.message}") from exc
@@ -323,7 +431,13 @@ class Scheduler:
             # One update in memory at a time; each must be a single silo's update, not an aggregate.
             for item in inputs:
                 current.update(item)
-                blob = self._fetch(item, f"the accepted update of {item['msp_id']}", rnd, trial, max_bytes=he.MAX_CONTAINER_BYTES)
+                blob = self._fetch(
+                    item,
+                    f"the accepted update of {item['msp_id']}",
+                    rnd,
+                    trial,
+                    max_bytes=he.MAX_CONTAINER_BYTES,
+                )
                 he.decode_container(blob, context.preset, kind=he.Kind.UPDATE)
                 yield blob
 
@@ -334,32 +448,64 @@ class Scheduler:
                 f"the accepted update of {current.get('msp_id')} ({current.get('content_id')}): {exc.message}"
             ) from exc
 
-    def _fetch(self, ref: dict[str, Any], what: str, rnd: dict[str, Any], trial: dict[str, Any], *, max_bytes: int) -> bytes:
+    def _fetch(
+        self,
+        ref: dict[str, Any],
+        what: str,
+        rnd: dict[str, Any],
+        trial: dict[str, Any],
+        *,
+        max_bytes: int,
+    ) -> bytes:
         try:
             data = self.store.get(ref["content_id"], max_bytes=max_bytes)
         except StoreIntegrityError as exc:
-            raise _Unusable(f"{what} ({ref['content_id']}) is corrupted in the store: {exc.message}") from exc
+            raise _Unusable(
+                f"{what} ({ref['content_id']}) is corrupted in the store: {exc.message}"
+            ) from exc
         except StoreError as exc:
             # A missing artifact may still be on its way (IPFS); after a phase's length, give up.
             waited = int(self.clock()) - int(rnd["phase_changed_at"])
-            if exc.code in ("BAD_CONTENT_ID", "ARTIFACT_TOO_LARGE") or waited > trial["phase_seconds"]["reveal"]:
-                raise _Unusable(f"{what} ({ref['content_id']}) cannot be fetched: {exc.message}") from exc
+            if (
+                exc.code in ("BAD_CONTENT_ID", "ARTIFACT_TOO_LARGE")
+                or waited > trial["phase_seconds"]["reveal"]
+            ):
+                raise _Unusable(
+                    f"{what} ({ref['content_id']}) cannot be fetched: {exc.message}"
+                ) from exc
             raise
         digest = hashlib.sha256(data).hexdigest()
         if digest != ref["sha256"]:
-            raise _Unusable(f"{what} ({ref['content_id']}) hashes to {digest}, but the ledger records {ref['sha256']}")
+            raise _Unusable(
+                f"{what} ({ref['content_id']}) hashes to {digest}, but the ledger records {ref['sha256']}"
+            )
         return data
 
-    def _abandon(self, trial: dict[str, Any], rnd: dict[str, Any], step_id: int | None, reason: str) -> StepOutcome:
+    def _abandon(
+        self, trial: dict[str, Any], rnd: dict[str, Any], step_id: int | None, reason: str
+    ) -> StepOutcome:
         """The accepted updates can never be summed: halt the round on the ledger, with the reason."""
-        log.error("trial %s round %s: cannot aggregate: %s", trial["trial_id"], rnd["round"], reason)
+        log.error(
+            "trial %s round %s: cannot aggregate: %s", trial["trial_id"], rnd["round"], reason
+        )
         self._step_finished(step_id, "failed", detail={"reason": reason})
         if self.admin_ledger is None:
-            return self._outcome(trial, rnd, "aggregate", "failed", reason=reason,
-                                 action_needed="the admin must abort the round (the scheduler holds no admin identity)")
-        args = {"trial_id": trial["trial_id"], "round": rnd["round"],
-                "reason": f"aggregation impossible: {reason}"[:MAX_REASON]}
-        return self._submit(self.admin_ledger, trial, rnd, "abort_round", args, detail={"reason": reason})
+            return self._outcome(
+                trial,
+                rnd,
+                "aggregate",
+                "failed",
+                reason=reason,
+                action_needed="the admin must abort the round (the scheduler holds no admin identity)",
+            )
+        args = {
+            "trial_id": trial["trial_id"],
+            "round": rnd["round"],
+            "reason": f"aggregation impossible: {reason}"[:MAX_REASON],
+        }
+        return self._submit(
+            self.admin_ledger, trial, rnd, "abort_round", args, detail={"reason": reason}
+        )
 
     # -- transactions and bookkeeping ----------------------------------------------------------
     def _submit(
@@ -380,33 +526,84 @@ class Scheduler:
         try:
             result = ledger.submit(function, args)
         except ContractError as exc:
-            status = "waiting" if exc.code == "TOO_EARLY" else "raced" if exc.code in RACED_CODES else "failed"
+            status = (
+                "waiting"
+                if exc.code == "TOO_EARLY"
+                else "raced"
+                if exc.code in RACED_CODES
+                else "failed"
+            )
             self._step_finished(step_id, status, detail={"code": exc.code, "message": exc.message})
             level = logging.INFO if status != "failed" else logging.WARNING
-            log.log(level, "trial %s: %s refused (%s): %s", trial_id, function, exc.code, exc.message)
-            return StepOutcome(trial_id, function, status, r, a, detail={"code": exc.code, "message": exc.message})
+            log.log(
+                level, "trial %s: %s refused (%s): %s", trial_id, function, exc.code, exc.message
+            )
+            return StepOutcome(
+                trial_id, function, status, r, a, detail={"code": exc.code, "message": exc.message}
+            )
         except BcflError as exc:
-            self._step_finished(step_id, "failed", detail={"code": exc.code, "message": exc.message})
+            self._step_finished(
+                step_id, "failed", detail={"code": exc.code, "message": exc.message}
+            )
             log.warning("trial %s: %s failed (%s): %s", trial_id, function, exc.code, exc.message)
-            return StepOutcome(trial_id, function, "failed", r, a, detail={"code": exc.code, "message": exc.message})
+            return StepOutcome(
+                trial_id,
+                function,
+                "failed",
+                r,
+                a,
+                detail={"code": exc.code, "message": exc.message},
+            )
         if function == "open_round" and isinstance(result.result, dict):
             a = result.result.get("attempt")
-        self._step_finished(step_id, "done", tx_id=result.tx_id, block_number=result.block_number,
-                            detail={"event": result.event_name})
-        log.info("trial %s round %s: %s -> %s (block %s)", trial_id, r, function, result.event_name, result.block_number)
-        return StepOutcome(trial_id, function, "done", r, a, tx_id=result.tx_id,
-                           detail=dict(detail or {}, event=result.event_name, block_number=result.block_number))
+        self._step_finished(
+            step_id,
+            "done",
+            tx_id=result.tx_id,
+            block_number=result.block_number,
+            detail={"event": result.event_name},
+        )
+        log.info(
+            "trial %s round %s: %s -> %s (block %s)",
+            trial_id,
+            r,
+            function,
+            result.event_name,
+            result.block_number,
+        )
+        return StepOutcome(
+            trial_id,
+            function,
+            "done",
+            r,
+            a,
+            tx_id=result.tx_id,
+            detail=dict(detail or {}, event=result.event_name, block_number=result.block_number),
+        )
 
     def _query(self, function: str, args: dict[str, Any]) -> Any:
         return self.ledger.evaluate(function, args)
 
-    def _outcome(self, trial: dict[str, Any], rnd: dict[str, Any] | None, action: str, status: str, **detail: Any) -> StepOutcome:
+    def _outcome(
+        self,
+        trial: dict[str, Any],
+        rnd: dict[str, Any] | None,
+        action: str,
+        status: str,
+        **detail: Any,
+    ) -> StepOutcome:
         return StepOutcome(
-            trial["trial_id"], action, status,
-            None if rnd is None else rnd["round"], None if rnd is None else rnd["attempt"], detail=detail,
+            trial["trial_id"],
+            action,
+            status,
+            None if rnd is None else rnd["round"],
+            None if rnd is None else rnd["attempt"],
+            detail=detail,
         )
 
-    def _step_started(self, trial_id: str, step: str, r: int | None, a: int | None, detail: dict[str, Any] | None) -> int | None:
+    def _step_started(
+        self, trial_id: str, step: str, r: int | None, a: int | None, detail: dict[str, Any] | None
+    ) -> int | None:
         if self.database is None:
             return None
         return self.database.step_started(trial_id, step, r, a, detail)
@@ -427,7 +624,9 @@ class Scheduler:
             "events_seen": self._events_seen,
             "trials": dict(self._trials),
             "recent_steps": [] if self.database is None else self.database.steps(limit=25),
-            "settlement": {"configured": False} if self.settlement is None else self.settlement.status(),
+            "settlement": {"configured": False}
+            if self.settlement is None
+            else self.settlement.status(),
         }
 
 

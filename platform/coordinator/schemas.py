@@ -16,7 +16,9 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    name: str = Field(pattern=LABEL, description="A model name from the model registry (silo_agent.models).")
+    name: str = Field(
+        pattern=LABEL, description="A model name from the model registry (model_registry.models)."
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -26,7 +28,9 @@ class DPPolicy(_Strict):
     enabled: bool = True
     reason: str | None = Field(default=None, max_length=MAX_REASON)
     target_epsilon_micro: int | None = Field(default=None, ge=1, le=10**12)
-    delta: str | list[int] | None = Field(default=None, description='"1e-5", "1/100000" or [num, den]')
+    delta: str | list[int] | None = Field(
+        default=None, description='"1e-5", "1/100000" or [num, den]'
+    )
     max_grad_norm_milli: int | None = Field(default=None, ge=1, le=10**9)
     noise_multiplier_milli: int | None = Field(default=None, ge=1, le=10**9)
     accountant: str | None = Field(default=None, pattern=r"^(rdp|prv)$")
@@ -34,7 +38,9 @@ class DPPolicy(_Strict):
 
 class HEPolicy(_Strict):
     enabled: bool = True
-    preset: str | None = Field(default=None, description="A CKKS preset of privacy.he (default: its DEFAULT_PRESET).")
+    preset: str | None = Field(
+        default=None, description="A CKKS preset of privacy.he (default: its DEFAULT_PRESET)."
+    )
     reason: str | None = Field(default=None, max_length=MAX_REASON)
 
 
@@ -66,14 +72,19 @@ class TrialSpec(_Strict):
     evaluation: EvaluationPolicy = Field(default_factory=EvaluationPolicy)
     phase_seconds: PhaseSeconds = Field(default_factory=PhaseSeconds)
     initial_model_seed: int = Field(default=0, ge=0, le=2**32 - 1)
-    open_enrolment: bool = Field(default=True, description="Open enrolment right after creating the trial.")
+    open_enrolment: bool = Field(
+        default=True, description="Open enrolment right after creating the trial."
+    )
 
 
 class EnrolmentRequestBody(_Strict):
     encryption_public_key: str = Field(
-        max_length=4096, description="The hospital's X25519 public key (PEM SubjectPublicKeyInfo, or base64 of its 32 raw bytes)."
+        max_length=4096,
+        description="The hospital's X25519 public key (PEM SubjectPublicKeyInfo, or base64 of its 32 raw bytes).",
     )
-    msp_id: str | None = Field(default=None, pattern=IDENTIFIER, description="Optional; must be the caller's own MSP id.")
+    msp_id: str | None = Field(
+        default=None, pattern=IDENTIFIER, description="Optional; must be the caller's own MSP id."
+    )
 
 
 class EnrolBody(_Strict):

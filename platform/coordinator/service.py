@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from consortium.errors import BcflError, ConfigError, ContractError, IdentityError, SchemaError
+from bcfl_common.errors import BcflError, ConfigError, ContractError, IdentityError, SchemaError
 from consortium.http_auth import Principal
 from consortium.identity import Consortium, Identity, load_identity, x25519_public_key_raw
 from consortium.storage import open_store
@@ -54,23 +54,25 @@ def x25519_public_key_b64(text: str, field: str = "encryption_public_key") -> st
     return base64.b64encode(raw).decode("ascii")
 
 
-def build_initial_model(model_spec: dict[str, Any], data_schema: dict[str, Any], seed: int) -> bytes:
+def build_initial_model(
+    model_spec: dict[str, Any], data_schema: dict[str, Any], seed: int
+) -> bytes:
     """The trial's initial model artifact, from the model registry of the silo agent.
 
     The initial model is a public random initialisation, so the coordinator may build and see it.
     """
     try:
-        from silo_agent.models import initial_model
+        from model_registry.models import initial_model
     except ImportError as exc:
         raise ConfigError(
-            "cannot build the initial model: silo_agent.models.initial_model is not available "
+            "cannot build the initial model: model_registry.models.initial_model is not available "
             f"({exc}); expected the silo agent's model registry to be installed",
             code="MODEL_REGISTRY_UNAVAILABLE",
         ) from exc
     data = initial_model(model_spec, data_schema, seed)
     if not isinstance(data, bytes | bytearray) or not data:
         raise ConfigError(
-            f"silo_agent.models.initial_model returned {type(data).__name__}; expected non-empty bytes",
+            f"model_registry.models.initial_model returned {type(data).__name__}; expected non-empty bytes",
             code="MODEL_REGISTRY_UNAVAILABLE",
         )
     return bytes(data)
@@ -85,7 +87,9 @@ class CoordinatorService:
         config: CoordinatorConfig,
         *,
         clock: Callable[[], float] | None = None,
-        initial_model_builder: Callable[[dict[str, Any], dict[str, Any], int], bytes] = build_initial_model,
+        initial_model_builder: Callable[
+            [dict[str, Any], dict[str, Any], int], bytes
+        ] = build_initial_model,
     ):
         self.config = config
         self.clock = clock or time.time
@@ -99,11 +103,15 @@ class CoordinatorService:
         self._ledgers: list[ThreadBoundLedger] = []
         try:
             self.admin_ledger = self._open_ledger(self.admin_identity, "admin", options)
-            self.coordinator_ledger = self._open_ledger(self.coordinator_identity, "coordinator", options)
+            self.coordinator_ledger = self._open_ledger(
+                self.coordinator_identity, "coordinator", options
+            )
             # Reads (and ledger verification, which can take a while) never hold up the scheduler.
             self.reader = self._open_ledger(self.coordinator_identity, "reader", options)
             self.store = open_store(config.store_url)
-            self.settlement = SettlementStep.from_config(config, self.coordinator_ledger, self.database)
+            self.settlement = SettlementStep.from_config(
+                config, self.coordinator_ledger, self.database
+            )
         except BaseException:
             self.close()
             raise
@@ -127,7 +135,9 @@ class CoordinatorService:
         self.consortium.verify_member_certificate(identity.msp_id, identity.cert_pem)
         return identity
 
-    def _open_ledger(self, identity: Identity, name: str, options: dict[str, Any]) -> ThreadBoundLedger:
+    def _open_ledger(
+        self, identity: Identity, name: str, options: dict[str, Any]
+    ) -> ThreadBoundLedger:
         ledger = ThreadBoundLedger(self.config.ledger_url, identity, name=name, **options)
         self._ledgers.append(ledger)
         return ledger
@@ -171,8 +181,21 @@ class CoordinatorService:
             if len(found) == limit:
                 next_block = event.block_number
                 break
-            found.append({"block_number": event.block_number, "tx_id": event.tx_id, "name": event.name, "payload": event.payload})
-        return {"trial_id": trial_id, "since_block": since_block, "next_block": next_block, "height": height, "events": found}
+            found.append(
+                {
+                    "block_number": event.block_number,
+                    "tx_id": event.tx_id,
+                    "name": event.name,
+                    "payload": event.payload,
+                }
+            )
+        return {
+            "trial_id": trial_id,
+            "since_block": since_block,
+            "next_block": next_block,
+            "height": height,
+            "events": found,
+        }
 
     def verify_ledger(self) -> dict[str, Any]:
         return self.reader.verify().to_dict()
@@ -180,7 +203,9 @@ class CoordinatorService:
     # -- admin: trials -----------------------------------------------------------------------
     def _admin(self, function: str, args: dict[str, Any], principal: Principal | None) -> Any:
         result = self.admin_ledger.submit(function, args)
-        log.info("%s by %s: tx %s block %s", function, _who(principal), result.tx_id, result.block_number)
+        log.info(
+            "%s by %s: tx %s block %s", function, _who(principal), result.tx_id, result.block_number
+        )
         self.scheduler.wake()
         return result.result
 
@@ -193,25 +218,32 @@ class CoordinatorService:
             if exc.code != "NOT_FOUND":
                 raise
         else:
-            raise ContractError(f"trial {spec.trial_id!r} already exists", code="ALREADY_EXISTS",
-                                detail={"field": "trial_id", "value": spec.trial_id})
+            raise ContractError(
+                f"trial {spec.trial_id!r} already exists",
+                code="ALREADY_EXISTS",
+                detail={"field": "trial_id", "value": spec.trial_id},
+            )
         he = spec.he.model_dump(exclude_none=True)
         if he.get("enabled", True):
             preset = he.setdefault("preset", DEFAULT_PRESET)
             if preset not in PRESETS:
                 raise SchemaError(
                     f"he.preset: got {preset!r}, expected one of {sorted(PRESETS)}",
-                    code="INVALID_REQUEST", detail={"field": "he.preset", "value": preset, "expected": sorted(PRESETS)},
+                    code="INVALID_REQUEST",
+                    detail={"field": "he.preset", "value": preset, "expected": sorted(PRESETS)},
                 )
         else:
             raise SchemaError(
                 "he.enabled: got false, expected true: the coordinator aggregates only encrypted updates "
                 "and must never see a plaintext one",
-                code="INVALID_REQUEST", detail={"field": "he.enabled", "value": False, "expected": True},
+                code="INVALID_REQUEST",
+                detail={"field": "he.enabled", "value": False, "expected": True},
             )
         model_spec = spec.model.model_dump()
         try:
-            model_bytes = self._build_initial_model(model_spec, spec.data_schema, spec.initial_model_seed)
+            model_bytes = self._build_initial_model(
+                model_spec, spec.data_schema, spec.initial_model_seed
+            )
         except ConfigError as exc:
             if exc.code == "MODEL_REGISTRY_UNAVAILABLE":
                 raise
@@ -242,13 +274,17 @@ class CoordinatorService:
     def start_trial(self, trial_id: str, principal: Principal | None = None) -> dict[str, Any]:
         return self._admin("start_trial", {"trial_id": trial_id}, principal)
 
-    def halt_trial(self, trial_id: str, reason: str, principal: Principal | None = None) -> dict[str, Any]:
+    def halt_trial(
+        self, trial_id: str, reason: str, principal: Principal | None = None
+    ) -> dict[str, Any]:
         return self._admin("halt_trial", {"trial_id": trial_id, "reason": reason}, principal)
 
     def complete_trial(self, trial_id: str, principal: Principal | None = None) -> dict[str, Any]:
         return self._admin("complete_trial", {"trial_id": trial_id}, principal)
 
-    def rollback(self, trial_id: str, to_round: int, reason: str | None, principal: Principal | None = None) -> dict[str, Any]:
+    def rollback(
+        self, trial_id: str, to_round: int, reason: str | None, principal: Principal | None = None
+    ) -> dict[str, Any]:
         args: dict[str, Any] = {"trial_id": trial_id, "to_round": to_round}
         if reason is not None:
             args["reason"] = reason
@@ -257,30 +293,52 @@ class CoordinatorService:
     def open_round(self, trial_id: str, principal: Principal | None = None) -> dict[str, Any]:
         return self._admin("open_round", {"trial_id": trial_id}, principal)
 
-    def abort_round(self, trial_id: str, round_number: int, reason: str, principal: Principal | None = None) -> dict[str, Any]:
-        return self._admin("abort_round", {"trial_id": trial_id, "round": round_number, "reason": reason}, principal)
+    def abort_round(
+        self, trial_id: str, round_number: int, reason: str, principal: Principal | None = None
+    ) -> dict[str, Any]:
+        return self._admin(
+            "abort_round",
+            {"trial_id": trial_id, "round": round_number, "reason": reason},
+            principal,
+        )
 
     # -- settlement (optional, per trial) ------------------------------------------------------
     def trial_settlement(self, trial_id: str) -> dict[str, Any]:
         """The trial's settlement switch, any halt, and its rounds' settlements on the ledger."""
         self.trial(trial_id)
         if self.settlement is None:
-            return {"trial_id": trial_id, "configured": False, "enabled": False,
-                    "switch": self.database.trial_settlement(trial_id), "halted": None}
+            return {
+                "trial_id": trial_id,
+                "configured": False,
+                "enabled": False,
+                "switch": self.database.trial_settlement(trial_id),
+                "halted": None,
+            }
         return self.settlement.trial_status(trial_id)
 
-    def set_trial_settlement(self, trial_id: str, enabled: bool, reason: str | None = None,
-                             principal: Principal | None = None) -> dict[str, Any]:
+    def set_trial_settlement(
+        self,
+        trial_id: str,
+        enabled: bool,
+        reason: str | None = None,
+        principal: Principal | None = None,
+    ) -> dict[str, Any]:
         """Switch Ethereum settlement on or off for a trial; switching on again resumes a halted one."""
         self.trial(trial_id)
         if enabled and self.settlement is None:
             raise ConfigError(
                 "settlement is not configured on this coordinator; expected [settlement] url (eth://...) and "
                 "payees in coordinator.toml (or BCFL_COORDINATOR_SETTLEMENT_URL / _PAYEES)",
-                code="SETTLEMENT_NOT_CONFIGURED", detail={"trial_id": trial_id},
+                code="SETTLEMENT_NOT_CONFIGURED",
+                detail={"trial_id": trial_id},
             )
         self.database.set_trial_settlement(trial_id, enabled, by=_who(principal), reason=reason)
-        log.info("settlement %s for trial %s by %s", "on" if enabled else "off", trial_id, _who(principal))
+        log.info(
+            "settlement %s for trial %s by %s",
+            "on" if enabled else "off",
+            trial_id,
+            _who(principal),
+        )
         if self.settlement is not None:
             self.settlement.retry_now(trial_id)
         self.scheduler.wake()
@@ -293,31 +351,39 @@ class CoordinatorService:
                 return record
         return None
 
-    def request_enrolment(self, trial_id: str, principal: Principal, public_key: str) -> dict[str, Any]:
+    def request_enrolment(
+        self, trial_id: str, principal: Principal, public_key: str
+    ) -> dict[str, Any]:
         key = x25519_public_key_b64(public_key)
         trial = self.trial(trial_id)
         if trial["state"] != "ENROLLING":
             raise ContractError(
                 f"trial {trial_id!r} is {trial['state']}, expected ENROLLING to accept enrolment requests",
-                code="WRONG_STATE", detail={"trial_id": trial_id, "state": trial["state"], "expected": ["ENROLLING"]},
+                code="WRONG_STATE",
+                detail={"trial_id": trial_id, "state": trial["state"], "expected": ["ENROLLING"]},
             )
         existing = self._ledger_enrolment(trial_id, principal.msp_id)
         if existing is not None and existing["status"] == "enrolled":
-            raise ContractError(f"{principal.msp_id} is already enrolled in trial {trial_id!r}",
-                                code="ALREADY_EXISTS", detail={"msp_id": principal.msp_id})
+            raise ContractError(
+                f"{principal.msp_id} is already enrolled in trial {trial_id!r}",
+                code="ALREADY_EXISTS",
+                detail={"msp_id": principal.msp_id},
+            )
         now = int(time.time())
         try:
             with self.database.session() as session:
                 row = session.scalars(
                     select(EnrolmentRequest).where(
-                        EnrolmentRequest.trial_id == trial_id, EnrolmentRequest.msp_id == principal.msp_id
+                        EnrolmentRequest.trial_id == trial_id,
+                        EnrolmentRequest.msp_id == principal.msp_id,
                     )
                 ).first()
                 if row is not None and row.status in ("pending", "approved"):
                     raise ContractError(
                         f"{principal.msp_id} already has a {row.status} enrolment request for trial {trial_id!r} "
                         f"(made {row.requested_at}); expected one request per hospital per trial",
-                        code="ALREADY_EXISTS", detail={"msp_id": principal.msp_id, "status": row.status},
+                        code="ALREADY_EXISTS",
+                        detail={"msp_id": principal.msp_id, "status": row.status},
                     )
                 if row is None:
                     row = EnrolmentRequest(trial_id=trial_id, msp_id=principal.msp_id)
@@ -332,32 +398,51 @@ class CoordinatorService:
         except IntegrityError as exc:  # two requests raced; the other one won
             raise ContractError(
                 f"{principal.msp_id} already has an enrolment request for trial {trial_id!r}",
-                code="ALREADY_EXISTS", detail={"msp_id": principal.msp_id},
+                code="ALREADY_EXISTS",
+                detail={"msp_id": principal.msp_id},
             ) from exc
 
     def enrolment_request(self, trial_id: str, msp_id: str) -> dict[str, Any]:
         with self.database.session() as session:
             row = session.scalars(
-                select(EnrolmentRequest).where(EnrolmentRequest.trial_id == trial_id, EnrolmentRequest.msp_id == msp_id)
+                select(EnrolmentRequest).where(
+                    EnrolmentRequest.trial_id == trial_id, EnrolmentRequest.msp_id == msp_id
+                )
             ).first()
             if row is None:
-                raise ContractError(f"no enrolment request from {msp_id} for trial {trial_id!r}", code="NOT_FOUND",
-                                    detail={"trial_id": trial_id, "msp_id": msp_id})
+                raise ContractError(
+                    f"no enrolment request from {msp_id} for trial {trial_id!r}",
+                    code="NOT_FOUND",
+                    detail={"trial_id": trial_id, "msp_id": msp_id},
+                )
             return row.to_dict()
 
     def enrolment_requests(self, trial_id: str, status: str | None = None) -> list[dict[str, Any]]:
         self.trial(trial_id)
         with self.database.session() as session:
-            query = select(EnrolmentRequest).where(EnrolmentRequest.trial_id == trial_id).order_by(EnrolmentRequest.msp_id)
+            query = (
+                select(EnrolmentRequest)
+                .where(EnrolmentRequest.trial_id == trial_id)
+                .order_by(EnrolmentRequest.msp_id)
+            )
             if status is not None:
                 query = query.where(EnrolmentRequest.status == status)
             return [row.to_dict() for row in session.scalars(query)]
 
-    def _set_request(self, trial_id: str, msp_id: str, status: str, principal: Principal | None,
-                     reason: str | None = None, tx_id: str | None = None) -> None:
+    def _set_request(
+        self,
+        trial_id: str,
+        msp_id: str,
+        status: str,
+        principal: Principal | None,
+        reason: str | None = None,
+        tx_id: str | None = None,
+    ) -> None:
         with self.database.session() as session:
             row = session.scalars(
-                select(EnrolmentRequest).where(EnrolmentRequest.trial_id == trial_id, EnrolmentRequest.msp_id == msp_id)
+                select(EnrolmentRequest).where(
+                    EnrolmentRequest.trial_id == trial_id, EnrolmentRequest.msp_id == msp_id
+                )
             ).first()
             if row is None:
                 return
@@ -368,44 +453,65 @@ class CoordinatorService:
             if tx_id is not None:
                 row.tx_id = tx_id
 
-    def approve_enrolment(self, trial_id: str, msp_id: str, principal: Principal | None = None) -> dict[str, Any]:
+    def approve_enrolment(
+        self, trial_id: str, msp_id: str, principal: Principal | None = None
+    ) -> dict[str, Any]:
         """Enrol the hospital on the ledger with the key from its pending request."""
         self.trial(trial_id)
         request = self.enrolment_request(trial_id, msp_id)
         if request["status"] != "pending":
             existing = self._ledger_enrolment(trial_id, msp_id)
-            if request["status"] == "approved" and existing is not None and existing["status"] == "enrolled":
+            if (
+                request["status"] == "approved"
+                and existing is not None
+                and existing["status"] == "enrolled"
+            ):
                 return existing  # approving twice is harmless
             raise ContractError(
                 f"the enrolment request of {msp_id} for trial {trial_id!r} is {request['status']}, expected pending",
-                code="WRONG_STATE", detail={"msp_id": msp_id, "status": request["status"], "expected": "pending"},
+                code="WRONG_STATE",
+                detail={"msp_id": msp_id, "status": request["status"], "expected": "pending"},
             )
-        args = {"trial_id": trial_id, "msp_id": msp_id, "encryption_public_key": request["encryption_public_key"]}
+        args = {
+            "trial_id": trial_id,
+            "msp_id": msp_id,
+            "encryption_public_key": request["encryption_public_key"],
+        }
         try:
             result = self.admin_ledger.submit("enrol_hospital", args)
         except ContractError as exc:
             existing = self._ledger_enrolment(trial_id, msp_id)
-            if exc.code == "ALREADY_EXISTS" and existing is not None and \
-                    existing["encryption_public_key"] == request["encryption_public_key"]:
+            if (
+                exc.code == "ALREADY_EXISTS"
+                and existing is not None
+                and existing["encryption_public_key"] == request["encryption_public_key"]
+            ):
                 # Enrolled earlier but the database update was lost: finish the bookkeeping.
                 self._set_request(trial_id, msp_id, "approved", principal)
                 return existing
             raise
-        log.info("enrol_hospital %s in %s by %s: tx %s", msp_id, trial_id, _who(principal), result.tx_id)
+        log.info(
+            "enrol_hospital %s in %s by %s: tx %s", msp_id, trial_id, _who(principal), result.tx_id
+        )
         self._set_request(trial_id, msp_id, "approved", principal, tx_id=result.tx_id)
         return result.result
 
-    def reject_enrolment(self, trial_id: str, msp_id: str, reason: str | None, principal: Principal | None = None) -> dict[str, Any]:
+    def reject_enrolment(
+        self, trial_id: str, msp_id: str, reason: str | None, principal: Principal | None = None
+    ) -> dict[str, Any]:
         request = self.enrolment_request(trial_id, msp_id)
         if request["status"] != "pending":
             raise ContractError(
                 f"the enrolment request of {msp_id} for trial {trial_id!r} is {request['status']}, expected pending",
-                code="WRONG_STATE", detail={"msp_id": msp_id, "status": request["status"], "expected": "pending"},
+                code="WRONG_STATE",
+                detail={"msp_id": msp_id, "status": request["status"], "expected": "pending"},
             )
         self._set_request(trial_id, msp_id, "rejected", principal, reason=reason)
         return self.enrolment_request(trial_id, msp_id)
 
-    def remove_hospital(self, trial_id: str, msp_id: str, reason: str | None, principal: Principal | None = None) -> dict[str, Any]:
+    def remove_hospital(
+        self, trial_id: str, msp_id: str, reason: str | None, principal: Principal | None = None
+    ) -> dict[str, Any]:
         args: dict[str, Any] = {"trial_id": trial_id, "msp_id": msp_id}
         if reason:
             args["reason"] = reason
@@ -417,7 +523,11 @@ class CoordinatorService:
     def remember_nonce(self, principal: Principal) -> None:
         now = int(time.time())
         fresh = self.database.remember_nonce(
-            principal.msp_id, principal.nonce, principal.timestamp, now=now, keep_seconds=2 * self.config.max_clock_skew + 60
+            principal.msp_id,
+            principal.nonce,
+            principal.timestamp,
+            now=now,
+            keep_seconds=2 * self.config.max_clock_skew + 60,
         )
         if not fresh:
             raise IdentityError(

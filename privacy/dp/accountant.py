@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consortium.canonical import canonical_json
-from consortium.errors import PrivacyBudgetExceeded, PrivacyError
-from consortium.files import write_atomic
+from bcfl_common.canonical import canonical_json
+from bcfl_common.errors import PrivacyBudgetExceeded, PrivacyError
+from bcfl_common.files import write_atomic
 from privacy.dp.policy import DPPlan, DPPolicy, from_micro_epsilon, to_micro_epsilon
 
 STATE_FORMAT = "bcfl-dp-accountant/1"

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from consortium.errors import PrivacyError
+from bcfl_common.errors import PrivacyError
 
 MICRO = 1_000_000
 ACCOUNTANTS = ("rdp", "prv")

@@ -12,7 +12,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.utils.data import DataLoader, TensorDataset, default_collate
 
-from consortium.errors import PrivacyError
+from bcfl_common.errors import PrivacyError
 from privacy.dp.accountant import HistoryEntry
 from privacy.dp.policy import DPPlan, DPPolicy
 

@@ -9,8 +9,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke, serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
-from consortium.canonical import canonical_json
-from consortium.errors import IdentityError, PrivacyError
+from bcfl_common.canonical import canonical_json
+from bcfl_common.errors import IdentityError, PrivacyError
 
 # RFC 9180 HPKE, base mode: DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM.
 _SUITE_NAME = "HPKE-X25519-HKDF-SHA256-AES-256-GCM"

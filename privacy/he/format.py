@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from consortium.errors import UpdateFormatError
+from bcfl_common.errors import UpdateFormatError
 from privacy.he.presets import SEAL_HEADER_BYTES, HEPreset, get_preset
 
 # Layout (little endian), version 1:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import tenseal as ts
 
-from consortium.errors import PrivacyError
+from bcfl_common.errors import PrivacyError
 from privacy.he.presets import DEFAULT_PRESET, HEPreset, get_preset
 
 # A serialized secret context of the largest preset is under 1 MiB; refuse anything far beyond.

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import tenseal as ts
 
-from consortium.errors import PrivacyError, UpdateFormatError
+from bcfl_common.errors import PrivacyError, UpdateFormatError
 from privacy.he.format import MAX_PARAMETERS, Container, Kind, decode_container, encode_container
 from privacy.he.keys import HEContext
 

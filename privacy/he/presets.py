@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from consortium.errors import PrivacyError
+from bcfl_common.errors import PrivacyError
 
 # Largest total coefficient-modulus bit count per ring degree at each security level, from the
 # HomomorphicEncryption.org standard (the same table SEAL enforces; see tests).

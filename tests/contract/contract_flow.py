@@ -11,8 +11,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from bcfl_common.errors import ContractError
 from chaincode.commitments import update_commitment, votes_commitment
-from consortium.errors import ContractError
 
 MEMBERS = ("admin", "coordinator", "auditor", "hospital1", "hospital2", "hospital3", "hospital4")
 HOSPITALS = ("hospital1", "hospital2", "hospital3", "hospital4")
@@ -26,8 +26,12 @@ def digest(*parts: object) -> str:
 def x25519_public_key(pem: bool = False) -> str:
     key = x25519.X25519PrivateKey.generate().public_key()
     if pem:
-        return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return base64.b64encode(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+        return key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+    return base64.b64encode(
+        key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
 
 
 def refused(code: str, call: Any, *args: Any, **kwargs: Any) -> ContractError:
@@ -77,11 +81,18 @@ class Flow:
             "task": "binary_classification",
             "data_schema": {"columns": {"age": "int", "sex": "category", "label": "bool"}},
             "model": {"name": "logreg", "hyperparameters": {"learning_rate": 0.05, "epochs": 1}},
-            "initial_model": {"content_id": "cid-initial", "sha256": digest("initial", self.trial_id)},
+            "initial_model": {
+                "content_id": "cid-initial",
+                "sha256": digest("initial", self.trial_id),
+            },
             "rounds": 2,
             "min_silos": 2,
             "dp": {"target_epsilon_micro": 3_000_000},
-            "evaluation": {"acceptance_threshold_micro": 10_000, "min_voters": 2, "reward_per_round": 1000},
+            "evaluation": {
+                "acceptance_threshold_micro": 10_000,
+                "min_voters": 2,
+                "reward_per_round": 1000,
+            },
         }
         args.update(overrides)
         return args
@@ -91,7 +102,9 @@ class Flow:
 
     def register_key(self, name: str, key: str | None = None) -> str:
         key = key or x25519_public_key()
-        self.client(name).submit("register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key})
+        self.client(name).submit(
+            "register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key}
+        )
         return key
 
     def enrol(self, name: str) -> dict[str, Any]:
@@ -106,7 +119,9 @@ class Flow:
             self.enrol(name)
         self.members = list(hospitals)
 
-    def running(self, hospitals: tuple[str, ...] = HOSPITALS[:3], keys: bool = True, **overrides: Any) -> None:
+    def running(
+        self, hospitals: tuple[str, ...] = HOSPITALS[:3], keys: bool = True, **overrides: Any
+    ) -> None:
         self.enrolling(hospitals, **overrides)
         self.admin.submit("start_trial", {"trial_id": self.trial_id})
         if keys:
@@ -115,7 +130,10 @@ class Flow:
     def keys_args(self, holders: list[str] | None = None) -> dict[str, Any]:
         return {
             "trial_id": self.trial_id,
-            "public_context": {"content_id": "cid-context", "sha256": digest("context", self.trial_id)},
+            "public_context": {
+                "content_id": "cid-context",
+                "sha256": digest("context", self.trial_id),
+            },
             "envelopes": {
                 self.msp[h]: {"content_id": f"cid-envelope-{h}", "sha256": digest("envelope", h)}
                 for h in (self.members if holders is None else holders)
@@ -144,9 +162,17 @@ class Flow:
     def close(self, step: str, by: str = "coordinator") -> dict[str, Any]:
         return self.client(by).submit(step, self.at())
 
-    def make_update(self, name: str, *, weight: int = 100, epsilon: int = 500_000, tag: str = "") -> Update:
+    def make_update(
+        self, name: str, *, weight: int = 100, epsilon: int = 500_000, tag: str = ""
+    ) -> Update:
         where = (self.trial_id, self.round, self.attempt, name, tag)
-        return Update(f"cid-update-{name}{tag}", digest("update", *where), weight, epsilon, digest("salt", *where))
+        return Update(
+            f"cid-update-{name}{tag}",
+            digest("update", *where),
+            weight,
+            epsilon,
+            digest("salt", *where),
+        )
 
     def commitment(self, name: str, u: Update, *, as_msp: str | None = None) -> str:
         return update_commitment(
@@ -160,9 +186,13 @@ class Flow:
             salt=u.salt,
         )
 
-    def commit_update(self, name: str, u: Update | None = None, *, base: str | None = None, **extra: Any) -> Update:
+    def commit_update(
+        self, name: str, u: Update | None = None, *, base: str | None = None, **extra: Any
+    ) -> Update:
         u = u or self.make_update(name)
-        args = self.at(base_model_sha256=base or self.base, commitment=self.commitment(name, u), **extra)
+        args = self.at(
+            base_model_sha256=base or self.base, commitment=self.commitment(name, u), **extra
+        )
         self.client(name).submit("commit_update", args)
         return u
 
@@ -188,19 +218,29 @@ class Flow:
         return updates
 
     def votes_commitment(self, name: str, scores: dict[str, int], salt: str) -> str:
-        return votes_commitment(trial_id=self.trial_id, round=self.round, msp_id=self.msp[name], scores=scores, salt=salt)
+        return votes_commitment(
+            trial_id=self.trial_id,
+            round=self.round,
+            msp_id=self.msp[name],
+            scores=scores,
+            salt=salt,
+        )
 
     def commit_votes(self, name: str, scores: dict[str, int]) -> tuple[dict[str, int], str]:
         """``scores`` by member name; returns them by MSP id with the salt, ready to reveal."""
         by_msp = {self.msp[peer]: score for peer, score in scores.items()}
         salt = digest("vote-salt", self.trial_id, self.round, self.attempt, name)
-        self.client(name).submit("commit_votes", self.at(commitment=self.votes_commitment(name, by_msp, salt)))
+        self.client(name).submit(
+            "commit_votes", self.at(commitment=self.votes_commitment(name, by_msp, salt))
+        )
         return by_msp, salt
 
     def reveal_votes(self, name: str, by_msp: dict[str, int], salt: str) -> dict[str, Any]:
         return self.client(name).submit("reveal_votes", self.at(scores=by_msp, salt=salt))
 
-    def scores(self, voters: list[str], candidates: list[str], score: int = 20_000) -> dict[str, dict[str, int]]:
+    def scores(
+        self, voters: list[str], candidates: list[str], score: int = 20_000
+    ) -> dict[str, dict[str, int]]:
         return {v: {c: score for c in candidates if c != v} for v in voters}
 
     def vote(self, scores_by_voter: dict[str, dict[str, int]]) -> dict[str, Any]:
@@ -224,7 +264,9 @@ class Flow:
         return digest("model", self.trial_id, self.round, self.attempt)
 
     def attest(self, name: str, sha: str | None = None, **extra: Any) -> dict[str, Any]:
-        return self.client(name).submit("attest_model", self.at(sha256=sha or self.model_sha(), **extra))
+        return self.client(name).submit(
+            "attest_model", self.at(sha256=sha or self.model_sha(), **extra)
+        )
 
     def full_round(self, names: list[str] | None = None) -> dict[str, Any]:
         """One round from open to FINALIZED with every named hospital submitting, voting and attesting."""
@@ -235,7 +277,11 @@ class Flow:
         self.aggregate()
         result: dict[str, Any] = {}
         for n in names:
-            result = self.attest(n, content_id=f"cid-model-{self.round}") if n == names[0] else self.attest(n)
+            result = (
+                self.attest(n, content_id=f"cid-model-{self.round}")
+                if n == names[0]
+                else self.attest(n)
+            )
             if result["round"]["phase"] == "FINALIZED":
                 break
         assert result["round"]["phase"] == "FINALIZED", result["round"]

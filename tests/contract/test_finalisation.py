@@ -21,15 +21,27 @@ def test_the_aggregate_must_sum_exactly_the_accepted_updates(aggregating):
     flow = aggregating
     accepted = flow.get_round()["accepted_sha256s"]
     assert len(accepted) == 3
-    refused("FORBIDDEN_ROLE", flow.client("admin").submit, "record_aggregate", flow.at(content_id="c", sha256=digest("a"), update_sha256s=accepted))
-    refused("FORBIDDEN_ROLE", flow.client("hospital1").submit, "record_aggregate", flow.at(content_id="c", sha256=digest("a"), update_sha256s=accepted))
+    refused(
+        "FORBIDDEN_ROLE",
+        flow.client("admin").submit,
+        "record_aggregate",
+        flow.at(content_id="c", sha256=digest("a"), update_sha256s=accepted),
+    )
+    refused(
+        "FORBIDDEN_ROLE",
+        flow.client("hospital1").submit,
+        "record_aggregate",
+        flow.at(content_id="c", sha256=digest("a"), update_sha256s=accepted),
+    )
     refused("AGGREGATE_MISMATCH", flow.aggregate, accepted[:2])
     refused("AGGREGATE_MISMATCH", flow.aggregate, [*accepted[:2], digest("not an update")])
     refused("INVALID_ARGUMENT", flow.aggregate, [*accepted, accepted[0]])
     refused("WRONG_STATE", flow.attest, "hospital1")  # nothing to attest yet
     rnd = flow.aggregate(list(reversed(accepted)))  # order does not matter
     assert rnd["phase"] == "ATTEST"
-    assert rnd["aggregate"]["update_sha256s"] == accepted and rnd["aggregate"]["total_weight"] == 300
+    assert (
+        rnd["aggregate"]["update_sha256s"] == accepted and rnd["aggregate"]["total_weight"] == 300
+    )
     refused("LATE", flow.aggregate)
 
 
@@ -48,17 +60,26 @@ def test_a_quorum_of_equal_attestations_finalizes_and_credits_rewards(aggregatin
     assert rnd["model"] == {"content_id": "cid-model-1", "sha256": flow.model_sha()}
     trial = flow.trial()
     assert trial["head"] == {"round": 1, "attempt": 1, "model": rnd["model"]}
-    assert trial["lineage"] == [{"round": 1, "attempt": 1, "model": rnd["model"], "finalized_at": rnd["finalized_at"]}]
+    assert trial["lineage"] == [
+        {"round": 1, "attempt": 1, "model": rnd["model"], "finalized_at": rnd["finalized_at"]}
+    ]
     rewards = flow.client("auditor").evaluate("get_rewards", {"trial_id": flow.trial_id})
     assert rewards["rounds"][0]["status"] == "credited"
-    assert {a["msp_id"]: a["total"] for a in rewards["accounts"]} == {flow.msp[n]: 333 + (n == "hospital1") for n in flow.members}
+    assert {a["msp_id"]: a["total"] for a in rewards["accounts"]} == {
+        flow.msp[n]: 333 + (n == "hospital1") for n in flow.members
+    }
     assert sum(a["total"] for a in rewards["accounts"]) == 1000
     # A late attestation that agrees is recorded; the next round starts from the attested model.
     late = flow.attest("hospital3")
     assert late["round"]["phase"] == "FINALIZED" and late["round"]["disputes"] == []
     assert len(flow.admin.evaluate("get_attestations", flow.at())) == 3
     assert flow.open_round()["base"]["model"] == rnd["model"]
-    refused("LATE", flow.client("hospital1").submit, "attest_model", {"trial_id": flow.trial_id, "round": 1, "sha256": digest("x")})
+    refused(
+        "LATE",
+        flow.client("hospital1").submit,
+        "attest_model",
+        {"trial_id": flow.trial_id, "round": 1, "sha256": digest("x")},
+    )
 
 
 def test_a_mismatching_attestation_halts_the_round_and_voids_its_rewards(aggregating):
@@ -68,7 +89,10 @@ def test_a_mismatching_attestation_halts_the_round_and_voids_its_rewards(aggrega
     result = flow.attest("hospital2", digest("a different model"))
     rnd = result["round"]
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "ATTESTATION_MISMATCH"
-    assert rnd["halt"]["attestations"] == {flow.msp["hospital1"]: flow.model_sha(), flow.msp["hospital2"]: digest("a different model")}
+    assert rnd["halt"]["attestations"] == {
+        flow.msp["hospital1"]: flow.model_sha(),
+        flow.msp["hospital2"]: digest("a different model"),
+    }
     refused("WRONG_STATE", flow.attest, "hospital3")
     rewards = flow.admin.evaluate("get_rewards", {"trial_id": flow.trial_id})
     assert rewards["accounts"] == [] and rewards["rounds"][0]["status"] == "void"
@@ -99,16 +123,31 @@ def test_quorum_is_a_majority_of_participants(flow):
 
 def test_settlement_is_recorded_once_for_a_finalized_round(aggregating):
     flow = aggregating
-    settle = {"trial_id": flow.trial_id, "round": 1, "chain_id": 31337, "tx_hash": "0x" + digest("tx")}
+    settle = {
+        "trial_id": flow.trial_id,
+        "round": 1,
+        "chain_id": 31337,
+        "tx_hash": "0x" + digest("tx"),
+    }
     flow.aggregate()
     refused("WRONG_STATE", flow.coordinator.submit, "record_settlement", settle)
     flow.attest("hospital1")
     flow.attest("hospital2")
     refused("FORBIDDEN_ROLE", flow.admin.submit, "record_settlement", settle)
-    refused("INVALID_ARGUMENT", flow.coordinator.submit, "record_settlement", {**settle, "tx_hash": digest("tx")})
+    refused(
+        "INVALID_ARGUMENT",
+        flow.coordinator.submit,
+        "record_settlement",
+        {**settle, "tx_hash": digest("tx")},
+    )
     record = flow.coordinator.submit("record_settlement", settle)
     assert record["settlement"]["tx_hash"] == settle["tx_hash"] and record["status"] == "credited"
-    refused("ALREADY_EXISTS", flow.coordinator.submit, "record_settlement", {**settle, "tx_hash": "0x" + digest("tx2")})
+    refused(
+        "ALREADY_EXISTS",
+        flow.coordinator.submit,
+        "record_settlement",
+        {**settle, "tx_hash": "0x" + digest("tx2")},
+    )
     refused("NO_SUCH_ROUND", flow.coordinator.submit, "record_settlement", {**settle, "round": 2})
 
 
@@ -122,7 +161,9 @@ def test_rollback_reopens_training_from_an_earlier_round_and_keeps_history(flow)
     refused("NO_SUCH_ROUND", flow.admin.submit, "rollback", {**tid, "to_round": 99})
     refused("FORBIDDEN_ROLE", flow.coordinator.submit, "rollback", {**tid, "to_round": 1})
     flow.open_round()
-    refused("WRONG_STATE", flow.admin.submit, "rollback", {**tid, "to_round": 1})  # a round is in progress
+    refused(
+        "WRONG_STATE", flow.admin.submit, "rollback", {**tid, "to_round": 1}
+    )  # a round is in progress
     flow.admin.submit("abort_round", flow.at(reason="operator decided to roll back"))
     trial = flow.admin.submit("rollback", {**tid, "to_round": 1, "reason": "round 2 model drifted"})
     assert trial["head"] == {"round": 1, "attempt": 1, "model": model_1}
@@ -131,12 +172,17 @@ def test_rollback_reopens_training_from_an_earlier_round_and_keeps_history(flow)
     rnd = flow.open_round()
     assert (rnd["round"], rnd["attempt"]) == (2, 2) and rnd["base"]["model"] == model_1
     # A stale update trained on the rolled-back round-2 model is refused.
-    old_model_2 = flow.admin.evaluate("get_round", {**tid, "round": 2, "attempt": 1})["model"]["sha256"]
+    old_model_2 = flow.admin.evaluate("get_round", {**tid, "round": 2, "attempt": 1})["model"][
+        "sha256"
+    ]
     refused("STALE", flow.commit_update, "hospital1", base=old_model_2)
     # Nothing was deleted: the abandoned round 2 and the aborted round 3 are still there.
     rounds = flow.client("auditor").evaluate("list_rounds", tid)
     assert [(r["round"], r["attempt"], r["phase"]) for r in rounds] == [
-        (1, 1, "FINALIZED"), (2, 1, "FINALIZED"), (2, 2, "SUBMIT"), (3, 1, "HALTED"),
+        (1, 1, "FINALIZED"),
+        (2, 1, "FINALIZED"),
+        (2, 2, "SUBMIT"),
+        (3, 1, "HALTED"),
     ]
     history = flow.client("auditor").evaluate("get_history", {**tid, "record": "trial"})
     heads = [h["value"]["head"]["round"] for h in history]
@@ -156,7 +202,9 @@ def test_rollback_to_round_zero_restarts_from_the_initial_model(flow):
 def test_complete_needs_the_last_planned_round_finalized_in_the_current_lineage(flow):
     flow.running(rounds=1)
     flow.full_round()
-    refused("WRONG_STATE", flow.coordinator.submit, "open_round", {"trial_id": flow.trial_id})  # all rounds done
+    refused(
+        "WRONG_STATE", flow.coordinator.submit, "open_round", {"trial_id": flow.trial_id}
+    )  # all rounds done
     flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 0})
     refused("WRONG_STATE", flow.admin.submit, "complete_trial", {"trial_id": flow.trial_id})
     flow.full_round()
@@ -169,7 +217,11 @@ def test_abort_round(flow):
     flow.open_round()
     refused("FORBIDDEN_ROLE", flow.coordinator.submit, "abort_round", flow.at(reason="x"))
     rnd = flow.admin.submit("abort_round", flow.at(reason="silo outage"))
-    assert rnd["phase"] == "HALTED" and rnd["halt"] == {**rnd["halt"], "code": "ABORTED", "reason": "silo outage"}
+    assert rnd["phase"] == "HALTED" and rnd["halt"] == {
+        **rnd["halt"],
+        "code": "ABORTED",
+        "reason": "silo outage",
+    }
     refused("WRONG_STATE", flow.admin.submit, "abort_round", flow.at(reason="again"))
 
 
@@ -177,12 +229,28 @@ def test_history_and_lineage_are_open_to_auditors(flow):
     flow.running()
     flow.full_round()
     auditor = flow.client("auditor")
-    history = auditor.evaluate("get_history", {"trial_id": flow.trial_id, "record": "round", "round": 1})
+    history = auditor.evaluate(
+        "get_history", {"trial_id": flow.trial_id, "record": "round", "round": 1}
+    )
     phases = [h["value"]["phase"] for h in reversed(history)]
-    assert phases == ["SUBMIT", "REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED"]
+    assert phases == [
+        "SUBMIT",
+        "REVEAL",
+        "VOTE_COMMIT",
+        "VOTE_REVEAL",
+        "AGGREGATE",
+        "ATTEST",
+        "FINALIZED",
+    ]
     assert all(h["tx_id"] and h["timestamp"] and not h["is_delete"] for h in history)
     update_history = auditor.evaluate(
-        "get_history", {"trial_id": flow.trial_id, "record": "update", "round": 1, "msp_id": flow.msp["hospital2"]}
+        "get_history",
+        {
+            "trial_id": flow.trial_id,
+            "record": "update",
+            "round": 1,
+            "msp_id": flow.msp["hospital2"],
+        },
     )
     assert [h["value"]["revealed"] for h in update_history] == [True, False]
     lineage = auditor.evaluate("get_model_lineage", {"trial_id": flow.trial_id})
@@ -190,4 +258,9 @@ def test_history_and_lineage_are_open_to_auditors(flow):
     assert lineage["rounds"][0]["model"]["content_id"] == "cid-model-1"
     refused("NO_SUCH_ROUND", auditor.evaluate, "get_round", {"trial_id": flow.trial_id, "round": 2})
     refused("NOT_FOUND", auditor.evaluate, "get_acceptance", {"trial_id": "nope", "round": 1})
-    refused("INVALID_ARGUMENT", auditor.evaluate, "get_history", {"trial_id": flow.trial_id, "record": "round"})
+    refused(
+        "INVALID_ARGUMENT",
+        auditor.evaluate,
+        "get_history",
+        {"trial_id": flow.trial_id, "record": "round"},
+    )

@@ -24,10 +24,10 @@ from cryptography.x509.oid import NameOID
 
 import chaincode.args
 import chaincode.contract
+from bcfl_common.canonical import canonical_json
+from bcfl_common.errors import ContractError
 from chaincode.contract import CODES, MAX_ARGS_BYTES, READ_ONLY_FUNCTIONS, invoke
 from chaincode.state import Creator, HistoryEntry, create_composite_key
-from consortium.canonical import canonical_json
-from consortium.errors import ContractError
 
 ORGANISATIONS = [
     {"msp_id": "CoordinatorMSP", "kind": "operator"},
@@ -89,9 +89,17 @@ class FakeState:
         self.writes[key] = None
 
     def get_state_by_range(self, start_key: str, end_key: str) -> Iterator[tuple[str, bytes]]:
-        return iter([(k, v) for k, v in sorted(self.world.state.items()) if k >= start_key and (not end_key or k < end_key)])
+        return iter(
+            [
+                (k, v)
+                for k, v in sorted(self.world.state.items())
+                if k >= start_key and (not end_key or k < end_key)
+            ]
+        )
 
-    def get_state_by_partial_composite_key(self, object_type: str, attributes: list[str]) -> Iterator[tuple[str, bytes]]:
+    def get_state_by_partial_composite_key(
+        self, object_type: str, attributes: list[str]
+    ) -> Iterator[tuple[str, bytes]]:
         prefix = create_composite_key(object_type, attributes)
         return iter([(k, v) for k, v in sorted(self.world.state.items()) if k.startswith(prefix)])
 
@@ -157,7 +165,9 @@ class FakeNet:
         self.now = 1_750_000_000
         self.counter = 0
         self.events: list[str] = []
-        self.creators = {name: Creator(msp, certificate(name, ous)) for name, (msp, ous) in PEOPLE.items()}
+        self.creators = {
+            name: Creator(msp, certificate(name, ous)) for name, (msp, ous) in PEOPLE.items()
+        }
         if bootstrap:
             self.client("admin").submit("init_consortium", {"organisations": ORGANISATIONS})
 
@@ -206,7 +216,9 @@ def test_args_size_limit_is_exact(net):
     assert len(at_limit) == MAX_ARGS_BYTES
     with pytest.raises(ContractError) as info:
         net.raw("admin", "whoami", at_limit)
-    assert info.value.code == "INVALID_ARGUMENT"  # parsed: the field is unknown, but the size is fine
+    assert (
+        info.value.code == "INVALID_ARGUMENT"
+    )  # parsed: the field is unknown, but the size is fine
     with pytest.raises(ContractError) as info:
         net.raw("admin", "whoami", at_limit[:-2] + b'x"}')
     assert info.value.code == "ARGS_TOO_LARGE"
@@ -225,9 +237,15 @@ def test_a_hospital_claiming_the_admin_role_is_refused(net):
     assert "hospital" in error.message
     refused("FORBIDDEN_ROLE", rogue.evaluate, "list_trials", {})
     # Roles an operator or auditor CA mints are bounded the same way.
-    refused("FORBIDDEN_ROLE", net.as_("CoordinatorMSP", ["client", "silo"]).submit, "commit_update", {})
-    refused("FORBIDDEN_ROLE", net.as_("AuditorMSP", ["client", "coordinator"]).submit, "open_round", {})
-    refused("FORBIDDEN_ROLE", net.as_("Hospital2MSP", ["client", "auditor"]).evaluate, "list_trials", {})
+    refused(
+        "FORBIDDEN_ROLE", net.as_("CoordinatorMSP", ["client", "silo"]).submit, "commit_update", {}
+    )
+    refused(
+        "FORBIDDEN_ROLE", net.as_("AuditorMSP", ["client", "coordinator"]).submit, "open_round", {}
+    )
+    refused(
+        "FORBIDDEN_ROLE", net.as_("Hospital2MSP", ["client", "auditor"]).evaluate, "list_trials", {}
+    )
 
 
 def test_fabric_admin_node_ou_next_to_a_bcfl_role_counts_as_that_role(net):
@@ -241,7 +259,10 @@ def test_certificates_without_exactly_one_role_are_refused(net, ous):
 
 
 def test_garbage_certificate_and_unknown_msp(net):
-    garbage = FakeClient(net, Creator("Hospital1MSP", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"))
+    garbage = FakeClient(
+        net,
+        Creator("Hospital1MSP", b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+    )
     refused("INVALID_IDENTITY", garbage.evaluate, "list_trials", {})
     refused("NOT_MEMBER", net.as_("Hospital9MSP", ["client", "silo"]).evaluate, "list_trials", {})
 
@@ -255,14 +276,34 @@ def test_bootstrap_rules():
     rogue = net.as_("Hospital1MSP", ["admin"])
     refused("FORBIDDEN_ROLE", rogue.submit, "init_consortium", {"organisations": ORGANISATIONS})
     refused("FORBIDDEN_ROLE", rogue.submit, "init_consortium", {"organisations": ORGANISATIONS[:1]})
-    refused("FORBIDDEN_ROLE", net.client("coordinator").submit, "init_consortium", {"organisations": ORGANISATIONS})
+    refused(
+        "FORBIDDEN_ROLE",
+        net.client("coordinator").submit,
+        "init_consortium",
+        {"organisations": ORGANISATIONS},
+    )
     duplicate = [*ORGANISATIONS, {"msp_id": "AuditorMSP", "kind": "operator"}]
-    refused("INVALID_ARGUMENT", net.client("admin").submit, "init_consortium", {"organisations": duplicate})
+    refused(
+        "INVALID_ARGUMENT",
+        net.client("admin").submit,
+        "init_consortium",
+        {"organisations": duplicate},
+    )
     bad_kind = [{"msp_id": "CoordinatorMSP", "kind": "overlord"}]
-    refused("INVALID_ARGUMENT", net.client("admin").submit, "init_consortium", {"organisations": bad_kind})
+    refused(
+        "INVALID_ARGUMENT",
+        net.client("admin").submit,
+        "init_consortium",
+        {"organisations": bad_kind},
+    )
     record = net.client("admin").submit("init_consortium", {"organisations": ORGANISATIONS})
     assert sorted(record["organisations"]) == sorted(o["msp_id"] for o in ORGANISATIONS)
-    refused("ALREADY_EXISTS", net.client("admin").submit, "init_consortium", {"organisations": ORGANISATIONS})
+    refused(
+        "ALREADY_EXISTS",
+        net.client("admin").submit,
+        "init_consortium",
+        {"organisations": ORGANISATIONS},
+    )
 
 
 def run_protocol(net: FakeNet, make_flow: Any) -> Any:
@@ -270,7 +311,10 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
     flow = make_flow(net)
     flow.running(hospitals=HOSPITALS, rounds=2)
     flow.full_round()
-    flow.coordinator.submit("record_settlement", {"trial_id": flow.trial_id, "round": 1, "chain_id": 1, "tx_hash": "0x" + "ab" * 32})
+    flow.coordinator.submit(
+        "record_settlement",
+        {"trial_id": flow.trial_id, "round": 1, "chain_id": 1, "tx_hash": "0x" + "ab" * 32},
+    )
     flow.to_attest()
     flow.attest("hospital1")
     flow.attest("hospital2", "0" * 64)  # mismatch: halts round 2
@@ -279,10 +323,16 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
     flow.open_round()
     flow.admin.submit("abort_round", flow.at(reason="test"))
     flow.full_round()
-    flow.admin.submit("remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital4"]})
+    flow.admin.submit(
+        "remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital4"]}
+    )
     flow.admin.submit("complete_trial", {"trial_id": flow.trial_id})
     for function in sorted(READ_ONLY_FUNCTIONS):
-        args: dict[str, Any] = {} if function in ("whoami", "get_consortium", "list_trials") else {"trial_id": flow.trial_id}
+        args: dict[str, Any] = (
+            {}
+            if function in ("whoami", "get_consortium", "list_trials")
+            else {"trial_id": flow.trial_id}
+        )
         if function in ("get_submissions", "get_votes", "get_attestations", "get_acceptance"):
             args["round"] = 1
         flow.client("auditor").evaluate(function, args)
@@ -293,11 +343,30 @@ def test_every_transaction_emits_one_event_and_queries_write_nothing(make_flow):
     net = FakeNet()
     run_protocol(net, make_flow)  # FakeClient asserts one event per submit and no writes per query
     assert set(net.events) >= {
-        "ConsortiumInitialised", "TrialCreated", "EnrolmentOpened", "HospitalEnrolled", "TrialStarted",
-        "TrialKeysRecorded", "RoundOpened", "UpdateCommitted", "UpdateCommitsClosed", "UpdateRevealed",
-        "UpdateRevealsClosed", "VotesCommitted", "VoteCommitsClosed", "VotesRevealed", "VotingClosed",
-        "AggregateRecorded", "ModelAttested", "RoundFinalized", "AttestationMismatch", "RoundHalted",
-        "RolledBack", "SettlementRecorded", "HospitalRemoved", "TrialCompleted",
+        "ConsortiumInitialised",
+        "TrialCreated",
+        "EnrolmentOpened",
+        "HospitalEnrolled",
+        "TrialStarted",
+        "TrialKeysRecorded",
+        "RoundOpened",
+        "UpdateCommitted",
+        "UpdateCommitsClosed",
+        "UpdateRevealed",
+        "UpdateRevealsClosed",
+        "VotesCommitted",
+        "VoteCommitsClosed",
+        "VotesRevealed",
+        "VotingClosed",
+        "AggregateRecorded",
+        "ModelAttested",
+        "RoundFinalized",
+        "AttestationMismatch",
+        "RoundHalted",
+        "RolledBack",
+        "SettlementRecorded",
+        "HospitalRemoved",
+        "TrialCompleted",
     }
     submitted = {function for _, _, function, _ in net.world.transcript}
     assert submitted | READ_ONLY_FUNCTIONS == chaincode.contract.FUNCTIONS - {"halt_trial"}
@@ -311,7 +380,12 @@ def test_replaying_the_transcript_gives_the_same_bytes(make_flow):
     for creator, timestamp, function, args in first.world.transcript:
         state = FakeState(replay, creator, "replay", timestamp)
         try:
-            outcome: Any = ("ok", invoke(state, function, args), sorted(state.writes.items()), state.events)
+            outcome: Any = (
+                "ok",
+                invoke(state, function, args),
+                sorted(state.writes.items()),
+                state.events,
+            )
         except ContractError as exc:
             outcome = ("error", exc.code)
         replay.outcomes.append(outcome)
@@ -325,7 +399,10 @@ def test_replaying_the_transcript_gives_the_same_bytes(make_flow):
 
 
 def test_every_raised_code_is_documented():
-    sources = [Path(chaincode.contract.__file__).read_text(), Path(chaincode.args.__file__).read_text()]
+    sources = [
+        Path(chaincode.contract.__file__).read_text(),
+        Path(chaincode.args.__file__).read_text(),
+    ]
     raised = set()
     for source in sources:
         raised |= set(re.findall(r'_fail\(\s*"([A-Z_]+)"', source))

@@ -7,14 +7,21 @@ import json
 
 import pytest
 
+from bcfl_common.vocabulary import SALT_HEX
 from chaincode import rules
-from chaincode.args import SALT_HEX
 from chaincode.commitments import new_salt, update_commitment, votes_commitment
 
 
 @pytest.mark.parametrize(
     ("values", "median"),
-    [([5], 5), ([3, 1, 2], 2), ([4, 1, 3, 2], 2), ([-7, 10], -7), ([0, 0, 9, 9], 0), ([-3, -1, -2, -5, -4], -3)],
+    [
+        ([5], 5),
+        ([3, 1, 2], 2),
+        ([4, 1, 3, 2], 2),
+        ([-7, 10], -7),
+        ([0, 0, 9, 9], 0),
+        ([-3, -1, -2, -5, -4], -3),
+    ],
 )
 def test_lower_median(values, median):
     assert rules.lower_median(values) == median
@@ -25,18 +32,26 @@ def test_median_of_nothing_is_an_error():
         rules.lower_median([])
 
 
-@pytest.mark.parametrize(("participants", "quorum"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (0, 1)])
+@pytest.mark.parametrize(
+    ("participants", "quorum"), [(1, 1), (2, 2), (3, 2), (4, 3), (5, 3), (6, 4), (0, 1)]
+)
 def test_attestation_quorum_is_a_strict_majority(participants, quorum):
     assert rules.attestation_quorum(participants) == quorum
 
 
-@pytest.mark.parametrize(("min_voters", "peers", "required"), [(2, 3, 2), (5, 3, 3), (3, 0, 1), (1, 10, 1)])
+@pytest.mark.parametrize(
+    ("min_voters", "peers", "required"), [(2, 3, 2), (5, 3, 3), (3, 0, 1), (1, 10, 1)]
+)
 def test_required_votes(min_voters, peers, required):
     assert rules.required_votes(min_voters, peers) == required
 
 
 def test_split_rewards_is_exact_proportional_and_deterministic():
-    assert rules.split_rewards(10, {"a": 1, "b": 1, "c": 1}) == {"a": 4, "b": 3, "c": 3}  # tie: smaller id
+    assert rules.split_rewards(10, {"a": 1, "b": 1, "c": 1}) == {
+        "a": 4,
+        "b": 3,
+        "c": 3,
+    }  # tie: smaller id
     assert rules.split_rewards(100, {"b": 1, "a": 3}) == {"a": 75, "b": 25}
     assert rules.split_rewards(7, {"a": 0, "b": 2}) == {"a": 0, "b": 7}
     assert rules.split_rewards(0, {"a": 1}) == {"a": 0}
@@ -51,14 +66,21 @@ def test_split_rewards_is_exact_proportional_and_deterministic():
 
 
 def test_judge_round_ignores_self_scores_removed_voters_and_rejects_removed_candidates():
-    candidates = {m: {"sha256": m * 64, "sample_weight": w} for m, w in (("a", 10), ("b", 30), ("c", 5))}
+    candidates = {
+        m: {"sha256": m * 64, "sample_weight": w} for m, w in (("a", 10), ("b", 30), ("c", 5))
+    }
     votes = {
         "a": {"a": 10**9, "b": 100, "c": -10},  # the self-score is never counted
         "b": {"a": 0, "c": 50},
-        "x": {"a": -10**9, "b": -10**9, "c": -10**9},  # removed voter
+        "x": {"a": -(10**9), "b": -(10**9), "c": -(10**9)},  # removed voter
     }
     verdict = rules.judge_round(
-        candidates=candidates, votes=votes, enrolled={"a", "b"}, threshold_micro=20, min_voters=2, reward_pool=9
+        candidates=candidates,
+        votes=votes,
+        enrolled={"a", "b"},
+        threshold_micro=20,
+        min_voters=2,
+        reward_pool=9,
     )
     c = verdict["candidates"]
     assert c["a"]["scores"] == {"b": 0} and c["a"]["required_votes"] == 1 and c["a"]["accepted"]
@@ -85,11 +107,19 @@ def test_update_commitment_is_sha256_of_the_canonical_opening():
     }
     canonical = json.dumps(opening, sort_keys=True, separators=(",", ":")).encode()
     assert update_commitment(**opening) == hashlib.sha256(canonical).hexdigest()
-    assert update_commitment(**{**opening, "msp_id": "Hospital2MSP"}) != update_commitment(**opening)
+    assert update_commitment(**{**opening, "msp_id": "Hospital2MSP"}) != update_commitment(
+        **opening
+    )
 
 
 def test_votes_commitment_is_sha256_of_the_canonical_opening():
-    opening = {"trial_id": "t", "round": 1, "msp_id": "Hospital1MSP", "scores": {"Hospital2MSP": -5, "Hospital3MSP": 7}, "salt": "ee" * 16}
+    opening = {
+        "trial_id": "t",
+        "round": 1,
+        "msp_id": "Hospital1MSP",
+        "scores": {"Hospital2MSP": -5, "Hospital3MSP": 7},
+        "salt": "ee" * 16,
+    }
     canonical = json.dumps(opening, sort_keys=True, separators=(",", ":")).encode()
     assert votes_commitment(**opening) == hashlib.sha256(canonical).hexdigest()
 

@@ -18,8 +18,17 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
         "grad_sample_mode": "ghost",
     }
     assert trial["he"] == {"enabled": True, "preset": "ckks-n4096-s33"}
-    assert trial["evaluation"] == {"acceptance_threshold_micro": 10_000, "min_voters": 2, "reward_per_round": 1000}
-    assert trial["phase_seconds"] == {"submit": 3600, "reveal": 900, "vote_commit": 1800, "vote_reveal": 900}
+    assert trial["evaluation"] == {
+        "acceptance_threshold_micro": 10_000,
+        "min_voters": 2,
+        "reward_per_round": 1000,
+    }
+    assert trial["phase_seconds"] == {
+        "submit": 3600,
+        "reveal": 900,
+        "vote_commit": 1800,
+        "vote_reveal": 900,
+    }
     assert trial["head"] == {"round": 0, "attempt": 0, "model": flow.trial_args()["initial_model"]}
     assert trial["created_by"]["msp_id"] == flow.msp["admin"]
     # Opaque fields are kept as given (floats included: nothing is decided from them).
@@ -29,13 +38,16 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
 
 def test_switching_dp_or_he_off_must_be_explicit_and_is_recorded(flow):
     trial = flow.create(
-        dp={"enabled": False, "reason": "synthetic data only"}, he={"enabled": False, "reason": "benchmark"}
+        dp={"enabled": False, "reason": "synthetic data only"},
+        he={"enabled": False, "reason": "benchmark"},
     )
     assert trial["dp"] == {"enabled": False, "reason": "synthetic data only"}
     assert trial["he"] == {"enabled": False, "reason": "benchmark"}
     # DP parameters with DP off are a contradiction, not something to ignore.
     flow.trial_id = "trial-2"
-    error = refused("INVALID_ARGUMENT", flow.create, dp={"enabled": False, "target_epsilon_micro": 1})
+    error = refused(
+        "INVALID_ARGUMENT", flow.create, dp={"enabled": False, "target_epsilon_micro": 1}
+    )
     assert error.detail["field"] == "dp.target_epsilon_micro"
 
 
@@ -50,7 +62,11 @@ def test_delta_as_string_or_fraction_is_stored_as_reduced_ints(flow):
 
 def test_invalid_arguments_name_the_field_the_value_and_what_was_expected(flow):
     error = refused("INVALID_ARGUMENT", flow.create, rounds="three")
-    assert error.detail == {"field": "rounds", "value": "three", "expected": "an integer from 1 to 1000"}
+    assert error.detail == {
+        "field": "rounds",
+        "value": "three",
+        "expected": "an integer from 1 to 1000",
+    }
     assert "rounds" in error.message and "three" in error.message
     error = refused("INVALID_ARGUMENT", flow.create, evaluation={"acceptance_treshold_micro": 5})
     assert error.detail["field"] == "evaluation.acceptance_treshold_micro"
@@ -70,8 +86,18 @@ def test_only_the_admin_creates_and_drives_trials(flow):
         refused("FORBIDDEN_ROLE", flow.client(name).submit, "create_trial", flow.trial_args())
     flow.create()
     for name in ("coordinator", "hospital1"):
-        refused("FORBIDDEN_ROLE", flow.client(name).submit, "open_enrolment", {"trial_id": flow.trial_id})
-        refused("FORBIDDEN_ROLE", flow.client(name).submit, "halt_trial", {"trial_id": flow.trial_id, "reason": "x"})
+        refused(
+            "FORBIDDEN_ROLE",
+            flow.client(name).submit,
+            "open_enrolment",
+            {"trial_id": flow.trial_id},
+        )
+        refused(
+            "FORBIDDEN_ROLE",
+            flow.client(name).submit,
+            "halt_trial",
+            {"trial_id": flow.trial_id, "reason": "x"},
+        )
 
 
 def test_trial_ids_are_unique(flow):
@@ -106,7 +132,9 @@ def test_state_machine_draft_enrolling_running_completed(flow):
 
 def test_start_needs_min_silos(flow):
     flow.enrolling(hospitals=("hospital1",), min_silos=2)
-    error = refused("INSUFFICIENT_SILOS", flow.admin.submit, "start_trial", {"trial_id": flow.trial_id})
+    error = refused(
+        "INSUFFICIENT_SILOS", flow.admin.submit, "start_trial", {"trial_id": flow.trial_id}
+    )
     assert error.detail["min_silos"] == 2
     flow.enrol("hospital2")
     assert flow.admin.submit("start_trial", {"trial_id": flow.trial_id})["state"] == "RUNNING"
@@ -115,22 +143,61 @@ def test_start_needs_min_silos(flow):
 def test_enrolment_accepts_hospitals_only_with_a_valid_x25519_key(flow):
     flow.enrolling(hospitals=())
     base = {"trial_id": flow.trial_id, "encryption_public_key": x25519_public_key()}
-    refused("WRONG_ORGANISATION", flow.admin.submit, "enrol_hospital", {**base, "msp_id": flow.msp["auditor"]})
-    refused("WRONG_ORGANISATION", flow.admin.submit, "enrol_hospital", {**base, "msp_id": flow.msp["admin"]})
+    refused(
+        "WRONG_ORGANISATION",
+        flow.admin.submit,
+        "enrol_hospital",
+        {**base, "msp_id": flow.msp["auditor"]},
+    )
+    refused(
+        "WRONG_ORGANISATION",
+        flow.admin.submit,
+        "enrol_hospital",
+        {**base, "msp_id": flow.msp["admin"]},
+    )
     refused("NOT_FOUND", flow.admin.submit, "enrol_hospital", {**base, "msp_id": "Hospital99MSP"})
     bad_key = {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": "bm90IGEga2V5"}
-    assert refused("INVALID_ARGUMENT", flow.admin.submit, "enrol_hospital", bad_key).detail["field"] == "encryption_public_key"
+    assert (
+        refused("INVALID_ARGUMENT", flow.admin.submit, "enrol_hospital", bad_key).detail["field"]
+        == "encryption_public_key"
+    )
     pem = x25519_public_key(pem=True)
     # the operator cannot enrol a key the hospital did not register itself
-    refused("NOT_FOUND", flow.admin.submit, "enrol_hospital", {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": pem})
+    refused(
+        "NOT_FOUND",
+        flow.admin.submit,
+        "enrol_hospital",
+        {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": pem},
+    )
     flow.register_key("hospital1", pem)
-    refused("KEY_MISMATCH", flow.admin.submit, "enrol_hospital", {**base, "msp_id": flow.msp["hospital1"]})
-    refused("WRONG_ORGANISATION", flow.client("hospital2").submit, "register_encryption_key",
-            {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"], "encryption_public_key": x25519_public_key()})
-    refused("FORBIDDEN_ROLE", flow.admin.submit, "register_encryption_key",
-            {"trial_id": flow.trial_id, "encryption_public_key": x25519_public_key()})
-    record = flow.admin.submit("enrol_hospital", {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": pem})
-    assert record["status"] == "enrolled" and len(record["encryption_public_key"]) == 44  # base64 of 32 bytes
+    refused(
+        "KEY_MISMATCH",
+        flow.admin.submit,
+        "enrol_hospital",
+        {**base, "msp_id": flow.msp["hospital1"]},
+    )
+    refused(
+        "WRONG_ORGANISATION",
+        flow.client("hospital2").submit,
+        "register_encryption_key",
+        {
+            "trial_id": flow.trial_id,
+            "msp_id": flow.msp["hospital1"],
+            "encryption_public_key": x25519_public_key(),
+        },
+    )
+    refused(
+        "FORBIDDEN_ROLE",
+        flow.admin.submit,
+        "register_encryption_key",
+        {"trial_id": flow.trial_id, "encryption_public_key": x25519_public_key()},
+    )
+    record = flow.admin.submit(
+        "enrol_hospital", {**base, "msp_id": flow.msp["hospital1"], "encryption_public_key": pem}
+    )
+    assert (
+        record["status"] == "enrolled" and len(record["encryption_public_key"]) == 44
+    )  # base64 of 32 bytes
     refused("ALREADY_EXISTS", flow.enrol, "hospital1")
 
 
@@ -143,13 +210,18 @@ def test_remove_and_re_enrol_keep_history(flow):
     assert flow.enrol("hospital2")["status"] == "enrolled"
     history = flow.client("auditor").evaluate("get_history", {**who, "record": "enrolment"})
     assert [h["value"]["status"] for h in history] == ["enrolled", "removed", "enrolled"][::-1]
-    statuses = {e["msp_id"]: e["status"] for e in flow.admin.evaluate("get_enrolments", {"trial_id": flow.trial_id})}
+    statuses = {
+        e["msp_id"]: e["status"]
+        for e in flow.admin.evaluate("get_enrolments", {"trial_id": flow.trial_id})
+    }
     assert statuses == {flow.msp["hospital1"]: "enrolled", flow.msp["hospital2"]: "enrolled"}
 
 
 def test_halt_from_enrolling_and_from_running_closes_the_open_round(flow):
     flow.enrolling()
-    halted = flow.admin.submit("halt_trial", {"trial_id": flow.trial_id, "reason": "sponsor withdrew"})
+    halted = flow.admin.submit(
+        "halt_trial", {"trial_id": flow.trial_id, "reason": "sponsor withdrew"}
+    )
     assert halted["state"] == "HALTED" and halted["halt"]["reason"] == "sponsor withdrew"
     refused("WRONG_STATE", flow.enrol, "hospital4")
 
@@ -182,7 +254,12 @@ def test_trial_keys_cover_every_enrolled_hospital_once(flow):
     error = refused("INVALID_ARGUMENT", flow.record_keys, "hospital1", flow.members[:2])
     assert error.detail["field"] == "envelopes"
     refused("INVALID_ARGUMENT", flow.record_keys, "hospital1", [*flow.members, "hospital4"])
-    refused("WRONG_ORGANISATION", flow.client("hospital1").submit, "record_trial_keys", {**flow.keys_args(), "msp_id": flow.msp["hospital2"]})
+    refused(
+        "WRONG_ORGANISATION",
+        flow.client("hospital1").submit,
+        "record_trial_keys",
+        {**flow.keys_args(), "msp_id": flow.msp["hospital2"]},
+    )
     record = flow.record_keys("hospital2")
     assert record["msp_id"] == flow.msp["hospital2"]
     assert sorted(record["envelopes"]) == sorted(flow.msp[n] for n in flow.members)

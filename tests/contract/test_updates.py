@@ -14,8 +14,12 @@ def running(flow):
 
 def test_open_round_takes_the_initial_model_and_deadline_from_the_trial(running):
     flow = running
-    refused("FORBIDDEN_ROLE", flow.client("hospital1").submit, "open_round", {"trial_id": flow.trial_id})
-    refused("FORBIDDEN_ROLE", flow.client("auditor").submit, "open_round", {"trial_id": flow.trial_id})
+    refused(
+        "FORBIDDEN_ROLE", flow.client("hospital1").submit, "open_round", {"trial_id": flow.trial_id}
+    )
+    refused(
+        "FORBIDDEN_ROLE", flow.client("auditor").submit, "open_round", {"trial_id": flow.trial_id}
+    )
     rnd = flow.open_round(by="admin")
     assert (rnd["round"], rnd["attempt"], rnd["phase"]) == (1, 1, "SUBMIT")
     assert rnd["base"] == {"round": 0, "attempt": 0, "model": flow.trial_args()["initial_model"]}
@@ -27,7 +31,12 @@ def test_open_round_takes_the_initial_model_and_deadline_from_the_trial(running)
 
 
 def test_open_round_refuses_a_round_number_other_than_the_next(running):
-    error = refused("WRONG_STATE", running.coordinator.submit, "open_round", {"trial_id": running.trial_id, "round": 2})
+    error = refused(
+        "WRONG_STATE",
+        running.coordinator.submit,
+        "open_round",
+        {"trial_id": running.trial_id, "round": 2},
+    )
     assert "next round" in error.message
 
 
@@ -38,21 +47,29 @@ def test_commit_and_reveal_record_the_update_and_the_privacy_ledger(running):
     record = flow.admin.evaluate("get_submissions", flow.at())[0]
     assert record["msp_id"] == flow.msp["hospital1"] and record["revealed"] is False
     assert record["sha256"] is None  # nothing but the commitment until the reveal
-    refused("WRONG_STATE", flow.reveal_update, "hospital1", u)  # reveals wait for the commit phase to close
+    refused(
+        "WRONG_STATE", flow.reveal_update, "hospital1", u
+    )  # reveals wait for the commit phase to close
     for name in ("hospital2", "hospital3"):
         flow.commit_update(name)
     rnd = flow.close("close_update_commits")
-    assert rnd["phase"] == "REVEAL" and rnd["committed"] == sorted(flow.msp[n] for n in flow.members)
+    assert rnd["phase"] == "REVEAL" and rnd["committed"] == sorted(
+        flow.msp[n] for n in flow.members
+    )
     revealed = flow.reveal_update("hospital1", u)
     assert revealed["revealed"] is True and revealed["sha256"] == u.sha256
-    ledger = flow.client("auditor").evaluate("get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]})
+    ledger = flow.client("auditor").evaluate(
+        "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]}
+    )
     assert ledger == [
         {
             "trial_id": flow.trial_id,
             "msp_id": flow.msp["hospital1"],
             "budget_micro": 3_000_000,
             "epsilon_spent_micro": 500_000,
-            "entries": [{"round": 1, "attempt": 1, "epsilon_micro": 500_000, "at": revealed["revealed_at"]}],
+            "entries": [
+                {"round": 1, "attempt": 1, "epsilon_micro": 500_000, "at": revealed["revealed_at"]}
+            ],
         }
     ]
 
@@ -67,10 +84,22 @@ def test_commit_refusals_wrong_role_organisation_unenrolled_stale_duplicate(runn
     error = refused("STALE", flow.commit_update, "hospital1", base=digest("some other model"))
     assert error.detail["expected"] == flow.base
     flow.commit_update("hospital1", msp_id=flow.msp["hospital1"])  # naming one's own org is fine
-    refused("DUPLICATE", flow.commit_update, "hospital1", flow.make_update("hospital1", tag="again"))
-    refused("NO_SUCH_ROUND", flow.client("hospital2").submit, "commit_update", {**flow.at(round=7), "base_model_sha256": flow.base, "commitment": digest("c")})
+    refused(
+        "DUPLICATE", flow.commit_update, "hospital1", flow.make_update("hospital1", tag="again")
+    )
+    refused(
+        "NO_SUCH_ROUND",
+        flow.client("hospital2").submit,
+        "commit_update",
+        {**flow.at(round=7), "base_model_sha256": flow.base, "commitment": digest("c")},
+    )
     bad = flow.at(base_model_sha256=flow.base, commitment="not-a-hash")
-    assert refused("INVALID_ARGUMENT", flow.client("hospital2").submit, "commit_update", bad).detail["field"] == "commitment"
+    assert (
+        refused("INVALID_ARGUMENT", flow.client("hospital2").submit, "commit_update", bad).detail[
+            "field"
+        ]
+        == "commitment"
+    )
 
 
 def test_late_commit_after_the_deadline_or_after_the_phase_moved_on(running):
@@ -88,7 +117,9 @@ def test_closing_commits_waits_for_everyone_until_the_deadline(running):
     flow.open_round()
     flow.commit_update("hospital1")
     error = refused("TOO_EARLY", flow.close, "close_update_commits")
-    assert sorted(error.detail["waiting_for"]) == sorted(flow.msp[n] for n in ("hospital2", "hospital3"))
+    assert sorted(error.detail["waiting_for"]) == sorted(
+        flow.msp[n] for n in ("hospital2", "hospital3")
+    )
     refused("FORBIDDEN_ROLE", flow.close, "close_update_commits", "hospital1")
     flow.net.advance_time(3601)
     rnd = flow.close("close_update_commits", by="admin")
@@ -104,7 +135,10 @@ def test_a_round_without_commitments_halts_and_the_next_attempt_reopens_it(runni
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "NO_COMMITMENTS"
     again = flow.open_round()
     assert (again["round"], again["attempt"]) == (1, 2)
-    assert [(r["round"], r["attempt"]) for r in flow.admin.evaluate("list_rounds", {"trial_id": flow.trial_id})] == [(1, 1), (1, 2)]
+    assert [
+        (r["round"], r["attempt"])
+        for r in flow.admin.evaluate("list_rounds", {"trial_id": flow.trial_id})
+    ] == [(1, 1), (1, 2)]
     old = flow.admin.evaluate("get_round", {"trial_id": flow.trial_id, "round": 1, "attempt": 1})
     assert old["phase"] == "HALTED"
 
@@ -120,10 +154,17 @@ def test_reveal_must_match_the_commitment(running):
         u.__class__(u.content_id, u.sha256, u.sample_weight + 1, u.epsilon_spent_micro, u.salt),
         u.__class__(u.content_id, u.sha256, u.sample_weight, 1, u.salt),  # under-reporting epsilon
         u.__class__(u.content_id, digest("other"), u.sample_weight, u.epsilon_spent_micro, u.salt),
-        u.__class__(u.content_id, u.sha256, u.sample_weight, u.epsilon_spent_micro, digest("other salt")),
+        u.__class__(
+            u.content_id, u.sha256, u.sample_weight, u.epsilon_spent_micro, digest("other salt")
+        ),
     ):
         refused("COMMITMENT_MISMATCH", flow.reveal_update, "hospital1", changed)
-    assert flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]})[0]["epsilon_spent_micro"] == 0
+    assert (
+        flow.admin.evaluate(
+            "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]}
+        )[0]["epsilon_spent_micro"]
+        == 0
+    )
     flow.reveal_update("hospital1", u)
     refused("DUPLICATE", flow.reveal_update, "hospital1", u)
 
@@ -155,7 +196,12 @@ def test_the_same_content_revealed_by_two_hospitals_is_refused(running):
     flow.reveal_update("hospital1", u1)
     error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital2", copied)
     assert error.detail["first_revealed_by"] == flow.msp["hospital1"]
-    assert flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital2"]})[0]["epsilon_spent_micro"] == 0
+    assert (
+        flow.admin.evaluate(
+            "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital2"]}
+        )[0]["epsilon_spent_micro"]
+        == 0
+    )
 
 
 def test_over_budget_reveal_is_refused_and_records_nothing(running):
@@ -168,10 +214,20 @@ def test_over_budget_reveal_is_refused_and_records_nothing(running):
     flow.close("close_update_commits")
     error = refused("BUDGET_EXCEEDED", flow.reveal_update, "hospital1", big)
     assert error.detail["budget_micro"] == 3_000_000
-    submission = next(s for s in flow.admin.evaluate("get_submissions", flow.at()) if s["msp_id"] == flow.msp["hospital1"])
+    submission = next(
+        s
+        for s in flow.admin.evaluate("get_submissions", flow.at())
+        if s["msp_id"] == flow.msp["hospital1"]
+    )
     assert submission["revealed"] is False and submission["sha256"] is None
-    ledgers = {entry["msp_id"]: entry for entry in flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id})}
-    assert ledgers[flow.msp["hospital1"]]["epsilon_spent_micro"] == 0 and ledgers[flow.msp["hospital1"]]["entries"] == []
+    ledgers = {
+        entry["msp_id"]: entry
+        for entry in flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id})
+    }
+    assert (
+        ledgers[flow.msp["hospital1"]]["epsilon_spent_micro"] == 0
+        and ledgers[flow.msp["hospital1"]]["entries"] == []
+    )
     # Exactly the budget is allowed; after that the hospital cannot even commit.
     flow.reveal_update("hospital2", ok)
     flow.reveal_update("hospital3", flow.make_update("hospital3"))
@@ -195,10 +251,14 @@ def test_late_reveal_and_reveal_of_an_unenrolled_hospital(running):
     updates = {n: flow.commit_update(n) for n in flow.members}
     flow.close("close_update_commits")
     flow.reveal_update("hospital1", updates["hospital1"])
-    flow.admin.submit("remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital3"]})
+    flow.admin.submit(
+        "remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital3"]}
+    )
     refused("NOT_ENROLLED", flow.reveal_update, "hospital3", updates["hospital3"])
     error = refused("TOO_EARLY", flow.close, "close_update_reveals")
-    assert error.detail["waiting_for"] == [flow.msp["hospital2"]]  # the removed hospital is not awaited
+    assert error.detail["waiting_for"] == [
+        flow.msp["hospital2"]
+    ]  # the removed hospital is not awaited
     flow.net.advance_time(901)
     refused("LATE", flow.reveal_update, "hospital2", updates["hospital2"])
     rnd = flow.close("close_update_reveals")
@@ -224,5 +284,7 @@ def test_with_dp_switched_off_reveals_are_not_budget_checked(flow):
     flow.net.advance_time(3601)
     flow.close("close_update_commits")
     flow.reveal_update("hospital1", u)
-    ledger = flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]})[0]
+    ledger = flow.admin.evaluate(
+        "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]}
+    )[0]
     assert ledger["budget_micro"] is None and ledger["epsilon_spent_micro"] == 10**9

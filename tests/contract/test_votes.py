@@ -12,21 +12,32 @@ def voting(flow):
     flow.running(hospitals=HOSPITALS)
     flow.open_round()
     weights = {"hospital1": 100, "hospital2": 200, "hospital3": 300, "hospital4": 400}
-    flow.updates = {n: flow.commit_update(n, flow.make_update(n, weight=w)) for n, w in weights.items()}
+    flow.updates = {
+        n: flow.commit_update(n, flow.make_update(n, weight=w)) for n, w in weights.items()
+    }
     flow.close("close_update_commits")
     for n in HOSPITALS:
         flow.reveal_update(n, flow.updates[n])
     rnd = flow.close("close_update_reveals")
-    assert rnd["phase"] == "VOTE_COMMIT" and rnd["candidates"] == sorted(flow.msp[n] for n in HOSPITALS)
+    assert rnd["phase"] == "VOTE_COMMIT" and rnd["candidates"] == sorted(
+        flow.msp[n] for n in HOSPITALS
+    )
     return flow
 
 
 def test_vote_commit_and_reveal_refusals(voting):
     flow = voting
     peers = {p: 1000 for p in HOSPITALS if p != "hospital1"}
-    refused("WRONG_STATE", flow.reveal_votes, "hospital1", {}, digest("salt"))  # reveals wait for VOTE_REVEAL
+    refused(
+        "WRONG_STATE", flow.reveal_votes, "hospital1", {}, digest("salt")
+    )  # reveals wait for VOTE_REVEAL
     refused("FORBIDDEN_ROLE", flow.commit_votes, "auditor", peers)
-    refused("WRONG_ORGANISATION", flow.client("hospital1").submit, "commit_votes", flow.at(commitment=digest("c"), msp_id=flow.msp["hospital2"]))
+    refused(
+        "WRONG_ORGANISATION",
+        flow.client("hospital1").submit,
+        "commit_votes",
+        flow.at(commitment=digest("c"), msp_id=flow.msp["hospital2"]),
+    )
     by_msp, salt = flow.commit_votes("hospital1", peers)
     refused("DUPLICATE", flow.commit_votes, "hospital1", peers)
     own = {p: 1000 for p in HOSPITALS}
@@ -35,31 +46,56 @@ def test_vote_commit_and_reveal_refusals(voting):
     error = refused("TOO_EARLY", flow.close, "close_vote_commits")
     assert error.detail["waiting_for"] == [flow.msp["hospital4"]]
     flow.net.advance_time(1801)
-    refused("LATE", flow.commit_votes, "hospital4", {p: 1000 for p in HOSPITALS if p != "hospital4"})
+    refused(
+        "LATE", flow.commit_votes, "hospital4", {p: 1000 for p in HOSPITALS if p != "hospital4"}
+    )
     rnd = flow.close("close_vote_commits")
     assert rnd["phase"] == "VOTE_REVEAL" and len(rnd["vote_committed"]) == 3
 
     refused("SELF_VOTE", flow.reveal_votes, "hospital2", self_scores, self_salt)
-    refused("NOT_COMMITTED", flow.reveal_votes, "hospital4", {flow.msp[p]: 1 for p in HOSPITALS if p != "hospital4"}, digest("s"))
+    refused(
+        "NOT_COMMITTED",
+        flow.reveal_votes,
+        "hospital4",
+        {flow.msp[p]: 1 for p in HOSPITALS if p != "hospital4"},
+        digest("s"),
+    )
     changed = dict(by_msp, **{flow.msp["hospital2"]: 999_999})
     refused("COMMITMENT_MISMATCH", flow.reveal_votes, "hospital1", changed, salt)
     refused("COMMITMENT_MISMATCH", flow.reveal_votes, "hospital1", by_msp, digest("another salt"))
     missing = {k: v for k, v in by_msp.items() if k != flow.msp["hospital4"]}
-    assert refused("INVALID_ARGUMENT", flow.reveal_votes, "hospital1", missing, salt).detail["field"] == "scores"
+    assert (
+        refused("INVALID_ARGUMENT", flow.reveal_votes, "hospital1", missing, salt).detail["field"]
+        == "scores"
+    )
     refused("INVALID_ARGUMENT", flow.reveal_votes, "hospital1", dict(by_msp, AuditorMSP=5), salt)
-    refused("INVALID_ARGUMENT", flow.reveal_votes, "hospital1", dict(by_msp, **{flow.msp["hospital2"]: 0.5}), salt)
+    refused(
+        "INVALID_ARGUMENT",
+        flow.reveal_votes,
+        "hospital1",
+        dict(by_msp, **{flow.msp["hospital2"]: 0.5}),
+        salt,
+    )
     revealed = flow.reveal_votes("hospital1", by_msp, salt)
     assert revealed["revealed"] is True and revealed["scores"] == by_msp
     refused("DUPLICATE", flow.reveal_votes, "hospital1", by_msp, salt)
     flow.net.advance_time(901)
-    refused("LATE", flow.reveal_votes, "hospital3", {flow.msp[p]: 1000 for p in HOSPITALS if p != "hospital3"}, digest("x"))
+    refused(
+        "LATE",
+        flow.reveal_votes,
+        "hospital3",
+        {flow.msp[p]: 1000 for p in HOSPITALS if p != "hospital3"},
+        digest("x"),
+    )
 
 
 def test_votes_are_hidden_until_revealed(voting):
     flow = voting
     flow.commit_votes("hospital1", {p: 1000 for p in HOSPITALS if p != "hospital1"})
     votes = flow.client("hospital2").evaluate("get_votes", flow.at())
-    assert [(v["msp_id"], v["scores"], v["salt"]) for v in votes] == [(flow.msp["hospital1"], None, None)]
+    assert [(v["msp_id"], v["scores"], v["salt"]) for v in votes] == [
+        (flow.msp["hospital1"], None, None)
+    ]
 
 
 def test_acceptance_median_threshold_weights_and_rewards(voting):
@@ -89,7 +125,9 @@ def test_acceptance_median_threshold_weights_and_rewards(voting):
     # floors 214 + 571 + 214 = 999; the last token goes to the largest remainder (hospital2)
     assert acceptance["rewards"] == {h1: 214, h2: 572, h3: 214, h4: 0}
     assert sum(acceptance["rewards"].values()) == 1000
-    assert acceptance["accepted_sha256s"] == sorted(flow.updates[n].sha256 for n in ("hospital1", "hospital2", "hospital3"))
+    assert acceptance["accepted_sha256s"] == sorted(
+        flow.updates[n].sha256 for n in ("hospital1", "hospital2", "hospital3")
+    )
     rnd = flow.get_round()
     assert rnd["phase"] == "AGGREGATE" and rnd["total_weight"] == 600
     assert rnd["participants"] == sorted([h1, h2, h3, h4]) and rnd["attestation_quorum"] == 3
@@ -113,9 +151,13 @@ def test_even_number_of_votes_takes_the_lower_median(voting):
     for v, (by_msp, salt) in committed.items():
         flow.reveal_votes(v, by_msp, salt)
     c = flow.close("close_voting")["candidates"]
-    assert c[flow.msp["hospital2"]]["median_micro"] == -30_000  # lower of (-30_000, 100_000): rejected
+    assert (
+        c[flow.msp["hospital2"]]["median_micro"] == -30_000
+    )  # lower of (-30_000, 100_000): rejected
     assert c[flow.msp["hospital2"]]["accepted"] is False
-    assert c[flow.msp["hospital3"]]["median_micro"] == -5_000  # lower of (-5_000, 50_000): within threshold
+    assert (
+        c[flow.msp["hospital3"]]["median_micro"] == -5_000
+    )  # lower of (-5_000, 50_000): within threshold
     assert c[flow.msp["hospital3"]]["accepted"] is True
 
 
@@ -142,7 +184,9 @@ def test_min_voters_above_the_available_peers_needs_every_peer(flow):
     flow.open_round()
     flow.submit_updates(list(HOSPITALS[:2]))
     acceptance = flow.vote(flow.scores(list(HOSPITALS[:2]), list(HOSPITALS[:2])))
-    assert all(v["required_votes"] == 1 and v["accepted"] for v in acceptance["candidates"].values())
+    assert all(
+        v["required_votes"] == 1 and v["accepted"] for v in acceptance["candidates"].values()
+    )
 
 
 def test_closing_votes_waits_for_committed_voters_until_the_deadline(voting):

@@ -37,7 +37,9 @@ def store_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def coordinator_config(consortium: Consortium, embedded_ledger: Any, ledger_url: str, store_url: str, tmp_path: Path) -> CoordinatorConfig:
+def coordinator_config(
+    consortium: Consortium, embedded_ledger: Any, ledger_url: str, store_url: str, tmp_path: Path
+) -> CoordinatorConfig:
     """A coordinator over the test's ledger and store, with its SQLite database in tmp_path and
     the background scheduler off (tests run passes themselves)."""
     return load_config(
@@ -54,7 +56,9 @@ def coordinator_config(consortium: Consortium, embedded_ledger: Any, ledger_url:
 
 
 @pytest.fixture
-def make_service(coordinator_config: CoordinatorConfig, clock: Any) -> Iterator[Callable[..., CoordinatorService]]:
+def make_service(
+    coordinator_config: CoordinatorConfig, clock: Any
+) -> Iterator[Callable[..., CoordinatorService]]:
     made: list[CoordinatorService] = []
 
     def make(**changes: Any) -> CoordinatorService:
@@ -85,8 +89,6 @@ class LiveServer:
         self.thread.join(30)
 
 
-
-
 def start_server(service: CoordinatorService) -> LiveServer:
     """uvicorn on a free loopback port in a thread; the app's lifespan closes the service on stop."""
     app = create_app(service)
@@ -95,7 +97,9 @@ def start_server(service: CoordinatorService) -> LiveServer:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="uvicorn-test", daemon=True
+    )
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
@@ -126,7 +130,9 @@ def server(live: Callable[..., LiveServer]) -> LiveServer:
 
 
 @pytest.fixture
-def client_as(server: LiveServer, consortium: Consortium) -> Iterator[Callable[[str], CoordinatorClient]]:
+def client_as(
+    server: LiveServer, consortium: Consortium
+) -> Iterator[Callable[[str], CoordinatorClient]]:
     clients: list[CoordinatorClient] = []
 
     def make(name: str) -> CoordinatorClient:
@@ -171,14 +177,30 @@ def postgres_server() -> Iterator[str]:
         argv = (["runuser", "-u", "postgres", "--"] if as_root else []) + list(command)
         result = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+            )
 
     data = root / "data"
     run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync")
     port = free_port()
-    options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    options = (
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off"
+    )
     try:
-        run(pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o", options, "start")
+        run(
+            pg_ctl,
+            "-D",
+            str(data),
+            "-l",
+            str(root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}"
     finally:
         try:

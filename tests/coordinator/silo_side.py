@@ -30,7 +30,9 @@ class Submitted:
 class Hospitals:
     """Each hospital holds the trial's secret context (as if opened from its key envelope)."""
 
-    def __init__(self, net: Any, store: ArtifactStore, trial_id: str, names: list[str], secret: he.HEContext):
+    def __init__(
+        self, net: Any, store: ArtifactStore, trial_id: str, names: list[str], secret: he.HEContext
+    ):
         self.net = net
         self.store = store
         self.trial_id = trial_id
@@ -53,55 +55,105 @@ class Hospitals:
         for record in self.client(by).evaluate("get_enrolments", {"trial_id": self.trial_id}):
             if record["status"] != "enrolled":
                 continue
-            recipient_key = X25519PublicKey.from_public_bytes(base64.b64decode(record["encryption_public_key"]))
+            recipient_key = X25519PublicKey.from_public_bytes(
+                base64.b64decode(record["encryption_public_key"])
+            )
             sealed = he.seal_envelope(
-                self.secret.secret_bytes(), recipient_key,
-                trial_id=self.trial_id, recipient=record["msp_id"],
+                self.secret.secret_bytes(),
+                recipient_key,
+                trial_id=self.trial_id,
+                recipient=record["msp_id"],
             )
             stored = self.store.put(sealed)
             envelopes[record["msp_id"]] = {"content_id": stored.content_id, "sha256": stored.sha256}
-        return self.client(by).submit("record_trial_keys", {
-            "trial_id": self.trial_id,
-            "public_context": {"content_id": public.content_id, "sha256": public.sha256},
-            "envelopes": envelopes,
-        })
+        return self.client(by).submit(
+            "record_trial_keys",
+            {
+                "trial_id": self.trial_id,
+                "public_context": {"content_id": public.content_id, "sha256": public.sha256},
+                "envelopes": envelopes,
+            },
+        )
 
-    def commit(self, name: str, *, weight: int = 10, seed: int = 0, payload: bytes | None = None) -> Submitted:
+    def commit(
+        self, name: str, *, weight: int = 10, seed: int = 0, payload: bytes | None = None
+    ) -> Submitted:
         rnd = self.round()
-        delta = np.random.default_rng([seed, rnd["round"], int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)]).normal(0, 0.1, N_PARAMS)
-        data = payload if payload is not None else he.encrypt_update(self.secret, delta, weight=float(weight))
+        delta = np.random.default_rng(
+            [seed, rnd["round"], int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)]
+        ).normal(0, 0.1, N_PARAMS)
+        data = (
+            payload
+            if payload is not None
+            else he.encrypt_update(self.secret, delta, weight=float(weight))
+        )
         stored = self.store.put(data)
         update = Submitted(stored.content_id, stored.sha256, weight, 100_000, new_salt(), delta)
         commitment = update_commitment(
-            trial_id=self.trial_id, round=rnd["round"], msp_id=self.msp[name], content_id=update.content_id,
-            sha256=update.sha256, sample_weight=weight, epsilon_spent_micro=update.epsilon_spent_micro, salt=update.salt,
+            trial_id=self.trial_id,
+            round=rnd["round"],
+            msp_id=self.msp[name],
+            content_id=update.content_id,
+            sha256=update.sha256,
+            sample_weight=weight,
+            epsilon_spent_micro=update.epsilon_spent_micro,
+            salt=update.salt,
         )
-        self.client(name).submit("commit_update", {
-            "trial_id": self.trial_id, "round": rnd["round"], "base_model_sha256": rnd["base"]["model"]["sha256"],
-            "commitment": commitment,
-        })
+        self.client(name).submit(
+            "commit_update",
+            {
+                "trial_id": self.trial_id,
+                "round": rnd["round"],
+                "base_model_sha256": rnd["base"]["model"]["sha256"],
+                "commitment": commitment,
+            },
+        )
         self.updates[name] = update
         return update
 
     def reveal(self, name: str) -> None:
         u = self.updates[name]
-        self.client(name).submit("reveal_update", {
-            "trial_id": self.trial_id, "round": self.round()["round"], "content_id": u.content_id, "sha256": u.sha256,
-            "sample_weight": u.sample_weight, "epsilon_spent_micro": u.epsilon_spent_micro, "salt": u.salt,
-        })
+        self.client(name).submit(
+            "reveal_update",
+            {
+                "trial_id": self.trial_id,
+                "round": self.round()["round"],
+                "content_id": u.content_id,
+                "sha256": u.sha256,
+                "sample_weight": u.sample_weight,
+                "epsilon_spent_micro": u.epsilon_spent_micro,
+                "salt": u.salt,
+            },
+        )
 
     def commit_votes(self, name: str, score: int = 20_000) -> None:
         rnd = self.round()
         scores = {m: score for m in rnd["candidates"] if m != self.msp[name]}
         salt = new_salt()
-        commitment = votes_commitment(trial_id=self.trial_id, round=rnd["round"], msp_id=self.msp[name], scores=scores, salt=salt)
-        self.client(name).submit("commit_votes", {"trial_id": self.trial_id, "round": rnd["round"], "commitment": commitment})
+        commitment = votes_commitment(
+            trial_id=self.trial_id,
+            round=rnd["round"],
+            msp_id=self.msp[name],
+            scores=scores,
+            salt=salt,
+        )
+        self.client(name).submit(
+            "commit_votes",
+            {"trial_id": self.trial_id, "round": rnd["round"], "commitment": commitment},
+        )
         self.votes[name] = (scores, salt)
 
     def reveal_votes(self, name: str) -> None:
         scores, salt = self.votes[name]
-        self.client(name).submit("reveal_votes", {"trial_id": self.trial_id, "round": self.round()["round"],
-                                                  "scores": scores, "salt": salt})
+        self.client(name).submit(
+            "reveal_votes",
+            {
+                "trial_id": self.trial_id,
+                "round": self.round()["round"],
+                "scores": scores,
+                "salt": salt,
+            },
+        )
 
     def decrypt_aggregate(self) -> np.ndarray:
         rnd = self.round()
@@ -112,5 +164,12 @@ class Hospitals:
     def attest(self, name: str, sha256: str | None = None) -> dict[str, Any]:
         rnd = self.round()
         # A real silo applies the decrypted aggregate to its base model; any agreed hash will do here.
-        sha256 = sha256 or hashlib.sha256(f"model/{rnd['round']}/{rnd['aggregate']['sha256']}".encode()).hexdigest()
-        return self.client(name).submit("attest_model", {"trial_id": self.trial_id, "round": rnd["round"], "sha256": sha256})
+        sha256 = (
+            sha256
+            or hashlib.sha256(
+                f"model/{rnd['round']}/{rnd['aggregate']['sha256']}".encode()
+            ).hexdigest()
+        )
+        return self.client(name).submit(
+            "attest_model", {"trial_id": self.trial_id, "round": rnd["round"], "sha256": sha256}
+        )

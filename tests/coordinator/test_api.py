@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 
-from consortium.errors import ContractError, SchemaError
+from bcfl_common.errors import ContractError, SchemaError
 from consortium.ledger import open_ledger
 from consortium.storage import open_store
 from coordinator.cli import coordinator_group
@@ -47,18 +47,21 @@ def spec(trial_id: str = "trial-1", **overrides: Any) -> dict[str, Any]:
 
 def raw_key_b64(pem: bytes) -> str:
     key = serialization.load_pem_public_key(pem)
-    return base64.b64encode(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).decode()
+    return base64.b64encode(
+        key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
 
 
-def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consortium: Any, store_url: str,
-                                            ledger_url: str) -> None:
+def test_create_enrol_start_through_the_api(
+    server: Any, client_as: Any, consortium: Any, store_url: str, ledger_url: str
+) -> None:
     admin, auditor = client_as("admin"), client_as("auditor")
     trial = admin.create_trial(spec())
     assert trial["state"] == "ENROLLING"
     assert trial["he"] == {"enabled": True, "preset": DEFAULT_PRESET}
     assert trial["created_by"]["role"] == "admin"
     # The initial model is in the store, under the ledger's content id and hash, and reproducible.
-    from silo_agent.models import initial_model
+    from model_registry.models import initial_model
 
     expected = initial_model(spec()["model"], DATA_SCHEMA, 7)
     stored = open_store(store_url).get(trial["initial_model"]["content_id"])
@@ -71,23 +74,33 @@ def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consort
 
     hospitals = {name: client_as(name) for name in ("hospital1", "hospital2", "hospital3")}
     for name, client in hospitals.items():
-        request = client.request_enrolment("trial-1", consortium.identity(name).encryption_public_key_pem())
+        request = client.request_enrolment(
+            "trial-1", consortium.identity(name).encryption_public_key_pem()
+        )
         assert request["status"] == "pending"
         assert request["msp_id"] == consortium.identity(name).msp_id
     with pytest.raises(ContractError) as info:
-        hospitals["hospital1"].request_enrolment("trial-1", consortium.identity("hospital1").encryption_public_key_pem())
+        hospitals["hospital1"].request_enrolment(
+            "trial-1", consortium.identity("hospital1").encryption_public_key_pem()
+        )
     assert info.value.code == "ALREADY_EXISTS"
     with pytest.raises(SchemaError) as info2:
         client_as("hospital4").request_enrolment("trial-1", "not a key")
     assert info2.value.detail["field"] == "encryption_public_key"
-    assert [r["msp_id"] for r in admin.enrolment_requests("trial-1", "pending")] == ["Hospital1MSP", "Hospital2MSP", "Hospital3MSP"]
+    assert [r["msp_id"] for r in admin.enrolment_requests("trial-1", "pending")] == [
+        "Hospital1MSP",
+        "Hospital2MSP",
+        "Hospital3MSP",
+    ]
 
     for name in ("hospital1", "hospital2"):
         ledger = open_ledger(ledger_url, consortium.identity(name))
         register_encryption_key(ledger, consortium.identity(name), "trial-1")
         ledger.close()
     record = admin.enrol("trial-1", "Hospital1MSP")
-    assert record["encryption_public_key"] == raw_key_b64(consortium.identity("hospital1").encryption_public_key_pem())
+    assert record["encryption_public_key"] == raw_key_b64(
+        consortium.identity("hospital1").encryption_public_key_pem()
+    )
     # Starting with one hospital is refused and changes nothing.
     with pytest.raises(ContractError) as info:
         admin.start_trial("trial-1")
@@ -95,7 +108,9 @@ def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consort
     assert auditor.trial("trial-1")["state"] == "ENROLLING"
 
     admin.enrol("trial-1", "Hospital2MSP")
-    assert admin.enrol("trial-1", "Hospital2MSP")["status"] == "enrolled"  # approving twice is harmless
+    assert (
+        admin.enrol("trial-1", "Hospital2MSP")["status"] == "enrolled"
+    )  # approving twice is harmless
     rejected = admin.reject_enrolment("trial-1", "Hospital3MSP", "not in this study")
     assert rejected["status"] == "rejected"
     assert hospitals["hospital3"].enrolment_request("trial-1")["reason"] == "not in this study"
@@ -116,12 +131,22 @@ def test_create_enrol_start_through_the_api(server: Any, client_as: Any, consort
     assert [e["msp_id"] for e in auditor.enrolments("trial-1")] == ["Hospital1MSP", "Hospital2MSP"]
     assert auditor.lineage("trial-1")["head"]["round"] == 0
     assert auditor.rounds("trial-1") == []
-    assert {p["msp_id"] for p in auditor.privacy_ledger("trial-1")} == {"Hospital1MSP", "Hospital2MSP"}
+    assert {p["msp_id"] for p in auditor.privacy_ledger("trial-1")} == {
+        "Hospital1MSP",
+        "Hospital2MSP",
+    }
     assert auditor.rewards("trial-1")["accounts"] == []
     feed = auditor.events("trial-1")
     names = [e["name"] for e in feed["events"]]
-    assert names == ["TrialCreated", "EnrolmentOpened", "EncryptionKeyRegistered", "EncryptionKeyRegistered",
-                     "HospitalEnrolled", "HospitalEnrolled", "TrialStarted"]
+    assert names == [
+        "TrialCreated",
+        "EnrolmentOpened",
+        "EncryptionKeyRegistered",
+        "EncryptionKeyRegistered",
+        "HospitalEnrolled",
+        "HospitalEnrolled",
+        "TrialStarted",
+    ]
     later = auditor.events("trial-1", since_block=feed["events"][5]["block_number"])
     assert [e["name"] for e in later["events"]] == ["HospitalEnrolled", "TrialStarted"]
     page = auditor.events("trial-1", limit=2)
@@ -172,14 +197,22 @@ def test_cli_drives_the_api(server: Any, consortium: Any, tmp_path: Path) -> Non
     )
     runner = CliRunner()
     base = ["--url", server.base_url, "--consortium", str(consortium.directory)]
-    result = runner.invoke(coordinator_group, ["trial", "create", *base, "--spec", str(spec_path), "--json"])
+    result = runner.invoke(
+        coordinator_group, ["trial", "create", *base, "--spec", str(spec_path), "--json"]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["state"] == "ENROLLING"
     result = runner.invoke(coordinator_group, ["trial", "status", *base, "cli-trial"])
     assert result.exit_code == 0, result.output
     assert "ENROLLING" in result.output and "cli-trial" in result.output
-    result = runner.invoke(coordinator_group, ["trial", "status", *base, "--as", "auditor", "--json"])
+    result = runner.invoke(
+        coordinator_group, ["trial", "status", *base, "--as", "auditor", "--json"]
+    )
     assert [t["trial_id"] for t in json.loads(result.output)] == ["cli-trial"]
-    result = runner.invoke(coordinator_group, ["trial", "start", *base, "--as", "auditor", "cli-trial"])
+    result = runner.invoke(
+        coordinator_group, ["trial", "start", *base, "--as", "auditor", "cli-trial"]
+    )
     assert result.exit_code != 0
-    assert result.exception is not None and getattr(result.exception, "code", None) == "FORBIDDEN_ROLE"
+    assert (
+        result.exception is not None and getattr(result.exception, "code", None) == "FORBIDDEN_ROLE"
+    )

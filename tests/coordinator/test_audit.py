@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 from test_audit_support import create_running_trial, finalize_round
 
+from bcfl_common.errors import BcflError
 from chaincode.state import create_composite_key
-from consortium.errors import BcflError
 from consortium.storage import open_store
 from coordinator.audit import AuditFailed
 from coordinator.audit_cli import audit_group
@@ -32,8 +32,20 @@ def audit_cli(consortium: Any, ledger_url: str, *args: str) -> tuple[int, str]:
     """Run `bcfl audit ARGS` as the auditor; (exit code as `bcfl` would give it, stdout)."""
     runner = CliRunner()
     command, rest = args[0], list(args[1:])
-    result = runner.invoke(audit_group, [command, "--ledger", ledger_url, "--consortium", str(consortium.directory),
-                                         "--as", "auditor", *rest], catch_exceptions=True)
+    result = runner.invoke(
+        audit_group,
+        [
+            command,
+            "--ledger",
+            ledger_url,
+            "--consortium",
+            str(consortium.directory),
+            "--as",
+            "auditor",
+            *rest,
+        ],
+        catch_exceptions=True,
+    )
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         if not isinstance(result.exception, BcflError):
             raise result.exception
@@ -47,8 +59,12 @@ def audit_json(consortium: Any, ledger_url: str, *args: str) -> tuple[int, dict[
 
 
 @pytest.fixture
-def finished_trial(make_service: Callable[..., CoordinatorService], contract_net: Any, store_url: str,
-                   secret_context: he.HEContext) -> dict[str, Any]:
+def finished_trial(
+    make_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    secret_context: he.HEContext,
+) -> dict[str, Any]:
     """Two finalized rounds (hospital3's round-1 update rejected by its peers), run by the coordinator's scheduler."""
     service = make_service()
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
@@ -58,26 +74,37 @@ def finished_trial(make_service: Callable[..., CoordinatorService], contract_net
     return {"service": service, "hospitals": hospitals, "rounds": [first, second]}
 
 
-def test_an_honest_trial_passes_every_audit(finished_trial: dict[str, Any], consortium: Any, ledger_url: str,
-                                            store_url: str) -> None:
+def test_an_honest_trial_passes_every_audit(
+    finished_trial: dict[str, Any], consortium: Any, ledger_url: str, store_url: str
+) -> None:
     code, report = audit_json(consortium, ledger_url, "trials")
-    assert code == 0 and [(t["trial_id"], t["state"], t["finalized"]) for t in report["trials"]] == [(TRIAL, "COMPLETED", 2)]
+    assert code == 0 and [
+        (t["trial_id"], t["state"], t["finalized"]) for t in report["trials"]
+    ] == [(TRIAL, "COMPLETED", 2)]
 
     code, report = audit_json(consortium, ledger_url, "trial", TRIAL)
     assert code == 0
     assert report["dp"]["enabled"] and report["he"]["enabled"] and report["warnings"] == []
     first = report["rounds"][0]
     verdicts = {c["msp_id"]: (c["accepted"], c["reason"]) for c in first["candidates"]}
-    assert verdicts == {"Hospital1MSP": (True, "accepted"), "Hospital2MSP": (True, "accepted"),
-                        "Hospital3MSP": (False, "below_threshold")}
+    assert verdicts == {
+        "Hospital1MSP": (True, "accepted"),
+        "Hospital2MSP": (True, "accepted"),
+        "Hospital3MSP": (False, "below_threshold"),
+    }
     assert sum(c["reward"] for c in first["candidates"]) == 1000
     assert [c["weight"] for c in first["candidates"]] == [10, 10, 0]
-    assert [r["model_sha256"] for r in report["rounds"]] == [r["model"]["sha256"] for r in finished_trial["rounds"]]
+    assert [r["model_sha256"] for r in report["rounds"]] == [
+        r["model"]["sha256"] for r in finished_trial["rounds"]
+    ]
 
     code, report = audit_json(consortium, ledger_url, "privacy", TRIAL)
     assert code == 0 and report["budget_micro"] == 1_000_000
     for h in report["hospitals"]:
-        assert [(e["round"], e["epsilon_micro"], e["cumulative_micro"]) for e in h["entries"]] == [(1, 100_000, 100_000), (2, 100_000, 200_000)]
+        assert [(e["round"], e["epsilon_micro"], e["cumulative_micro"]) for e in h["entries"]] == [
+            (1, 100_000, 100_000),
+            (2, 100_000, 200_000),
+        ]
         assert h["remaining_micro"] == 800_000
 
     code, report = audit_json(consortium, ledger_url, "rewards", TRIAL)
@@ -85,7 +112,9 @@ def test_an_honest_trial_passes_every_audit(finished_trial: dict[str, Any], cons
     assert sum(a["total"] for a in report["accounts"]) == 2000
 
     code, report = audit_json(consortium, ledger_url, "lineage", TRIAL)
-    assert code == 0 and [e["model_sha256"] for e in report["lineage"]] == [r["model"]["sha256"] for r in finished_trial["rounds"]]
+    assert code == 0 and [e["model_sha256"] for e in report["lineage"]] == [
+        r["model"]["sha256"] for r in finished_trial["rounds"]
+    ]
 
     code, report = audit_json(consortium, ledger_url, "verify", "--store", store_url)
     assert code == 0, report["problems"]
@@ -105,7 +134,9 @@ def test_an_honest_trial_passes_every_audit(finished_trial: dict[str, Any], cons
     assert finished_trial["rounds"][1]["model"]["sha256"] in out  # full hashes, never cut short
 
 
-def test_a_tampered_ledger_state_is_detected(finished_trial: dict[str, Any], consortium: Any, ledger_url: str) -> None:
+def test_a_tampered_ledger_state_is_detected(
+    finished_trial: dict[str, Any], consortium: Any, ledger_url: str
+) -> None:
     # Someone with write access to the ledger database moves round 1's rewards to hospital3.
     path = ledger_url.removeprefix("embedded://")
     key = create_composite_key("acceptance", [TRIAL, "000001", "000001"]).encode()
@@ -113,12 +144,17 @@ def test_a_tampered_ledger_state_is_detected(finished_trial: dict[str, Any], con
         [(raw,)] = conn.execute("SELECT value FROM world_state WHERE key = ?", (key,)).fetchall()
         acceptance = json.loads(raw)
         acceptance["rewards"] = {"Hospital1MSP": 0, "Hospital2MSP": 0, "Hospital3MSP": 1000}
-        conn.execute("UPDATE world_state SET value = ? WHERE key = ?", (json.dumps(acceptance).encode(), key))
+        conn.execute(
+            "UPDATE world_state SET value = ? WHERE key = ?", (json.dumps(acceptance).encode(), key)
+        )
 
     code, report = audit_json(consortium, ledger_url, "verify", TRIAL)
     assert code == AuditFailed.exit_code and not report["ok"]
     assert not report["ledger"]["ok"]  # the state no longer follows from the signed blocks
-    assert any("acceptance.rewards" in p and "recomputed from the revealed votes" in p for p in report["problems"])
+    assert any(
+        "acceptance.rewards" in p and "recomputed from the revealed votes" in p
+        for p in report["problems"]
+    )
     code, report = audit_json(consortium, ledger_url, "rewards", TRIAL)
     assert code == AuditFailed.exit_code
     assert any("differ from the acceptance" in p for p in report["problems"])
@@ -127,14 +163,23 @@ def test_a_tampered_ledger_state_is_detected(finished_trial: dict[str, Any], con
 
 
 def test_an_aggregate_that_is_not_the_sum_of_the_accepted_updates_is_detected(
-        make_service: Callable[..., CoordinatorService], contract_net: Any, store_url: str, consortium: Any,
-        ledger_url: str, secret_context: he.HEContext) -> None:
+    make_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    consortium: Any,
+    ledger_url: str,
+    secret_context: he.HEContext,
+) -> None:
     service = make_service()
-    hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL, rounds=1)
+    hospitals = create_running_trial(
+        contract_net, open_store(store_url), secret_context, TRIAL, rounds=1
+    )
     # A dishonest coordinator records the sum of only some accepted updates (the contract sees only hashes).
     scheduler = service.scheduler
     honest = scheduler._compute_aggregate
-    scheduler._compute_aggregate = lambda trial, rnd, keys, inputs: honest(trial, rnd, keys, inputs[:1])  # type: ignore[method-assign]
+    scheduler._compute_aggregate = lambda trial, rnd, keys, inputs: honest(
+        trial, rnd, keys, inputs[:1]
+    )  # type: ignore[method-assign]
     rnd = finalize_round(hospitals, scheduler.tick, low_scored=())
     assert len(rnd["accepted"]) == 3
 
@@ -143,17 +188,39 @@ def test_an_aggregate_that_is_not_the_sum_of_the_accepted_updates_is_detected(
     code, report = audit_json(consortium, ledger_url, "verify", "--store", store_url)
     assert code == AuditFailed.exit_code
     [problem] = report["problems"]
-    assert f"the ledger records sha256 {rnd['aggregate']['sha256']}, re-aggregating the accepted updates gives" in problem
+    assert (
+        f"the ledger records sha256 {rnd['aggregate']['sha256']}, re-aggregating the accepted updates gives"
+        in problem
+    )
 
 
-def test_a_trial_with_dp_off_shows_the_reason(contract_net: Any, store_url: str, consortium: Any, ledger_url: str,
-                                              secret_context: he.HEContext, tmp_path: Path) -> None:
-    create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL,
-                         dp={"enabled": False, "reason": "synthetic data only"})
+def test_a_trial_with_dp_off_shows_the_reason(
+    contract_net: Any,
+    store_url: str,
+    consortium: Any,
+    ledger_url: str,
+    secret_context: he.HEContext,
+    tmp_path: Path,
+) -> None:
+    create_running_trial(
+        contract_net,
+        open_store(store_url),
+        secret_context,
+        TRIAL,
+        dp={"enabled": False, "reason": "synthetic data only"},
+    )
     code, report = audit_json(consortium, ledger_url, "trial", TRIAL)
-    assert code == 0 and report["dp"] == {"enabled": False, "summary": "off", "reason": "synthetic data only",
-                                          "policy": {"enabled": False, "reason": "synthetic data only"}}
-    assert report["warnings"] == ["differential privacy is OFF (synthetic data only): no privacy budget protects the patients"]
+    assert code == 0 and report["dp"] == {
+        "enabled": False,
+        "summary": "off",
+        "reason": "synthetic data only",
+        "policy": {"enabled": False, "reason": "synthetic data only"},
+    }
+    assert report["warnings"] == [
+        "differential privacy is OFF (synthetic data only): no privacy budget protects the patients"
+    ]
     code, report = audit_json(consortium, ledger_url, "privacy", TRIAL)
-    assert code == 0 and report["dp_enabled"] is False and report["dp_reason"] == "synthetic data only"
+    assert (
+        code == 0 and report["dp_enabled"] is False and report["dp_reason"] == "synthetic data only"
+    )
     assert all(h["budget_micro"] is None for h in report["hospitals"])

@@ -39,26 +39,50 @@ def secret_context() -> he.HEContext:
 @pytest.fixture
 def payees_file(eth_chain: EthChain, tmp_path: Path) -> Path:
     path = tmp_path / "payees.toml"
-    path.write_text("[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in eth_chain.payees.items()))
+    path.write_text(
+        "[payees]\n"
+        + "".join(f'{msp} = "{address}"\n' for msp, address in eth_chain.payees.items())
+    )
     return path
 
 
 @pytest.fixture
-def paying_service(make_service: Callable[..., CoordinatorService], eth_chain: EthChain,
-                   payees_file: Path) -> CoordinatorService:
+def paying_service(
+    make_service: Callable[..., CoordinatorService], eth_chain: EthChain, payees_file: Path
+) -> CoordinatorService:
     return make_service(settlement_url=eth_chain.url(timeout=30), settlement_payees=payees_file)
 
 
-def audit_settlement(consortium: Any, ledger_url: str, chain: EthChain, payees: Path, *extra: str) -> tuple[int, Any]:
+def audit_settlement(
+    consortium: Any, ledger_url: str, chain: EthChain, payees: Path, *extra: str
+) -> tuple[int, Any]:
     # The auditor needs no settler key: the deployment file says where the contracts are.
     url = chain.url(key=None, timeout=30)
-    code, out = audit_cli(consortium, ledger_url, "settlement", TRIAL, "--settlement", url, "--payees", str(payees), *extra)
+    code, out = audit_cli(
+        consortium,
+        ledger_url,
+        "settlement",
+        TRIAL,
+        "--settlement",
+        url,
+        "--payees",
+        str(payees),
+        *extra,
+    )
     return code, json.loads(out) if "--json" in extra else out
 
 
 def test_settled_rounds_match_and_a_fresh_chain_is_reported(
-        paying_service: CoordinatorService, contract_net: Any, store_url: str, eth_chain: EthChain,
-        anvil_factory: Any, payees_file: Path, consortium: Any, ledger_url: str, secret_context: he.HEContext) -> None:
+    paying_service: CoordinatorService,
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    anvil_factory: Any,
+    payees_file: Path,
+    consortium: Any,
+    ledger_url: str,
+    secret_context: he.HEContext,
+) -> None:
     tick = paying_service.scheduler.tick
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
     paying_service.set_trial_settlement(TRIAL, True)
@@ -93,8 +117,15 @@ def test_settled_rounds_match_and_a_fresh_chain_is_reported(
 
 
 def test_a_payment_that_differs_from_the_ledger_is_reported(
-        paying_service: CoordinatorService, contract_net: Any, store_url: str, eth_chain: EthChain,
-        payees_file: Path, consortium: Any, ledger_url: str, secret_context: he.HEContext) -> None:
+    paying_service: CoordinatorService,
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    payees_file: Path,
+    consortium: Any,
+    ledger_url: str,
+    secret_context: he.HEContext,
+) -> None:
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
     # Round 1 was paid on chain by someone else, with other amounts and another ledger digest.
     payee = eth_chain.payees.address_for("Hospital1MSP")

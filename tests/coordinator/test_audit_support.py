@@ -17,29 +17,54 @@ HOSPITALS = ["hospital1", "hospital2", "hospital3"]
 PHASE_SECONDS = {"submit": 600, "reveal": 600, "vote_commit": 600, "vote_reveal": 600}
 
 
-def create_running_trial(net: Any, store: ArtifactStore, secret: he.HEContext, trial_id: str, *, rounds: int = 2,
-                         reward_per_round: int = 1000, dp: dict[str, Any] | None = None) -> Hospitals:
+def create_running_trial(
+    net: Any,
+    store: ArtifactStore,
+    secret: he.HEContext,
+    trial_id: str,
+    *,
+    rounds: int = 2,
+    reward_per_round: int = 1000,
+    dp: dict[str, Any] | None = None,
+) -> Hospitals:
     """A RUNNING trial created by the admin on the ledger, three hospitals enrolled with their keys, trial keys recorded."""
     admin = net.client("admin")
     initial = store.put(f"initial model of {trial_id}".encode())
-    admin.submit("create_trial", {
-        "trial_id": trial_id, "task": "binary_classification",
-        "data_schema": {"features": [{"name": "age", "type": "float"}], "label": {"name": "y", "positive": [1]}},
-        "model": {"name": "logistic_regression"},
-        "initial_model": {"content_id": initial.content_id, "sha256": initial.sha256},
-        "rounds": rounds, "min_silos": 2,
-        "dp": dp if dp is not None else {"target_epsilon_micro": 1_000_000},
-        "evaluation": {"min_voters": 2, "reward_per_round": reward_per_round},
-        "phase_seconds": PHASE_SECONDS,
-    })
+    admin.submit(
+        "create_trial",
+        {
+            "trial_id": trial_id,
+            "task": "binary_classification",
+            "data_schema": {
+                "features": [{"name": "age", "type": "float"}],
+                "label": {"name": "y", "positive": [1]},
+            },
+            "model": {"name": "logistic_regression"},
+            "initial_model": {"content_id": initial.content_id, "sha256": initial.sha256},
+            "rounds": rounds,
+            "min_silos": 2,
+            "dp": dp if dp is not None else {"target_epsilon_micro": 1_000_000},
+            "evaluation": {"min_voters": 2, "reward_per_round": reward_per_round},
+            "phase_seconds": PHASE_SECONDS,
+        },
+    )
     admin.submit("open_enrolment", {"trial_id": trial_id})
     for name in HOSPITALS:
         identity = net.consortium.identity(name)
         key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        net.client(name).submit("register_encryption_key", {"trial_id": trial_id, "encryption_public_key": base64.b64encode(raw).decode()})
-        admin.submit("enrol_hospital", {"trial_id": trial_id, "msp_id": identity.msp_id,
-                                        "encryption_public_key": base64.b64encode(raw).decode()})
+        net.client(name).submit(
+            "register_encryption_key",
+            {"trial_id": trial_id, "encryption_public_key": base64.b64encode(raw).decode()},
+        )
+        admin.submit(
+            "enrol_hospital",
+            {
+                "trial_id": trial_id,
+                "msp_id": identity.msp_id,
+                "encryption_public_key": base64.b64encode(raw).decode(),
+            },
+        )
     admin.submit("start_trial", {"trial_id": trial_id})
     hospitals = Hospitals(net, store, trial_id, HOSPITALS, secret)
     hospitals.record_keys("hospital1")
@@ -49,23 +74,40 @@ def create_running_trial(net: Any, store: ArtifactStore, secret: he.HEContext, t
 def _commit_votes(hospitals: Hospitals, name: str, low: set[str]) -> None:
     rnd = hospitals.round()
     me = hospitals.msp[name]
-    scores = {m: (-50_000 if m in low else 20_000 + 1000 * i) for i, m in enumerate(rnd["candidates"]) if m != me}
+    scores = {
+        m: (-50_000 if m in low else 20_000 + 1000 * i)
+        for i, m in enumerate(rnd["candidates"])
+        if m != me
+    }
     salt = new_salt()
-    commitment = votes_commitment(trial_id=hospitals.trial_id, round=rnd["round"], msp_id=me, scores=scores, salt=salt)
-    hospitals.client(name).submit("commit_votes", {"trial_id": hospitals.trial_id, "round": rnd["round"], "commitment": commitment})
+    commitment = votes_commitment(
+        trial_id=hospitals.trial_id, round=rnd["round"], msp_id=me, scores=scores, salt=salt
+    )
+    hospitals.client(name).submit(
+        "commit_votes",
+        {"trial_id": hospitals.trial_id, "round": rnd["round"], "commitment": commitment},
+    )
     hospitals.votes[name] = (scores, salt)
 
 
-def finalize_round(hospitals: Hospitals, tick: Callable[[], list[Any]], *, low_scored: tuple[str, ...] = ("hospital3",),
-                   seed: int = 0) -> dict[str, Any]:
+def finalize_round(
+    hospitals: Hospitals,
+    tick: Callable[[], list[Any]],
+    *,
+    low_scored: tuple[str, ...] = ("hospital3",),
+    seed: int = 0,
+) -> dict[str, Any]:
     """Run the trial's next round through the coordinator's ticks until it is FINALIZED.
 
     Every hospital submits; the hospitals in ``low_scored`` get scores below the acceptance
     threshold from their peers (so their update is rejected, reason ``below_threshold``).
     Returns the finalized round record. No tick runs after the final attestation.
     """
+
     def phase() -> str | None:
-        current = hospitals.client("auditor").evaluate("get_trial", {"trial_id": hospitals.trial_id})["current"]
+        current = hospitals.client("auditor").evaluate(
+            "get_trial", {"trial_id": hospitals.trial_id}
+        )["current"]
         return None if current is None else hospitals.round()["phase"]
 
     if phase() in (None, "FINALIZED", "HALTED"):

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives import serialization
 
+from bcfl_common.errors import AuthError, ContractError, IdentityError, SchemaError
 from consortium.coordinator_client import CoordinatorClient
-from consortium.errors import AuthError, ContractError, IdentityError, SchemaError
 from consortium.http_auth import (
     HEADER_CERTIFICATE,
     HEADER_MSP_ID,
@@ -29,7 +29,9 @@ from consortium.identity import CertificateAuthority, Identity
 WHOAMI = "/api/v1/whoami"
 
 
-def signed(identity: Identity, method: str, target: str, body: bytes = b"", **kwargs: Any) -> dict[str, str]:
+def signed(
+    identity: Identity, method: str, target: str, body: bytes = b"", **kwargs: Any
+) -> dict[str, str]:
     headers = sign_request(identity, method, target, body, **kwargs)
     if body:
         headers["content-type"] = "application/json"
@@ -42,18 +44,26 @@ def error(response: httpx.Response) -> dict[str, Any]:
     return body
 
 
-def trial_on_ledger(contract_net: Any, trial_id: str = "trial-1", hospitals: tuple[str, ...] = ()) -> dict[str, Any]:
+def trial_on_ledger(
+    contract_net: Any, trial_id: str = "trial-1", hospitals: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """A trial created straight on the ledger (the initial model ref is irrelevant to these tests)."""
     admin = contract_net.client("admin")
-    trial = admin.submit("create_trial", {
-        "trial_id": trial_id,
-        "task": "binary_classification",
-        "data_schema": {"features": [{"name": "age", "type": "float"}], "label": {"name": "y", "positive": [1]}},
-        "model": {"name": "logistic_regression", "hyperparameters": {}},
-        "initial_model": {"content_id": "cid-initial", "sha256": "0" * 64},
-        "rounds": 1,
-        "min_silos": 2,
-    })
+    trial = admin.submit(
+        "create_trial",
+        {
+            "trial_id": trial_id,
+            "task": "binary_classification",
+            "data_schema": {
+                "features": [{"name": "age", "type": "float"}],
+                "label": {"name": "y", "positive": [1]},
+            },
+            "model": {"name": "logistic_regression", "hyperparameters": {}},
+            "initial_model": {"content_id": "cid-initial", "sha256": "0" * 64},
+            "rounds": 1,
+            "min_silos": 2,
+        },
+    )
     admin.submit("open_enrolment", {"trial_id": trial_id})
     return trial
 
@@ -63,8 +73,13 @@ def trial_on_ledger(contract_net: Any, trial_id: str = "trial-1", hospitals: tup
 
 def test_signed_request_is_accepted_and_names_the_caller(server: Any, client_as: Any) -> None:
     who = client_as("hospital1").whoami()
-    assert who == {"msp_id": "Hospital1MSP", "name": "hospital1", "role": "silo",
-                   "organisation_kind": "hospital", "role_honoured": True}
+    assert who == {
+        "msp_id": "Hospital1MSP",
+        "name": "hospital1",
+        "role": "silo",
+        "organisation_kind": "hospital",
+        "role_honoured": True,
+    }
     assert client_as("admin").whoami()["role"] == "admin"
     assert client_as("auditor").whoami()["role"] == "auditor"
 
@@ -88,7 +103,9 @@ def test_tampered_body_or_path_fails_the_signature(server: Any, consortium: Any)
     hospital = consortium.identity("hospital1")
     target = "/api/v1/silo/trials/trial-1/enrolment-requests"
     headers = signed(hospital, "POST", target, b'{"encryption_public_key": "a"}')
-    response = httpx.post(server.base_url + target, content=b'{"encryption_public_key": "b"}', headers=headers)
+    response = httpx.post(
+        server.base_url + target, content=b'{"encryption_public_key": "b"}', headers=headers
+    )
     assert response.status_code == 401
     assert error(response)["code"] == "BAD_SIGNATURE"
     headers = signed(hospital, "GET", WHOAMI + "?x=1")
@@ -114,13 +131,18 @@ def test_garbage_signature_and_headers_get_401(server: Any, consortium: Any) -> 
         assert error(response)["code"] == code, (name, value, response.text)
 
 
-def test_certificate_from_a_ca_outside_the_consortium_gets_401(server: Any, consortium: Any) -> None:
+def test_certificate_from_a_ca_outside_the_consortium_gets_401(
+    server: Any, consortium: Any
+) -> None:
     rogue_ca = CertificateAuthority.create("ca.hospital1msp", "Hospital1MSP")
     cert, key = rogue_ca.issue("hospital1", ["client", "silo"])
     assert key is not None
     impostor = Identity(
-        name="hospital1", msp_id="Hospital1MSP", role="silo",
-        cert_pem=cert.public_bytes(serialization.Encoding.PEM), private_key=key,
+        name="hospital1",
+        msp_id="Hospital1MSP",
+        role="silo",
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        private_key=key,
     )
     response = httpx.get(server.base_url + WHOAMI, headers=signed(impostor, "GET", WHOAMI))
     assert response.status_code == 401
@@ -170,7 +192,9 @@ def test_replayed_request_is_refused_also_after_a_restart(live: Any, consortium:
 # -- roles and organisations ------------------------------------------------------------------
 
 
-def test_auditor_and_hospital_cannot_act_as_admin(server: Any, client_as: Any, contract_net: Any) -> None:
+def test_auditor_and_hospital_cannot_act_as_admin(
+    server: Any, client_as: Any, contract_net: Any
+) -> None:
     trial_on_ledger(contract_net)
     for name in ("auditor", "hospital1", "coordinator"):
         with pytest.raises(AuthError) as info:
@@ -182,7 +206,9 @@ def test_auditor_and_hospital_cannot_act_as_admin(server: Any, client_as: Any, c
     assert client_as("auditor").trial("trial-1")["state"] == "ENROLLING"  # nothing changed
 
 
-def test_admin_cannot_use_silo_endpoints(server: Any, client_as: Any, consortium: Any, contract_net: Any) -> None:
+def test_admin_cannot_use_silo_endpoints(
+    server: Any, client_as: Any, consortium: Any, contract_net: Any
+) -> None:
     trial_on_ledger(contract_net)
     key = consortium.identity("hospital1").encryption_public_key_pem()
     with pytest.raises(AuthError) as info:
@@ -190,10 +216,14 @@ def test_admin_cannot_use_silo_endpoints(server: Any, client_as: Any, consortium
     assert info.value.code == "FORBIDDEN_ROLE"
 
 
-def test_hospital_cannot_read_or_act_for_another_hospital(server: Any, client_as: Any, consortium: Any, contract_net: Any) -> None:
+def test_hospital_cannot_read_or_act_for_another_hospital(
+    server: Any, client_as: Any, consortium: Any, contract_net: Any
+) -> None:
     trial_on_ledger(contract_net)
     hospital1, hospital2 = client_as("hospital1"), client_as("hospital2")
-    hospital2.request_enrolment("trial-1", consortium.identity("hospital2").encryption_public_key_pem())
+    hospital2.request_enrolment(
+        "trial-1", consortium.identity("hospital2").encryption_public_key_pem()
+    )
     assert hospital2.enrolment_request("trial-1")["status"] == "pending"
     with pytest.raises(AuthError) as info:
         hospital1.enrolment_request("trial-1", "Hospital2MSP")
@@ -202,20 +232,30 @@ def test_hospital_cannot_read_or_act_for_another_hospital(server: Any, client_as
     # Acting for another organisation by naming it in the body.
     key = consortium.identity("hospital1").encryption_public_key_pem().decode()
     with pytest.raises(AuthError) as info:
-        hospital1.request("POST", "/silo/trials/trial-1/enrolment-requests",
-                          json={"encryption_public_key": key, "msp_id": "Hospital2MSP"})
+        hospital1.request(
+            "POST",
+            "/silo/trials/trial-1/enrolment-requests",
+            json={"encryption_public_key": key, "msp_id": "Hospital2MSP"},
+        )
     assert info.value.code == "WRONG_ORGANISATION"
     assert "Hospital2MSP" in info.value.message
     assert hospital2.enrolment_request("trial-1")["encryption_public_key"] != key
 
 
-def test_role_not_honoured_from_the_wrong_kind_of_organisation(server: Any, consortium: Any) -> None:
+def test_role_not_honoured_from_the_wrong_kind_of_organisation(
+    server: Any, consortium: Any
+) -> None:
     """A hospital's CA minting an 'admin' certificate does not make an admin."""
     ca = consortium.certificate_authority("Hospital1MSP")
     cert, key = ca.issue("rogue-admin", ["admin"])
     assert key is not None
-    rogue = Identity(name="rogue-admin", msp_id="Hospital1MSP", role="admin",
-                     cert_pem=cert.public_bytes(serialization.Encoding.PEM), private_key=key)
+    rogue = Identity(
+        name="rogue-admin",
+        msp_id="Hospital1MSP",
+        role="admin",
+        cert_pem=cert.public_bytes(serialization.Encoding.PEM),
+        private_key=key,
+    )
     target = "/api/v1/admin/trials/trial-1/start"
     response = httpx.post(server.base_url + target, headers=signed(rogue, "POST", target))
     assert response.status_code == 403
@@ -229,7 +269,9 @@ def test_oversized_body_gets_413_before_parsing(server: Any, consortium: Any) ->
     admin = consortium.identity("admin")
     target = "/api/v1/admin/trials"
     body = b'{"trial_id": "' + b"x" * (1 << 20) + b'"}'
-    response = httpx.post(server.base_url + target, content=body, headers=signed(admin, "POST", target, body))
+    response = httpx.post(
+        server.base_url + target, content=body, headers=signed(admin, "POST", target, body)
+    )
     assert response.status_code == 413
     body_json = error(response)
     assert body_json["code"] == "PAYLOAD_TOO_LARGE"
@@ -249,7 +291,9 @@ def test_malformed_json_gets_422(server: Any, consortium: Any) -> None:
     admin = consortium.identity("admin")
     target = "/api/v1/admin/trials/trial-1/halt"
     body = b'{"reason": "oops",'
-    response = httpx.post(server.base_url + target, content=body, headers=signed(admin, "POST", target, body))
+    response = httpx.post(
+        server.base_url + target, content=body, headers=signed(admin, "POST", target, body)
+    )
     assert response.status_code == 422
     body_json = error(response)
     assert body_json["code"] == "INVALID_REQUEST"
@@ -259,7 +303,9 @@ def test_malformed_json_gets_422(server: Any, consortium: Any) -> None:
 def test_unknown_and_bad_fields_get_422_naming_them(server: Any, client_as: Any) -> None:
     admin = client_as("admin")
     with pytest.raises(SchemaError) as info:
-        admin.request("POST", "/admin/trials/trial-1/rollback", json={"to_round": 0, "colour": "red"})
+        admin.request(
+            "POST", "/admin/trials/trial-1/rollback", json={"to_round": 0, "colour": "red"}
+        )
     assert info.value.code == "INVALID_REQUEST"
     assert info.value.detail["field"] == "colour"
     assert "colour" in info.value.message and "unknown field" in info.value.message
@@ -268,15 +314,25 @@ def test_unknown_and_bad_fields_get_422_naming_them(server: Any, client_as: Any)
     assert info.value.detail["field"] == "to_round"
     assert "-3" in info.value.message and "greater than or equal to 0" in info.value.message
     with pytest.raises(SchemaError) as info:
-        admin.create_trial({"trial_id": "bad id!", "task": "t", "data_schema": {}, "model": {"name": "mlp"},
-                            "rounds": 1, "min_silos": 2})
+        admin.create_trial(
+            {
+                "trial_id": "bad id!",
+                "task": "t",
+                "data_schema": {},
+                "model": {"name": "mlp"},
+                "rounds": 1,
+                "min_silos": 2,
+            }
+        )
     assert info.value.detail["field"] == "trial_id"
     with pytest.raises(SchemaError) as info:
         admin.events("trial-1", since_block=-1)
     assert info.value.detail["field"] == "since_block"
 
 
-def test_unknown_trial_gets_404_and_unknown_route_gets_json_404(server: Any, client_as: Any) -> None:
+def test_unknown_trial_gets_404_and_unknown_route_gets_json_404(
+    server: Any, client_as: Any
+) -> None:
     auditor = client_as("auditor")
     with pytest.raises(ContractError) as info:
         auditor.trial("no-such-trial")
@@ -315,7 +371,11 @@ def test_canonical_request_and_roles(consortium: Any) -> None:
     now = int(time.time())
     headers = sign_request(admin, "POST", "/x", b"{}", timestamp=now, nonce="ab" * 16)
     principal = authenticate(headers, "POST", "/x", b"{}", consortium, now=now + 100)
-    assert (principal.msp_id, principal.role, principal.timestamp) == ("CoordinatorMSP", "admin", now)
+    assert (principal.msp_id, principal.role, principal.timestamp) == (
+        "CoordinatorMSP",
+        "admin",
+        now,
+    )
     with pytest.raises(IdentityError) as info:
         authenticate(headers, "POST", "/x", b"{}", consortium, now=now + 1000)
     assert info.value.code == "STALE_REQUEST"

@@ -6,26 +6,45 @@ from pathlib import Path
 
 import pytest
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 from coordinator.config import DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, load_config
 
 
 def test_file_env_and_defaults(tmp_path: Path) -> None:
     path = tmp_path / "etc" / "coordinator.toml"
     path.parent.mkdir()
-    path.write_text('[coordinator]\nconsortium = "../consortium"\nstate_dir = "state"\nport = 9001\nscheduler = false\n')
+    path.write_text(
+        '[coordinator]\nconsortium = "../consortium"\nstate_dir = "state"\nport = 9001\nscheduler = false\n'
+    )
     config = load_config(path, env={})
     assert config.consortium == tmp_path / "etc" / ".." / "consortium"
     assert config.admin_identity == config.consortium / "members" / "admin"
     assert config.coordinator_identity == config.consortium / "members" / "coordinator"
     assert config.state_dir == tmp_path / "etc" / "state"
-    assert config.database_url == f"sqlite:///{(tmp_path / 'etc' / 'state').resolve()}/coordinator.db"
+    assert (
+        config.database_url == f"sqlite:///{(tmp_path / 'etc' / 'state').resolve()}/coordinator.db"
+    )
     assert config.ledger_url == f"embedded://{(tmp_path / 'etc' / 'state').resolve()}/ledger.db"
     assert config.store_url.startswith("file:///") and config.store_url.endswith("/state/store")
-    assert (config.host, config.port, config.scheduler, config.max_body_bytes) == ("127.0.0.1", 9001, False, DEFAULT_MAX_BODY_BYTES)
-    overridden = load_config(path, env={"BCFL_COORDINATOR_PORT": "9100", "BCFL_COORDINATOR_SCHEDULER": "yes",
-                                        "BCFL_COORDINATOR_DATABASE_URL": "postgresql://db/bcfl"})
-    assert (overridden.port, overridden.scheduler, overridden.database_url) == (9100, True, "postgresql://db/bcfl")
+    assert (config.host, config.port, config.scheduler, config.max_body_bytes) == (
+        "127.0.0.1",
+        9001,
+        False,
+        DEFAULT_MAX_BODY_BYTES,
+    )
+    overridden = load_config(
+        path,
+        env={
+            "BCFL_COORDINATOR_PORT": "9100",
+            "BCFL_COORDINATOR_SCHEDULER": "yes",
+            "BCFL_COORDINATOR_DATABASE_URL": "postgresql://db/bcfl",
+        },
+    )
+    assert (overridden.port, overridden.scheduler, overridden.database_url) == (
+        9100,
+        True,
+        "postgresql://db/bcfl",
+    )
     assert overridden.base_url == "http://127.0.0.1:9100"
     only_env = load_config(None, env={"BCFL_COORDINATOR_CONSORTIUM": str(tmp_path)})
     assert only_env.port == DEFAULT_PORT and only_env.consortium == tmp_path
@@ -41,7 +60,9 @@ def test_bad_configuration_names_the_key(tmp_path: Path) -> None:
         load_config(path, env={})
     assert "prot" in info.value.message
     with pytest.raises(ConfigError) as info:
-        load_config(None, env={"BCFL_COORDINATOR_CONSORTIUM": "x", "BCFL_COORDINATOR_PORT": "eighty"})
+        load_config(
+            None, env={"BCFL_COORDINATOR_CONSORTIUM": "x", "BCFL_COORDINATOR_PORT": "eighty"}
+        )
     assert "BCFL_COORDINATOR_PORT" in info.value.message and "'eighty'" in info.value.message
     path.write_text("consortium = \n")
     with pytest.raises(ConfigError) as info:

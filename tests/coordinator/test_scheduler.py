@@ -13,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from silo_side import Hospitals
 
-from consortium.errors import LedgerError
+from bcfl_common.errors import LedgerError
 from consortium.ledger import open_ledger
 from consortium.storage import open_store
 from coordinator.scheduler import Scheduler
@@ -30,23 +30,48 @@ def secret_context() -> he.HEContext:
     return he.generate_context()
 
 
-def running_trial(service: CoordinatorService, net: Any, store_url: str, secret: he.HEContext, *,
-                  rounds: int = 2, keys: bool = True) -> Hospitals:
+def running_trial(
+    service: CoordinatorService,
+    net: Any,
+    store_url: str,
+    secret: he.HEContext,
+    *,
+    rounds: int = 2,
+    keys: bool = True,
+) -> Hospitals:
     """A RUNNING trial made through the service (real initial model), three hospitals enrolled with their keys."""
-    service.create_trial(TrialSpec(
-        trial_id=TRIAL, task="binary_classification",
-        data_schema={"features": [{"name": "age", "type": "float"}], "label": {"name": "y", "positive": [1]}},
-        model={"name": "logistic_regression"}, rounds=rounds, min_silos=2,
-        evaluation={"min_voters": 2}, phase_seconds={"submit": 600, "reveal": 600, "vote_commit": 600, "vote_reveal": 600},
-    ))
+    service.create_trial(
+        TrialSpec(
+            trial_id=TRIAL,
+            task="binary_classification",
+            data_schema={
+                "features": [{"name": "age", "type": "float"}],
+                "label": {"name": "y", "positive": [1]},
+            },
+            model={"name": "logistic_regression"},
+            rounds=rounds,
+            min_silos=2,
+            evaluation={"min_voters": 2},
+            phase_seconds={"submit": 600, "reveal": 600, "vote_commit": 600, "vote_reveal": 600},
+        )
+    )
     admin = net.client("admin")
     for name in HOSPITALS:
         identity = net.consortium.identity(name)
         key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        net.client(name).submit("register_encryption_key", {"trial_id": TRIAL, "encryption_public_key": base64.b64encode(raw).decode()})
-        admin.submit("enrol_hospital", {"trial_id": TRIAL, "msp_id": identity.msp_id,
-                                        "encryption_public_key": base64.b64encode(raw).decode()})
+        net.client(name).submit(
+            "register_encryption_key",
+            {"trial_id": TRIAL, "encryption_public_key": base64.b64encode(raw).decode()},
+        )
+        admin.submit(
+            "enrol_hospital",
+            {
+                "trial_id": TRIAL,
+                "msp_id": identity.msp_id,
+                "encryption_public_key": base64.b64encode(raw).decode(),
+            },
+        )
     service.start_trial(TRIAL)
     hospitals = Hospitals(net, open_store(store_url), TRIAL, HOSPITALS, secret)
     if keys:
@@ -63,7 +88,9 @@ def event_counts(net: Any) -> collections.Counter[str]:
     return collections.Counter(e.name for e in ledger.events(0))
 
 
-def run_round_to_attest(hospitals: Hospitals, tick: Callable[[], list[Any]], names: list[str] = HOSPITALS) -> list[Any]:
+def run_round_to_attest(
+    hospitals: Hospitals, tick: Callable[[], list[Any]], names: list[str] = HOSPITALS
+) -> list[Any]:
     for name in names:
         hospitals.commit(name)
     assert actions(tick())[0] == ("close_update_commits", "done")
@@ -78,8 +105,9 @@ def run_round_to_attest(hospitals: Hospitals, tick: Callable[[], list[Any]], nam
     return tick()
 
 
-def test_scheduler_runs_a_trial_to_completion(service: CoordinatorService, contract_net: Any, store_url: str,
-                                             secret_context: he.HEContext) -> None:
+def test_scheduler_runs_a_trial_to_completion(
+    service: CoordinatorService, contract_net: Any, store_url: str, secret_context: he.HEContext
+) -> None:
     hospitals = running_trial(service, contract_net, store_url, secret_context, keys=False)
     tick = service.scheduler.tick
     # Without trial keys there is nothing to open, and nothing is written to the ledger.
@@ -92,23 +120,35 @@ def test_scheduler_runs_a_trial_to_completion(service: CoordinatorService, contr
     assert actions(outcomes) == [("open_round", "done"), ("close_update_commits", "waiting")]
     assert outcomes[-1].detail["waiting_for"] == ["Hospital1MSP", "Hospital2MSP", "Hospital3MSP"]
     height = contract_net.client("auditor").ledger.height()
-    assert actions(tick()) == [("close_update_commits", "waiting")]  # no useless TOO_EARLY transaction
+    assert actions(tick()) == [
+        ("close_update_commits", "waiting")
+    ]  # no useless TOO_EARLY transaction
     assert contract_net.client("auditor").ledger.height() == height
 
     outcomes = run_round_to_attest(hospitals, tick)
-    assert actions(outcomes) == [("close_voting", "done"), ("record_aggregate", "done"), ("attest", "waiting")]
+    assert actions(outcomes) == [
+        ("close_voting", "done"),
+        ("record_aggregate", "done"),
+        ("attest", "waiting"),
+    ]
     rnd = hospitals.round()
     assert rnd["phase"] == "ATTEST"
     assert sorted(rnd["aggregate"]["update_sha256s"]) == rnd["aggregate"]["update_sha256s"]
     # The aggregate is the weighted mean of the three deltas, and only the hospitals can see it.
-    expected = sum(u.delta * u.sample_weight for u in hospitals.updates.values()) / sum(u.sample_weight for u in hospitals.updates.values())
+    expected = sum(u.delta * u.sample_weight for u in hospitals.updates.values()) / sum(
+        u.sample_weight for u in hospitals.updates.values()
+    )
     np.testing.assert_allclose(hospitals.decrypt_aggregate(), expected, atol=1e-4)
     # Anyone with the public context recomputes the same bytes from the accepted updates in sha256 order.
     store = open_store(store_url)
     keys = contract_net.client("auditor").evaluate("get_trial_keys", {"trial_id": TRIAL})
-    public = he.load_public_context(store.get(keys["public_context"]["content_id"]), he.DEFAULT_PRESET)
+    public = he.load_public_context(
+        store.get(keys["public_context"]["content_id"]), he.DEFAULT_PRESET
+    )
     by_sha = {u.sha256: u for u in hospitals.updates.values()}
-    recomputed = he.aggregate(public, [store.get(by_sha[s].content_id) for s in rnd["aggregate"]["update_sha256s"]])
+    recomputed = he.aggregate(
+        public, [store.get(by_sha[s].content_id) for s in rnd["aggregate"]["update_sha256s"]]
+    )
     assert store.get(rnd["aggregate"]["content_id"]) == recomputed
 
     hospitals.attest("hospital1")
@@ -142,8 +182,15 @@ def test_scheduler_runs_a_trial_to_completion(service: CoordinatorService, contr
     trial = contract_net.client("auditor").evaluate("get_trial", {"trial_id": TRIAL})
     assert trial["state"] == "COMPLETED" and trial["head"]["round"] == 2
     counts = event_counts(contract_net)
-    for name in ("RoundOpened", "UpdateCommitsClosed", "UpdateRevealsClosed", "VoteCommitsClosed", "VotingClosed",
-                 "AggregateRecorded", "RoundFinalized"):
+    for name in (
+        "RoundOpened",
+        "UpdateCommitsClosed",
+        "UpdateRevealsClosed",
+        "VoteCommitsClosed",
+        "VotingClosed",
+        "AggregateRecorded",
+        "RoundFinalized",
+    ):
         assert counts[name] == 2, (name, counts)
     assert counts["TrialCompleted"] == 1
     steps = service.database.steps(trial_id=TRIAL, limit=100)
@@ -152,8 +199,12 @@ def test_scheduler_runs_a_trial_to_completion(service: CoordinatorService, contr
     assert status["ticks"] > 5 and status["last_error"] is None
 
 
-def test_restart_mid_round_resumes_without_repeating_a_step(make_service: Callable[..., CoordinatorService], contract_net: Any,
-                                                          store_url: str, secret_context: he.HEContext) -> None:
+def test_restart_mid_round_resumes_without_repeating_a_step(
+    make_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    secret_context: he.HEContext,
+) -> None:
     first = make_service()
     hospitals = running_trial(first, contract_net, store_url, secret_context, rounds=1)
     first.scheduler.tick()
@@ -192,17 +243,31 @@ def test_restart_mid_round_resumes_without_repeating_a_step(make_service: Callab
     assert set(open_store(store_url).list()) == stored_once
     assert actions(second.scheduler.tick()) == [("attest", "waiting")]
     counts = event_counts(contract_net)
-    for name in ("RoundOpened", "UpdateCommitsClosed", "UpdateRevealsClosed", "VoteCommitsClosed", "VotingClosed",
-                 "AggregateRecorded"):
+    for name in (
+        "RoundOpened",
+        "UpdateCommitsClosed",
+        "UpdateRevealsClosed",
+        "VoteCommitsClosed",
+        "VotingClosed",
+        "AggregateRecorded",
+    ):
         assert counts[name] == 1, (name, counts)
     # The bookkeeping of both lives shows the failed attempt and the resumed one.
-    steps = [(s["step"], s["status"]) for s in reversed(second.database.steps(trial_id=TRIAL, limit=100))]
+    steps = [
+        (s["step"], s["status"]) for s in reversed(second.database.steps(trial_id=TRIAL, limit=100))
+    ]
     assert ("record_aggregate", "failed") in steps and steps[-1] == ("record_aggregate", "done")
     assert steps.count(("close_voting", "done")) == 1
 
 
-def test_standalone_scheduler_over_plain_ledgers(service: CoordinatorService, contract_net: Any, ledger_url: str,
-                                                 store_url: str, secret_context: he.HEContext, clock: Any) -> None:
+def test_standalone_scheduler_over_plain_ledgers(
+    service: CoordinatorService,
+    contract_net: Any,
+    ledger_url: str,
+    store_url: str,
+    secret_context: he.HEContext,
+    clock: Any,
+) -> None:
     hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=1)
     consortium = contract_net.consortium
     coordinator = open_ledger(ledger_url, consortium.identity("coordinator"), clock=clock)
@@ -242,7 +307,10 @@ def test_unusable_update_halts_the_round_and_the_schedule_waits_for_the_admin(
     assert actions(outcomes)[:2] == [("close_voting", "done"), ("abort_round", "done")]
     rnd = hospitals.round()
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "ABORTED"
-    assert "aggregation impossible" in rnd["halt"]["reason"] and "Hospital3MSP" in rnd["halt"]["reason"]
+    assert (
+        "aggregation impossible" in rnd["halt"]["reason"]
+        and "Hospital3MSP" in rnd["halt"]["reason"]
+    )
     # The schedule pauses rather than retrying a failed round by itself...
     height = contract_net.client("auditor").ledger.height()
     assert actions(tick()) == [("open_round", "waiting")]
@@ -253,8 +321,9 @@ def test_unusable_update_halts_the_round_and_the_schedule_waits_for_the_admin(
     assert actions(tick()) == [("close_update_commits", "waiting")]
 
 
-def test_rollback_resumes_the_schedule(service: CoordinatorService, contract_net: Any, store_url: str,
-                                       secret_context: he.HEContext) -> None:
+def test_rollback_resumes_the_schedule(
+    service: CoordinatorService, contract_net: Any, store_url: str, secret_context: he.HEContext
+) -> None:
     hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=1)
     tick = service.scheduler.tick
     tick()
@@ -269,13 +338,20 @@ def test_rollback_resumes_the_schedule(service: CoordinatorService, contract_net
     assert (outcomes[0].round, outcomes[0].attempt) == (1, 2)
 
 
-def test_background_scheduler_in_the_live_service(live: Any, make_service: Callable[..., CoordinatorService],
-                                                  contract_net: Any, store_url: str, secret_context: he.HEContext) -> None:
+def test_background_scheduler_in_the_live_service(
+    live: Any,
+    make_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    secret_context: he.HEContext,
+) -> None:
     service = make_service(scheduler=True, poll_interval=0.05)
     server = live(service)
     running_trial(service, contract_net, store_url, secret_context)
     deadline = time.monotonic() + 30
-    while contract_net.client("auditor").evaluate("get_trial", {"trial_id": TRIAL})["current"] is None:
+    while (
+        contract_net.client("auditor").evaluate("get_trial", {"trial_id": TRIAL})["current"] is None
+    ):
         assert time.monotonic() < deadline, service.scheduler.status()
         time.sleep(0.05)
     from consortium.coordinator_client import CoordinatorClient
@@ -283,5 +359,7 @@ def test_background_scheduler_in_the_live_service(live: Any, make_service: Calla
     with CoordinatorClient(server.base_url, contract_net.consortium.identity("auditor")) as auditor:
         status = auditor.scheduler_status()
         assert status["running"] is True
-        assert any(s["step"] == "open_round" and s["status"] == "done" for s in status["recent_steps"])
+        assert any(
+            s["step"] == "open_round" and s["status"] == "done" for s in status["recent_steps"]
+        )
         assert auditor.round(TRIAL, 1)["phase"] == "SUBMIT"

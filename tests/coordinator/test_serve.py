@@ -15,7 +15,9 @@ from consortium.coordinator_client import CoordinatorClient
 from consortium.loopback import free_port
 
 
-def test_serve_from_a_config_file(tmp_path: Path, consortium: Any, embedded_ledger: Any, ledger_url: str, store_url: str) -> None:
+def test_serve_from_a_config_file(
+    tmp_path: Path, consortium: Any, embedded_ledger: Any, ledger_url: str, store_url: str
+) -> None:
     port = free_port()
     config = tmp_path / "coordinator.toml"
     config.write_text(
@@ -28,9 +30,17 @@ def test_serve_from_a_config_file(tmp_path: Path, consortium: Any, embedded_ledg
         "poll_interval = 0.2\n"
     )
     process = subprocess.Popen(
-        [sys.executable, "-c", "from coordinator.cli import coordinator_group; coordinator_group()",
-         "serve", "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from coordinator.cli import coordinator_group; coordinator_group()",
+            "serve",
+            "--config",
+            str(config),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base_url = f"http://127.0.0.1:{port}"
     try:

@@ -39,11 +39,11 @@ def secret_context() -> he.HEContext:
     return he.generate_context()
 
 
-
-
 def write_config(config: CoordinatorConfig, chain: EthChain, directory: Path) -> Path:
     payees = directory / "payees.toml"
-    payees.write_text("[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in chain.payees.items()))
+    payees.write_text(
+        "[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in chain.payees.items())
+    )
     path = directory / "coordinator.toml"
     path.write_text(
         "[coordinator]\n"
@@ -66,14 +66,30 @@ def coordinator_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Pop
     started: list[subprocess.Popen[bytes]] = []
 
     def start(config_path: Path, *, fault: str | None = None) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("BCFL_COORDINATOR_", FAULT_ENV))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("BCFL_COORDINATOR_", FAULT_ENV))
+        }
         if fault is not None:
             env[FAULT_ENV] = fault
         log = open(tmp_path / f"coordinator-{len(started)}.log", "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "consortium", "-v", "coordinator", "serve", "--config", str(config_path),
-             "--port", str(free_port())],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
+            [
+                sys.executable,
+                "-m",
+                "consortium",
+                "-v",
+                "coordinator",
+                "serve",
+                "--config",
+                str(config_path),
+                "--port",
+                str(free_port()),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
         proc.log_path = log.name  # type: ignore[attr-defined]
         started.append(proc)
@@ -95,27 +111,42 @@ def log_of(proc: subprocess.Popen[bytes]) -> str:
 
 
 def round_rewards(net: Any) -> dict[str, Any]:
-    [rr] = [r for r in net.client("auditor").evaluate("get_rewards", {"trial_id": TRIAL})["rounds"] if r["round"] == 1]
+    [rr] = [
+        r
+        for r in net.client("auditor").evaluate("get_rewards", {"trial_id": TRIAL})["rounds"]
+        if r["round"] == 1
+    ]
     return rr
 
 
-def wait_until(condition: Callable[[], Any], proc: subprocess.Popen[bytes], what: str, timeout: float = 90) -> Any:
+def wait_until(
+    condition: Callable[[], Any], proc: subprocess.Popen[bytes], what: str, timeout: float = 90
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
         if proc.poll() is not None:
-            raise AssertionError(f"the coordinator exited ({proc.returncode}) before {what}:\n{log_of(proc)[-4000:]}")
+            raise AssertionError(
+                f"the coordinator exited ({proc.returncode}) before {what}:\n{log_of(proc)[-4000:]}"
+            )
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}:\n{log_of(proc)[-4000:]}")
 
 
 @pytest.mark.parametrize("fault", ["before-send", "after-submit", "after-settle"])
 def test_killed_between_finalisation_and_settlement_settles_exactly_once_on_restart(
-        fault: str, make_service: Callable[..., CoordinatorService], coordinator_config: CoordinatorConfig,
-        contract_net: Any, store_url: str, eth_chain: EthChain, secret_context: he.HEContext, tmp_path: Path,
-        coordinator_process: Callable[..., subprocess.Popen[bytes]]) -> None:
+    fault: str,
+    make_service: Callable[..., CoordinatorService],
+    coordinator_config: CoordinatorConfig,
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    secret_context: he.HEContext,
+    tmp_path: Path,
+    coordinator_process: Callable[..., subprocess.Popen[bytes]],
+) -> None:
     # Round 1 is finalized on the ledger (the hospitals' last attestation), with settlement on.
     service = make_service()
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
@@ -140,19 +171,26 @@ def test_killed_between_finalisation_and_settlement_settles_exactly_once_on_rest
         assert nonce() == 1 and on_chain is not None
 
     restarted = coordinator_process(config_path)
-    settlement = wait_until(lambda: round_rewards(contract_net)["settlement"], restarted, "the settlement to be recorded")
+    settlement = wait_until(
+        lambda: round_rewards(contract_net)["settlement"],
+        restarted,
+        "the settlement to be recorded",
+    )
     time.sleep(1.0)  # a few more scheduler passes: nothing more may happen
 
     record = client.read_settlement(TRIAL, settlement_round(1, 1), tx_hash=settlement["tx_hash"])
     assert record is not None and record.tx_hash == settlement["tx_hash"]
     if on_chain is not None:
-        assert on_chain.tx_hash == settlement["tx_hash"]  # the restart found it and did not pay again
+        assert (
+            on_chain.tx_hash == settlement["tx_hash"]
+        )  # the restart found it and did not pay again
     assert nonce() == 1  # exactly one settlement transaction, ever
     balances = client.balances(eth_chain.payees)
     assert {m: b for m, b in balances.items() if b} == expected  # paid once
     events = [e.name for e in contract_net.client("auditor").ledger.events(0)]
     assert events.count("SettlementRecorded") == 1  # recorded once
     history = contract_net.client("auditor").evaluate(
-        "get_history", {"trial_id": TRIAL, "record": "round_rewards", "round": 1, "attempt": 1})
+        "get_history", {"trial_id": TRIAL, "record": "round_rewards", "round": 1, "attempt": 1}
+    )
     assert [h["value"]["settlement"] is not None for h in history] == [True, False, False]
     assert "settled on chain" in log_of(restarted)

@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
 import ethereum_fixtures  # noqa: E402
 from ethereum_fixtures import EthChain  # noqa: E402
 
+from bcfl_common.errors import ConfigError  # noqa: E402
 from consortium.coordinator_client import CoordinatorClient  # noqa: E402
-from consortium.errors import ConfigError  # noqa: E402
 from consortium.settlement import CODE_CHAIN_CHANGED, CODE_CONFLICT, token_units  # noqa: E402
 from consortium.storage import open_store  # noqa: E402
 from coordinator.service import CoordinatorService  # noqa: E402
@@ -44,16 +44,23 @@ def secret_context() -> he.HEContext:
 
 
 def write_payees(chain: EthChain, path: Path) -> Path:
-    path.write_text("[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in chain.payees.items()))
+    path.write_text(
+        "[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in chain.payees.items())
+    )
     return path
 
 
 @pytest.fixture
-def settled_service(make_service: Callable[..., CoordinatorService], eth_chain: EthChain,
-                    tmp_path: Path) -> Callable[..., CoordinatorService]:
+def settled_service(
+    make_service: Callable[..., CoordinatorService], eth_chain: EthChain, tmp_path: Path
+) -> Callable[..., CoordinatorService]:
     def make(**changes: Any) -> CoordinatorService:
-        return make_service(settlement_url=eth_chain.url(timeout=30),
-                            settlement_payees=write_payees(eth_chain, tmp_path / "payees.toml"), **changes)
+        return make_service(
+            settlement_url=eth_chain.url(timeout=30),
+            settlement_payees=write_payees(eth_chain, tmp_path / "payees.toml"),
+            **changes,
+        )
+
     return make
 
 
@@ -72,8 +79,12 @@ def settles(outcomes: list[Any]) -> list[tuple[str, int | None, str]]:
 
 
 def test_finalized_rounds_are_settled_once_and_recorded_on_the_ledger(
-        settled_service: Callable[..., CoordinatorService], contract_net: Any, store_url: str,
-        eth_chain: EthChain, secret_context: he.HEContext) -> None:
+    settled_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    secret_context: he.HEContext,
+) -> None:
     service = settled_service()
     tick = service.scheduler.tick
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
@@ -93,17 +104,23 @@ def test_finalized_rounds_are_settled_once_and_recorded_on_the_ledger(
     assert rr["settlement"]["chain_id"] == eth_chain.deployment.chain_id
 
     client = eth_chain.open()
-    record = client.read_settlement(TRIAL, settlement_round(1, 1), tx_hash=rr["settlement"]["tx_hash"])
+    record = client.read_settlement(
+        TRIAL, settlement_round(1, 1), tx_hash=rr["settlement"]["tx_hash"]
+    )
     assert record is not None and record.tx_hash == rr["settlement"]["tx_hash"]
     # The anchor commits to the digest anyone recomputes from the ledger's records of the round.
     rnd, acceptance, rewards = read_round_records(contract_net.client("auditor"), TRIAL, 1, 1)
     assert record.ledger_digest == "0x" + ledger_round_digest(rnd, acceptance, rewards)
-    assert client.reconcile(chain_rewards(TRIAL, rnd, acceptance, rewards), eth_chain.payees).status == "settled"
+    assert (
+        client.reconcile(chain_rewards(TRIAL, rnd, acceptance, rewards), eth_chain.payees).status
+        == "settled"
+    )
     # One ledger reward point is one token; the rejected hospital got nothing.
     assert acceptance["candidates"]["Hospital3MSP"]["reason"] == "below_threshold"
     balances = client.balances(eth_chain.payees)
     assert {m: balances[m] for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")} == {
-        m: token_units(rr["rewards"][m]) for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")}
+        m: token_units(rr["rewards"][m]) for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")
+    }
     assert balances["Hospital3MSP"] == 0 and sum(balances.values()) == token_units(1000)
 
     # Further passes pay nothing more.
@@ -125,9 +142,12 @@ def test_finalized_rounds_are_settled_once_and_recorded_on_the_ledger(
     assert status["trials"][TRIAL]["enabled"] and status["trials"][TRIAL]["halted"] is None
 
 
-def test_settlement_must_be_configured_to_be_switched_on(make_service: Callable[..., CoordinatorService],
-                                                         contract_net: Any, store_url: str,
-                                                         secret_context: he.HEContext) -> None:
+def test_settlement_must_be_configured_to_be_switched_on(
+    make_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    secret_context: he.HEContext,
+) -> None:
     service = make_service()
     create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
     with pytest.raises(ConfigError) as err:
@@ -138,14 +158,22 @@ def test_settlement_must_be_configured_to_be_switched_on(make_service: Callable[
 
 
 def test_a_conflicting_settlement_on_chain_halts_settlement_but_not_training(
-        settled_service: Callable[..., CoordinatorService], contract_net: Any, store_url: str,
-        eth_chain: EthChain, secret_context: he.HEContext, live: Any, consortium: Any) -> None:
+    settled_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    secret_context: he.HEContext,
+    live: Any,
+    consortium: Any,
+) -> None:
     service = settled_service()
     tick = service.scheduler.tick
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
     service.set_trial_settlement(TRIAL, True)
     # Someone holding the settler key already settled round 1 of this trial with other amounts.
-    eth_chain.open().settle_round(TRIAL, 1, "ab" * 32, {eth_chain.payees.address_for("Hospital1MSP"): token_units(5)})
+    eth_chain.open().settle_round(
+        TRIAL, 1, "ab" * 32, {eth_chain.payees.address_for("Hospital1MSP"): token_units(5)}
+    )
 
     finalize_round(hospitals, tick)
     outcomes = tick()
@@ -164,9 +192,15 @@ def test_a_conflicting_settlement_on_chain_halts_settlement_but_not_training(
 
 
 def test_a_fresh_chain_is_reported_and_nothing_is_sent(
-        settled_service: Callable[..., CoordinatorService], contract_net: Any, store_url: str,
-        eth_chain: EthChain, anvil_factory: Any, secret_context: he.HEContext, live: Any,
-        consortium: Any) -> None:
+    settled_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    anvil_factory: Any,
+    secret_context: he.HEContext,
+    live: Any,
+    consortium: Any,
+) -> None:
     service = settled_service()
     tick = service.scheduler.tick
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
@@ -180,7 +214,9 @@ def test_a_fresh_chain_is_reported_and_nothing_is_sent(
     eth_chain.node = anvil_factory(port=port)
     finalize_round(hospitals, tick, low_scored=())
     outcomes = tick()
-    assert ("complete_trial", "done") in [(o.action, o.status) for o in outcomes]  # training finished regardless
+    assert ("complete_trial", "done") in [
+        (o.action, o.status) for o in outcomes
+    ]  # training finished regardless
     assert settles(outcomes) == [("halted", 2, CODE_CHAIN_CHANGED)]
     assert settler_nonce(eth_chain) == 0  # nothing was sent to the new chain
     rewards = ledger_rewards(contract_net)
@@ -192,17 +228,31 @@ def test_a_fresh_chain_is_reported_and_nothing_is_sent(
         assert status["halted"]["code"] == CODE_CHAIN_CHANGED and status["halted"]["round"] == 2
         assert "restarted or reset" in status["halted"]["message"]
         assert status["unsettled"] == [[2, 1]]
-        assert admin.scheduler_status()["settlement"]["trials"][TRIAL]["halted"]["code"] == CODE_CHAIN_CHANGED
+        assert (
+            admin.scheduler_status()["settlement"]["trials"][TRIAL]["halted"]["code"]
+            == CODE_CHAIN_CHANGED
+        )
         # Switching settlement on again resumes it, and the chain is still the wrong one: halted again.
-        admin.request("PUT", f"/admin/trials/{TRIAL}/settlement", json={"enabled": True, "reason": "retry"})
+        admin.request(
+            "PUT", f"/admin/trials/{TRIAL}/settlement", json={"enabled": True, "reason": "retry"}
+        )
         outcomes = admin.run_scheduler()["outcomes"]
-        assert [(o["status"], o["detail"]["code"]) for o in outcomes if o["action"] == "settle"] == [("halted", CODE_CHAIN_CHANGED)]
+        assert [
+            (o["status"], o["detail"]["code"]) for o in outcomes if o["action"] == "settle"
+        ] == [("halted", CODE_CHAIN_CHANGED)]
     assert settler_nonce(eth_chain) == 0
 
 
 def test_a_round_finalized_again_after_a_rollback_is_settled_in_its_own_slot(
-        settled_service: Callable[..., CoordinatorService], contract_net: Any, store_url: str,
-        eth_chain: EthChain, secret_context: he.HEContext, consortium: Any, ledger_url: str, tmp_path: Path) -> None:
+    settled_service: Callable[..., CoordinatorService],
+    contract_net: Any,
+    store_url: str,
+    eth_chain: EthChain,
+    secret_context: he.HEContext,
+    consortium: Any,
+    ledger_url: str,
+    tmp_path: Path,
+) -> None:
     service = settled_service()
     tick = service.scheduler.tick
     hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
@@ -213,20 +263,43 @@ def test_a_round_finalized_again_after_a_rollback_is_settled_in_its_own_slot(
     service.rollback(TRIAL, 0, "retrain round 1")
     finalize_round(hospitals, tick, low_scored=(), seed=1)  # round 1 again, as attempt 2
     outcomes = tick()
-    assert [(o.status, o.round, o.attempt) for o in outcomes if o.action == "settle"] == [("done", 1, 2)]
+    assert [(o.status, o.round, o.attempt) for o in outcomes if o.action == "settle"] == [
+        ("done", 1, 2)
+    ]
     rewards = ledger_rewards(contract_net)
     assert rewards[(1, 1)]["settlement"]["tx_hash"] != rewards[(1, 2)]["settlement"]["tx_hash"]
     client = eth_chain.open()
-    assert client.read_settlement(TRIAL, settlement_round(1, 2)).tx_hash == rewards[(1, 2)]["settlement"]["tx_hash"]
+    assert (
+        client.read_settlement(TRIAL, settlement_round(1, 2)).tx_hash
+        == rewards[(1, 2)]["settlement"]["tx_hash"]
+    )
     assert client.read_settlement(TRIAL, 1).tx_hash == rewards[(1, 1)]["settlement"]["tx_hash"]
-    assert sum(client.balances(eth_chain.payees).values()) == token_units(2000)  # both finalized attempts paid
+    assert sum(client.balances(eth_chain.payees).values()) == token_units(
+        2000
+    )  # both finalized attempts paid
 
     # The auditor finds everything consistent, including the attempt outside the current lineage.
-    for args in (["verify", "--store", store_url], ["lineage", TRIAL], ["rewards", TRIAL], ["privacy", TRIAL],
-                 ["settlement", TRIAL, "--settlement", eth_chain.url(key=None), "--payees", str(tmp_path / "payees.toml")]):
+    for args in (
+        ["verify", "--store", store_url],
+        ["lineage", TRIAL],
+        ["rewards", TRIAL],
+        ["privacy", TRIAL],
+        [
+            "settlement",
+            TRIAL,
+            "--settlement",
+            eth_chain.url(key=None),
+            "--payees",
+            str(tmp_path / "payees.toml"),
+        ],
+    ):
         code, out = audit_cli(consortium, ledger_url, *args, "--json")
         assert code == 0, out
     lineage = json.loads(audit_cli(consortium, ledger_url, "lineage", TRIAL, "--json")[1])
     assert [(e["round"], e["attempt"]) for e in lineage["lineage"]] == [(1, 2)]
     assert [(a["round"], a["attempt"], a["in_lineage"]) for a in lineage["attempts"]] == [
-        (1, 1, False), (1, 2, True), (2, 1, False), (2, 2, False)]  # round 2 opened again after the rollback
+        (1, 1, False),
+        (1, 2, True),
+        (2, 1, False),
+        (2, 2, False),
+    ]  # round 2 opened again after the rollback

@@ -30,7 +30,9 @@ class Trial:
     def round(self, number: int, attempt: int | None = None) -> dict[str, Any]:
         return self.auditor.round(self.trial_id, number, attempt)
 
-    def wait_phase(self, number: int, phases: tuple[str, ...], timeout: float = 120) -> dict[str, Any]:
+    def wait_phase(
+        self, number: int, phases: tuple[str, ...], timeout: float = 120
+    ) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             current = self.state().get("current")
             if not current or current["round"] < number:
@@ -64,9 +66,16 @@ def local_network(tmp_path: Path) -> Iterator[Callable[..., tuple[LocalNetwork, 
     """Build a network, start its coordinator and open a trial; silos are started by the test."""
     made: list[tuple[LocalNetwork, Trial]] = []
 
-    def build(*, rounds: int = 2, hospitals: int = 4, epsilon: float = 3.0, budgets: dict[str, float] | None = None,
-              attackers: tuple[str, ...] = (), phases: dict[str, int] | None = None,
-              data_override: dict[str, dict[str, Any]] | None = None) -> tuple[LocalNetwork, Trial]:
+    def build(
+        *,
+        rounds: int = 2,
+        hospitals: int = 4,
+        epsilon: float = 3.0,
+        budgets: dict[str, float] | None = None,
+        attackers: tuple[str, ...] = (),
+        phases: dict[str, int] | None = None,
+        data_override: dict[str, dict[str, Any]] | None = None,
+    ) -> tuple[LocalNetwork, Trial]:
         net = LocalNetwork.create(tmp_path / f"net{len(made)}", hospitals)
         dataset = load_demo_dataset("breast-cancer", hospitals=hospitals)
         files = write_demo_dataset(dataset, net.root / "data")
@@ -74,17 +83,30 @@ def local_network(tmp_path: Path) -> Iterator[Callable[..., tuple[LocalNetwork, 
         for hospital, paths in zip(net.hospital_names(), files, strict=True):
             data = {"path": paths["train"], "test_path": paths["test"]}
             data.update((data_override or {}).get(hospital, {}))
-            net.write_silo_config(hospital, data, attack="sign_flip" if hospital in attackers else "none",
-                                  epsilon_budget=(budgets or {}).get(hospital))
+            net.write_silo_config(
+                hospital,
+                data,
+                attack="sign_flip" if hospital in attackers else "none",
+                epsilon_budget=(budgets or {}).get(hospital),
+            )
         net.start_coordinator()
         trial_id = "it-trial"
         dp = dict(dataset.dp, target_epsilon_micro=int(epsilon * 1_000_000))
         with net.client("admin") as admin:
-            admin.create_trial({
-                "trial_id": trial_id, "task": "binary_classification", "data_schema": dataset.schema,
-                "model": dataset.model, "rounds": rounds, "min_silos": 2, "dp": dp, "he": {"enabled": True},
-                "evaluation": dataset.evaluation, "phase_seconds": phases or FAST_PHASES,
-            })
+            admin.create_trial(
+                {
+                    "trial_id": trial_id,
+                    "task": "binary_classification",
+                    "data_schema": dataset.schema,
+                    "model": dataset.model,
+                    "rounds": rounds,
+                    "min_silos": 2,
+                    "dp": dp,
+                    "he": {"enabled": True},
+                    "evaluation": dataset.evaluation,
+                    "phase_seconds": phases or FAST_PHASES,
+                }
+            )
             for hospital in net.hospital_names():
                 net.request_enrolment(hospital, trial_id)
                 admin.enrol(trial_id, net.msp_id(hospital))

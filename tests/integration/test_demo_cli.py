@@ -18,8 +18,13 @@ HEART = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "heart_
 def run_demo(tmp_path: Path, *args: str, timeout: float = 900) -> dict:
     workdir = tmp_path / "demo"
     env = {**os.environ, "COLUMNS": "160"}
-    proc = subprocess.run(bcfl_command("demo", "--workdir", str(workdir), *args), capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    proc = subprocess.run(
+        bcfl_command("demo", "--workdir", str(workdir), *args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "bcfl ledger verify: OK" in proc.stdout
     summary = json.loads((workdir / "summary.json").read_text())
@@ -33,17 +38,30 @@ def test_default_demo(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, "--rounds", "2")
     assert summary["dp"] is True
     assert len(summary["round_results"]) == 2
-    assert all(r["phase"] == "FINALIZED" and len(r["accepted"]) == 4 for r in summary["round_results"])
+    assert all(
+        r["phase"] == "FINALIZED" and len(r["accepted"]) == 4 for r in summary["round_results"]
+    )
     for msp, entry in summary["privacy"].items():
         assert 0 < entry["spent"] <= entry["budget"] == 3.0, msp
     assert sum(summary["rewards"].values()) == 2 * 1000
     assert "accuracy on each hospital's held-out data" in summary["stdout"]
 
 
-@pytest.mark.skipif(not HEART.is_dir(), reason="the UCI heart disease files are not beside the repository")
+@pytest.mark.skipif(
+    not HEART.is_dir(), reason="the UCI heart disease files are not beside the repository"
+)
 def test_heart_disease_demo_with_a_malicious_hospital(tmp_path: Path) -> None:
-    summary = run_demo(tmp_path, "--dataset", "heart-disease", "--data-dir", str(HEART), "--rounds", "2",
-                       "--malicious", "1")
+    summary = run_demo(
+        tmp_path,
+        "--dataset",
+        "heart-disease",
+        "--data-dir",
+        str(HEART),
+        "--rounds",
+        "2",
+        "--malicious",
+        "1",
+    )
     assert summary["malicious"] == ["Hospital4MSP"]
     for rnd in summary["round_results"]:
         assert "Hospital4MSP" not in rnd["accepted"]
@@ -66,5 +84,7 @@ def test_demo_on_fabric(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, "--rounds", "2", "--ledger", "fabric")
     assert summary["ledger"] == "fabric"
     assert all(r["phase"] == "FINALIZED" for r in summary["round_results"])
-    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path / "demo" / "fabric")], capture_output=True, text=True)
+    leftovers = subprocess.run(
+        ["pgrep", "-f", str(tmp_path / "demo" / "fabric")], capture_output=True, text=True
+    )
     assert leftovers.stdout.strip() == "", "Fabric processes left running"

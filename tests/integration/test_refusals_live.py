@@ -9,7 +9,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from consortium.errors import AuthError, ContractError
+from bcfl_common.errors import AuthError, ContractError
 from consortium.http_auth import sign_request
 from consortium.identity import x25519_public_key_raw
 from coordinator.local_network import bcfl_command, wait_for
@@ -76,15 +76,41 @@ def test_silo_enroll_registers_its_own_key_and_asks_the_coordinator(local_networ
     net, trial = local_network(rounds=1)
     with net.client("admin") as admin:
         spec = admin.trial(trial.trial_id)
-        admin.create_trial({"trial_id": "second", "task": spec["task"], "data_schema": spec["data_schema"],
-                            "model": spec["model"], "rounds": 1, "min_silos": 2})
-        enroll = subprocess.run(bcfl_command("silo", "enroll", "--config", str(net.silo_config_path("hospital1")),
-                                             "--trial", "second"), capture_output=True, text=True)
+        admin.create_trial(
+            {
+                "trial_id": "second",
+                "task": spec["task"],
+                "data_schema": spec["data_schema"],
+                "model": spec["model"],
+                "rounds": 1,
+                "min_silos": 2,
+            }
+        )
+        enroll = subprocess.run(
+            bcfl_command(
+                "silo",
+                "enroll",
+                "--config",
+                str(net.silo_config_path("hospital1")),
+                "--trial",
+                "second",
+            ),
+            capture_output=True,
+            text=True,
+        )
         assert enroll.returncode == 0, enroll.stdout + enroll.stderr
-        assert [r["msp_id"] for r in admin.enrolment_requests("second", "pending")] == ["Hospital1MSP"]
+        assert [r["msp_id"] for r in admin.enrolment_requests("second", "pending")] == [
+            "Hospital1MSP"
+        ]
         record = admin.enrol("second", "Hospital1MSP")
-        assert record["encryption_public_key"] == base64.b64encode(
-            x25519_public_key_raw(net.consortium.identity("hospital1").encryption_public_key_pem().decode())).decode()
+        assert (
+            record["encryption_public_key"]
+            == base64.b64encode(
+                x25519_public_key_raw(
+                    net.consortium.identity("hospital1").encryption_public_key_pem().decode()
+                )
+            ).decode()
+        )
         # a hospital that registered nothing cannot be enrolled with a key the operator chose
         with pytest.raises(ContractError) as err:
             admin.enrol("second", "Hospital2MSP")

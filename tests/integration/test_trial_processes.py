@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from consortium.errors import ContractError
+from bcfl_common.errors import ContractError
 from consortium.ledger import open_ledger
 from coordinator.local_network import bcfl_command, wait_for
 
@@ -67,8 +67,19 @@ def test_trial_survives_crashes_rejects_poison_and_respects_budgets(local_networ
         assert voters.count("Hospital1MSP") == 1, (number, voters)
 
     verify = subprocess.run(
-        bcfl_command("ledger", "verify", net.ledger_url, "--consortium", str(net.consortium.directory),
-                     "--as", "auditor", "--replay"), capture_output=True, text=True)
+        bcfl_command(
+            "ledger",
+            "verify",
+            net.ledger_url,
+            "--consortium",
+            str(net.consortium.directory),
+            "--as",
+            "auditor",
+            "--replay",
+        ),
+        capture_output=True,
+        text=True,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -80,18 +91,24 @@ def test_late_silo_skips_cleanly_and_stale_submission_is_refused(local_network) 
     net, trial = local_network(rounds=3, phases=phases)
     for hospital in ("hospital1", "hospital2", "hospital3"):
         net.start_silo(hospital, trial_id=trial.trial_id)
-    trial.wait_phase(1, ("REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED"))
+    trial.wait_phase(
+        1, ("REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED")
+    )
 
     # A stale commitment: Hospital4 names the initial model as its base in round 2 or later.
     round_two = trial.wait_phase(2, ("SUBMIT",), timeout=180)
     hospital4 = open_ledger(net.ledger_url, net.consortium.identity("hospital4"))
     try:
         with pytest.raises(ContractError) as err:
-            hospital4.submit("commit_update", {
-                "trial_id": trial.trial_id, "round": 2,
-                "base_model_sha256": trial.state()["initial_model"]["sha256"],
-                "commitment": "0" * 64,
-            })
+            hospital4.submit(
+                "commit_update",
+                {
+                    "trial_id": trial.trial_id,
+                    "round": 2,
+                    "base_model_sha256": trial.state()["initial_model"]["sha256"],
+                    "commitment": "0" * 64,
+                },
+            )
         assert err.value.code == "STALE"
         assert round_two["base"]["model"]["sha256"] != trial.state()["initial_model"]["sha256"]
     finally:

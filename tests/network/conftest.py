@@ -30,7 +30,9 @@ _names = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def fabric_network(consortium_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def fabric_network(
+    consortium_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     """A running Fabric network (1 Raft orderer, a peer per operator and hospital organisation)."""
     from consortium.network_cli import FabricNetwork, fabric_unavailable_reason
 
@@ -41,8 +43,11 @@ def fabric_network(consortium_template: Path, tmp_path_factory: pytest.TempPathF
         pytest.skip(reason)
 
     # the contract suite moves the transaction clock hours ahead: widen the peers' time window
-    network = FabricNetwork(tmp_path_factory.mktemp("fabric") / "network", consortium_dir=consortium_template,
-                            auth_time_window="48h")
+    network = FabricNetwork(
+        tmp_path_factory.mktemp("fabric") / "network",
+        consortium_dir=consortium_template,
+        auth_time_window="48h",
+    )
     try:
         network.up()
         yield network
@@ -63,7 +68,9 @@ class FabricContractNet:
 
     def client(self, name: str) -> Any:
         if name not in self._clients:
-            self._clients[name] = _Client(open_ledger(self.url, self.consortium.identity(name), clock=self.clock))
+            self._clients[name] = _Client(
+                open_ledger(self.url, self.consortium.identity(name), clock=self.clock)
+            )
         return self._clients[name]
 
     def advance_time(self, seconds: float) -> None:
@@ -106,7 +113,9 @@ def fabric_contract_factory(fabric_network: Any, consortium_template: Path, cloc
 
 
 @pytest.fixture
-def fabric_contract_net(fabric_network: Any, consortium_template: Path, clock: Any) -> Iterator[FabricContractNet]:
+def fabric_contract_net(
+    fabric_network: Any, consortium_template: Path, clock: Any
+) -> Iterator[FabricContractNet]:
     consortium = Consortium.load(consortium_template)
     net = FabricContractNet(consortium, fresh_contract(fabric_network, consortium, clock), clock)
     yield net

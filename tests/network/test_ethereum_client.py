@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from eth_account import Account
 
-from consortium.errors import SettlementError
+from bcfl_common.errors import SettlementError
 from consortium.settlement import (
     CODE_CONFIG,
     Deployment,

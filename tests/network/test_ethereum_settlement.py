@@ -33,7 +33,7 @@ except ImportError:  # imported as a package (tests/network/__init__.py present)
         new_account,
     )
 
-from consortium.errors import SettlementError
+from bcfl_common.errors import SettlementError
 from consortium.settlement import (
     CODE_CHAIN_CHANGED,
     CODE_CONFLICT,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from consortium.errors import ContractError, IdentityError, LedgerError
+from bcfl_common.errors import ContractError, IdentityError, LedgerError
 from consortium.identity import Consortium, Identity
 from consortium.ledger import open_ledger
 from consortium.ledger.fabric import make_proposal
@@ -48,7 +48,13 @@ def test_up_is_idempotent_and_down_leaves_no_process(tmp_path: Path) -> None:
 def test_status_names_every_node_and_the_ledger_url(fabric_network) -> None:
     status = fabric_network.status()
     peers = sorted(n["msp_id"] for n in status["nodes"] if n["kind"] == "peer")
-    assert peers == ["CoordinatorMSP", "Hospital1MSP", "Hospital2MSP", "Hospital3MSP", "Hospital4MSP"]
+    assert peers == [
+        "CoordinatorMSP",
+        "Hospital1MSP",
+        "Hospital2MSP",
+        "Hospital3MSP",
+        "Hospital4MSP",
+    ]
     assert all(n["pid"] and n["listening"] for n in status["nodes"])
     assert status["ledger_url"].startswith("fabric://")
 
@@ -90,11 +96,18 @@ def test_contract_errors_come_back_with_their_code(url: str, consortium_template
         hospital.close()
 
 
-def test_a_member_claiming_another_organisation_is_refused(url: str, consortium_template: Path) -> None:
+def test_a_member_claiming_another_organisation_is_refused(
+    url: str, consortium_template: Path
+) -> None:
     consortium = Consortium.load(consortium_template)
     real = consortium.identity("hospital1")
-    impostor = Identity(name="impostor", msp_id="Hospital2MSP", role="silo", cert_pem=real.cert_pem,
-                        private_key=real.private_key)
+    impostor = Identity(
+        name="impostor",
+        msp_id="Hospital2MSP",
+        role="silo",
+        cert_pem=real.cert_pem,
+        private_key=real.private_key,
+    )
     ledger = open_ledger(url, impostor)
     try:
         with pytest.raises(IdentityError):
@@ -109,8 +122,12 @@ def test_a_replayed_transaction_is_refused(url: str, consortium_template: Path) 
     consortium = Consortium.load(consortium_template)
     admin = open_ledger(url, consortium.identity("admin"))
     try:
-        proposal = make_proposal(admin.identity, admin.target.channel, admin.target.chaincode,
-                                 admin._args("create_trial", _trial("replayed")))
+        proposal = make_proposal(
+            admin.identity,
+            admin.target.channel,
+            admin.target.chaincode,
+            admin._args("create_trial", _trial("replayed")),
+        )
         envelope = admin.sign_envelope(admin.endorse(proposal))
         first = admin.submit_envelope(proposal.tx_id, envelope, "create_trial")
         # the same signed proposal again: the peers refuse to endorse a known transaction id
@@ -121,8 +138,12 @@ def test_a_replayed_transaction_is_refused(url: str, consortium_template: Path) 
         admin.submit_envelope(proposal.tx_id, envelope, "create_trial")
         deadline = time.monotonic() + 10
         while True:
-            txs = [t for b in admin.blocks(first.block_number) for t in b.transactions
-                   if t["proposal"]["tx_id"] == proposal.tx_id]
+            txs = [
+                t
+                for b in admin.blocks(first.block_number)
+                for t in b.transactions
+                if t["proposal"]["tx_id"] == proposal.tx_id
+            ]
             if len(txs) == 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -141,7 +162,8 @@ def _trial(trial_id: str) -> dict:
 
 
 def test_a_stopped_hospital_peer_does_not_stop_the_trial_and_catches_up(
-        fabric_network, url: str, consortium_template: Path) -> None:
+    fabric_network, url: str, consortium_template: Path
+) -> None:
     consortium = Consortium.load(consortium_template)
     admin = open_ledger(url, consortium.identity("admin"))
     hospital1 = open_ledger(url, consortium.identity("hospital1"))  # its own peer is its gateway
@@ -153,8 +175,12 @@ def test_a_stopped_hospital_peer_does_not_stop_the_trial_and_catches_up(
         assert hospital1.evaluate("get_trial", {"trial_id": "fault"})["trial_id"] == "fault"
         height = admin.height()
         fabric_network.start_node("peer0.hospital1")
-        own_peer = open_ledger(fabric_network.ledger_url("Hospital1MSP").replace(
-            "/bcfl/bcfl?", f"/bcfl/{admin.target.chaincode}?"), consortium.identity("hospital1"))
+        own_peer = open_ledger(
+            fabric_network.ledger_url("Hospital1MSP").replace(
+                "/bcfl/bcfl?", f"/bcfl/{admin.target.chaincode}?"
+            ),
+            consortium.identity("hospital1"),
+        )
         try:
             deadline = time.monotonic() + 60
             while own_peer.height() < height and time.monotonic() < deadline:
@@ -176,6 +202,8 @@ def test_three_raft_orderers(tmp_path: Path) -> None:
     network = FabricNetwork(tmp_path / "net", hospitals=1, orderers=3)
     try:
         network.up()
-        assert sum(n["kind"] == "orderer" and bool(n["pid"]) for n in network.status()["nodes"]) == 3
+        assert (
+            sum(n["kind"] == "orderer" and bool(n["pid"]) for n in network.status()["nodes"]) == 3
+        )
     finally:
         network.down()

@@ -26,7 +26,7 @@ except ImportError:  # imported as a package (tests/network/__init__.py present)
 
 from multiformats import CID
 
-from consortium.errors import ConfigError, StoreError, StoreIntegrityError
+from bcfl_common.errors import ConfigError, StoreError, StoreIntegrityError
 from consortium.loopback import free_port
 from consortium.storage import FileStore, content_id, open_store
 from consortium.storage_ipfs import (
@@ -46,8 +46,6 @@ MiB = 1024 * 1024
 
 def rpc(node: KuboNode, command: str, **params: str) -> httpx.Response:
     return httpx.post(f"{node.api_url}/api/v0/{command}", params=params, timeout=30)
-
-
 
 
 def block_file(node: KuboNode, cid: str) -> Path:

@@ -12,7 +12,7 @@ from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from consortium.errors import PrivacyBudgetExceeded, PrivacyError
+from bcfl_common.errors import PrivacyBudgetExceeded, PrivacyError
 from privacy import dp
 
 

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from consortium.errors import PrivacyError
+from bcfl_common.errors import PrivacyError
 from privacy import he
 from privacy.he.presets import MAX_COEFF_BITS
 

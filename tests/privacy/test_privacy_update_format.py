@@ -13,7 +13,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from consortium.errors import UpdateFormatError
+from bcfl_common.errors import UpdateFormatError
 from privacy import he
 from privacy.he.format import FIXED_HEADER_BYTES
 
@@ -126,7 +126,7 @@ FUZZ = textwrap.dedent(
     """
     import hashlib, random, sys
     import numpy as np
-    from consortium.errors import UpdateFormatError
+    from bcfl_common.errors import UpdateFormatError
     from privacy import he
     from privacy.he.format import FIXED_HEADER_BYTES
     ctx = he.generate_context()

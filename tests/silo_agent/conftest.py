@@ -21,15 +21,6 @@ def demo_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"dataset": dataset, "paths": write_demo_dataset(dataset, folder)}
 
 
-
-
-
-
-
-
-
-
-
 @pytest.fixture
 def store_url(tmp_path: Path) -> str:
     return (tmp_path / "store").as_uri()
@@ -41,12 +32,21 @@ def driver(contract_net: Any, store_url: str) -> CoordinatorDriver:
 
 
 @pytest.fixture
-def make_agent(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, contract_net: Any, demo_files: dict[str, Any]) -> Iterator[Callable[..., SiloAgent]]:
+def make_agent(
+    tmp_path: Path,
+    consortium: Any,
+    ledger_url: str,
+    store_url: str,
+    contract_net: Any,
+    demo_files: dict[str, Any],
+) -> Iterator[Callable[..., SiloAgent]]:
     opened: list[SiloAgent] = []
 
     def make(name: str, **extra: Any) -> SiloAgent:
         index = HOSPITALS.index(name)
-        config = silo_config(tmp_path, consortium, ledger_url, store_url, name, demo_files["paths"][index], **extra)
+        config = silo_config(
+            tmp_path, consortium, ledger_url, store_url, name, demo_files["paths"][index], **extra
+        )
         agent = SiloAgent(config, ledger_options={"clock": contract_net.clock})
         opened.append(agent)
         return agent
@@ -54,5 +54,3 @@ def make_agent(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str,
     yield make
     for agent in opened:
         agent.close()
-
-

@@ -15,16 +15,24 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from consortium.errors import ContractError
+from bcfl_common.errors import ContractError
+from model_registry.models import initial_model
 from privacy import he
 from silo_agent.agent import SiloAgent
 from silo_agent.config import SiloConfig
-from silo_agent.models import initial_model
 
 HOSPITALS = ("hospital1", "hospital2", "hospital3", "hospital4")
 
 
-def silo_config(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, name: str, data: dict[str, Path], **extra: Any) -> SiloConfig:
+def silo_config(
+    tmp_path: Path,
+    consortium: Any,
+    ledger_url: str,
+    store_url: str,
+    name: str,
+    data: dict[str, Path],
+    **extra: Any,
+) -> SiloConfig:
     return SiloConfig(
         identity=consortium.member_dir(name),
         state_dir=tmp_path / "silos" / name,
@@ -53,7 +61,15 @@ class CoordinatorDriver:
     def coordinator(self) -> Any:
         return self.net.client("coordinator")
 
-    def create_trial(self, dataset: Any, *, rounds: int = 2, dp: dict[str, Any] | None = None, hospitals: tuple[str, ...] = HOSPITALS, **overrides: Any) -> dict[str, Any]:
+    def create_trial(
+        self,
+        dataset: Any,
+        *,
+        rounds: int = 2,
+        dp: dict[str, Any] | None = None,
+        hospitals: tuple[str, ...] = HOSPITALS,
+        **overrides: Any,
+    ) -> dict[str, Any]:
         model = overrides.pop("model", dataset.model)
         data = initial_model(model, dataset.schema, seed=1)
         stored = self.store.put(data)
@@ -74,10 +90,21 @@ class CoordinatorDriver:
         for name in hospitals:
             identity = self.net.consortium.identity(name)
             pem = identity.encryption_public_key_pem()
-            raw = serialization.load_pem_public_key(pem).public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+            raw = serialization.load_pem_public_key(pem).public_bytes(
+                serialization.Encoding.Raw, serialization.PublicFormat.Raw
+            )
             key = base64.b64encode(raw).decode()
-            self.net.client(name).submit("register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key})
-            self.admin.submit("enrol_hospital", {"trial_id": self.trial_id, "msp_id": identity.msp_id, "encryption_public_key": key})
+            self.net.client(name).submit(
+                "register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key}
+            )
+            self.admin.submit(
+                "enrol_hospital",
+                {
+                    "trial_id": self.trial_id,
+                    "msp_id": identity.msp_id,
+                    "encryption_public_key": key,
+                },
+            )
         return self.admin.submit("start_trial", {"trial_id": self.trial_id})
 
     def trial(self) -> dict[str, Any]:
@@ -130,9 +157,19 @@ class CoordinatorDriver:
 
     def record_aggregate(self, rnd: dict[str, Any]) -> None:
         keys = self.coordinator.evaluate("get_trial_keys", {"trial_id": self.trial_id})
-        public = he.load_public_context(self.store.get(keys["public_context"]["content_id"]), he.DEFAULT_PRESET)
-        submissions = {s["msp_id"]: s for s in self.coordinator.evaluate("get_submissions", {"trial_id": self.trial_id, "round": rnd["round"]})}
-        blobs = [self.store.get(submissions[m]["content_id"]) for m in sorted(rnd["accepted"], key=lambda m: submissions[m]["sha256"])]
+        public = he.load_public_context(
+            self.store.get(keys["public_context"]["content_id"]), he.DEFAULT_PRESET
+        )
+        submissions = {
+            s["msp_id"]: s
+            for s in self.coordinator.evaluate(
+                "get_submissions", {"trial_id": self.trial_id, "round": rnd["round"]}
+            )
+        }
+        blobs = [
+            self.store.get(submissions[m]["content_id"])
+            for m in sorted(rnd["accepted"], key=lambda m: submissions[m]["sha256"])
+        ]
         aggregate = he.aggregate(public, blobs)
         stored = self.store.put(aggregate)
         self.coordinator.submit(
@@ -147,7 +184,13 @@ class CoordinatorDriver:
         )
 
 
-def drive(driver: CoordinatorDriver, agents: list[SiloAgent], *, max_steps: int = 200, until: Callable[[], bool] | None = None) -> None:
+def drive(
+    driver: CoordinatorDriver,
+    agents: list[SiloAgent],
+    *,
+    max_steps: int = 200,
+    until: Callable[[], bool] | None = None,
+) -> None:
     """Alternate silo ticks and coordinator steps until the trial is over (or ``until``)."""
     for _ in range(max_steps):
         for agent in agents:
@@ -162,4 +205,3 @@ def drive(driver: CoordinatorDriver, agents: list[SiloAgent], *, max_steps: int 
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-

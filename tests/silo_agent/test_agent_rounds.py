@@ -20,7 +20,9 @@ def _msp(contract_net: Any, name: str) -> str:
     return contract_net.consortium.identity(name).msp_id
 
 
-def test_full_round_finalizes_with_equal_attestations(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+def test_full_round_finalizes_with_equal_attestations(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=2)
     agents = [make_agent(name) for name in HOSPITALS]
     drive(driver, agents)
@@ -29,7 +31,9 @@ def test_full_round_finalizes_with_equal_attestations(driver: Any, make_agent: A
     assert trial["state"] == "COMPLETED"
     assert [e["round"] for e in trial["lineage"]] == [1, 2]
     for entry in trial["lineage"]:
-        attestations = contract_net.client("admin").evaluate("get_attestations", {"trial_id": "trial-1", "round": entry["round"]})
+        attestations = contract_net.client("admin").evaluate(
+            "get_attestations", {"trial_id": "trial-1", "round": entry["round"]}
+        )
         assert len(attestations) == 4
         assert {a["sha256"] for a in attestations} == {entry["model"]["sha256"]}
     # Every silo keeps every finalized model, byte-identical to the attested hash.
@@ -38,7 +42,9 @@ def test_full_round_finalizes_with_equal_attestations(driver: Any, make_agent: A
             assert agent.state.load_model("trial-1", entry["model"]["sha256"]) is not None
     # Privacy: the ledger's cumulative epsilon equals each silo's accountant, within the budget.
     for agent in agents:
-        account = contract_net.client("admin").evaluate("get_privacy_ledger", {"trial_id": "trial-1", "msp_id": agent.msp_id})[0]
+        account = contract_net.client("admin").evaluate(
+            "get_privacy_ledger", {"trial_id": "trial-1", "msp_id": agent.msp_id}
+        )[0]
         local = PrivacyAccountant.open(agent.state.accountant_path("trial-1"))
         assert account["epsilon_spent_micro"] == local.spent_micro()
         assert 0 < account["epsilon_spent_micro"] <= account["budget_micro"]
@@ -52,7 +58,9 @@ def test_full_round_finalizes_with_equal_attestations(driver: Any, make_agent: A
     assert len(finalized) == 2 and all(r["test"]["accuracy"] > 0.6 for r in finalized)
 
 
-def test_lost_models_are_rebuilt_from_the_lineage(driver: Any, make_agent: Any, demo_files: dict[str, Any]) -> None:
+def test_lost_models_are_rebuilt_from_the_lineage(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any]
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=2, dp={"enabled": False, "reason": "test"})
     agents = [make_agent(name) for name in HOSPITALS]
     drive(driver, agents)
@@ -64,7 +72,9 @@ def test_lost_models_are_rebuilt_from_the_lineage(driver: Any, make_agent: Any, 
     assert sha256(fresh.final_model("trial-1")) == trial["head"]["model"]["sha256"]
 
 
-def test_restart_mid_round_resumes_without_double_submission(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+def test_restart_mid_round_resumes_without_double_submission(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1)
     agents = [make_agent(name) for name in HOSPITALS]
     victim = agents[0]
@@ -108,10 +118,20 @@ def test_restart_mid_round_resumes_without_double_submission(driver: Any, make_a
 
     assert driver.trial()["state"] == "COMPLETED"
     msp = _msp(contract_net, "hospital1")
-    submissions = {s["msp_id"]: s for s in contract_net.client("admin").evaluate("get_submissions", {"trial_id": "trial-1", "round": 1})}
+    submissions = {
+        s["msp_id"]: s
+        for s in contract_net.client("admin").evaluate(
+            "get_submissions", {"trial_id": "trial-1", "round": 1}
+        )
+    }
     assert submissions[msp]["commitment"] == prepared["commitment"]
     assert submissions[msp]["content_id"] == prepared["content_id"]
-    votes = {v["msp_id"]: v for v in contract_net.client("admin").evaluate("get_votes", {"trial_id": "trial-1", "round": 1})}
+    votes = {
+        v["msp_id"]: v
+        for v in contract_net.client("admin").evaluate(
+            "get_votes", {"trial_id": "trial-1", "round": 1}
+        )
+    }
     assert votes[msp]["revealed"]
     # Trained and charged once, committed once: the accountant still holds a single round.
     assert len(PrivacyAccountant.open(again.state.accountant_path("trial-1")).rounds) == 1
@@ -119,27 +139,39 @@ def test_restart_mid_round_resumes_without_double_submission(driver: Any, make_a
     assert driver.trial()["lineage"][0]["round"] == 1
 
 
-def test_sign_flip_attacker_is_rejected_by_votes(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+def test_sign_flip_attacker_is_rejected_by_votes(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1)
-    agents = [make_agent(name) for name in HOSPITALS[:3]] + [make_agent("hospital4", attack_kind="sign_flip", attack_scale=10.0)]
+    agents = [make_agent(name) for name in HOSPITALS[:3]] + [
+        make_agent("hospital4", attack_kind="sign_flip", attack_scale=10.0)
+    ]
     drive(driver, agents)
     assert driver.trial()["state"] == "COMPLETED"
-    acceptance = contract_net.client("admin").evaluate("get_acceptance", {"trial_id": "trial-1", "round": 1})
+    acceptance = contract_net.client("admin").evaluate(
+        "get_acceptance", {"trial_id": "trial-1", "round": 1}
+    )
     attacker = _msp(contract_net, "hospital4")
     assert attacker in acceptance["rejected"]
     assert acceptance["candidates"][attacker]["reason"] == "below_threshold"
     assert sorted(acceptance["accepted"]) == sorted(_msp(contract_net, n) for n in HOSPITALS[:3])
 
 
-def test_he_off_trial_is_refused_with_the_field_named(driver: Any, make_agent: Any, demo_files: dict[str, Any]) -> None:
+def test_he_off_trial_is_refused_with_the_field_named(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any]
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1, he={"enabled": False, "reason": "test"})
     agent = make_agent("hospital1")
     steps = agent.tick()
-    assert any(s.level == "error" and "he.enabled" in s.detail and "trial-1" in s.detail for s in steps)
+    assert any(
+        s.level == "error" and "he.enabled" in s.detail and "trial-1" in s.detail for s in steps
+    )
     assert agent.state.journal("trial-1")["problem"].startswith("HE_REQUIRED")
 
 
-def test_bad_local_data_is_reported_and_nothing_is_sent(driver: Any, make_agent: Any, demo_files: dict[str, Any], tmp_path: Any, contract_net: Any) -> None:
+def test_bad_local_data_is_reported_and_nothing_is_sent(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], tmp_path: Any, contract_net: Any
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1)
     frame = demo_files["dataset"].hospitals[1].train.copy()
     frame.loc[3, "mean_radius"] = -5.0
@@ -153,14 +185,20 @@ def test_bad_local_data_is_reported_and_nothing_is_sent(driver: Any, make_agent:
         driver.advance()
     problem = agents[1].state.journal("trial-1")["problem"]
     assert "mean_radius" in problem and "[4]" in problem
-    submissions = contract_net.client("admin").evaluate("get_submissions", {"trial_id": "trial-1", "round": 1})
+    submissions = contract_net.client("admin").evaluate(
+        "get_submissions", {"trial_id": "trial-1", "round": 1}
+    )
     assert agents[1].msp_id not in {s["msp_id"] for s in submissions}
     assert {s["msp_id"] for s in submissions} == {a.msp_id for a in agents if a is not agents[1]}
 
 
-def test_own_budget_refusal_skips_the_round_cleanly(driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any) -> None:
+def test_own_budget_refusal_skips_the_round_cleanly(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1)
-    agents = [make_agent(name) for name in HOSPITALS[:3]] + [make_agent("hospital4", epsilon_budget=0.01)]
+    agents = [make_agent(name) for name in HOSPITALS[:3]] + [
+        make_agent("hospital4", epsilon_budget=0.01)
+    ]
     for _ in range(3):
         for agent in agents:
             agent.tick()
@@ -171,6 +209,8 @@ def test_own_budget_refusal_skips_the_round_cleanly(driver: Any, make_agent: Any
     # The contract still waits for it (its ledger budget is not spent) until the deadline.
     contract_net.advance_time(3601)
     drive(driver, agents)
-    submissions = contract_net.client("admin").evaluate("get_submissions", {"trial_id": "trial-1", "round": 1})
+    submissions = contract_net.client("admin").evaluate(
+        "get_submissions", {"trial_id": "trial-1", "round": 1}
+    )
     assert agents[3].msp_id not in {s["msp_id"] for s in submissions}
     assert driver.trial()["state"] == "COMPLETED"

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from silo_harness import HOSPITALS, drive
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 from silo_agent.cli import silo_group
 from silo_agent.config import load_config, write_config
 
@@ -23,32 +23,53 @@ def test_config_reads_toml_resolves_paths_and_env_overrides(tmp_path: Path) -> N
             "state_dir": "state",
             "ledger": {"url": "embedded:///x/ledger.db"},
             "store": {"url": "file:///x/store"},
-            "data": {"path": "train.csv", "validation_fraction": 0.25, "columns": {"Patient Age": "age"}},
+            "data": {
+                "path": "train.csv",
+                "validation_fraction": 0.25,
+                "columns": {"Patient Age": "age"},
+            },
             "attack": {"kind": "sign_flip", "scale": 5},
         },
     )
-    config = load_config(path, environ={"BCFL_SILO_STORE_URL": "file:///y/store", "BCFL_SILO_RUN_TRIALS": "a,b"})
+    config = load_config(
+        path, environ={"BCFL_SILO_STORE_URL": "file:///y/store", "BCFL_SILO_RUN_TRIALS": "a,b"}
+    )
     assert config.identity == tmp_path / "members" / "hospital1"
     assert config.data_path == tmp_path / "train.csv"
     assert config.store_url == "file:///y/store"
     assert config.trials == ["a", "b"]
     assert config.columns == {"Patient Age": "age"}
-    assert config.validation_fraction == 0.25 and config.attack_kind == "sign_flip" and config.attack_scale == 5.0
+    assert (
+        config.validation_fraction == 0.25
+        and config.attack_kind == "sign_flip"
+        and config.attack_scale == 5.0
+    )
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
     (tmp_path / "a.toml").write_text('identity = "x"\n[ledger]\nurl = "embedded:///l"\n')
     with pytest.raises(ConfigError, match=r"\[store\] url"):
         load_config(tmp_path / "a.toml", environ={})
-    (tmp_path / "b.toml").write_text('identity = "x"\n[ledger]\nurl = "e"\nulr = "typo"\n[store]\nurl = "f"\n')
+    (tmp_path / "b.toml").write_text(
+        'identity = "x"\n[ledger]\nurl = "e"\nulr = "typo"\n[store]\nurl = "f"\n'
+    )
     with pytest.raises(ConfigError, match="ulr"):
         load_config(tmp_path / "b.toml", environ={})
-    (tmp_path / "c.toml").write_text('identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n[attack]\nkind = "nuke"\n')
+    (tmp_path / "c.toml").write_text(
+        'identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n[attack]\nkind = "nuke"\n'
+    )
     with pytest.raises(ConfigError, match="nuke"):
         load_config(tmp_path / "c.toml", environ={})
 
 
-def _toml(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, paths: dict[str, Path], name: str) -> Path:
+def _toml(
+    tmp_path: Path,
+    consortium: Any,
+    ledger_url: str,
+    store_url: str,
+    paths: dict[str, Path],
+    name: str,
+) -> Path:
     return write_config(
         tmp_path / f"{name}.toml",
         {
@@ -61,7 +82,15 @@ def _toml(tmp_path: Path, consortium: Any, ledger_url: str, store_url: str, path
     )
 
 
-def test_run_once_and_status_json(driver: Any, make_agent: Any, demo_files: dict[str, Any], tmp_path: Path, consortium: Any, ledger_url: str, store_url: str) -> None:
+def test_run_once_and_status_json(
+    driver: Any,
+    make_agent: Any,
+    demo_files: dict[str, Any],
+    tmp_path: Path,
+    consortium: Any,
+    ledger_url: str,
+    store_url: str,
+) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1, dp={"enabled": False})
     agents = [make_agent(name) for name in HOSPITALS]
     drive(driver, agents)
@@ -69,7 +98,9 @@ def test_run_once_and_status_json(driver: Any, make_agent: Any, demo_files: dict
     runner = CliRunner()
     result = runner.invoke(silo_group, ["run", "--config", str(config), "--once"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(silo_group, ["run", "--config", str(config), "--until-complete", "--poll", "0.01"])
+    result = runner.invoke(
+        silo_group, ["run", "--config", str(config), "--until-complete", "--poll", "0.01"]
+    )
     assert result.exit_code == 0 and "COMPLETED" in result.output
     result = runner.invoke(silo_group, ["status", "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output

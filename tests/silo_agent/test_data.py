@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from consortium.errors import SchemaError
-from silo_agent.data import check_schema, encode, feature_count, load_data, split, validate
+from bcfl_common.errors import SchemaError
+from model_registry.data_schema import check_schema, feature_count
+from silo_agent.data import encode, load_data, split, validate
 
 SCHEMA = {
     "features": [
@@ -58,7 +59,10 @@ def test_non_integer_in_int_column() -> None:
 
 def test_out_of_range_names_column_and_rows() -> None:
     found = problems(frame(age=[30, 17, 101, 60]))
-    assert {(p["problem"], tuple(p["rows"])) for p in found} == {("below the minimum 18", (2,)), ("above the maximum 100", (3,))}
+    assert {(p["problem"], tuple(p["rows"])) for p in found} == {
+        ("below the minimum 18", (2,)),
+        ("above the maximum 100", (3,)),
+    }
     assert all(p["column"] == "age" for p in found)
 
 
@@ -103,12 +107,18 @@ def test_split_is_deterministic_and_per_silo() -> None:
     a = split(data, trial_id="t", msp_id="H1MSP", validation_fraction=0.25)
     b = split(data, trial_id="t", msp_id="H1MSP", validation_fraction=0.25)
     c = split(data, trial_id="t", msp_id="H2MSP", validation_fraction=0.25)
-    assert np.array_equal(a.validation.x, b.validation.x) and len(a.validation) == 10 and len(a.train) == 30
+    assert (
+        np.array_equal(a.validation.x, b.validation.x)
+        and len(a.validation) == 10
+        and len(a.train) == 30
+    )
     assert not np.array_equal(a.validation.x, c.validation.x)
 
 
 def test_schema_form_is_checked() -> None:
     with pytest.raises(SchemaError, match="type"):
-        check_schema({"features": [{"name": "a", "type": "complex"}], "label": {"name": "y", "threshold": 0}})
+        check_schema(
+            {"features": [{"name": "a", "type": "complex"}], "label": {"name": "y", "threshold": 0}}
+        )
     with pytest.raises(SchemaError, match="exactly one"):
         check_schema({"features": [{"name": "a", "type": "float"}], "label": {"name": "y"}})

@@ -7,19 +7,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model_registry.models import decode_model, initial_model
 from silo_agent.data import encode, split
 from silo_agent.datasets import DEFAULT_HEART_DIR, load_demo_dataset, write_demo_dataset
-from silo_agent.models import decode_model, initial_model
 from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
 
-needs_heart = pytest.mark.skipif(not DEFAULT_HEART_DIR.is_dir(), reason="UCI heart disease files not present")
+needs_heart = pytest.mark.skipif(
+    not DEFAULT_HEART_DIR.is_dir(), reason="UCI heart disease files not present"
+)
 
 
 @needs_heart
 def test_heart_disease_counts_and_split_sizes() -> None:
     ds = load_demo_dataset("heart-disease")
     assert sum(len(h.train) + len(h.test) for h in ds.hospitals) == 740
-    assert [(len(h.train), len(h.test)) for h in ds.hospitals] == [(199, 104), (172, 89), (30, 16), (85, 45)]
+    assert [(len(h.train), len(h.test)) for h in ds.hospitals] == [
+        (199, 104),
+        (172, 89),
+        (30, 16),
+        (85, 45),
+    ]
     again = load_demo_dataset("heart-disease")
     assert all(a.test.equals(b.test) for a, b in zip(ds.hospitals, again.hospitals, strict=True))
     for h in ds.hospitals:
@@ -41,10 +48,19 @@ def test_breast_cancer_split_is_deterministic_and_non_iid(tmp_path: Path) -> Non
 def _setup(dp: bool, tmp_path: Path):
     ds = load_demo_dataset("breast-cancer", hospitals=2)
     spec = ds.model
-    local = split(encode(ds.hospitals[0].train, ds.schema), trial_id="t", msp_id="H1", validation_fraction=0.2)
+    local = split(
+        encode(ds.hospitals[0].train, ds.schema), trial_id="t", msp_id="H1", validation_fraction=0.2
+    )
     trial = {"trial_id": "t", "rounds": 3, "dp": {"enabled": False}}
     if dp:
-        trial["dp"] = {"enabled": True, "target_epsilon_micro": 3_000_000, "delta": [1, 1000], "max_grad_norm_milli": 1000, "noise_multiplier_milli": None, "accountant": "rdp"}
+        trial["dp"] = {
+            "enabled": True,
+            "target_epsilon_micro": 3_000_000,
+            "delta": [1, 1000],
+            "max_grad_norm_milli": 1000,
+            "noise_multiplier_milli": None,
+            "accountant": "rdp",
+        }
     settings = TrainingSettings.from_hyperparameters(spec["hyperparameters"])
     accountant = open_accountant(tmp_path / "acc.json", trial, settings, len(local.train))
     base = decode_model(initial_model(spec, ds.schema, 0)).params
@@ -76,9 +92,21 @@ def test_training_with_dp_uses_the_plan_and_charges_once(tmp_path: Path) -> None
     for r in (2, 3):
         accountant.charge_round(r, budget=PrivacyBudget(3_000_000), steps=result.steps)
     assert accountant.epsilon() <= 3.0
-    reopened = open_accountant(tmp_path / "acc.json", {"trial_id": "t", "rounds": 3, "dp": accountant_trial_dp()}, settings, len(local.train))
+    reopened = open_accountant(
+        tmp_path / "acc.json",
+        {"trial_id": "t", "rounds": 3, "dp": accountant_trial_dp()},
+        settings,
+        len(local.train),
+    )
     assert reopened is not None and len(reopened.rounds) == 3
 
 
 def accountant_trial_dp() -> dict:
-    return {"enabled": True, "target_epsilon_micro": 3_000_000, "delta": [1, 1000], "max_grad_norm_milli": 1000, "noise_multiplier_milli": None, "accountant": "rdp"}
+    return {
+        "enabled": True,
+        "target_epsilon_micro": 3_000_000,
+        "delta": [1, 1000],
+        "max_grad_norm_milli": 1000,
+        "noise_multiplier_milli": None,
+        "accountant": "rdp",
+    }

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from consortium.errors import ConfigError, UpdateFormatError
-from silo_agent.models import (
+from bcfl_common.errors import ConfigError, UpdateFormatError
+from model_registry.models import (
     REGISTRY,
     build_model,
     decode_model,
@@ -88,7 +88,11 @@ def test_artifact_strict_checks(mutate, field: str) -> None:
 def test_artifact_must_be_the_trials_model() -> None:
     data = initial_model(LOGREG, TABULAR, seed=0)
     with pytest.raises(UpdateFormatError, match="hyperparameters"):
-        decode_model(data, model_spec={"name": "logistic_regression", "hyperparameters": {}}, data_schema=TABULAR)
+        decode_model(
+            data,
+            model_spec={"name": "logistic_regression", "hyperparameters": {}},
+            data_schema=TABULAR,
+        )
     other = dict(TABULAR, features=TABULAR["features"][:4])
     with pytest.raises(UpdateFormatError, match="data_schema_sha256"):
         decode_model(data, model_spec=LOGREG, data_schema=other)

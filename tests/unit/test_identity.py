@@ -10,7 +10,7 @@ import sys
 import pytest
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from consortium.errors import ConfigError, IdentityError
+from bcfl_common.errors import ConfigError, IdentityError
 from consortium.identity import (
     P256_ORDER,
     CertificateAuthority,
@@ -24,19 +24,32 @@ from consortium.identity import (
 
 def test_layout_roles_and_private_key_modes(consortium: Consortium) -> None:
     assert set(consortium.organisations) == {
-        "CoordinatorMSP", "AuditorMSP", "Hospital1MSP", "Hospital2MSP", "Hospital3MSP", "Hospital4MSP"
+        "CoordinatorMSP",
+        "AuditorMSP",
+        "Hospital1MSP",
+        "Hospital2MSP",
+        "Hospital3MSP",
+        "Hospital4MSP",
     }
     roles = {m.name: m.role for m in consortium.members.values()}
     assert roles["admin"] == "admin" and roles["coordinator"] == "coordinator"
     assert roles["auditor"] == "auditor" and roles["hospital3"] == "silo"
     for name in consortium.members:
         folder = consortium.member_dir(name)
-        for sub in ("msp/signcerts/cert.pem", "msp/keystore/key.pem", "msp/cacerts/ca.pem", "msp/config.yaml"):
+        for sub in (
+            "msp/signcerts/cert.pem",
+            "msp/keystore/key.pem",
+            "msp/cacerts/ca.pem",
+            "msp/config.yaml",
+        ):
             assert (folder / sub).is_file(), sub
         assert stat.S_IMODE((folder / "msp/keystore/key.pem").stat().st_mode) == 0o600
         identity = consortium.identity(name)
         assert certificate_role(identity.cert_pem) == roles[name]
-    assert stat.S_IMODE((consortium.member_dir("hospital1") / "encryption/private.pem").stat().st_mode) == 0o600
+    assert (
+        stat.S_IMODE((consortium.member_dir("hospital1") / "encryption/private.pem").stat().st_mode)
+        == 0o600
+    )
     assert not (consortium.member_dir("auditor") / "encryption").exists()
 
 
@@ -67,7 +80,9 @@ def test_certificate_trust(consortium: Consortium) -> None:
     from cryptography.hazmat.primitives import serialization
 
     with pytest.raises(IdentityError, match="not issued by"):
-        consortium.verify_member_certificate("Hospital1MSP", cert.public_bytes(serialization.Encoding.PEM))
+        consortium.verify_member_certificate(
+            "Hospital1MSP", cert.public_bytes(serialization.Encoding.PEM)
+        )
 
 
 def test_init_refuses_to_overwrite(consortium: Consortium, tmp_path) -> None:
@@ -87,7 +102,9 @@ def test_load_identity_errors(consortium: Consortium, tmp_path) -> None:
         load_identity(tmp_path)
     folder = consortium.member_dir("hospital2")
     # a key that belongs to another member's certificate is refused
-    (folder / "msp/keystore/key.pem").write_bytes((consortium.member_dir("hospital3") / "msp/keystore/key.pem").read_bytes())
+    (folder / "msp/keystore/key.pem").write_bytes(
+        (consortium.member_dir("hospital3") / "msp/keystore/key.pem").read_bytes()
+    )
     with pytest.raises(IdentityError, match="does not match"):
         load_identity(folder)
 
@@ -95,14 +112,18 @@ def test_load_identity_errors(consortium: Consortium, tmp_path) -> None:
 def test_cli_init_never_prints_private_keys(tmp_path) -> None:
     target = tmp_path / "c"
     proc = subprocess.run(
-        [sys.executable, "-m", "consortium", "consortium", "init", str(target), "--hospitals", "2"],
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "bcfl_cli", "consortium", "init", str(target), "--hospitals", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "PRIVATE KEY" not in proc.stdout + proc.stderr
     assert "hospital2" in proc.stdout
     assert json.loads((target / "consortium.json").read_text())["members"][0]["name"] == "admin"
     again = subprocess.run(
-        [sys.executable, "-m", "consortium", "consortium", "init", str(target)], capture_output=True, text=True
+        [sys.executable, "-m", "bcfl_cli", "consortium", "init", str(target)],
+        capture_output=True,
+        text=True,
     )
     assert again.returncode != 0
     assert "refusing to overwrite" in again.stderr

@@ -13,13 +13,15 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from consortium.errors import ConfigError, ContractError, IdentityError, LedgerError
+from bcfl_common.errors import ConfigError, ContractError, IdentityError, LedgerError
 from consortium.identity import CertificateAuthority, Consortium, Identity
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import MAX_CLOCK_SKEW_SECONDS, EmbeddedLedger
 
-MODEL_REF = {"content_id": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq",
-             "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}
+MODEL_REF = {
+    "content_id": "bafkreibm6jg3ux5qumhcn2b3flc3tyu6dmlb4xa7u5bf44yegnrjhc4yeq",
+    "sha256": "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+}
 
 
 def trial_args(trial_id: str) -> dict:
@@ -56,7 +58,9 @@ def test_create_submit_evaluate_events(embedded_ledger: EmbeddedLedger) -> None:
     assert report.transactions == 2
 
 
-def test_refused_transaction_records_nothing(embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str) -> None:
+def test_refused_transaction_records_nothing(
+    embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str
+) -> None:
     embedded_ledger.submit("create_trial", trial_args("t1"))
     height = embedded_ledger.height()
     with pytest.raises(ContractError) as err:
@@ -109,7 +113,9 @@ def _outsider(consortium: Consortium, msp_id: str = "Hospital1MSP") -> Identity:
     return Identity("mallory", msp_id, "silo", cert.public_bytes(serialization.Encoding.PEM), key)
 
 
-def test_certificates_from_outside_the_consortium(embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str) -> None:
+def test_certificates_from_outside_the_consortium(
+    embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str
+) -> None:
     outsider = _outsider(consortium)
     with pytest.raises(IdentityError, match="not issued by"):
         open_ledger(ledger_url, outsider)
@@ -127,7 +133,9 @@ def test_certificates_from_outside_the_consortium(embedded_ledger: EmbeddedLedge
     assert embedded_ledger.height() == 2
 
 
-@pytest.mark.parametrize("target", ["block_body", "tx_signature", "stored_hash", "world_state", "event", "genesis"])
+@pytest.mark.parametrize(
+    "target", ["block_body", "tx_signature", "stored_hash", "world_state", "event", "genesis"]
+)
 def test_tampering_is_detected(embedded_ledger: EmbeddedLedger, target: str) -> None:
     embedded_ledger.submit("create_trial", trial_args("t1"))
     embedded_ledger.submit("open_enrolment", {"trial_id": "t1"})
@@ -135,7 +143,9 @@ def test_tampering_is_detected(embedded_ledger: EmbeddedLedger, target: str) -> 
     db = _db(embedded_ledger)
     if target in ("block_body", "tx_signature", "genesis"):
         number = 0 if target == "genesis" else 2
-        body = bytearray(db.execute("SELECT body FROM blocks WHERE number = ?", (number,)).fetchone()[0])
+        body = bytearray(
+            db.execute("SELECT body FROM blocks WHERE number = ?", (number,)).fetchone()[0]
+        )
         if target == "tx_signature":
             data = json.loads(body)
             sig = data["transactions"][0]["signature"]
@@ -149,7 +159,10 @@ def test_tampering_is_detected(embedded_ledger: EmbeddedLedger, target: str) -> 
         expected = f"block {number}"
     elif target == "stored_hash":
         digest = db.execute("SELECT hash FROM blocks WHERE number = 3").fetchone()[0]
-        db.execute("UPDATE blocks SET hash = ? WHERE number = 3", (("f" if digest[0] != "f" else "e") + digest[1:],))
+        db.execute(
+            "UPDATE blocks SET hash = ? WHERE number = 3",
+            (("f" if digest[0] != "f" else "e") + digest[1:],),
+        )
         expected = "block 3"
     elif target == "world_state":
         key, value = db.execute("SELECT key, value FROM world_state LIMIT 1").fetchone()
@@ -166,9 +179,12 @@ def test_tampering_is_detected(embedded_ledger: EmbeddedLedger, target: str) -> 
     assert any(expected in p for p in report.problems), report.problems
 
 
-def test_two_processes_submit_at_once(embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str, tmp_path: Path) -> None:
+def test_two_processes_submit_at_once(
+    embedded_ledger: EmbeddedLedger, consortium: Consortium, ledger_url: str, tmp_path: Path
+) -> None:
     script = tmp_path / "submitter.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from consortium.identity import Consortium
@@ -179,9 +195,14 @@ def test_two_processes_submit_at_once(embedded_ledger: EmbeddedLedger, consortiu
         for i in range(15):
             ledger.submit("create_trial", trial_args(f"{{sys.argv[1]}}-{{i}}"))
         print("done")
-    """))
-    procs = [subprocess.Popen([sys.executable, str(script), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for name in ("a", "b")]
+    """)
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), name], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for name in ("a", "b")
+    ]
     for proc in procs:
         out, err = proc.communicate(timeout=180)
         assert proc.returncode == 0, err.decode()
@@ -205,12 +226,21 @@ def test_bad_urls(consortium: Consortium, tmp_path: Path) -> None:
 
 def test_cli_init_show_verify(consortium: Consortium, tmp_path: Path) -> None:
     url = f"embedded://{tmp_path / 'cli' / 'ledger.db'}"
-    bcfl = [sys.executable, "-m", "consortium"]
+    bcfl = [sys.executable, "-m", "bcfl_cli"]
     env = {**os.environ, "COLUMNS": "200"}
     run = lambda *args: subprocess.run([*bcfl, *args], capture_output=True, text=True, env=env)  # noqa: E731
     created = run("ledger", "init", url, "--consortium", str(consortium.directory))
     assert created.returncode == 0, created.stderr
-    ok = run("ledger", "verify", url, "--consortium", str(consortium.directory), "--as", "auditor", "--replay")
+    ok = run(
+        "ledger",
+        "verify",
+        url,
+        "--consortium",
+        str(consortium.directory),
+        "--as",
+        "auditor",
+        "--replay",
+    )
     assert ok.returncode == 0, ok.stderr
     assert "ledger verifies" in ok.stdout
     shown = run("ledger", "show", url, "--consortium", str(consortium.directory))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from consortium.errors import ConfigError, StoreError, StoreIntegrityError
+from bcfl_common.errors import ConfigError, StoreError, StoreIntegrityError
 from consortium.storage import FileStore, content_id, open_store
 
 
@@ -70,8 +70,13 @@ def test_cli_put_get_verify(tmp_path) -> None:
     src = tmp_path / "model.bin"
     src.write_bytes(b"\x00\x01binary model\xff")
     url = f"file://{tmp_path / 'store'}"
-    run = lambda *args: subprocess.run([sys.executable, "-m", "consortium", "store", *args],  # noqa: E731
-                                       capture_output=True)
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "bcfl_cli", "store", *args],  # noqa: E731
+            capture_output=True,
+        )
+
     put = run("put", url, str(src))
     assert put.returncode == 0, put.stderr
     cid = put.stdout.decode().strip()

@@ -10,4 +10,12 @@ from consortium.ledger.base import (
     register_ledger_scheme,
 )
 
-__all__ = ["Block", "Ledger", "LedgerEvent", "TxResult", "VerifyReport", "open_ledger", "register_ledger_scheme"]
+__all__ = [
+    "Block",
+    "Ledger",
+    "LedgerEvent",
+    "TxResult",
+    "VerifyReport",
+    "open_ledger",
+    "register_ledger_scheme",
+]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
-from consortium.errors import ConfigError
+from bcfl_common.errors import ConfigError
 from consortium.identity import Identity
 
 # A transaction proposal larger than this is refused before it is signed or sent (the contract
@@ -56,8 +56,13 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "blocks": self.blocks, "transactions": self.transactions,
-                "problems": self.problems, "checks": self.checks}
+        return {
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "transactions": self.transactions,
+            "problems": self.problems,
+            "checks": self.checks,
+        }
 
 
 class Ledger(Protocol):

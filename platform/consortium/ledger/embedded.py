@@ -25,11 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from chaincode.host_embedded import SCHEMA as STATE_SCHEMA
-from chaincode.host_embedded import SqliteState, apply_write_set
-from chaincode.state import Creator
-from consortium.canonical import canonical_json, sha256_hex
-from consortium.errors import (
+from bcfl_common.canonical import canonical_json, sha256_hex
+from bcfl_common.errors import (
     BcflError,
     ConfigError,
     ContractError,
@@ -37,6 +34,9 @@ from consortium.errors import (
     LedgerError,
     LedgerIntegrityError,
 )
+from chaincode.host_embedded import SCHEMA as STATE_SCHEMA
+from chaincode.host_embedded import SqliteState, apply_write_set
+from chaincode.state import Creator
 from consortium.identity import (
     Consortium,
     Identity,
@@ -89,7 +89,9 @@ def _path_from_url(url: str) -> Path:
         )
     path = unquote(parsed.path)
     if not path:
-        raise ConfigError(f"ledger URL {url!r}: expected a path, e.g. embedded:///var/bcfl/ledger.db")
+        raise ConfigError(
+            f"ledger URL {url!r}: expected a path, e.g. embedded:///var/bcfl/ledger.db"
+        )
     return Path(path)
 
 
@@ -127,7 +129,10 @@ class EmbeddedLedger:
         self._conn = _connect(path)
         genesis = self._block_body(0)
         if genesis is None:
-            raise LedgerError(f"{path} has no configuration block; it is not a bcfl ledger", code="LEDGER_NOT_FOUND")
+            raise LedgerError(
+                f"{path} has no configuration block; it is not a bcfl ledger",
+                code="LEDGER_NOT_FOUND",
+            )
         self.consortium = Consortium.from_dict(genesis["config"]["consortium"])
         # Fail fast for identities from outside the consortium (the same check runs per transaction).
         self.consortium.verify_member_certificate(identity.msp_id, identity.cert_pem)
@@ -135,15 +140,23 @@ class EmbeddedLedger:
     # -- creation ---------------------------------------------------------------------------
     @classmethod
     def create(
-        cls, path: Path, consortium: Consortium, admin: Identity, clock: Callable[[], float] = time.time
+        cls,
+        path: Path,
+        consortium: Consortium,
+        admin: Identity,
+        clock: Callable[[], float] = time.time,
     ) -> EmbeddedLedger:
         """Write the configuration block, then bootstrap the contract (``init_consortium``)."""
         if admin.role != "admin":
-            raise IdentityError(f"a ledger is created by the consortium admin, not {admin.name!r} ({admin.role})")
+            raise IdentityError(
+                f"a ledger is created by the consortium admin, not {admin.name!r} ({admin.role})"
+            )
         consortium.verify_member_certificate(admin.msp_id, admin.cert_pem)
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            raise LedgerError(f"{path} already exists; refusing to overwrite a ledger", code="LEDGER_EXISTS")
+            raise LedgerError(
+                f"{path} already exists; refusing to overwrite a ledger", code="LEDGER_EXISTS"
+            )
         tmp = path.with_name(path.name + f".creating-{os.getpid()}")
         conn = _connect(tmp)
         try:
@@ -164,7 +177,10 @@ class EmbeddedLedger:
                 "signer": {"msp_id": admin.msp_id, "cert": admin.cert_pem.decode()},
                 "signature": admin.sign(bytes.fromhex(digest)).hex(),
             }
-            conn.execute("INSERT INTO blocks (number, hash, body) VALUES (0, ?, ?)", (digest, canonical_json(body)))
+            conn.execute(
+                "INSERT INTO blocks (number, hash, body) VALUES (0, ?, ?)",
+                (digest, canonical_json(body)),
+            )
             conn.close()
             os.replace(tmp, path)
         except BaseException:
@@ -185,7 +201,9 @@ class EmbeddedLedger:
     def sign_proposal(self, function: str, args: dict[str, Any]) -> dict[str, Any]:
         """A signed transaction proposal, as the submitter sends it (see ``submit_envelope``)."""
         if not isinstance(args, dict):
-            raise ContractError(f"args: expected a JSON object, got {type(args).__name__}", code="MALFORMED_ARGS")
+            raise ContractError(
+                f"args: expected a JSON object, got {type(args).__name__}", code="MALFORMED_ARGS"
+            )
         nonce = os.urandom(24)
         proposal = {
             "channel": CHANNEL,
@@ -210,7 +228,9 @@ class EmbeddedLedger:
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if conn.execute("SELECT 1 FROM transactions WHERE tx_id = ?", (proposal["tx_id"],)).fetchone():
+            if conn.execute(
+                "SELECT 1 FROM transactions WHERE tx_id = ?", (proposal["tx_id"],)
+            ).fetchone():
                 raise LedgerError(
                     f"transaction {proposal['tx_id']} is already on the ledger; a replayed transaction is refused",
                     code="DUPLICATE_TXID",
@@ -225,7 +245,11 @@ class EmbeddedLedger:
             number = last_number + 1
             state = SqliteState(conn, creator, proposal["tx_id"], proposal["timestamp"])
             result = _invoke(state, proposal["function"], proposal["args"].encode())
-            event = None if state.event is None else {"name": state.event[0], "payload": state.event[1].decode()}
+            event = (
+                None
+                if state.event is None
+                else {"name": state.event[0], "payload": state.event[1].decode()}
+            )
             tx = {
                 "proposal": proposal,
                 "signature": envelope["signature"],
@@ -247,7 +271,10 @@ class EmbeddedLedger:
                 "signer": {"msp_id": self.identity.msp_id, "cert": self.identity.cert_pem.decode()},
                 "signature": self.identity.sign(bytes.fromhex(digest)).hex(),
             }
-            conn.execute("INSERT INTO blocks (number, hash, body) VALUES (?, ?, ?)", (number, digest, canonical_json(body)))
+            conn.execute(
+                "INSERT INTO blocks (number, hash, body) VALUES (?, ?, ?)",
+                (number, digest, canonical_json(body)),
+            )
             self._index_transaction(conn, number, 0, tx)
             conn.execute("COMMIT")
         except BaseException:
@@ -279,7 +306,9 @@ class EmbeddedLedger:
             (start_block,),
         ).fetchall()
         for number, tx_id, name, payload in rows:
-            yield LedgerEvent(block_number=number, tx_id=tx_id, name=name, payload=json.loads(payload))
+            yield LedgerEvent(
+                block_number=number, tx_id=tx_id, name=name, payload=json.loads(payload)
+            )
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
         query = "SELECT number, hash, body FROM blocks WHERE number >= ?"
@@ -287,11 +316,15 @@ class EmbeddedLedger:
         if end is not None:
             query += " AND number < ?"
             params.append(end)
-        for number, digest, body in self._conn.execute(query + " ORDER BY number", params).fetchall():
+        for number, digest, body in self._conn.execute(
+            query + " ORDER BY number", params
+        ).fetchall():
             try:
                 data = json.loads(body)
             except ValueError as exc:
-                raise LedgerIntegrityError(f"block {number}: body is not valid JSON ({exc})") from exc
+                raise LedgerIntegrityError(
+                    f"block {number}: body is not valid JSON ({exc})"
+                ) from exc
             yield Block(
                 number=number,
                 hash=digest,
@@ -341,24 +374,39 @@ class EmbeddedLedger:
         ).fetchone()
         return int(number), str(digest), int(json.loads(body)["header"]["timestamp"])
 
-    def _check_envelope(self, envelope: dict[str, Any], *, for_commit: bool) -> tuple[dict[str, Any], Creator]:
+    def _check_envelope(
+        self, envelope: dict[str, Any], *, for_commit: bool
+    ) -> tuple[dict[str, Any], Creator]:
         try:
             proposal = envelope["proposal"]
             signature = bytes.fromhex(envelope["signature"])
             creator = proposal["creator"]
-            for name, kind in (("tx_id", str), ("nonce", str), ("timestamp", int), ("function", str), ("args", str)):
+            for name, kind in (
+                ("tx_id", str),
+                ("nonce", str),
+                ("timestamp", int),
+                ("function", str),
+                ("args", str),
+            ):
                 if not isinstance(proposal[name], kind):
                     raise TypeError(f"proposal.{name} must be {kind.__name__}")
         except (KeyError, TypeError, ValueError) as exc:
-            raise LedgerError(f"malformed transaction envelope: {exc}", code="MALFORMED_ENVELOPE") from exc
+            raise LedgerError(
+                f"malformed transaction envelope: {exc}", code="MALFORMED_ENVELOPE"
+            ) from exc
         if proposal.get("channel") != CHANNEL:
-            raise LedgerError(f"proposal for channel {proposal.get('channel')!r}; expected {CHANNEL!r}", code="WRONG_CHANNEL")
+            raise LedgerError(
+                f"proposal for channel {proposal.get('channel')!r}; expected {CHANNEL!r}",
+                code="WRONG_CHANNEL",
+            )
         cert_pem = str(creator["cert"]).encode()
         msp_id = str(creator["msp_id"])
         self.consortium.verify_member_certificate(msp_id, cert_pem, at=proposal["timestamp"])
         verify_signature(cert_pem, canonical_json(proposal), signature)
         if proposal["tx_id"] != transaction_id(bytes.fromhex(proposal["nonce"]), msp_id, cert_pem):
-            raise LedgerError("transaction id does not derive from its nonce and creator", code="BAD_TXID")
+            raise LedgerError(
+                "transaction id does not derive from its nonce and creator", code="BAD_TXID"
+            )
         if for_commit and abs(proposal["timestamp"] - self._now()) > MAX_CLOCK_SKEW_SECONDS:
             raise LedgerError(
                 f"proposal timestamp {proposal['timestamp']} is more than {MAX_CLOCK_SKEW_SECONDS} s from the ledger clock",
@@ -367,20 +415,32 @@ class EmbeddedLedger:
         return proposal, Creator(msp_id=msp_id, cert_pem=cert_pem)
 
     @staticmethod
-    def _index_transaction(conn: sqlite3.Connection, number: int, index: int, tx: dict[str, Any]) -> None:
+    def _index_transaction(
+        conn: sqlite3.Connection, number: int, index: int, tx: dict[str, Any]
+    ) -> None:
         proposal = tx["proposal"]
         conn.execute(
             "INSERT INTO transactions (tx_id, block_number, tx_index) VALUES (?, ?, ?)",
             (proposal["tx_id"], number, index),
         )
         apply_write_set(
-            conn, tx["write_set"], block_number=number, tx_index=index,
-            tx_id=proposal["tx_id"], timestamp=proposal["timestamp"],
+            conn,
+            tx["write_set"],
+            block_number=number,
+            tx_index=index,
+            tx_id=proposal["tx_id"],
+            timestamp=proposal["timestamp"],
         )
         if tx["event"] is not None:
             conn.execute(
                 "INSERT INTO events (block_number, tx_index, tx_id, name, payload) VALUES (?, ?, ?, ?, ?)",
-                (number, index, proposal["tx_id"], tx["event"]["name"], tx["event"]["payload"].encode()),
+                (
+                    number,
+                    index,
+                    proposal["tx_id"],
+                    tx["event"]["name"],
+                    tx["event"]["payload"].encode(),
+                ),
             )
 
 
@@ -416,7 +476,9 @@ def _verify(conn: sqlite3.Connection, *, replay: bool) -> VerifyReport:
         report.blocks += 1
         where = f"block {number}"
         if number != expected_number:
-            problem(f"{where}: expected block {expected_number} here (blocks missing or renumbered)")
+            problem(
+                f"{where}: expected block {expected_number} here (blocks missing or renumbered)"
+            )
         expected_number = number + 1
         try:
             body = json.loads(raw)
@@ -430,13 +492,17 @@ def _verify(conn: sqlite3.Connection, *, replay: bool) -> VerifyReport:
         if header.get("number") != number:
             problem(f"{where}: header says block {header.get('number')}")
         if computed != stored_hash:
-            problem(f"{where}: stored hash {stored_hash[:16]}… does not match the header's hash {computed[:16]}…")
+            problem(
+                f"{where}: stored hash {stored_hash[:16]}… does not match the header's hash {computed[:16]}…"
+            )
         if header.get("previous_hash") != previous_hash:
             problem(f"{where}: previous_hash does not match the hash of block {number - 1}")
         previous_hash = computed
         data = body.get("config") if number == 0 else transactions
         if sha256_hex(canonical_json(data)) != header.get("data_hash"):
-            problem(f"{where}: data hash does not match its {'configuration' if number == 0 else 'transactions'}")
+            problem(
+                f"{where}: data hash does not match its {'configuration' if number == 0 else 'transactions'}"
+            )
         if number == 0:
             try:
                 consortium = Consortium.from_dict(body["config"]["consortium"])
@@ -447,7 +513,9 @@ def _verify(conn: sqlite3.Connection, *, replay: bool) -> VerifyReport:
         try:
             signer = body["signer"]
             consortium.verify_member_certificate(signer["msp_id"], signer["cert"].encode())
-            verify_signature(signer["cert"].encode(), bytes.fromhex(computed), bytes.fromhex(body["signature"]))
+            verify_signature(
+                signer["cert"].encode(), bytes.fromhex(computed), bytes.fromhex(body["signature"])
+            )
         except (BcflError, KeyError, ValueError) as exc:
             problem(f"{where}: block signature does not verify ({exc})")
         for index, tx in enumerate(transactions):
@@ -478,16 +546,22 @@ def _verify(conn: sqlite3.Connection, *, replay: bool) -> VerifyReport:
                     else:
                         world[key.encode()] = bytes.fromhex(value_hex)
                 if tx["event"] is not None:
-                    events.append((number, index, tx_id, tx["event"]["name"], tx["event"]["payload"].encode()))
+                    events.append(
+                        (number, index, tx_id, tx["event"]["name"], tx["event"]["payload"].encode())
+                    )
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 problem(f"{where_tx}: malformed write set or event ({exc})")
                 continue
             if scratch is not None:
                 _replay_one(scratch, number, index, tx, problem, where_tx)
-    state_rows = {bytes(k): bytes(v) for k, v in conn.execute("SELECT key, value FROM world_state").fetchall()}
+    state_rows = {
+        bytes(k): bytes(v) for k, v in conn.execute("SELECT key, value FROM world_state").fetchall()
+    }
     for key in sorted(set(state_rows) | set(world)):
         if state_rows.get(key) != world.get(key):
-            problem(f"world state key {key.decode(errors='replace')!r} does not match the chain's write sets")
+            problem(
+                f"world state key {key.decode(errors='replace')!r} does not match the chain's write sets"
+            )
             break
     stored_events = [
         (n, i, t, name, bytes(p))
@@ -511,9 +585,18 @@ def _verify(conn: sqlite3.Connection, *, replay: bool) -> VerifyReport:
     return report
 
 
-def _replay_one(scratch: sqlite3.Connection, number: int, index: int, tx: dict[str, Any], problem: Callable[[str], None], where: str) -> None:
+def _replay_one(
+    scratch: sqlite3.Connection,
+    number: int,
+    index: int,
+    tx: dict[str, Any],
+    problem: Callable[[str], None],
+    where: str,
+) -> None:
     proposal = tx["proposal"]
-    creator = Creator(msp_id=proposal["creator"]["msp_id"], cert_pem=proposal["creator"]["cert"].encode())
+    creator = Creator(
+        msp_id=proposal["creator"]["msp_id"], cert_pem=proposal["creator"]["cert"].encode()
+    )
     scratch.execute("BEGIN")
     try:
         state = SqliteState(scratch, creator, proposal["tx_id"], proposal["timestamp"])
@@ -523,12 +606,20 @@ def _replay_one(scratch: sqlite3.Connection, number: int, index: int, tx: dict[s
             problem(f"{where}: re-execution fails with {exc.code}: {exc.message}")
             scratch.execute("ROLLBACK")
             return
-        event = None if state.event is None else {"name": state.event[0], "payload": state.event[1].decode()}
+        event = (
+            None
+            if state.event is None
+            else {"name": state.event[0], "payload": state.event[1].decode()}
+        )
         if result != tx["result"] or event != tx["event"] or state.write_set() != tx["write_set"]:
             problem(f"{where}: re-execution gives a different result, event or write set")
         apply_write_set(
-            scratch, tx["write_set"], block_number=number, tx_index=index,
-            tx_id=proposal["tx_id"], timestamp=proposal["timestamp"],
+            scratch,
+            tx["write_set"],
+            block_number=number,
+            tx_index=index,
+            tx_id=proposal["tx_id"],
+            timestamp=proposal["timestamp"],
         )
         scratch.execute("COMMIT")
     except BaseException:
@@ -537,9 +628,13 @@ def _replay_one(scratch: sqlite3.Connection, number: int, index: int, tx: dict[s
         raise
 
 
-def open_embedded_ledger(url: str, identity: Identity, clock: Callable[[], float] = time.time) -> EmbeddedLedger:
+def open_embedded_ledger(
+    url: str, identity: Identity, clock: Callable[[], float] = time.time
+) -> EmbeddedLedger:
     return EmbeddedLedger(_path_from_url(url), identity, clock=clock)
 
 
-def create_embedded_ledger(url: str, consortium: Consortium, admin: Identity, clock: Callable[[], float] = time.time) -> EmbeddedLedger:
+def create_embedded_ledger(
+    url: str, consortium: Consortium, admin: Identity, clock: Callable[[], float] = time.time
+) -> EmbeddedLedger:
     return EmbeddedLedger.create(_path_from_url(url), consortium, admin, clock=clock)

@@ -65,8 +65,8 @@ from fabric_protos.peer import (
 )
 from google.protobuf import timestamp_pb2
 
-from consortium.canonical import canonical_json
-from consortium.errors import ConfigError, ContractError, IdentityError, LedgerError
+from bcfl_common.canonical import canonical_json
+from bcfl_common.errors import ConfigError, ContractError, IdentityError, LedgerError
 from consortium.identity import Identity
 from consortium.ledger.base import MAX_PROPOSAL_BYTES, Block, LedgerEvent, TxResult, VerifyReport
 
@@ -124,7 +124,9 @@ def parse_fabric_url(url: str, msp_id: str | None = None) -> FabricTarget:
         )
     cas = query.get("tls_ca", [])
     if not cas:
-        raise ConfigError(f"ledger URL {url!r}: TLS is required; add ?tls_ca=/path/to/peer-tls-ca.pem")
+        raise ConfigError(
+            f"ledger URL {url!r}: TLS is required; add ?tls_ca=/path/to/peer-tls-ca.pem"
+        )
     pems = b"".join(_read_file(p, "tls_ca") for p in cas)
     peers = [GatewayPeer(a.strip()) for a in parsed.netloc.split(",") if a.strip()]
     return FabricTarget(peers, parts[0], parts[1], pems, options.get("server_name"), options)
@@ -166,7 +168,9 @@ def _target_from_profile(path: Path, msp_id: str | None, options: dict[str, str]
 
 
 def serialized_identity(identity: Identity) -> bytes:
-    return identities_pb2.SerializedIdentity(mspid=identity.msp_id, id_bytes=identity.cert_pem).SerializeToString()
+    return identities_pb2.SerializedIdentity(
+        mspid=identity.msp_id, id_bytes=identity.cert_pem
+    ).SerializeToString()
 
 
 def _timestamp(now: float | None = None) -> timestamp_pb2.Timestamp:
@@ -183,29 +187,50 @@ class SignedProposal:
     signed: proposal_pb2.SignedProposal
 
 
-def make_proposal(identity: Identity, channel: str, chaincode: str, args: list[bytes],
-                  nonce: bytes | None = None, now: float | None = None) -> SignedProposal:
+def make_proposal(
+    identity: Identity,
+    channel: str,
+    chaincode: str,
+    args: list[bytes],
+    nonce: bytes | None = None,
+    now: float | None = None,
+) -> SignedProposal:
     """A signed endorser-transaction proposal; the tx id is sha256(nonce + creator) as Fabric requires."""
     creator = serialized_identity(identity)
     nonce = nonce if nonce is not None else os.urandom(24)
     tx_id = hashlib.sha256(nonce + creator).hexdigest()
     cc_id = chaincode_pb2.ChaincodeID(name=chaincode)
     channel_header = common_pb2.ChannelHeader(
-        type=common_pb2.ENDORSER_TRANSACTION, channel_id=channel, tx_id=tx_id, epoch=0,
+        type=common_pb2.ENDORSER_TRANSACTION,
+        channel_id=channel,
+        tx_id=tx_id,
+        epoch=0,
         timestamp=_timestamp(now),
         extension=proposal_pb2.ChaincodeHeaderExtension(chaincode_id=cc_id).SerializeToString(),
     )
     signature_header = common_pb2.SignatureHeader(creator=creator, nonce=nonce)
-    header = common_pb2.Header(channel_header=channel_header.SerializeToString(),
-                               signature_header=signature_header.SerializeToString())
-    spec = chaincode_pb2.ChaincodeSpec(type=chaincode_pb2.ChaincodeSpec.UNDEFINED, chaincode_id=cc_id,
-                                       input=chaincode_pb2.ChaincodeInput(args=args))
+    header = common_pb2.Header(
+        channel_header=channel_header.SerializeToString(),
+        signature_header=signature_header.SerializeToString(),
+    )
+    spec = chaincode_pb2.ChaincodeSpec(
+        type=chaincode_pb2.ChaincodeSpec.UNDEFINED,
+        chaincode_id=cc_id,
+        input=chaincode_pb2.ChaincodeInput(args=args),
+    )
     payload = proposal_pb2.ChaincodeProposalPayload(
-        input=chaincode_pb2.ChaincodeInvocationSpec(chaincode_spec=spec).SerializeToString())
-    proposal = proposal_pb2.Proposal(header=header.SerializeToString(), payload=payload.SerializeToString())
+        input=chaincode_pb2.ChaincodeInvocationSpec(chaincode_spec=spec).SerializeToString()
+    )
+    proposal = proposal_pb2.Proposal(
+        header=header.SerializeToString(), payload=payload.SerializeToString()
+    )
     proposal_bytes = proposal.SerializeToString()
-    return SignedProposal(tx_id, proposal_pb2.SignedProposal(proposal_bytes=proposal_bytes,
-                                                             signature=identity.sign(proposal_bytes)))
+    return SignedProposal(
+        tx_id,
+        proposal_pb2.SignedProposal(
+            proposal_bytes=proposal_bytes, signature=identity.sign(proposal_bytes)
+        ),
+    )
 
 
 def _decode_grpc_status_details(blob: bytes) -> list[tuple[str, str, str]]:
@@ -220,11 +245,11 @@ def _decode_grpc_status_details(blob: bytes) -> list[tuple[str, str, str]]:
                 value, i = _varint(data, i)
             elif wire == 2:
                 length, i = _varint(data, i)
-                value, i = data[i:i + length], i + length
+                value, i = data[i : i + length], i + length
             elif wire == 5:
-                value, i = data[i:i + 4], i + 4
+                value, i = data[i : i + 4], i + 4
             elif wire == 1:
-                value, i = data[i:i + 8], i + 8
+                value, i = data[i : i + 8], i + 8
             else:
                 return
             yield number, wire, value
@@ -277,8 +302,11 @@ def _contract_error_from(texts: list[str]) -> ContractError | None:
                 detail = {}
         code_match = _CODE_RE.match(body)
         if code_match:
-            return ContractError(code_match.group(2), code=code_match.group(1),
-                                 detail=detail if isinstance(detail, dict) else {})
+            return ContractError(
+                code_match.group(2),
+                code=code_match.group(1),
+                detail=detail if isinstance(detail, dict) else {},
+            )
         return ContractError(body, code="CONTRACT")
     return None
 
@@ -334,8 +362,16 @@ _BLOCKS = _CommittedBlocks()
 class FabricLedger:
     """``Ledger`` over a Fabric channel, through the peers' Gateway service."""
 
-    def __init__(self, target: FabricTarget, identity: Identity, *, timeout: float = DEFAULT_TIMEOUT,
-                 mvcc_retries: int = 5, clock: Callable[[], float] = time.time, commit_wait: str = "all"):
+    def __init__(
+        self,
+        target: FabricTarget,
+        identity: Identity,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        mvcc_retries: int = 5,
+        clock: Callable[[], float] = time.time,
+        commit_wait: str = "all",
+    ):
         self.target = target
         self._clock = clock  # stamps proposals: the transaction time the chaincode sees
         # "all": submit returns once every reachable peer has committed (read-your-writes for the
@@ -348,8 +384,12 @@ class FabricLedger:
         self._creator = serialized_identity(identity)
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
-        self._stubs: dict[str, gateway_pb2_grpc.GatewayStub] = {}  # one per channel: building one costs
-        self._tls_id = hashlib.sha256(target.tls_root_pems).hexdigest()  # which network (ports are reused)
+        self._stubs: dict[
+            str, gateway_pb2_grpc.GatewayStub
+        ] = {}  # one per channel: building one costs
+        self._tls_id = hashlib.sha256(
+            target.tls_root_pems
+        ).hexdigest()  # which network (ports are reused)
         self._preferred = 0  # index of the gateway peer that answered last
         credentials = grpc.ssl_channel_credentials(root_certificates=target.tls_root_pems)
         self._credentials = credentials
@@ -359,9 +399,11 @@ class FabricLedger:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                options = [("grpc.max_receive_message_length", _MAX_MESSAGE),
-                           ("grpc.max_send_message_length", _MAX_MESSAGE),
-                           ("grpc.keepalive_time_ms", 60_000)]
+                options = [
+                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                    ("grpc.max_send_message_length", _MAX_MESSAGE),
+                    ("grpc.keepalive_time_ms", 60_000),
+                ]
                 if self.target.server_name:
                     options.append(("grpc.ssl_target_name_override", self.target.server_name))
                 channel = grpc.secure_channel(address, self._credentials, options=options)
@@ -387,22 +429,30 @@ class FabricLedger:
             try:
                 result = fn(stub, peer)
             except grpc.RpcError as err:
-                if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) and \
-                        not getattr(err, "_bcfl_final", False):
+                if err.code() in (
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                ) and not getattr(err, "_bcfl_final", False):
                     errors.append(f"{peer.address}: {err.code().name}")
                     continue
                 raise
             self._preferred = self.target.peers.index(peer)
             return result
-        raise LedgerError(f"{what}: no gateway peer answered ({'; '.join(errors)})", code="LEDGER_UNAVAILABLE")
+        raise LedgerError(
+            f"{what}: no gateway peer answered ({'; '.join(errors)})", code="LEDGER_UNAVAILABLE"
+        )
 
     def _args(self, function: str, args: dict[str, Any]) -> list[bytes]:
         if not isinstance(args, dict):
-            raise ContractError(f"args: expected a JSON object, got {type(args).__name__}", code="MALFORMED_ARGS")
+            raise ContractError(
+                f"args: expected a JSON object, got {type(args).__name__}", code="MALFORMED_ARGS"
+            )
         encoded = canonical_json(args)
         if len(encoded) > MAX_PROPOSAL_BYTES:
-            raise LedgerError(f"arguments of {function!r} are {len(encoded)} bytes; the limit is {MAX_PROPOSAL_BYTES}",
-                              code="PROPOSAL_TOO_LARGE")
+            raise LedgerError(
+                f"arguments of {function!r} are {len(encoded)} bytes; the limit is {MAX_PROPOSAL_BYTES}",
+                code="PROPOSAL_TOO_LARGE",
+            )
         return [function.encode(), encoded]
 
     def _raise_for(self, what: str, err: grpc.RpcError) -> None:
@@ -414,31 +464,53 @@ class FabricLedger:
         where = "; ".join(f"{d[1] or '?'}@{d[0] or '?'}: {d[2]}" for d in details)
         full = f"{message}" + (f" ({where})" if where else "")
         lowered = full.lower()
-        if "access denied" in lowered or "creator" in lowered and ("unknown" in lowered or "invalid" in lowered) \
-                or err.code() == grpc.StatusCode.PERMISSION_DENIED:
-            raise IdentityError(f"{what} refused by the peer for {self.identity.msp_id}: {full}",
-                                code="ACCESS_DENIED") from None
+        if (
+            "access denied" in lowered
+            or "creator" in lowered
+            and ("unknown" in lowered or "invalid" in lowered)
+            or err.code() == grpc.StatusCode.PERMISSION_DENIED
+        ):
+            raise IdentityError(
+                f"{what} refused by the peer for {self.identity.msp_id}: {full}",
+                code="ACCESS_DENIED",
+            ) from None
         if "no combination of peers can be derived" in lowered:
             # discovery has not (yet) seen enough peers with the chaincode: after a definition, a restart
-            raise LedgerError(f"{what}: not enough endorsing peers are available for the MAJORITY policy: {full}",
-                              code="NO_ENDORSERS") from None
+            raise LedgerError(
+                f"{what}: not enough endorsing peers are available for the MAJORITY policy: {full}",
+                code="NO_ENDORSERS",
+            ) from None
         if "proposalresponsepayloads do not match" in lowered:
             # peers at different heights read different versions: a conflict seen at endorsement
-            raise LedgerError(f"{what}: the endorsing peers disagree (they read different ledger states): {full}",
-                              code="ENDORSEMENT_MISMATCH") from None
+            raise LedgerError(
+                f"{what}: the endorsing peers disagree (they read different ledger states): {full}",
+                code="ENDORSEMENT_MISMATCH",
+            ) from None
         if "duplicate" in lowered:
             raise LedgerError(f"{what}: {full}", code="DUPLICATE_TXID") from None
-        raise LedgerError(f"{what} failed ({err.code().name}): {full}", code="ENDORSEMENT_FAILED"
-                          if what == "endorse" else "LEDGER") from None
+        raise LedgerError(
+            f"{what} failed ({err.code().name}): {full}",
+            code="ENDORSEMENT_FAILED" if what == "endorse" else "LEDGER",
+        ) from None
 
     # -- Ledger interface --
     def evaluate(self, function: str, args: dict[str, Any]) -> Any:
-        proposal = make_proposal(self.identity, self.target.channel, self.target.chaincode, self._args(function, args),
-                                 now=self._clock())
-        request = gateway_pb2.EvaluateRequest(transaction_id=proposal.tx_id, channel_id=self.target.channel,
-                                              proposed_transaction=proposal.signed)
+        proposal = make_proposal(
+            self.identity,
+            self.target.channel,
+            self.target.chaincode,
+            self._args(function, args),
+            now=self._clock(),
+        )
+        request = gateway_pb2.EvaluateRequest(
+            transaction_id=proposal.tx_id,
+            channel_id=self.target.channel,
+            proposed_transaction=proposal.signed,
+        )
         try:
-            response = self._call("evaluate", lambda stub, peer: stub.Evaluate(request, timeout=self.timeout))
+            response = self._call(
+                "evaluate", lambda stub, peer: stub.Evaluate(request, timeout=self.timeout)
+            )
         except grpc.RpcError as err:
             self._raise_for("evaluate", err)
         return _json_result(bytes(response.result.payload), function)
@@ -446,8 +518,13 @@ class FabricLedger:
     def submit(self, function: str, args: dict[str, Any]) -> TxResult:
         encoded = self._args(function, args)
         for attempt in range(self.mvcc_retries + 1):
-            proposal = make_proposal(self.identity, self.target.channel, self.target.chaincode, encoded,
-                                     now=self._clock())
+            proposal = make_proposal(
+                self.identity,
+                self.target.channel,
+                self.target.chaincode,
+                encoded,
+                now=self._clock(),
+            )
             try:
                 envelope = self.sign_envelope(self.endorse(proposal))
                 return self.submit_envelope(proposal.tx_id, envelope, function)
@@ -466,25 +543,37 @@ class FabricLedger:
 
     def endorse(self, proposal: SignedProposal) -> common_pb2.Envelope:
         """Endorse through the gateway; returns the prepared (unsigned) transaction envelope."""
-        request = gateway_pb2.EndorseRequest(transaction_id=proposal.tx_id, channel_id=self.target.channel,
-                                             proposed_transaction=proposal.signed)
+        request = gateway_pb2.EndorseRequest(
+            transaction_id=proposal.tx_id,
+            channel_id=self.target.channel,
+            proposed_transaction=proposal.signed,
+        )
         try:
-            response = self._call("endorse", lambda stub, peer: stub.Endorse(request, timeout=self.timeout))
+            response = self._call(
+                "endorse", lambda stub, peer: stub.Endorse(request, timeout=self.timeout)
+            )
         except grpc.RpcError as err:
             self._raise_for("endorse", err)
         return response.prepared_transaction
 
     def sign_envelope(self, prepared: common_pb2.Envelope) -> common_pb2.Envelope:
-        return common_pb2.Envelope(payload=prepared.payload, signature=self.identity.sign(prepared.payload))
+        return common_pb2.Envelope(
+            payload=prepared.payload, signature=self.identity.sign(prepared.payload)
+        )
 
-    def submit_envelope(self, tx_id: str, envelope: common_pb2.Envelope, function: str = "") -> TxResult:
+    def submit_envelope(
+        self, tx_id: str, envelope: common_pb2.Envelope, function: str = ""
+    ) -> TxResult:
         """Submit a signed envelope and wait for its commit status on the same gateway peer."""
-        submit = gateway_pb2.SubmitRequest(transaction_id=tx_id, channel_id=self.target.channel,
-                                           prepared_transaction=envelope)
-        status_request = gateway_pb2.CommitStatusRequest(transaction_id=tx_id, channel_id=self.target.channel,
-                                                         identity=self._creator).SerializeToString()
-        signed_status = gateway_pb2.SignedCommitStatusRequest(request=status_request,
-                                                              signature=self.identity.sign(status_request))
+        submit = gateway_pb2.SubmitRequest(
+            transaction_id=tx_id, channel_id=self.target.channel, prepared_transaction=envelope
+        )
+        status_request = gateway_pb2.CommitStatusRequest(
+            transaction_id=tx_id, channel_id=self.target.channel, identity=self._creator
+        ).SerializeToString()
+        signed_status = gateway_pb2.SignedCommitStatusRequest(
+            request=status_request, signature=self.identity.sign(status_request)
+        )
 
         gateway: list[str] = []  # the peer that answered
 
@@ -509,16 +598,29 @@ class FabricLedger:
             name = transaction_pb2.TxValidationCode.Name(status.result)
             raise TransactionInvalid(
                 f"transaction {tx_id} ({function or 'unknown'}) was invalidated by the peers: {name}"
-                + (" (it was a replay of a committed transaction)" if name == "DUPLICATE_TXID" else ""),
+                + (
+                    " (it was a replay of a committed transaction)"
+                    if name == "DUPLICATE_TXID"
+                    else ""
+                ),
                 code="MVCC_CONFLICT" if status.result in MVCC_CODES else name,
-                detail={"validation_code": status.result, "block_number": status.block_number, "tx_id": tx_id},
+                detail={
+                    "validation_code": status.result,
+                    "block_number": status.block_number,
+                    "tx_id": tx_id,
+                },
             )
         result, event_name = _prepared_result(envelope)
-        return TxResult(tx_id=tx_id, block_number=int(status.block_number),
-                        result=_json_result(result, function), event_name=event_name)
+        return TxResult(
+            tx_id=tx_id,
+            block_number=int(status.block_number),
+            result=_json_result(result, function),
+            event_name=event_name,
+        )
 
-    def _wait_everywhere(self, signed_status: gateway_pb2.SignedCommitStatusRequest, block: int,
-                         gateway: str) -> None:
+    def _wait_everywhere(
+        self, signed_status: gateway_pb2.SignedCommitStatusRequest, block: int, gateway: str
+    ) -> None:
         """Wait until every reachable peer has committed the transaction's block (bounded).
 
         The gateway answered once its own peer committed; the next transaction, maybe submitted by
@@ -536,8 +638,16 @@ class FabricLedger:
                 _BLOCKS.committed(scope, peer.address, block)
                 continue
             stub = self._stub(peer.address)
-            waits.append(_BLOCKS.wait_for(scope, peer.address, block, lambda stub=stub: stub.CommitStatus.future(
-                signed_status, timeout=self.commit_wait_timeout)))
+            waits.append(
+                _BLOCKS.wait_for(
+                    scope,
+                    peer.address,
+                    block,
+                    lambda stub=stub: stub.CommitStatus.future(
+                        signed_status, timeout=self.commit_wait_timeout
+                    ),
+                )
+            )
         for wait in waits:
             if wait is not None:
                 try:
@@ -545,21 +655,32 @@ class FabricLedger:
                 except grpc.RpcError:
                     pass  # down or behind: it is not in the way of the next endorsement for long
 
-    def chaincode_events(self, start_block: int = 0, timeout: float | None = None) -> Iterator[LedgerEvent]:
+    def chaincode_events(
+        self, start_block: int = 0, timeout: float | None = None
+    ) -> Iterator[LedgerEvent]:
         """Live chaincode events from ``start_block`` on (the Gateway's ChaincodeEvents stream; never ends
         by itself unless ``timeout`` seconds pass)."""
         request = gateway_pb2.ChaincodeEventsRequest(
-            channel_id=self.target.channel, chaincode_id=self.target.chaincode, identity=self._creator,
+            channel_id=self.target.channel,
+            chaincode_id=self.target.chaincode,
+            identity=self._creator,
             start_position=ab_pb2.SeekPosition(specified=ab_pb2.SeekSpecified(number=start_block)),
         ).SerializeToString()
-        signed = gateway_pb2.SignedChaincodeEventsRequest(request=request, signature=self.identity.sign(request))
-        stream = self._call("chaincode events",
-                            lambda stub, peer: stub.ChaincodeEvents(signed, timeout=timeout))
+        signed = gateway_pb2.SignedChaincodeEventsRequest(
+            request=request, signature=self.identity.sign(request)
+        )
+        stream = self._call(
+            "chaincode events", lambda stub, peer: stub.ChaincodeEvents(signed, timeout=timeout)
+        )
         try:
             for response in stream:
                 for event in response.events:
-                    yield LedgerEvent(block_number=int(response.block_number), tx_id=event.tx_id,
-                                      name=event.event_name, payload=_json_payload(bytes(event.payload)))
+                    yield LedgerEvent(
+                        block_number=int(response.block_number),
+                        tx_id=event.tx_id,
+                        name=event.event_name,
+                        payload=_json_payload(bytes(event.payload)),
+                    )
         except grpc.RpcError as err:
             if err.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
                 self._raise_for("chaincode events", err)
@@ -571,8 +692,12 @@ class FabricLedger:
         for raw in self.raw_blocks(start_block):
             for tx in _transactions(raw):
                 if tx["valid"] and tx.get("event"):
-                    yield LedgerEvent(block_number=raw.header.number, tx_id=tx["proposal"]["tx_id"],
-                                      name=tx["event"]["name"], payload=_json_payload(tx["event"]["payload"].encode()))
+                    yield LedgerEvent(
+                        block_number=raw.header.number,
+                        tx_id=tx["proposal"]["tx_id"],
+                        name=tx["event"]["name"],
+                        payload=_json_payload(tx["event"]["payload"].encode()),
+                    )
 
     def height(self) -> int:
         info = self._qscc("GetChainInfo", [self.target.channel.encode()])
@@ -581,11 +706,18 @@ class FabricLedger:
         return int(ledger_pb2.BlockchainInfo.FromString(info).height)
 
     def _qscc(self, function: str, args: list[bytes]) -> bytes:
-        proposal = make_proposal(self.identity, self.target.channel, "qscc", [function.encode(), *args])
-        request = gateway_pb2.EvaluateRequest(transaction_id=proposal.tx_id, channel_id=self.target.channel,
-                                              proposed_transaction=proposal.signed)
+        proposal = make_proposal(
+            self.identity, self.target.channel, "qscc", [function.encode(), *args]
+        )
+        request = gateway_pb2.EvaluateRequest(
+            transaction_id=proposal.tx_id,
+            channel_id=self.target.channel,
+            proposed_transaction=proposal.signed,
+        )
         try:
-            response = self._call("query", lambda stub, peer: stub.Evaluate(request, timeout=self.timeout))
+            response = self._call(
+                "query", lambda stub, peer: stub.Evaluate(request, timeout=self.timeout)
+            )
         except grpc.RpcError as err:
             self._raise_for("query", err)
         return bytes(response.result.payload)
@@ -608,8 +740,11 @@ class FabricLedger:
                     blocks.append(response.block)
                 elif kind == "status":
                     if response.status != common_pb2.SUCCESS:
-                        raise LedgerError(f"the peer refused to deliver blocks {start}..{stop}: "
-                                          f"{common_pb2.Status.Name(response.status)}", code="DELIVER_FAILED")
+                        raise LedgerError(
+                            f"the peer refused to deliver blocks {start}..{stop}: "
+                            f"{common_pb2.Status.Name(response.status)}",
+                            code="DELIVER_FAILED",
+                        )
                     break
             return blocks
 
@@ -627,12 +762,20 @@ class FabricLedger:
         )
         nonce = os.urandom(24)
         channel_header = common_pb2.ChannelHeader(
-            type=common_pb2.DELIVER_SEEK_INFO, channel_id=self.target.channel, timestamp=_timestamp(),
-            tx_id=hashlib.sha256(nonce + self._creator).hexdigest())
+            type=common_pb2.DELIVER_SEEK_INFO,
+            channel_id=self.target.channel,
+            timestamp=_timestamp(),
+            tx_id=hashlib.sha256(nonce + self._creator).hexdigest(),
+        )
         header = common_pb2.Header(
             channel_header=channel_header.SerializeToString(),
-            signature_header=common_pb2.SignatureHeader(creator=self._creator, nonce=nonce).SerializeToString())
-        payload = common_pb2.Payload(header=header, data=seek.SerializeToString()).SerializeToString()
+            signature_header=common_pb2.SignatureHeader(
+                creator=self._creator, nonce=nonce
+            ).SerializeToString(),
+        )
+        payload = common_pb2.Payload(
+            header=header, data=seek.SerializeToString()
+        ).SerializeToString()
         return common_pb2.Envelope(payload=payload, signature=self.identity.sign(payload))
 
     def blocks(self, start: int = 0, end: int | None = None) -> Iterator[Block]:
@@ -647,9 +790,14 @@ class FabricLedger:
                 signer = ""
             txs = _transactions(raw)
             timestamp = max((t["proposal"]["timestamp"] for t in txs), default=0)
-            yield Block(number=int(raw.header.number), hash=block_header_hash(raw.header).hex(),
-                        previous_hash=bytes(raw.header.previous_hash).hex(), timestamp=timestamp,
-                        signer_msp_id=signer, transactions=[t for t in txs if t["type"] != "config"])
+            yield Block(
+                number=int(raw.header.number),
+                hash=block_header_hash(raw.header).hex(),
+                previous_hash=bytes(raw.header.previous_hash).hex(),
+                timestamp=timestamp,
+                signer_msp_id=signer,
+                transactions=[t for t in txs if t["type"] != "config"],
+            )
 
     def verify(self) -> VerifyReport:
         return verify_blocks(self.raw_blocks(0))
@@ -677,9 +825,17 @@ def open_fabric_ledger(url: str, identity: Identity, **options: Any) -> FabricLe
     if commit_wait not in ("all", "gateway"):
         raise ConfigError(f"commit_wait={commit_wait!r}: expected 'all' or 'gateway'")
     if options:
-        raise ConfigError(f"unknown Fabric ledger options {sorted(options)}; expected timeout, mvcc_retries, clock")
-    return FabricLedger(target, identity, timeout=timeout, mvcc_retries=retries, clock=clock,
-                        commit_wait=commit_wait)
+        raise ConfigError(
+            f"unknown Fabric ledger options {sorted(options)}; expected timeout, mvcc_retries, clock"
+        )
+    return FabricLedger(
+        target,
+        identity,
+        timeout=timeout,
+        mvcc_retries=retries,
+        clock=clock,
+        commit_wait=commit_wait,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -693,7 +849,9 @@ def _json_result(payload: bytes, function: str) -> Any:
     try:
         return json.loads(payload)
     except ValueError as exc:
-        raise LedgerError(f"{function}: the chaincode returned non-JSON bytes ({exc})", code="BAD_RESPONSE") from exc
+        raise LedgerError(
+            f"{function}: the chaincode returned non-JSON bytes ({exc})", code="BAD_RESPONSE"
+        ) from exc
 
 
 def _json_payload(payload: bytes) -> dict[str, Any]:
@@ -709,7 +867,9 @@ def _prepared_result(envelope: common_pb2.Envelope) -> tuple[bytes, str | None]:
     payload = common_pb2.Payload.FromString(envelope.payload)
     tx = transaction_pb2.Transaction.FromString(payload.data)
     action_payload = transaction_pb2.ChaincodeActionPayload.FromString(tx.actions[0].payload)
-    prp = proposal_response_pb2.ProposalResponsePayload.FromString(action_payload.action.proposal_response_payload)
+    prp = proposal_response_pb2.ProposalResponsePayload.FromString(
+        action_payload.action.proposal_response_payload
+    )
     action = proposal_pb2.ChaincodeAction.FromString(prp.extension)
     event_name = None
     if action.events:
@@ -734,7 +894,12 @@ def _block_header_der(header: common_pb2.BlockHeader) -> bytes:
 
     number = int(header.number)
     num = number.to_bytes(max(1, (number.bit_length() + 8) // 8), "big", signed=True)
-    return tlv(0x30, tlv(0x02, num) + tlv(0x04, bytes(header.previous_hash)) + tlv(0x04, bytes(header.data_hash)))
+    return tlv(
+        0x30,
+        tlv(0x02, num)
+        + tlv(0x04, bytes(header.previous_hash))
+        + tlv(0x04, bytes(header.data_hash)),
+    )
 
 
 def _transactions(block: common_pb2.Block) -> list[dict[str, Any]]:
@@ -751,12 +916,26 @@ def _transactions(block: common_pb2.Block) -> list[dict[str, Any]]:
         creator = identities_pb2.SerializedIdentity.FromString(sh.creator)
         code = flags[index] if index < len(flags) else transaction_pb2.NOT_VALIDATED
         entry: dict[str, Any] = {
-            "type": "config" if ch.type == common_pb2.CONFIG else "endorser" if ch.type == common_pb2.ENDORSER_TRANSACTION else str(ch.type),
+            "type": "config"
+            if ch.type == common_pb2.CONFIG
+            else "endorser"
+            if ch.type == common_pb2.ENDORSER_TRANSACTION
+            else str(ch.type),
             "valid": code == transaction_pb2.VALID,
-            "validation_code": transaction_pb2.TxValidationCode.Name(code) if code in transaction_pb2.TxValidationCode.values() else str(code),
-            "proposal": {"tx_id": ch.tx_id, "channel": ch.channel_id, "timestamp": int(ch.timestamp.seconds),
-                         "creator": {"msp_id": creator.mspid, "cert": bytes(creator.id_bytes).decode("utf-8", "replace")},
-                         "function": "", "args": ""},
+            "validation_code": transaction_pb2.TxValidationCode.Name(code)
+            if code in transaction_pb2.TxValidationCode.values()
+            else str(code),
+            "proposal": {
+                "tx_id": ch.tx_id,
+                "channel": ch.channel_id,
+                "timestamp": int(ch.timestamp.seconds),
+                "creator": {
+                    "msp_id": creator.mspid,
+                    "cert": bytes(creator.id_bytes).decode("utf-8", "replace"),
+                },
+                "function": "",
+                "args": "",
+            },
             "event": None,
             "result": "",
             "endorsers": [],
@@ -765,20 +944,31 @@ def _transactions(block: common_pb2.Block) -> list[dict[str, Any]]:
             try:
                 tx = transaction_pb2.Transaction.FromString(payload.data)
                 cap = transaction_pb2.ChaincodeActionPayload.FromString(tx.actions[0].payload)
-                ccpp = proposal_pb2.ChaincodeProposalPayload.FromString(cap.chaincode_proposal_payload)
+                ccpp = proposal_pb2.ChaincodeProposalPayload.FromString(
+                    cap.chaincode_proposal_payload
+                )
                 cis = chaincode_pb2.ChaincodeInvocationSpec.FromString(ccpp.input)
                 args = list(cis.chaincode_spec.input.args)
                 entry["proposal"]["function"] = args[0].decode("utf-8", "replace") if args else ""
-                entry["proposal"]["args"] = args[1].decode("utf-8", "replace") if len(args) > 1 else ""
-                prp = proposal_response_pb2.ProposalResponsePayload.FromString(cap.action.proposal_response_payload)
+                entry["proposal"]["args"] = (
+                    args[1].decode("utf-8", "replace") if len(args) > 1 else ""
+                )
+                prp = proposal_response_pb2.ProposalResponsePayload.FromString(
+                    cap.action.proposal_response_payload
+                )
                 action = proposal_pb2.ChaincodeAction.FromString(prp.extension)
                 entry["result"] = bytes(action.response.payload).decode("utf-8", "replace")
                 if action.events:
                     ev = chaincode_event_pb2.ChaincodeEvent.FromString(action.events)
                     if ev.event_name:
-                        entry["event"] = {"name": ev.event_name, "payload": bytes(ev.payload).decode("utf-8", "replace")}
-                entry["endorsers"] = [identities_pb2.SerializedIdentity.FromString(e.endorser).mspid
-                                      for e in cap.action.endorsements]
+                        entry["event"] = {
+                            "name": ev.event_name,
+                            "payload": bytes(ev.payload).decode("utf-8", "replace"),
+                        }
+                entry["endorsers"] = [
+                    identities_pb2.SerializedIdentity.FromString(e.endorser).mspid
+                    for e in cap.action.endorsements
+                ]
             except Exception as exc:  # reported by verify; show what can be shown
                 entry["decode_error"] = str(exc)
         out.append(entry)
@@ -801,7 +991,9 @@ def _msp_roots(config_block: common_pb2.Block) -> dict[str, list[x509.Certificat
         if "MSP" in group.values:
             msp = msp_config_pb2.MSPConfig.FromString(group.values["MSP"].value)
             fabric = msp_config_pb2.FabricMSPConfig.FromString(msp.config)
-            roots[fabric.name] = [x509.load_pem_x509_certificate(bytes(c)) for c in fabric.root_certs]
+            roots[fabric.name] = [
+                x509.load_pem_x509_certificate(bytes(c)) for c in fabric.root_certs
+            ]
         for child in group.groups.values():
             walk(child)
 
@@ -809,8 +1001,9 @@ def _msp_roots(config_block: common_pb2.Block) -> dict[str, list[x509.Certificat
     return roots
 
 
-def _check_signature(creator_bytes: bytes, data: bytes, signature: bytes,
-                     roots: dict[str, list[x509.Certificate]]) -> str | None:
+def _check_signature(
+    creator_bytes: bytes, data: bytes, signature: bytes, roots: dict[str, list[x509.Certificate]]
+) -> str | None:
     """None when ``signature`` over ``data`` is valid and the creator's cert chains to its MSP's root."""
     try:
         creator = identities_pb2.SerializedIdentity.FromString(creator_bytes)
@@ -858,7 +1051,9 @@ def verify_blocks(blocks: Iterator[common_pb2.Block]) -> VerifyReport:
             if n != previous.number + 1:
                 report.problems.append(f"block {n} follows block {previous.number}")
             if bytes(block.header.previous_hash) != block_header_hash(previous):
-                report.problems.append(f"block {n}: previous_hash does not match the hash of block {previous.number}")
+                report.problems.append(
+                    f"block {n}: previous_hash does not match the hash of block {previous.number}"
+                )
         if bytes(block.header.data_hash) != hashlib.sha256(b"".join(block.data.data)).digest():
             report.problems.append(f"block {n}: data hash does not match its transactions")
         if n > 0:
@@ -869,7 +1064,9 @@ def verify_blocks(blocks: Iterator[common_pb2.Block]) -> VerifyReport:
             if not md.signatures:
                 report.problems.append(f"block {n}: no orderer signature")
             for sig in md.signatures:
-                signed = bytes(md.value) + bytes(sig.signature_header) + _block_header_der(block.header)
+                signed = (
+                    bytes(md.value) + bytes(sig.signature_header) + _block_header_der(block.header)
+                )
                 try:
                     creator = common_pb2.SignatureHeader.FromString(sig.signature_header).creator
                 except Exception:
@@ -886,11 +1083,15 @@ def verify_blocks(blocks: Iterator[common_pb2.Block]) -> VerifyReport:
             report.transactions += 1
             where = f"block {n} tx {index} ({ch.tx_id[:12]})"
             sh = common_pb2.SignatureHeader.FromString(payload.header.signature_header)
-            problem = _check_signature(sh.creator, bytes(envelope.payload), bytes(envelope.signature), roots)
+            problem = _check_signature(
+                sh.creator, bytes(envelope.payload), bytes(envelope.signature), roots
+            )
             if problem:
                 report.problems.append(f"{where}: creator: {problem}")
             if hashlib.sha256(bytes(sh.nonce) + bytes(sh.creator)).hexdigest() != ch.tx_id:
-                report.problems.append(f"{where}: transaction id does not derive from its nonce and creator")
+                report.problems.append(
+                    f"{where}: transaction id does not derive from its nonce and creator"
+                )
             try:
                 tx = transaction_pb2.Transaction.FromString(payload.data)
                 cap = transaction_pb2.ChaincodeActionPayload.FromString(tx.actions[0].payload)

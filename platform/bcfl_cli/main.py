@@ -8,20 +8,44 @@ import sys
 
 import click
 
-from consortium.errors import BcflError
+from bcfl_common.errors import BcflError
 
 # name -> "module:attribute". Groups are imported only when used, so `bcfl --help` stays fast
 # (torch and TenSEAL are not imported to print help).
 COMMAND_GROUPS: dict[str, tuple[str, str]] = {
-    "consortium": ("consortium.identity_cli:consortium_group", "Create and inspect a consortium's identities."),
+    "consortium": (
+        "consortium.identity_cli:consortium_group",
+        "Create and inspect a consortium's identities.",
+    ),
     "ledger": ("consortium.ledger.cli:ledger_group", "Inspect and verify a ledger."),
-    "store": ("consortium.storage_cli:store_group", "Put, get and verify content-addressed artifacts."),
-    "coordinator": ("coordinator.cli:coordinator_group", "Run the coordinator service and drive trials through its API."),
-    "silo": ("silo_agent.cli:silo_group", "Run a hospital's silo agent: enrol, train, vote, attest."),
-    "network": ("consortium.network_cli:network_group", "Run a local Hyperledger Fabric network (no Docker)."),
-    "demo": ("coordinator.demo:demo_command", "Run a whole trial on this machine (coordinator + one silo per hospital)."),
-    "audit": ("coordinator.audit_cli:audit_group", "The auditor's read-only view: trials, privacy, rewards, lineage, verification, settlement."),
-    "settlement": ("consortium.settlement_cli:settlement_group", "Optional Ethereum settlement: deploy, inspect, reconcile."),
+    "store": (
+        "consortium.storage_cli:store_group",
+        "Put, get and verify content-addressed artifacts.",
+    ),
+    "coordinator": (
+        "coordinator.cli:coordinator_group",
+        "Run the coordinator service and drive trials through its API.",
+    ),
+    "silo": (
+        "silo_agent.cli:silo_group",
+        "Run a hospital's silo agent: enrol, train, vote, attest.",
+    ),
+    "network": (
+        "consortium.network_cli:network_group",
+        "Run a local Hyperledger Fabric network (no Docker).",
+    ),
+    "demo": (
+        "coordinator.demo:demo_command",
+        "Run a whole trial on this machine (coordinator + one silo per hospital).",
+    ),
+    "audit": (
+        "coordinator.audit_cli:audit_group",
+        "The auditor's read-only view: trials, privacy, rewards, lineage, verification, settlement.",
+    ),
+    "settlement": (
+        "consortium.settlement_cli:settlement_group",
+        "Optional Ethereum settlement: deploy, inspect, reconcile.",
+    ),
 }
 
 

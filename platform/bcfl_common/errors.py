@@ -16,7 +16,9 @@ class BcflError(Exception):
     exit_code: int = 1
     http_status: int = 400
 
-    def __init__(self, message: str, *, code: str | None = None, detail: dict[str, Any] | None = None):
+    def __init__(
+        self, message: str, *, code: str | None = None, detail: dict[str, Any] | None = None
+    ):
         super().__init__(message)
         self.message = message
         if code is not None:

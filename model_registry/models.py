@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from consortium.canonical import canonical_json
-from consortium.errors import ConfigError, UpdateFormatError
-from silo_agent.data import check_schema, feature_count, output_count, schema_sha256
+from bcfl_common.canonical import canonical_json
+from bcfl_common.errors import ConfigError, UpdateFormatError
+from model_registry.data_schema import check_schema, feature_count, output_count, schema_sha256
 
 MAGIC = b"BCFM"
 ARTIFACT_VERSION = 1
@@ -100,21 +100,34 @@ class SmallCNN(nn.Module):
         c, h, w = input_shape
         blocks: list[nn.Module] = []
         for out in channels:
-            blocks += [nn.Conv2d(c, out, kernel_size=3, padding=1), nn.GroupNorm(min(4, out), out), nn.ReLU()]
+            blocks += [
+                nn.Conv2d(c, out, kernel_size=3, padding=1),
+                nn.GroupNorm(min(4, out), out),
+                nn.ReLU(),
+            ]
             if h >= 2 and w >= 2:
                 blocks.append(nn.MaxPool2d(2))
                 h, w = h // 2, w // 2
             c = out
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(c * h * w, hidden), nn.ReLU(), nn.Linear(hidden, n_outputs)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x.reshape(x.shape[0], *self.input_shape)))
 
 
 def _int_list(value: Any, key: str, model: str) -> list[int]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in value):
-        raise _model_error(f"model {model!r} hyperparameter {key}: got {value!r}, expected a non-empty list of integers in [1, 4096]", field=key)
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096 for v in value)
+    ):
+        raise _model_error(
+            f"model {model!r} hyperparameter {key}: got {value!r}, expected a non-empty list of integers in [1, 4096]",
+            field=key,
+        )
     return value
 
 
@@ -123,23 +136,40 @@ def _build_logreg(hp: dict[str, Any], schema: dict[str, Any]) -> nn.Module:
 
 
 def _build_mlp(hp: dict[str, Any], schema: dict[str, Any]) -> nn.Module:
-    return MLP(feature_count(schema), output_count(schema), _int_list(hp["hidden"], "hidden", "mlp"))
+    return MLP(
+        feature_count(schema), output_count(schema), _int_list(hp["hidden"], "hidden", "mlp")
+    )
 
 
 def _build_cnn(hp: dict[str, Any], schema: dict[str, Any]) -> nn.Module:
     shape = schema.get("input_shape")
     if shape is None:
-        raise _model_error("model 'small_cnn' needs the data schema's input_shape [channels, height, width]", field="input_shape")
+        raise _model_error(
+            "model 'small_cnn' needs the data schema's input_shape [channels, height, width]",
+            field="input_shape",
+        )
     hidden = hp["hidden"]
     if not isinstance(hidden, int) or isinstance(hidden, bool) or not 1 <= hidden <= 4096:
-        raise _model_error(f"model 'small_cnn' hyperparameter hidden: got {hidden!r}, expected an integer in [1, 4096]", field="hidden")
-    return SmallCNN(shape, output_count(schema), _int_list(hp["channels"], "channels", "small_cnn"), hidden)
+        raise _model_error(
+            f"model 'small_cnn' hyperparameter hidden: got {hidden!r}, expected an integer in [1, 4096]",
+            field="hidden",
+        )
+    return SmallCNN(
+        shape, output_count(schema), _int_list(hp["channels"], "channels", "small_cnn"), hidden
+    )
 
 
 REGISTRY: dict[str, ModelKind] = {
-    "logistic_regression": ModelKind("logistic_regression", {}, _build_logreg, "one linear layer (logistic/softmax regression)"),
+    "logistic_regression": ModelKind(
+        "logistic_regression", {}, _build_logreg, "one linear layer (logistic/softmax regression)"
+    ),
     "mlp": ModelKind("mlp", {"hidden": [32]}, _build_mlp, "fully connected ReLU network"),
-    "small_cnn": ModelKind("small_cnn", {"channels": [8, 16], "hidden": 32}, _build_cnn, "two conv blocks for small images"),
+    "small_cnn": ModelKind(
+        "small_cnn",
+        {"channels": [8, 16], "hidden": 32},
+        _build_cnn,
+        "two conv blocks for small images",
+    ),
 }
 ALIASES = {"logreg": "logistic_regression", "logistic": "logistic_regression"}
 
@@ -147,7 +177,11 @@ ALIASES = {"logreg": "logistic_regression", "logistic": "logistic_regression"}
 def model_kind(name: str) -> ModelKind:
     kind = REGISTRY.get(ALIASES.get(name, name))
     if kind is None:
-        raise _model_error(f"model name: got {name!r}, expected one of {sorted(REGISTRY)}", field="name", value=name)
+        raise _model_error(
+            f"model name: got {name!r}, expected one of {sorted(REGISTRY)}",
+            field="name",
+            value=name,
+        )
     return kind
 
 
@@ -156,7 +190,9 @@ def check_hyperparameters(name: str, hyperparameters: dict[str, Any] | None) -> 
     kind = model_kind(name)
     hp = dict(hyperparameters or {})
     if not isinstance(hyperparameters or {}, dict):
-        raise _model_error(f"model hyperparameters: got {type(hyperparameters).__name__}, expected an object")
+        raise _model_error(
+            f"model hyperparameters: got {type(hyperparameters).__name__}, expected an object"
+        )
     unknown = sorted(set(hp) - set(kind.defaults) - set(TRAINING_KEYS))
     if unknown:
         raise _model_error(
@@ -167,11 +203,16 @@ def check_hyperparameters(name: str, hyperparameters: dict[str, Any] | None) -> 
         )
     for key, types in TRAINING_KEYS.items():
         if key in hp and (not isinstance(hp[key], types) or isinstance(hp[key], bool)):
-            raise _model_error(f"model hyperparameter {key}: got {hp[key]!r}, expected {' or '.join(t.__name__ for t in types)}", field=key)
+            raise _model_error(
+                f"model hyperparameter {key}: got {hp[key]!r}, expected {' or '.join(t.__name__ for t in types)}",
+                field=key,
+            )
     return {key: hp.get(key, default) for key, default in kind.defaults.items()}
 
 
-def build_model(name: str, hyperparameters: dict[str, Any] | None, data_schema: dict[str, Any]) -> nn.Module:
+def build_model(
+    name: str, hyperparameters: dict[str, Any] | None, data_schema: dict[str, Any]
+) -> nn.Module:
     """A fresh module of the named registry model for this data schema."""
     check_schema(data_schema)
     kind = model_kind(name)
@@ -179,7 +220,9 @@ def build_model(name: str, hyperparameters: dict[str, Any] | None, data_schema: 
     model = kind.build(arch, data_schema)
     n = parameter_count(model)
     if n > MAX_MODEL_PARAMS:
-        raise _model_error(f"model {kind.name!r} has {n} parameters, expected at most {MAX_MODEL_PARAMS}")
+        raise _model_error(
+            f"model {kind.name!r} has {n} parameters, expected at most {MAX_MODEL_PARAMS}"
+        )
     return model
 
 
@@ -205,7 +248,10 @@ def parameter_count(model: nn.Module) -> int:
 def flatten(model: nn.Module) -> np.ndarray:
     """The model's parameters as one float32 vector (``named_parameters`` order)."""
     with torch.no_grad():
-        parts = [p.detach().reshape(-1).to(torch.float32).cpu().numpy() for _, p in _named_parameters(model)]
+        parts = [
+            p.detach().reshape(-1).to(torch.float32).cpu().numpy()
+            for _, p in _named_parameters(model)
+        ]
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, dtype=np.float32)
 
 
@@ -214,14 +260,20 @@ def load_flat(model: nn.Module, flat: np.ndarray) -> nn.Module:
     values = np.asarray(flat)
     n = parameter_count(model)
     if values.ndim != 1 or values.size != n:
-        raise UpdateFormatError(f"parameter vector: got shape {values.shape}, expected ({n},) for this model")
+        raise UpdateFormatError(
+            f"parameter vector: got shape {values.shape}, expected ({n},) for this model"
+        )
     if not np.all(np.isfinite(values)):
         raise UpdateFormatError("parameter vector: contains NaN or Inf, expected finite numbers")
     offset = 0
     with torch.no_grad():
         for _, p in _named_parameters(model):
             k = p.numel()
-            p.copy_(torch.from_numpy(np.ascontiguousarray(values[offset : offset + k], dtype=np.float32)).reshape(p.shape))
+            p.copy_(
+                torch.from_numpy(
+                    np.ascontiguousarray(values[offset : offset + k], dtype=np.float32)
+                ).reshape(p.shape)
+            )
             offset += k
     return model
 
@@ -261,10 +313,14 @@ class ModelArtifact:
         return encode_model(self.name, self.hyperparameters, self.data_schema_sha256, self.params)
 
 
-def encode_model(name: str, hyperparameters: dict[str, Any], data_schema_sha256: str, params: np.ndarray) -> bytes:
+def encode_model(
+    name: str, hyperparameters: dict[str, Any], data_schema_sha256: str, params: np.ndarray
+) -> bytes:
     values = np.asarray(params)
     if values.ndim != 1 or not 1 <= values.size <= MAX_MODEL_PARAMS:
-        raise UpdateFormatError(f"model parameters: got shape {values.shape}, expected a flat vector of 1 to {MAX_MODEL_PARAMS} values")
+        raise UpdateFormatError(
+            f"model parameters: got shape {values.shape}, expected a flat vector of 1 to {MAX_MODEL_PARAMS} values"
+        )
     values = values.astype("<f4")
     if not np.all(np.isfinite(values)):
         raise UpdateFormatError("model parameters: contain NaN or Inf, expected finite numbers")
@@ -282,7 +338,10 @@ def encode_model(name: str, hyperparameters: dict[str, Any], data_schema_sha256:
 
 
 def _artifact_error(field: str, got: Any, expected: str) -> UpdateFormatError:
-    return UpdateFormatError(f"model artifact {field}: got {got}, expected {expected}", detail={"field": field, "value": str(got)})
+    return UpdateFormatError(
+        f"model artifact {field}: got {got}, expected {expected}",
+        detail={"field": field, "value": str(got)},
+    )
 
 
 def decode_model(
@@ -304,7 +363,9 @@ def decode_model(
     if version != ARTIFACT_VERSION:
         raise _artifact_error("version", version, str(ARTIFACT_VERSION))
     if not 2 <= hlen <= MAX_HEADER_BYTES or _PREFIX.size + hlen > len(data):
-        raise _artifact_error("header length", hlen, f"2 to {MAX_HEADER_BYTES} bytes inside the artifact")
+        raise _artifact_error(
+            "header length", hlen, f"2 to {MAX_HEADER_BYTES} bytes inside the artifact"
+        )
     raw = data[_PREFIX.size : _PREFIX.size + hlen]
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -312,11 +373,20 @@ def decode_model(
         raise _artifact_error("header", f"invalid JSON ({exc})", "canonical JSON") from exc
     if not isinstance(header, dict):
         raise _artifact_error("header", type(header).__name__, "a JSON object")
-    expected_keys = {"format", "model", "hyperparameters", "data_schema_sha256", "n_params", "dtype"}
+    expected_keys = {
+        "format",
+        "model",
+        "hyperparameters",
+        "data_schema_sha256",
+        "n_params",
+        "dtype",
+    }
     if set(header) != expected_keys:
         raise _artifact_error("header keys", sorted(header), str(sorted(expected_keys)))
     if canonical_json(header) != raw:
-        raise _artifact_error("header", "non-canonical JSON", "canonical JSON (sorted keys, no spaces)")
+        raise _artifact_error(
+            "header", "non-canonical JSON", "canonical JSON (sorted keys, no spaces)"
+        )
     if header["format"] != ARTIFACT_FORMAT:
         raise _artifact_error("format", header["format"], ARTIFACT_FORMAT)
     if header["dtype"] != DTYPE:
@@ -326,35 +396,58 @@ def decode_model(
         raise _artifact_error("n_params", n, f"an integer in [1, {MAX_MODEL_PARAMS}]")
     body = len(data) - _PREFIX.size - hlen
     if body != 4 * n:
-        raise _artifact_error("length", f"{body} parameter bytes", f"exactly {4 * n} ({n} float32 values)")
+        raise _artifact_error(
+            "length", f"{body} parameter bytes", f"exactly {4 * n} ({n} float32 values)"
+        )
     if not isinstance(header["model"], str) or not isinstance(header["hyperparameters"], dict):
         raise _artifact_error("model", header["model"], "a model name and a hyperparameters object")
-    params = np.frombuffer(data, dtype="<f4", offset=_PREFIX.size + hlen, count=n).astype(np.float32)
+    params = np.frombuffer(data, dtype="<f4", offset=_PREFIX.size + hlen, count=n).astype(
+        np.float32
+    )
     if not np.all(np.isfinite(params)):
         raise _artifact_error("parameters", "NaN or Inf", "finite numbers")
-    artifact = ModelArtifact(header["model"], header["hyperparameters"], header["data_schema_sha256"], params)
+    artifact = ModelArtifact(
+        header["model"], header["hyperparameters"], header["data_schema_sha256"], params
+    )
     if model_spec is not None:
         name = _spec_name(model_spec)
         hp = model_spec.get("hyperparameters") or {}
         if artifact.name != name:
             raise _artifact_error("model", repr(artifact.name), repr(name) + " (the trial's model)")
         if canonical_json(artifact.hyperparameters) != canonical_json(hp):
-            raise _artifact_error("hyperparameters", artifact.hyperparameters, f"{hp} (the trial's)")
+            raise _artifact_error(
+                "hyperparameters", artifact.hyperparameters, f"{hp} (the trial's)"
+            )
         if data_schema is not None:
             if artifact.data_schema_sha256 != schema_sha256(data_schema):
-                raise _artifact_error("data_schema_sha256", artifact.data_schema_sha256, schema_sha256(data_schema) + " (the trial's schema)")
+                raise _artifact_error(
+                    "data_schema_sha256",
+                    artifact.data_schema_sha256,
+                    schema_sha256(data_schema) + " (the trial's schema)",
+                )
             expected_n = parameter_count(build_from_spec(model_spec, data_schema))
             if n != expected_n:
-                raise _artifact_error("n_params", n, f"{expected_n} (parameters of {name} for this schema)")
+                raise _artifact_error(
+                    "n_params", n, f"{expected_n} (parameters of {name} for this schema)"
+                )
     return artifact
 
 
-def artifact_for(model: nn.Module, model_spec: dict[str, Any], data_schema: dict[str, Any]) -> bytes:
+def artifact_for(
+    model: nn.Module, model_spec: dict[str, Any], data_schema: dict[str, Any]
+) -> bytes:
     """Encode a module as the trial's model artifact."""
-    return encode_model(_spec_name(model_spec), model_spec.get("hyperparameters") or {}, schema_sha256(data_schema), flatten(model))
+    return encode_model(
+        _spec_name(model_spec),
+        model_spec.get("hyperparameters") or {},
+        schema_sha256(data_schema),
+        flatten(model),
+    )
 
 
-def model_from_artifact(data: bytes, model_spec: dict[str, Any], data_schema: dict[str, Any]) -> nn.Module:
+def model_from_artifact(
+    data: bytes, model_spec: dict[str, Any], data_schema: dict[str, Any]
+) -> nn.Module:
     artifact = decode_model(data, model_spec=model_spec, data_schema=data_schema)
     return load_flat(build_from_spec(model_spec, data_schema), artifact.params)
 
@@ -383,4 +476,9 @@ def initial_model(model_spec: dict[str, Any], data_schema: dict[str, Any], seed:
             bound = 1.0 / math.sqrt(fan_in)
             v = rng.uniform(-bound, bound, size=shape)
         values.append(v.astype(np.float32).reshape(-1))
-    return encode_model(_spec_name(model_spec), model_spec.get("hyperparameters") or {}, schema_sha256(data_schema), np.concatenate(values))
+    return encode_model(
+        _spec_name(model_spec),
+        model_spec.get("hyperparameters") or {},
+        schema_sha256(data_schema),
+        np.concatenate(values),
+    )

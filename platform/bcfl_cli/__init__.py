@@ -1,0 +1,1 @@
+"""The root `bcfl` command: mounts each party's command group."""

@@ -1,0 +1,429 @@
+"""Typed ledger records: the exact shape of every JSON document the contract stores and returns.
+
+The records ARE JSON documents whose canonical bytes are hashed into blocks, so they are typed as
+``TypedDict``s: the contract builds and stores plain dicts (no conversion layer that could change
+a byte), mypy checks every access against these shapes, and the clients and the API validate what
+they read with pydantic (``TypeAdapter(Trial).validate_python(...)``; FastAPI uses them as
+``response_model``, so ``/openapi.json`` documents every response).
+
+Units: no float decides anything on the ledger. Scores, thresholds and epsilons are ints in
+micro-units (``*_micro``), gradient norms in milli-units (``*_milli``), weights and rewards are
+ints, ``delta`` is a reduced fraction ``[num, den]``. Keys are composite keys of the record name
+and its attributes; ``r`` and ``a`` (round and attempt) are zero-padded to 6 digits in keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired
+
+from typing_extensions import TypedDict
+
+from bcfl_common.vocabulary import OrganisationKind, Role, TrialState
+
+# ---------------------------------------------------------------------------------------------
+# Pieces
+# ---------------------------------------------------------------------------------------------
+
+
+class Who(TypedDict):
+    """Who made a transaction: the creator's organisation, certificate CN and bcfl role."""
+
+    msp_id: str
+    name: str
+    role: Role
+
+
+class ModelRef(TypedDict):
+    """An artifact reference: content id in the store (null for attested models a silo can rebuild
+    from the base model and the round's aggregate) and the sha256 of its bytes."""
+
+    content_id: str | None
+    sha256: str
+
+
+class DpEnabled(TypedDict):
+    enabled: Literal[True]
+    target_epsilon_micro: int  # for the whole trial, per hospital
+    delta: list[int]  # [num, den], reduced
+    max_grad_norm_milli: int
+    local_epochs: int
+    accountant: Literal["rdp", "prv"]
+    grad_sample_mode: Literal["ghost", "hooks"]
+
+
+class Disabled(TypedDict):
+    """DP or HE switched off, explicitly and with its reason recorded."""
+
+    enabled: Literal[False]
+    reason: str | None
+
+
+class HeEnabled(TypedDict):
+    enabled: Literal[True]
+    preset: str
+
+
+DpPolicy = DpEnabled | Disabled
+HePolicy = HeEnabled | Disabled
+
+
+class Evaluation(TypedDict):
+    acceptance_threshold_micro: int
+    min_voters: int
+    reward_per_round: int
+
+
+class PhaseSeconds(TypedDict):
+    submit: int
+    reveal: int
+    vote_commit: int
+    vote_reveal: int
+
+
+class ModelSpec(TypedDict):
+    name: str
+    hyperparameters: dict[str, Any]
+
+
+class RoundPointer(TypedDict):
+    round: int
+    attempt: int
+
+
+class Head(TypedDict):
+    """The base of the next round (round 0 is the trial's initial model)."""
+
+    round: int
+    attempt: int
+    model: ModelRef
+
+
+class LineageEntry(TypedDict):
+    round: int
+    attempt: int
+    model: ModelRef
+    finalized_at: int
+
+
+class Rollback(TypedDict):
+    from_round: int
+    from_attempt: int
+    to_round: int
+    to_attempt: int
+    reason: str | None
+    at: int
+    by: Who
+
+
+class TrialHalt(TypedDict):
+    reason: str
+    at: int
+    by: Who
+
+
+# ---------------------------------------------------------------------------------------------
+# Records, one per composite-key type
+# ---------------------------------------------------------------------------------------------
+
+
+class OrganisationEntry(TypedDict):
+    msp_id: str
+    kind: OrganisationKind
+
+
+class ConsortiumRecord(TypedDict):
+    """("consortium", []): the organisations and who initialised the contract."""
+
+    organisations: dict[str, OrganisationEntry]
+    initialised_at: int
+    initialised_by: Who
+
+
+class Trial(TypedDict):
+    """("trial", [trial_id])."""
+
+    trial_id: str
+    task: str
+    data_schema: dict[str, Any]
+    model: ModelSpec
+    initial_model: ModelRef
+    rounds: int
+    min_silos: int
+    dp: DpPolicy
+    he: HePolicy
+    evaluation: Evaluation
+    phase_seconds: PhaseSeconds
+    state: TrialState
+    created_at: int
+    created_by: Who
+    state_changed_at: int
+    enrolled_at_start: list[str] | None
+    halt: TrialHalt | None
+    current: RoundPointer | None  # the latest opened round
+    attempts: dict[str, int]  # "r" -> how many attempts were opened
+    head: Head
+    lineage: list[LineageEntry]  # the current chain, round 1..head
+    rollbacks: list[Rollback]
+
+
+class Enrolment(TypedDict):
+    """("enrolment", [trial_id, msp_id])."""
+
+    trial_id: str
+    msp_id: str
+    status: Literal["enrolled", "removed"]
+    encryption_public_key: str  # base64 of the raw 32-byte X25519 key
+    enrolled_at: int
+    enrolled_by: Who
+    removed_at: NotRequired[int | None]
+    removed_by: NotRequired[Who | None]
+    removal_reason: NotRequired[str | None]
+
+
+class KeyRegistration(TypedDict):
+    """("key_registration", [trial_id, msp_id]): the X25519 key a hospital registered itself."""
+
+    trial_id: str
+    msp_id: str
+    encryption_public_key: str
+    registered_at: int
+    registered_by: Who
+
+
+class TrialKeys(TypedDict):
+    """("trial_keys", [trial_id]): the trial's public CKKS context and the sealed secret contexts."""
+
+    trial_id: str
+    msp_id: str  # the hospital that made the keys
+    public_context: ModelRef
+    envelopes: dict[str, ModelRef]  # msp_id -> sealed secret context
+    recorded_at: int
+
+
+class Aggregate(TypedDict):
+    content_id: str
+    sha256: str
+    update_sha256s: list[str]
+    total_weight: int
+    recorded_at: int
+    recorded_by: Who
+
+
+class RoundHalt(TypedDict, total=False):
+    code: str
+    reason: str
+    at: int
+    by: Who | None
+
+
+class Dispute(TypedDict):
+    msp_id: str
+    sha256: str
+    at: int
+
+
+class Round(TypedDict):
+    """("round", [trial_id, r, a])."""
+
+    trial_id: str
+    round: int
+    attempt: int
+    phase: str
+    base: Head
+    enrolled: list[str]
+    opened_at: int
+    opened_by: Who
+    phase_changed_at: int
+    deadline: int | None  # of the current phase
+    deadlines: dict[str, int]  # set as each phase starts
+    committed: list[str]
+    candidates: list[str]
+    vote_committed: list[str]
+    accepted: list[str]
+    accepted_sha256s: list[str]
+    total_weight: int
+    participants: list[str]
+    attestation_quorum: int | None
+    aggregate: Aggregate | None
+    model: ModelRef | None
+    finalized_at: int | None
+    halt: RoundHalt | None
+    disputes: list[Dispute]
+
+
+class Update(TypedDict):
+    """("update", [trial_id, r, a, msp_id]): a hospital's commitment, then its reveal."""
+
+    trial_id: str
+    round: int
+    attempt: int
+    msp_id: str
+    base_model_sha256: str
+    commitment: str
+    committed_at: int
+    revealed: bool
+    content_id: str | None
+    sha256: str | None
+    sample_weight: int | None
+    epsilon_spent_micro: int | None
+    salt: str | None
+    revealed_at: int | None
+
+
+class Vote(TypedDict):
+    """("vote", [trial_id, r, a, msp_id]): a voter's commitment, then its scores."""
+
+    trial_id: str
+    round: int
+    attempt: int
+    msp_id: str
+    commitment: str
+    committed_at: int
+    revealed: bool
+    scores: dict[str, int] | None  # peer msp_id -> score_micro
+    salt: str | None
+    revealed_at: int | None
+
+
+AcceptanceReason = Literal["accepted", "not_enrolled", "too_few_votes", "below_threshold"]
+
+
+class CandidateDecision(TypedDict):
+    sha256: str
+    sample_weight: int
+    scores: dict[str, int]  # voter -> score_micro
+    votes: int
+    required_votes: int
+    median_micro: int | None
+    accepted: bool
+    reason: AcceptanceReason
+    weight: int
+    contribution: int
+    reward: int
+
+
+class Acceptance(TypedDict):
+    """("acceptance", [trial_id, r, a]): what the votes decided, computed at close_voting."""
+
+    trial_id: str
+    round: int
+    attempt: int
+    threshold_micro: int
+    min_voters: int
+    computed_at: int
+    voters_revealed: list[str]
+    voters_missing: list[str]
+    candidates: dict[str, CandidateDecision]
+    accepted: list[str]
+    rejected: list[str]
+    accepted_sha256s: list[str]
+    total_weight: int
+    reward_pool: int
+    rewards: dict[str, int]
+
+
+class Attestation(TypedDict):
+    """("attestation", [trial_id, r, a, msp_id])."""
+
+    trial_id: str
+    round: int
+    attempt: int
+    msp_id: str
+    sha256: str
+    content_id: str | None
+    attested_at: int
+
+
+class Settlement(TypedDict):
+    chain_id: int
+    tx_hash: str
+    recorded_at: int
+    recorded_by: Who
+
+
+class RoundRewards(TypedDict):
+    """("round_rewards", [trial_id, r, a])."""
+
+    trial_id: str
+    round: int
+    attempt: int
+    pool: int
+    rewards: dict[str, int]
+    status: Literal["pending", "credited", "void"]
+    settlement: Settlement | None
+
+
+class RewardEntry(TypedDict):
+    round: int
+    attempt: int
+    amount: int
+
+
+class RewardAccount(TypedDict):
+    """("reward_account", [trial_id, msp_id])."""
+
+    trial_id: str
+    msp_id: str
+    total: int
+    entries: list[RewardEntry]
+
+
+class PrivacyEntry(TypedDict):
+    round: int
+    attempt: int
+    epsilon_micro: int
+    at: int
+
+
+class PrivacyAccount(TypedDict):
+    """("privacy", [trial_id, msp_id]): cumulative epsilon on the ledger (budget null: DP off)."""
+
+    trial_id: str
+    msp_id: str
+    budget_micro: int | None
+    epsilon_spent_micro: int
+    entries: list[PrivacyEntry]
+
+
+class ContentOwner(TypedDict):
+    """("content", [trial_id, sha256]): who first revealed these bytes in this trial."""
+
+    trial_id: str
+    sha256: str
+    msp_id: str
+    round: int
+    attempt: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Query results that are not stored records
+# ---------------------------------------------------------------------------------------------
+
+
+class WhoAmI(TypedDict):
+    msp_id: str
+    name: str
+    role: Role
+    organisation_kind: OrganisationKind | None
+    member: bool
+
+
+class Rewards(TypedDict):
+    trial_id: str
+    accounts: list[RewardAccount]
+    rounds: list[RoundRewards]
+
+
+class HistoryEntry(TypedDict):
+    tx_id: str
+    timestamp: int
+    is_delete: bool
+    value: Any
+
+
+class Lineage(TypedDict):
+    trial_id: str
+    initial_model: ModelRef
+    head: Head
+    rounds: list[LineageEntry]
+    rollbacks: list[Rollback]

@@ -1,5 +1,0 @@
-"""`python -m consortium` runs the `bcfl` command."""
-
-from consortium.cli import main
-
-main()

@@ -1,0 +1,1 @@
+"""Whole consortia on one machine: Fabric, anvil and Kubo bring-up, one process supervisor, `bcfl demo`."""
