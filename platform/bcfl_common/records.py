@@ -18,7 +18,7 @@ from typing import Any, Literal, NotRequired
 
 from typing_extensions import TypedDict
 
-from bcfl_common.vocabulary import OrganisationKind, Role, TrialState
+from bcfl_common.vocabulary import OrganisationKind, Phase, Role, TrialState
 
 # ---------------------------------------------------------------------------------------------
 # Pieces
@@ -175,19 +175,19 @@ class Enrolment(TypedDict):
     encryption_public_key: str  # base64 of the raw 32-byte X25519 key
     enrolled_at: int
     enrolled_by: Who
-    removed_at: NotRequired[int | None]
-    removed_by: NotRequired[Who | None]
-    removal_reason: NotRequired[str | None]
+    removed_at: int | None  # null while enrolled
+    removed_by: Who | None
+    removal_reason: str | None
 
 
 class KeyRegistration(TypedDict):
-    """("key_registration", [trial_id, msp_id]): the X25519 key a hospital registered itself."""
+    """("encryption_key", [trial_id, msp_id]): the X25519 key a hospital registered itself (the
+    transaction is signed by the hospital, so the record names no one else)."""
 
     trial_id: str
     msp_id: str
-    encryption_public_key: str
+    encryption_public_key: str  # base64 of the raw 32-byte X25519 key
     registered_at: int
-    registered_by: Who
 
 
 class TrialKeys(TypedDict):
@@ -209,11 +209,15 @@ class Aggregate(TypedDict):
     recorded_by: Who
 
 
-class RoundHalt(TypedDict, total=False):
+class RoundHalt(TypedDict):
+    """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_VOTES, NONE_ACCEPTED,
+    ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
+
     code: str
     reason: str
     at: int
-    by: Who | None
+    by: Who
+    attestations: NotRequired[dict[str, str]]  # msp_id -> attested sha256 (ATTESTATION_MISMATCH)
 
 
 class Dispute(TypedDict):
@@ -228,14 +232,14 @@ class Round(TypedDict):
     trial_id: str
     round: int
     attempt: int
-    phase: str
+    phase: Phase
     base: Head
     enrolled: list[str]
     opened_at: int
     opened_by: Who
     phase_changed_at: int
     deadline: int | None  # of the current phase
-    deadlines: dict[str, int]  # set as each phase starts
+    deadlines: dict[str, int]  # PhaseDuration -> deadline, set as each phase starts
     committed: list[str]
     candidates: list[str]
     vote_committed: list[str]
