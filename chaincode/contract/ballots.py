@@ -40,9 +40,8 @@ from chaincode.contract.store import (
     own_organisation,
     per_round_key,
     require_closable,
-    require_enrolled,
+    require_enrolled_in_running,
     require_on_time,
-    require_trial_state,
     round_args,
     round_event,
     round_label,
@@ -215,12 +214,6 @@ class Ballot(Generic[R]):
         missing = sorted(rec["msp_id"] for rec in records if not rec["revealed"])
         require_closable(tx, rnd, missing)
         return [rec for rec in records if rec["revealed"]], missing
-
-
-def require_enrolled_in_running(tx: Tx, trial: Trial, msp_id: str) -> None:
-    """The trial is RUNNING and ``msp_id`` is enrolled in it (checked in this order)."""
-    require_trial_state(trial, "RUNNING")
-    require_enrolled(tx, trial["trial_id"], msp_id)
 
 
 def closing(tx: Tx, a: Args, phase: Phase) -> tuple[Trial, Round]:

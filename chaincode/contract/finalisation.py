@@ -33,7 +33,7 @@ from bcfl_common.records import (
 from bcfl_common.vocabulary import DONE_PHASES, ETH_TX_HASH
 from chaincode import rules
 from chaincode.args import Args
-from chaincode.contract.ballots import closing, require_enrolled_in_running
+from chaincode.contract.ballots import closing
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
 from chaincode.contract.rounds import UPDATES, VOTES
@@ -52,6 +52,7 @@ from chaincode.contract.store import (
     own_organisation,
     per_org_key,
     per_round_key,
+    require_enrolled_in_running,
     require_no_round_in_progress,
     require_phase,
     require_trial_state,

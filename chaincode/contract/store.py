@@ -153,6 +153,12 @@ def require_enrolled(tx: Tx, trial_id: str, msp_id: str) -> None:
         )
 
 
+def require_enrolled_in_running(tx: Tx, trial: Trial, msp_id: str) -> None:
+    """The trial is RUNNING and ``msp_id`` is enrolled in it (checked in this order)."""
+    require_trial_state(trial, "RUNNING")
+    require_enrolled(tx, trial["trial_id"], msp_id)
+
+
 def own_organisation(a: Args, caller: Caller) -> str:
     """A silo acts for its own MSP id; naming another one is refused, not silently corrected."""
     claimed = a.identifier("msp_id", default=None)

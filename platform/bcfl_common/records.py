@@ -14,7 +14,7 @@ and its attributes; ``r`` and ``a`` (round and attempt) are zero-padded to 6 dig
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired
+from typing import Any, Literal
 
 from typing_extensions import TypedDict
 
@@ -209,15 +209,20 @@ class Aggregate(TypedDict):
     recorded_by: Who
 
 
-class RoundHalt(TypedDict):
-    """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_VOTES, NONE_ACCEPTED,
-    ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
-
+class _RoundHaltFields(TypedDict):
     code: str
     reason: str
     at: int
     by: Who
-    attestations: NotRequired[dict[str, str]]  # msp_id -> attested sha256 (ATTESTATION_MISMATCH)
+
+
+# Optional keys by ``total=False`` rather than ``NotRequired``: with postponed annotations the
+# runtime (pydantic, __required_keys__) cannot see a ``NotRequired`` and would demand the key.
+class RoundHalt(_RoundHaltFields, total=False):
+    """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_VOTES, NONE_ACCEPTED,
+    ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
+
+    attestations: dict[str, str]  # msp_id -> attested sha256 (ATTESTATION_MISMATCH only)
 
 
 class Dispute(TypedDict):
