@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import importlib
 import logging
 import os
 import sys
@@ -35,23 +34,35 @@ from typing import Any
 import grpc
 from fabric_chaincode_python.fabric_shim.handler import Handler
 from fabric_chaincode_python.fabric_shim.msg_queue_handler import QueueMessage
-from fabric_protos.common import common_pb2
-from fabric_protos.ledger.queryresult import kv_query_result_pb2
-from fabric_protos.msp import identities_pb2
-from fabric_protos.peer import (
-    chaincode_event_pb2,
-    chaincode_pb2,
-    proposal_pb2,
-    proposal_response_pb2,
-)
-from fabric_protos.peer import chaincode_shim_pb2 as shim
+from fabric_protos.common import common_pb2 as _common_pb2
+from fabric_protos.ledger.queryresult import kv_query_result_pb2 as _kv_query_result_pb2
+from fabric_protos.msp import identities_pb2 as _identities_pb2
+from fabric_protos.peer import chaincode_event_pb2 as _chaincode_event_pb2
+from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
+from fabric_protos.peer import chaincode_shim_pb2 as _chaincode_shim_pb2
 from fabric_protos.peer import chaincode_shim_pb2_grpc as shim_grpc
+from fabric_protos.peer import proposal_pb2 as _proposal_pb2
+from fabric_protos.peer import proposal_response_pb2 as _proposal_response_pb2
 
+from chaincode.contract import invoke as contract_invoke
 from chaincode.state import (
     Creator,
     HistoryEntry,
     HostState,
 )
+
+# The generated protobuf modules have no type stubs (their message classes are built from
+# descriptors at import time), so they are typed as what they are to mypy: untyped.
+common_pb2: Any = _common_pb2
+kv_query_result_pb2: Any = _kv_query_result_pb2
+identities_pb2: Any = _identities_pb2
+chaincode_event_pb2: Any = _chaincode_event_pb2
+chaincode_pb2: Any = _chaincode_pb2
+proposal_pb2: Any = _proposal_pb2
+proposal_response_pb2: Any = _proposal_response_pb2
+shim: Any = _chaincode_shim_pb2
+# In annotations: a protobuf message (ChaincodeMessage, SignedProposal, Response, ChaincodeEvent).
+Message = Any
 
 log = logging.getLogger("bcfl.chaincode.fabric")
 
@@ -77,7 +88,7 @@ class ShimState(HostState):
         self,
         handler: BcflHandler,
         loop: asyncio.AbstractEventLoop,
-        msg: shim.ChaincodeMessage,
+        msg: Message,
         creator: Creator,
         timestamp: int,
     ):
@@ -86,7 +97,7 @@ class ShimState(HostState):
         self._loop = loop
         self._channel_id = msg.channel_id
 
-    def _ask(self, msg_type: int, payload: Any) -> shim.ChaincodeMessage:
+    def _ask(self, msg_type: int, payload: Any) -> Message:
         coro = self._handler.ask(
             msg_type, payload.SerializeToString(), self._channel_id, self._tx_id
         )
@@ -120,7 +131,7 @@ class ShimState(HostState):
         ]
         return iter(entries)
 
-    def _pages(self, first: shim.ChaincodeMessage, record_type: Any) -> list[Any]:
+    def _pages(self, first: Message, record_type: Any) -> list[Any]:
         """Every record of a paged query (the peer sends them in batches)."""
         records = []
         response = shim.QueryResponse.FromString(first.payload)
@@ -147,7 +158,7 @@ class ShimState(HostState):
         self._ask(shim.ChaincodeMessage.DEL_STATE, shim.DelState(key=key, collection=""))
 
 
-def proposal_context(signed_proposal: proposal_pb2.SignedProposal) -> tuple[Creator, int]:
+def proposal_context(signed_proposal: Message) -> tuple[Creator, int]:
     """The creator (MSP id, PEM certificate) and the timestamp (seconds) of a signed proposal."""
     proposal = proposal_pb2.Proposal.FromString(signed_proposal.proposal_bytes)
     header = common_pb2.Header.FromString(proposal.header)
@@ -174,13 +185,6 @@ def error_message(exc: BaseException) -> str:
     return f"INTERNAL: {type(exc).__name__}: {exc}"
 
 
-def load_contract() -> ContractInvoke:
-    """``chaincode.contract.invoke`` (``BCFL_CHAINCODE_CONTRACT=module:function`` overrides it)."""
-    target = os.environ.get("BCFL_CHAINCODE_CONTRACT", "chaincode.contract:invoke")
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr or "invoke")
-
-
 class BcflHandler(Handler):
     """The shim's handler, running the bcfl contract for every TRANSACTION (and INIT) message."""
 
@@ -189,9 +193,7 @@ class BcflHandler(Handler):
         self._invoke = invoke
         self._executor = executor
 
-    async def ask(
-        self, msg_type: int, payload: bytes, channel_id: str, tx_id: str
-    ) -> shim.ChaincodeMessage:
+    async def ask(self, msg_type: int, payload: bytes, channel_id: str, tx_id: str) -> Message:
         """Send one request to the peer for ``tx_id`` and wait for its RESPONSE (or raise on ERROR)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -201,7 +203,7 @@ class BcflHandler(Handler):
         await self.msg_queue_handler.queue_msg(
             QueueMessage(msg, shim.ChaincodeMessage.Type.Name(msg_type), future)
         )
-        response: shim.ChaincodeMessage = await future
+        response: Message = await future
         if response.type == shim.ChaincodeMessage.ERROR:
             raise PeerStateError(bytes(response.payload).decode("utf-8", "replace"))
         if response.type != shim.ChaincodeMessage.RESPONSE:
@@ -210,9 +212,7 @@ class BcflHandler(Handler):
             )
         return response
 
-    async def handle_stub_interaction(
-        self, msg: shim.ChaincodeMessage, action: str = "Invoke"
-    ) -> None:
+    async def handle_stub_interaction(self, msg: Message, action: str = "Invoke") -> None:
         event = None
         if action.lower() == "init":
             response = proposal_response_pb2.Response(status=OK)
@@ -228,9 +228,7 @@ class BcflHandler(Handler):
             completed.chaincode_event.CopyFrom(event)
         await self.context.write(completed)
 
-    async def _run_transaction(
-        self, msg: shim.ChaincodeMessage
-    ) -> tuple[proposal_response_pb2.Response, chaincode_event_pb2.ChaincodeEvent | None]:
+    async def _run_transaction(self, msg: Message) -> tuple[Message, Message | None]:
         loop = asyncio.get_running_loop()
         try:
             cc_input = chaincode_pb2.ChaincodeInput.FromString(msg.payload)
@@ -275,7 +273,7 @@ class SerialWriter:
         self._context = context
         self._lock = asyncio.Lock()
 
-    async def write(self, message: shim.ChaincodeMessage) -> None:
+    async def write(self, message: Message) -> None:
         async with self._lock:
             await self._context.write(message)
 
@@ -360,9 +358,8 @@ def main() -> None:
             "chaincode.host_fabric: set CHAINCODE_ID (the installed package id) and "
             "CHAINCODE_SERVER_ADDRESS (host:port to listen on)"
         )
-    invoke = load_contract()
     try:
-        _run(serve(cc_id, address, invoke))
+        _run(serve(cc_id, address, contract_invoke))
     except KeyboardInterrupt:
         pass
 

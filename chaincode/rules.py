@@ -78,7 +78,7 @@ def judge_round(
 
     ``candidates``: msp_id -> {"sha256": str, "sample_weight": int, ...};
     ``votes``: voter msp_id -> {candidate msp_id: score_micro}. Returns the acceptance fields
-    documented in ``chaincode.contract`` (per-candidate verdicts, accepted set, weights, rewards).
+    of ``bcfl_common.records.Acceptance`` (per-candidate verdicts, accepted set, weights, rewards).
     """
     enrolled_set = set(enrolled)
     verdicts: dict[str, dict[str, Any]] = {}

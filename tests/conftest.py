@@ -15,6 +15,9 @@ from consortium.identity import Consortium, init_consortium
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger
 
+# The Fabric network and contract fixtures, for tests/network and the contract suite's Fabric runs.
+pytest_plugins = ["fabric_fixtures"]
+
 MEMBER_NAMES = (
     "admin",
     "coordinator",

@@ -14,11 +14,11 @@ and its attributes; ``r`` and ``a`` (round and attempt) are zero-padded to 6 dig
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired
+from typing import Any, Literal
 
 from typing_extensions import TypedDict
 
-from bcfl_common.vocabulary import OrganisationKind, Role, TrialState
+from bcfl_common.vocabulary import OrganisationKind, Phase, Role, TrialState
 
 # ---------------------------------------------------------------------------------------------
 # Pieces
@@ -175,19 +175,19 @@ class Enrolment(TypedDict):
     encryption_public_key: str  # base64 of the raw 32-byte X25519 key
     enrolled_at: int
     enrolled_by: Who
-    removed_at: NotRequired[int | None]
-    removed_by: NotRequired[Who | None]
-    removal_reason: NotRequired[str | None]
+    removed_at: int | None  # null while enrolled
+    removed_by: Who | None
+    removal_reason: str | None
 
 
 class KeyRegistration(TypedDict):
-    """("key_registration", [trial_id, msp_id]): the X25519 key a hospital registered itself."""
+    """("encryption_key", [trial_id, msp_id]): the X25519 key a hospital registered itself (the
+    transaction is signed by the hospital, so the record names no one else)."""
 
     trial_id: str
     msp_id: str
-    encryption_public_key: str
+    encryption_public_key: str  # base64 of the raw 32-byte X25519 key
     registered_at: int
-    registered_by: Who
 
 
 class TrialKeys(TypedDict):
@@ -209,11 +209,20 @@ class Aggregate(TypedDict):
     recorded_by: Who
 
 
-class RoundHalt(TypedDict, total=False):
+class _RoundHaltFields(TypedDict):
     code: str
     reason: str
     at: int
-    by: Who | None
+    by: Who
+
+
+# Optional keys by ``total=False`` rather than ``NotRequired``: with postponed annotations the
+# runtime (pydantic, __required_keys__) cannot see a ``NotRequired`` and would demand the key.
+class RoundHalt(_RoundHaltFields, total=False):
+    """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_VOTES, NONE_ACCEPTED,
+    ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
+
+    attestations: dict[str, str]  # msp_id -> attested sha256 (ATTESTATION_MISMATCH only)
 
 
 class Dispute(TypedDict):
@@ -228,14 +237,14 @@ class Round(TypedDict):
     trial_id: str
     round: int
     attempt: int
-    phase: str
+    phase: Phase
     base: Head
     enrolled: list[str]
     opened_at: int
     opened_by: Who
     phase_changed_at: int
     deadline: int | None  # of the current phase
-    deadlines: dict[str, int]  # set as each phase starts
+    deadlines: dict[str, int]  # PhaseDuration -> deadline, set as each phase starts
     committed: list[str]
     candidates: list[str]
     vote_committed: list[str]

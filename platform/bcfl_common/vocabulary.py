@@ -33,8 +33,10 @@ PHASES: Final = (
     "FINALIZED",
 )
 DONE_PHASES: Final = ("FINALIZED", "HALTED")
+# The trial.phase_seconds entries (and round.deadlines keys): one per phase with a deadline.
+PhaseDuration = Literal["submit", "reveal", "vote_commit", "vote_reveal"]
 # Which trial.phase_seconds entry gives the deadline of a phase that has one.
-PHASE_DURATION: Final = {
+PHASE_DURATION: Final[dict[str, PhaseDuration]] = {
     "SUBMIT": "submit",
     "REVEAL": "reveal",
     "VOTE_COMMIT": "vote_commit",

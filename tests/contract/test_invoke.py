@@ -1,4 +1,4 @@
-"""invoke() itself, over an in-memory Fabric-semantics state: raw bytes, forged certificates, one event per tx, determinism.
+"""invoke() itself, over an in-memory Fabric-semantics state: raw bytes, forged certificates, one event per tx, determinism, typed records.
 
 These are the checks a ledger client cannot make (it only sends JSON objects, signed by real
 members). The fake host below is deliberately tiny: committed reads, buffered writes applied only
@@ -10,10 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Union, get_args, get_origin
 
 import pytest
 from contract_flow import HOSPITALS, refused
@@ -21,13 +22,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from typing_extensions import get_type_hints, is_typeddict
 
 import chaincode.args
 import chaincode.contract
+from bcfl_common import records
 from bcfl_common.canonical import canonical_json
 from bcfl_common.errors import ContractError
 from chaincode.contract import CODES, MAX_ARGS_BYTES, READ_ONLY_FUNCTIONS, invoke
-from chaincode.state import Creator, HistoryEntry, create_composite_key
+from chaincode.state import Creator, HistoryEntry, create_composite_key, split_composite_key
 
 ORGANISATIONS = [
     {"msp_id": "CoordinatorMSP", "kind": "operator"},
@@ -399,12 +402,101 @@ def test_replaying_the_transcript_gives_the_same_bytes(make_flow):
 
 
 def test_every_raised_code_is_documented():
-    sources = [
-        Path(chaincode.contract.__file__).read_text(),
-        Path(chaincode.args.__file__).read_text(),
-    ]
+    package = Path(chaincode.contract.__file__).parent
+    sources = [path.read_text() for path in sorted(package.glob("*.py"))]
+    sources.append(Path(chaincode.args.__file__).read_text())
     raised = set()
     for source in sources:
-        raised |= set(re.findall(r'_fail\(\s*"([A-Z_]+)"', source))
+        raised |= set(re.findall(r'(?<![\w.])_?fail\(\s*"([A-Z_]+)"', source))
         raised |= set(re.findall(r'code="([A-Z_]+)"', source))
     assert raised and raised <= set(CODES), raised - set(CODES)
+
+
+# ---------------------------------------------------------------------------------------------
+# The typed records of bcfl_common.records are the shapes the contract really stores: every
+# record a whole protocol run leaves in the state must have exactly the keys of its TypedDict
+# and values of the declared types (the contract stores plain dicts, whose bytes are hashed).
+# ---------------------------------------------------------------------------------------------
+
+RECORD_TYPES: dict[str, Any] = {
+    "consortium": records.ConsortiumRecord,
+    "trial": records.Trial,
+    "encryption_key": records.KeyRegistration,
+    "enrolment": records.Enrolment,
+    "trial_keys": records.TrialKeys,
+    "round": records.Round,
+    "update": records.Update,
+    "vote": records.Vote,
+    "acceptance": records.Acceptance,
+    "attestation": records.Attestation,
+    "round_rewards": records.RoundRewards,
+    "reward_account": records.RewardAccount,
+    "privacy": records.PrivacyAccount,
+    "content": records.ContentOwner,
+}
+
+
+def mismatches(value: Any, expected: Any, path: str) -> list[str]:
+    """Where ``value`` does not have type ``expected`` (empty if it does)."""
+    origin, args = get_origin(expected), get_args(expected)
+    if expected is Any:
+        return []
+    if is_typeddict(expected):
+        if not isinstance(value, dict):
+            return [f"{path}: {value!r} is not an object"]
+        hints = get_type_hints(expected)
+        problems = [f"{path}.{k}: missing" for k in sorted(expected.__required_keys__ - set(value))]
+        problems += [
+            f"{path}.{k}: not in {expected.__name__}" for k in sorted(set(value) - set(hints))
+        ]
+        for key in sorted(set(value) & set(hints)):
+            problems += mismatches(value[key], hints[key], f"{path}.{key}")
+        return problems
+    if origin in (Union, types.UnionType):
+        options = [mismatches(value, option, path) for option in args]
+        return [] if any(not o for o in options) else min(options, key=len)
+    if origin is Literal:
+        return [] if value in args else [f"{path}: {value!r} is not one of {list(args)}"]
+    if origin is list:
+        if not isinstance(value, list):
+            return [f"{path}: {value!r} is not a list"]
+        return [
+            p for i, item in enumerate(value) for p in mismatches(item, args[0], f"{path}[{i}]")
+        ]
+    if origin is dict:
+        if not isinstance(value, dict):
+            return [f"{path}: {value!r} is not an object"]
+        return [p for k, item in value.items() for p in mismatches(item, args[1], f"{path}.{k}")]
+    if expected is type(None):
+        return [] if value is None else [f"{path}: {value!r} is not null"]
+    if expected is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return [] if ok else [f"{path}: {value!r} is not an int"]
+    if expected in (str, bool):
+        return [] if isinstance(value, expected) else [f"{path}: {value!r} is not a {expected}"]
+    raise AssertionError(f"{path}: no check for type {expected!r}")
+
+
+def test_the_checker_sees_missing_extra_and_mistyped_fields():
+    good = {"msp_id": "Hospital1MSP", "sha256": "ab" * 32, "at": 5}
+    assert mismatches(good, records.Dispute, "d") == []
+    assert mismatches({**good, "extra": 1}, records.Dispute, "d") == ["d.extra: not in Dispute"]
+    assert mismatches({"msp_id": "x", "sha256": "y"}, records.Dispute, "d") == ["d.at: missing"]
+    assert mismatches({**good, "at": True}, records.Dispute, "d") == ["d.at: True is not an int"]
+    off = {"enabled": False, "reason": None}
+    assert mismatches(off, records.DpPolicy, "dp") == []
+    assert mismatches({**off, "enabled": "no"}, records.DpPolicy, "dp")
+
+
+def test_every_stored_record_has_the_shape_of_its_typed_record(make_flow):
+    net = FakeNet()
+    run_protocol(net, make_flow)
+    seen: set[str] = set()
+    problems: list[str] = []
+    for key, raw in sorted(net.world.state.items()):
+        kind, attributes = split_composite_key(key)
+        assert kind in RECORD_TYPES, f"a stored record type without a TypedDict: {kind}"
+        seen.add(kind)
+        problems += mismatches(json.loads(raw), RECORD_TYPES[kind], f"{kind}{attributes}")
+    assert problems == []
+    assert seen == set(RECORD_TYPES)  # the run leaves every kind of record

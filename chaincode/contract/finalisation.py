@@ -1,0 +1,453 @@
+"""The end of a round: close voting, aggregate, attest, rewards, settlement; abort and rollback.
+
+Acceptance, weights, contribution, rewards, quorum: see ``chaincode.rules`` (lower median of
+peer scores >= -threshold with enough votes; weight = sample weight; contribution =
+median + threshold + 1; largest-remainder reward split; quorum = majority of participants).
+Rewards computed at ``close_voting`` are credited to the hospitals' accounts when the round
+finalizes, and voided if it halts.
+
+Rollback: every finalized round's model stays in the lineage's history; ``rollback`` moves the
+head back to an earlier finalized round (0 = the initial model), and the next ``open_round``
+opens the round after it again as a new attempt.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bcfl_common.records import (
+    Acceptance,
+    Aggregate,
+    Attestation,
+    Dispute,
+    Head,
+    LineageEntry,
+    ModelRef,
+    RewardAccount,
+    RewardEntry,
+    Rollback,
+    Round,
+    RoundRewards,
+    Trial,
+)
+from bcfl_common.vocabulary import DONE_PHASES, ETH_TX_HASH
+from chaincode import rules
+from chaincode.args import Args
+from chaincode.contract.ballots import closing
+from chaincode.contract.context import Caller, Tx, fail
+from chaincode.contract.dispatch import function
+from chaincode.contract.rounds import UPDATES, VOTES
+from chaincode.contract.store import (
+    MAX_ATTEMPTS,
+    MAX_ROUNDS,
+    MAX_SILOS,
+    current_round,
+    current_round_in,
+    emit_halted,
+    enrolled,
+    find_round,
+    halt_round,
+    load_trial,
+    next_phase,
+    own_organisation,
+    per_org_key,
+    per_round_key,
+    require_enrolled_in_running,
+    require_no_round_in_progress,
+    require_phase,
+    require_trial_state,
+    round_args,
+    round_event,
+    round_label,
+    round_records,
+    save_round,
+    trial_key,
+)
+
+
+@function("close_voting", "admin", "coordinator")
+def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
+    """admin|coordinator; {trial_id, round}; VOTE_REVEAL -> AGGREGATE: acceptance, weights,
+    contributions and rewards computed (``rules.judge_round``) from the enrolled voters' revealed
+    scores, or HALTED (NONE_ACCEPTED, the rewards void); returns the acceptance; event
+    VotingClosed | RoundHalted."""
+    trial, rnd = closing(tx, a, "VOTE_REVEAL")
+    trial_id, r, attempt = trial["trial_id"], rnd["round"], rnd["attempt"]
+    members = enrolled(tx, trial_id)
+    votes, missing = VOTES.revealed(tx, rnd, members)
+    revealed = {v["msp_id"]: v["scores"] or {} for v in votes}
+    updates = {u["msp_id"]: u for u in UPDATES.records(tx, rnd)}
+    policy = trial["evaluation"]
+    verdict = rules.judge_round(
+        candidates={m: updates[m] for m in rnd["candidates"]},
+        votes=revealed,
+        enrolled=members,
+        threshold_micro=policy["acceptance_threshold_micro"],
+        min_voters=policy["min_voters"],
+        reward_pool=policy["reward_per_round"],
+    )
+    participants = sorted((set(rnd["candidates"]) | set(revealed)) & set(members))
+    quorum = rules.attestation_quorum(len(participants))
+    acceptance: Acceptance = {
+        "trial_id": trial_id,
+        "round": r,
+        "attempt": attempt,
+        "threshold_micro": policy["acceptance_threshold_micro"],
+        "min_voters": policy["min_voters"],
+        "computed_at": tx.now,
+        "voters_revealed": sorted(revealed),
+        "voters_missing": missing,
+        "candidates": verdict["candidates"],
+        "accepted": verdict["accepted"],
+        "rejected": verdict["rejected"],
+        "accepted_sha256s": verdict["accepted_sha256s"],
+        "total_weight": verdict["total_weight"],
+        "reward_pool": verdict["reward_pool"],
+        "rewards": verdict["rewards"],
+    }
+    tx.put(per_round_key("acceptance", trial_id, r, attempt), acceptance)
+    accepted = acceptance["accepted"]
+    rewards: RoundRewards = {
+        "trial_id": trial_id,
+        "round": r,
+        "attempt": attempt,
+        "pool": acceptance["reward_pool"],
+        "rewards": acceptance["rewards"],
+        "status": "pending" if accepted else "void",
+        "settlement": None,
+    }
+    tx.put(per_round_key("round_rewards", trial_id, r, attempt), rewards)
+    rnd = {
+        **rnd,
+        "accepted": accepted,
+        "accepted_sha256s": acceptance["accepted_sha256s"],
+        "total_weight": acceptance["total_weight"],
+        "participants": participants,
+        "attestation_quorum": quorum,
+    }
+    if not accepted:
+        rnd = halt_round(
+            tx, caller, rnd, "NONE_ACCEPTED", "no update was accepted by the peer votes"
+        )
+        emit_halted(tx, rnd)
+        return acceptance
+    rnd = next_phase(tx, trial, rnd, "AGGREGATE")
+    save_round(tx, rnd)
+    tx.emit(
+        "VotingClosed",
+        round_event(
+            rnd,
+            accepted=accepted,
+            rejected=acceptance["rejected"],
+            accepted_sha256s=acceptance["accepted_sha256s"],
+            total_weight=acceptance["total_weight"],
+            rewards=acceptance["rewards"],
+            attestation_quorum=quorum,
+        ),
+    )
+    return acceptance
+
+
+@function("record_aggregate", "coordinator")
+def record_aggregate(tx: Tx, caller: Caller, a: Args) -> Round:
+    """coordinator; {trial_id, round, content_id, sha256, update_sha256s}: the sum of exactly the
+    accepted updates (AGGREGATE_MISMATCH otherwise); AGGREGATE -> ATTEST; returns the round;
+    event AggregateRecorded."""
+    trial, r = round_args(tx, a)
+    content_id = a.content_id("content_id")
+    sha256 = a.sha256("sha256")
+    summed = a.list("update_sha256s", min_items=1, max_items=MAX_SILOS)
+    for i, value in enumerate(summed):
+        if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+            a.fail(f"update_sha256s[{i}]", value, "a sha256 digest: 64 lowercase hex digits")
+    a.done()
+    if len(set(summed)) != len(summed):
+        a.fail("update_sha256s", summed, "each accepted update once")
+    rnd = current_round_in(tx, trial, r, "AGGREGATE")
+    if sorted(summed) != rnd["accepted_sha256s"]:
+        fail(
+            "AGGREGATE_MISMATCH",
+            f"update_sha256s: the aggregate must sum exactly the accepted updates of {round_label(rnd)} "
+            f"(missing {sorted(set(rnd['accepted_sha256s']) - set(summed))}, "
+            f"not accepted {sorted(set(summed) - set(rnd['accepted_sha256s']))})",
+            field="update_sha256s",
+            expected=rnd["accepted_sha256s"],
+        )
+    aggregate: Aggregate = {
+        "content_id": content_id,
+        "sha256": sha256,
+        "update_sha256s": sorted(summed),
+        "total_weight": rnd["total_weight"],
+        "recorded_at": tx.now,
+        "recorded_by": caller.who(),
+    }
+    rnd = {**next_phase(tx, trial, rnd, "ATTEST"), "aggregate": aggregate}
+    save_round(tx, rnd)
+    tx.emit(
+        "AggregateRecorded",
+        round_event(rnd, content_id=content_id, sha256=sha256, total_weight=rnd["total_weight"]),
+    )
+    return rnd
+
+
+def credit_rewards(tx: Tx, rnd: Round) -> dict[str, int]:
+    """A finalized round's pending rewards are credited to the hospitals' reward accounts."""
+    key = per_round_key("round_rewards", rnd["trial_id"], rnd["round"], rnd["attempt"])
+    record: RoundRewards = tx.get(key)
+    tx.put(key, {**record, "status": "credited"})
+    for msp_id, amount in sorted(record["rewards"].items()):
+        account_key = per_org_key("reward_account", rnd["trial_id"], msp_id)
+        account: RewardAccount | None = tx.get(account_key)
+        if account is None:
+            account = {"trial_id": rnd["trial_id"], "msp_id": msp_id, "total": 0, "entries": []}
+        entry: RewardEntry = {"round": rnd["round"], "attempt": rnd["attempt"], "amount": amount}
+        credited: RewardAccount = {
+            **account,
+            "total": account["total"] + amount,
+            "entries": account["entries"] + [entry],
+        }
+        tx.put(account_key, credited)
+    return record["rewards"]
+
+
+@function("attest_model", "silo")
+def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
+    """silo (enrolled); {trial_id, round, sha256, [content_id]}: the hash of the model it got by
+    applying the aggregate; in ATTEST (or FINALIZED: a later attestation); returns {attestation,
+    round}; event ModelAttested | RoundFinalized | AttestationMismatch.
+
+    A quorum (``rules.attestation_quorum`` of the participants) of equal hashes finalizes the
+    round: the head moves to it, its rewards are credited. Two different hashes before that halt
+    it (ATTESTATION_MISMATCH, not raised); a different hash after it is recorded as a dispute.
+    """
+    trial, r = round_args(tx, a)
+    msp_id = own_organisation(a, caller)
+    sha256 = a.sha256("sha256")
+    content_id = a.content_id("content_id", default=None)
+    a.done()
+    trial_id = trial["trial_id"]
+    require_enrolled_in_running(tx, trial, msp_id)
+    rnd = current_round(tx, trial, r)
+    if rnd["phase"] != "FINALIZED":
+        require_phase(rnd, "ATTEST")
+    attempt = rnd["attempt"]
+    key = per_round_key("attestation", trial_id, r, attempt, msp_id)
+    if tx.get(key) is not None:
+        fail(
+            "DUPLICATE",
+            f"{msp_id} already attested the model of {round_label(rnd)}",
+            msp_id=msp_id,
+        )
+    earlier: list[Attestation] = round_records(tx, "attestation", trial_id, r, attempt)
+    record: Attestation = {
+        "trial_id": trial_id,
+        "round": r,
+        "attempt": attempt,
+        "msp_id": msp_id,
+        "sha256": sha256,
+        "content_id": content_id,
+        "attested_at": tx.now,
+    }
+    tx.put(key, record)
+    attestations = {e["msp_id"]: e["sha256"] for e in earlier} | {msp_id: sha256}
+
+    if rnd["phase"] == "FINALIZED":
+        # A quorum already agreed; a later dissent is recorded for the admin to judge (rollback)
+        # rather than letting one hospital undo a finalized round.
+        model = rnd["model"]
+        if model is not None and sha256 == model["sha256"]:
+            tx.emit("ModelAttested", round_event(rnd, msp_id=msp_id, sha256=sha256, finalized=True))
+        else:
+            dispute: Dispute = {"msp_id": msp_id, "sha256": sha256, "at": tx.now}
+            rnd = {**rnd, "disputes": rnd["disputes"] + [dispute]}
+            save_round(tx, rnd)
+            tx.emit(
+                "AttestationMismatch",
+                round_event(
+                    rnd,
+                    code="ATTESTATION_MISMATCH",
+                    msp_id=msp_id,
+                    phase="FINALIZED",
+                    attestations=attestations,
+                ),
+            )
+        return {"attestation": record, "round": rnd}
+
+    if len(set(attestations.values())) > 1:
+        reason = f"attested model hashes differ: {attestations}"
+        rnd = halt_round(tx, caller, rnd, "ATTESTATION_MISMATCH", reason, attestations=attestations)
+        tx.emit(
+            "AttestationMismatch",
+            round_event(
+                rnd,
+                code="ATTESTATION_MISMATCH",
+                msp_id=msp_id,
+                phase="HALTED",
+                attestations=attestations,
+            ),
+        )
+        return {"attestation": record, "round": rnd}
+
+    quorum = rnd["attestation_quorum"]
+    assert quorum is not None  # set by close_voting
+    if len(attestations) < quorum:
+        tx.emit(
+            "ModelAttested",
+            round_event(
+                rnd,
+                msp_id=msp_id,
+                sha256=sha256,
+                attestations=len(attestations),
+                quorum=quorum,
+            ),
+        )
+        return {"attestation": record, "round": rnd}
+
+    # Quorum: the first content id given (earliest, then by MSP id) names the stored model.
+    ordered = sorted(earlier, key=lambda e: (e["attested_at"], e["msp_id"])) + [record]
+    finalized: ModelRef = {
+        "content_id": next((e["content_id"] for e in ordered if e["content_id"]), None),
+        "sha256": sha256,
+    }
+    rnd = {
+        **rnd,
+        "phase": "FINALIZED",
+        "phase_changed_at": tx.now,
+        "model": finalized,
+        "finalized_at": tx.now,
+    }
+    save_round(tx, rnd)
+    head: Head = {"round": r, "attempt": attempt, "model": finalized}
+    entry: LineageEntry = {
+        "round": r,
+        "attempt": attempt,
+        "model": finalized,
+        "finalized_at": tx.now,
+    }
+    advanced: Trial = {**trial, "head": head, "lineage": trial["lineage"] + [entry]}
+    tx.put(trial_key(trial_id), advanced)
+    rewards = credit_rewards(tx, rnd)
+    tx.emit(
+        "RoundFinalized",
+        round_event(
+            rnd,
+            model=finalized,
+            attesters=sorted(attestations),
+            rewards=rewards,
+            last_round=r == trial["rounds"],
+        ),
+    )
+    return {"attestation": record, "round": rnd}
+
+
+@function("abort_round", "admin")
+def abort_round(tx: Tx, caller: Caller, a: Args) -> Round:
+    """admin; {trial_id, round, reason}; halts the current round by hand (halt code ABORTED);
+    returns the round; event RoundHalted."""
+    trial, r = round_args(tx, a)
+    reason = a.string("reason")
+    a.done()
+    require_trial_state(trial, "RUNNING")
+    rnd = current_round(tx, trial, r)
+    if rnd["phase"] in DONE_PHASES:
+        fail("WRONG_STATE", f"{round_label(rnd)} is already {rnd['phase']}", phase=rnd["phase"])
+    rnd = halt_round(tx, caller, rnd, "ABORTED", reason)
+    emit_halted(tx, rnd)
+    return rnd
+
+
+@function("rollback", "admin")
+def rollback(tx: Tx, caller: Caller, a: Args) -> Trial:
+    """admin; {trial_id, to_round (0 = initial model), [reason]}; no round in progress; the head
+    and lineage go back to ``to_round`` (a finalized round of the current lineage) and the
+    rollback is recorded; returns the trial; event RolledBack."""
+    trial = load_trial(tx, a.identifier("trial_id"))
+    to_round = a.integer("to_round", minimum=0, maximum=MAX_ROUNDS)
+    reason = a.string("reason", default=None)
+    a.done()
+    require_trial_state(trial, "RUNNING")
+    require_no_round_in_progress(tx, trial)
+    head = trial["head"]
+    if to_round > head["round"]:
+        fail(
+            "NO_SUCH_ROUND",
+            f"to_round: {to_round} is not a finalized round of trial {trial['trial_id']!r} "
+            f"(its lineage holds rounds 0 to {head['round']})",
+            field="to_round",
+            value=to_round,
+            head=head["round"],
+        )
+    lineage = trial["lineage"][:to_round]
+    new_head: Head
+    if to_round == 0:
+        new_head = {"round": 0, "attempt": 0, "model": trial["initial_model"]}
+    else:
+        last = lineage[-1]
+        new_head = {"round": last["round"], "attempt": last["attempt"], "model": last["model"]}
+    record: Rollback = {
+        "from_round": head["round"],
+        "from_attempt": head["attempt"],
+        "to_round": to_round,
+        "to_attempt": new_head["attempt"],
+        "reason": reason,
+        "at": tx.now,
+        "by": caller.who(),
+    }
+    trial = {
+        **trial,
+        "head": new_head,
+        "lineage": lineage,
+        "rollbacks": trial["rollbacks"] + [record],
+    }
+    tx.put(trial_key(trial["trial_id"]), trial)
+    tx.emit(
+        "RolledBack",
+        {
+            "trial_id": trial["trial_id"],
+            **{k: v for k, v in record.items() if k != "by"},
+            "model": new_head["model"],
+        },
+    )
+    return trial
+
+
+@function("record_settlement", "coordinator")
+def record_settlement(tx: Tx, caller: Caller, a: Args) -> RoundRewards:
+    """coordinator; {trial_id, round, [attempt], chain_id, tx_hash (0x + 64 hex)}; once per
+    finalized round attempt (ALREADY_EXISTS after); returns the round rewards; event
+    SettlementRecorded."""
+    trial, r = round_args(tx, a)
+    attempt = a.integer("attempt", minimum=1, maximum=MAX_ATTEMPTS, default=None)
+    chain_id = a.integer("chain_id", minimum=1, maximum=2**63 - 1)
+    tx_hash = a.string(
+        "tx_hash",
+        pattern=ETH_TX_HASH,
+        expected="a transaction hash: 0x and 64 lowercase hex digits",
+    )
+    a.done()
+    rnd = find_round(tx, trial, r, attempt)
+    if rnd["phase"] != "FINALIZED":
+        fail(
+            "WRONG_STATE",
+            f"{round_label(rnd)} is {rnd['phase']}; only finalized rounds are settled",
+            phase=rnd["phase"],
+        )
+    key = per_round_key("round_rewards", trial["trial_id"], r, rnd["attempt"])
+    record: RoundRewards = tx.get(key)
+    if record["settlement"] is not None:
+        fail(
+            "ALREADY_EXISTS",
+            f"{round_label(rnd)} is already settled by {record['settlement']['tx_hash']}",
+        )
+    record = {
+        **record,
+        "settlement": {
+            "chain_id": chain_id,
+            "tx_hash": tx_hash,
+            "recorded_at": tx.now,
+            "recorded_by": caller.who(),
+        },
+    }
+    tx.put(key, record)
+    tx.emit("SettlementRecorded", round_event(rnd, chain_id=chain_id, tx_hash=tx_hash))
+    return record
