@@ -15,6 +15,8 @@ from consortium.identity import Consortium, init_consortium
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger
 
+pytest_plugins = ["fixtures.ethereum"]
+
 MEMBER_NAMES = (
     "admin",
     "coordinator",
