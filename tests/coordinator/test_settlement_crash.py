@@ -71,7 +71,7 @@ def coordinator_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Pop
             [
                 sys.executable,
                 "-m",
-                "consortium",
+                "bcfl_cli",
                 "-v",
                 "coordinator",
                 "serve",

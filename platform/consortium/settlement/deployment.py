@@ -72,7 +72,6 @@ def deploy_contracts(
     settler = checked_address(settler, "settler")
     token_art = load_artifact("RewardToken")
     settlement_art = load_artifact("RoundSettlement")
-    opts = {"endpoint": endpoint, "receipt_timeout": receipt_timeout}
     errors = RevertDecoder(token_art["abi"], settlement_art["abi"])
 
     def decode(exc: BaseException) -> tuple[str, dict[str, Any]]:
@@ -88,7 +87,8 @@ def deploy_contracts(
         Token.constructor(token_name, token_symbol, admin.address),
         what="deploy RewardToken",
         decode_revert=decode,
-        **opts,
+        endpoint=endpoint,
+        receipt_timeout=receipt_timeout,
     )
     token_address = r1["contractAddress"]
     Settle = w3.eth.contract(abi=settlement_art["abi"], bytecode=settlement_art["bytecode"])
@@ -99,7 +99,8 @@ def deploy_contracts(
         Settle.constructor(admin.address, token_address, settler, deployment_id),
         what="deploy RoundSettlement",
         decode_revert=decode,
-        **opts,
+        endpoint=endpoint,
+        receipt_timeout=receipt_timeout,
     )
     settlement_address = r2["contractAddress"]
     token = w3.eth.contract(address=token_address, abi=token_art["abi"])
@@ -110,7 +111,8 @@ def deploy_contracts(
         token.functions.grantRole(minter_role, settlement_address),
         what="grant MINTER_ROLE to RoundSettlement",
         decode_revert=decode,
-        **opts,
+        endpoint=endpoint,
+        receipt_timeout=receipt_timeout,
     )
     deploy_block = int(r2["blockNumber"])
     deployment = Deployment(

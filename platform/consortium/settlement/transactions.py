@@ -6,7 +6,10 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
+
+if TYPE_CHECKING:
+    from eth_typing import ABIError
 
 from bcfl_common.errors import SettlementError
 from consortium.settlement.digest import (
@@ -42,7 +45,8 @@ def error_table(
         for item in abi:
             if item.get("type") != "error":
                 continue
-            selector = function_signature_to_4byte_selector(abi_to_signature(item))
+            signature = abi_to_signature(cast("ABIError", item))  # an ABI entry of type "error"
+            selector = function_signature_to_4byte_selector(signature)
             table[bytes(selector)] = (
                 item["name"],
                 [i["type"] for i in item["inputs"]],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import random
@@ -133,7 +134,7 @@ class FabricLedger:
         with self._lock:
             channel = self._channels.get(address)
             if channel is None:
-                options = [
+                options: list[tuple[str, int | str]] = [
                     ("grpc.max_receive_message_length", _MAX_MESSAGE),
                     ("grpc.max_send_message_length", _MAX_MESSAGE),
                     ("grpc.keepalive_time_ms", 60_000),
@@ -342,8 +343,8 @@ class FabricLedger:
                     scope,
                     peer.address,
                     block,
-                    lambda stub=stub: stub.CommitStatus.future(
-                        signed_status, timeout=self.commit_wait_timeout
+                    functools.partial(
+                        stub.CommitStatus.future, signed_status, timeout=self.commit_wait_timeout
                     ),
                 )
             )
