@@ -28,14 +28,14 @@ class TransactionInvalid(LedgerError):
 def gateway_error_details(err: grpc.RpcError) -> list[tuple[str, str, str]]:
     """(address, msp_id, message) of every gateway ErrorDetail in the call's rich status."""
     try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
+        status = rpc_status.from_call(err)
     except ValueError:
         # the rich status disagrees with the call's code or message: its details still say which
         # peer refused and why
         status = next(
             (
                 status_pb2.Status.FromString(value)
-                for key, value in err.trailing_metadata() or ()  # type: ignore[attr-defined]
+                for key, value in err.trailing_metadata() or ()
                 if key == rpc_status.GRPC_DETAILS_METADATA_KEY
             ),
             None,
