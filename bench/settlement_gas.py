@@ -59,7 +59,8 @@ def _has_node_info(node: Any) -> bool:
 def run(counts: list[int]) -> dict[str, Any]:
     from eth_account import Account
 
-    from consortium.settlement import local_settlement, send_transaction
+    from consortium.settlement import send_transaction
+    from devnet.anvil import local_settlement
 
     rows: list[dict[str, Any]] = []
     with (

@@ -15,8 +15,9 @@ from consortium.identity import Consortium, init_consortium
 from consortium.ledger import open_ledger
 from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger
 
-# The Fabric network and contract fixtures, for tests/network and the contract suite's Fabric runs.
-pytest_plugins = ["fabric_fixtures"]
+# Shared fixture modules: the Fabric network and contract fixtures (tests/network and the contract
+# suite's Fabric runs) and the Ethereum (anvil) fixtures.
+pytest_plugins = ["fabric_fixtures", "fixtures.ethereum"]
 
 MEMBER_NAMES = (
     "admin",

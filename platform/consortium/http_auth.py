@@ -31,8 +31,8 @@ import httpx
 
 from bcfl_common.canonical import sha256_hex
 from bcfl_common.errors import BcflError, IdentityError
+from bcfl_common.vocabulary import ROLES, ROLES_BY_KIND
 from consortium.identity import (
-    ROLES,
     Consortium,
     Identity,
     certificate_common_name,
@@ -58,12 +58,8 @@ _NONCE = re.compile(r"[0-9a-f]{32,128}")
 _MSP_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
-# Which bcfl roles an organisation of each kind may hold (the contract's rule, enforced here too).
-ROLES_BY_KIND = {
-    "operator": ("admin", "coordinator"),
-    "hospital": ("silo",),
-    "auditor": ("auditor",),
-}
+# ROLES_BY_KIND (bcfl_common.vocabulary): which bcfl roles an organisation of each kind may hold
+# (the contract's rule, enforced here too).
 
 
 def canonical_request(

@@ -1,11 +1,12 @@
-"""``bcfl settlement``: deploy, inspect and reconcile the optional Ethereum settlement."""
+"""``bcfl settlement``: deploy, inspect and reconcile the optional Ethereum settlement.
+
+These are the client's commands (any node). Those that run a local chain (``install``,
+``local-chain``, ``demo``) are ``devnet.anvil``'s, whose ``settlement_group`` adds them to these.
+"""
 
 from __future__ import annotations
 
 import json
-import secrets
-import tempfile
-import time
 from decimal import Decimal
 from typing import Any
 
@@ -65,16 +66,6 @@ def reconciliation_table(rows: list[Any]) -> Table:
 @click.group("settlement")
 def settlement_group() -> None:
     """Optional Ethereum settlement: reward token, round settlement and anchoring."""
-
-
-@settlement_group.command("install")
-def install_cmd() -> None:
-    """Install the pinned solc, OpenZeppelin Contracts and anvil (npm, cached outside the clone)."""
-    from consortium.settlement import AnvilNode, eth_toolchain
-
-    tc = eth_toolchain()
-    click.echo(f"toolchain: {tc.root}")
-    click.echo(f"anvil:     {tc.anvil} ({AnvilNode(tc.anvil).version()})")
 
 
 @settlement_group.command("deploy")
@@ -206,70 +197,3 @@ def balances_cmd(url: str, payees_path: str, as_json: bool) -> None:
             click.echo(json.dumps({k: str(v) for k, v in st.balances(payees).items()}, indent=2))
         else:
             Console().print(balances_table(st, payees))
-
-
-@settlement_group.command("local-chain")
-@click.option(
-    "--workdir",
-    type=click.Path(file_okay=False),
-    required=True,
-    help="Where to put anvil's log, the keys and the deployment file.",
-)
-def local_chain_cmd(workdir: str) -> None:
-    """Start anvil on loopback with the contracts deployed; print the eth:// URL; stop on Ctrl-C."""
-    from consortium.settlement import local_settlement
-
-    with local_settlement(workdir) as loc:
-        click.echo(f"anvil on {loc.node.rpc_url} (log {loc.node.log_path})")
-        click.echo(f"settlement URL: {loc.url}")
-        click.echo("Ctrl-C to stop")
-        try:
-            while loc.node.process is not None and loc.node.process.poll() is None:
-                time.sleep(1)
-        except KeyboardInterrupt:
-            pass
-
-
-@settlement_group.command("demo")
-@click.option("--hospitals", default=4, show_default=True, type=click.IntRange(1, 64))
-@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 100))
-@click.option("--workdir", type=click.Path(file_okay=False), help="Keep the chain's files here.")
-def demo_cmd(hospitals: int, rounds: int, workdir: str | None) -> None:
-    """Settle a few rounds of example ledger rewards on a local anvil and show the balances."""
-    from eth_account import Account
-    from rich.progress import Progress
-
-    from bcfl_common.canonical import canonical_json, sha256_hex
-    from consortium.settlement import PayeeDirectory, RoundRewards, local_settlement, token_units
-
-    console = Console()
-    with tempfile.TemporaryDirectory(prefix="bcfl-settlement-") as tmp:
-        with local_settlement(workdir or tmp) as loc, loc.open() as st:
-            payees = PayeeDirectory(
-                {f"Hospital{i + 1}MSP": Account.create().address for i in range(hospitals)}
-            )
-            trial = f"demo-{secrets.token_hex(4)}"
-            audit = []
-            with Progress(console=console) as progress:
-                task = progress.add_task("settling rounds", total=rounds)
-                for r in range(1, rounds + 1):
-                    rewards = {
-                        msp: token_units(Decimal(10 + (i * 7 + r * 3) % 11) / 2)
-                        for i, (msp, _) in enumerate(payees.items())
-                    }
-                    ledger_digest = sha256_hex(
-                        canonical_json(
-                            {
-                                "trial": trial,
-                                "round": r,
-                                "rewards": {k: str(v) for k, v in rewards.items()},
-                            }
-                        )
-                    )
-                    rr = RoundRewards(trial, r, ledger_digest, rewards)
-                    rec = st.settle_rewards(rr, payees)
-                    audit.append(st.reconcile(rr, payees))
-                    progress.console.print(f"round {r}: tx {rec.tx_hash[:18]}…, gas {rec.gas_used}")
-                    progress.advance(task)
-            console.print(reconciliation_table(audit))
-            console.print(balances_table(st, payees))

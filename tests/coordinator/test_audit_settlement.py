@@ -3,32 +3,24 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.ethereum import EthChain
 from test_audit import audit_cli
 from test_audit_support import create_running_trial, finalize_round
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
-import ethereum_fixtures  # noqa: E402
-from ethereum_fixtures import EthChain  # noqa: E402
-
-from consortium.settlement import token_units  # noqa: E402
-from consortium.storage import open_store  # noqa: E402
-from coordinator.audit import AuditFailed  # noqa: E402
-from coordinator.service import CoordinatorService  # noqa: E402
-from coordinator.settlement_step import settlement_round  # noqa: E402
-from privacy import he  # noqa: E402
+from consortium.settlement import token_units
+from consortium.storage import open_store
+from coordinator.audit import AuditFailed
+from coordinator.service import CoordinatorService
+from coordinator.settlement_step import settlement_round
+from privacy import he
 
 pytestmark = pytest.mark.ethereum
 TRIAL = "trial-paid"
-eth_tools = ethereum_fixtures.eth_tools
-anvil_factory = ethereum_fixtures.anvil_factory
-eth_chain_factory = ethereum_fixtures.eth_chain_factory
-eth_chain = ethereum_fixtures.eth_chain
 
 
 @pytest.fixture(scope="module")

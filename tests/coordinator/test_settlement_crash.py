@@ -12,26 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fixtures.ethereum import EthChain
 from test_audit_support import create_running_trial, finalize_round
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "network"))
-import ethereum_fixtures  # noqa: E402
-from ethereum_fixtures import EthChain  # noqa: E402
-
 from consortium.loopback import free_port
-from consortium.settlement import token_units  # noqa: E402
-from consortium.storage import open_store  # noqa: E402
-from coordinator.config import CoordinatorConfig  # noqa: E402
-from coordinator.service import CoordinatorService  # noqa: E402
-from coordinator.settlement_step import FAULT_ENV, settlement_round  # noqa: E402
-from privacy import he  # noqa: E402
+from consortium.settlement import token_units
+from consortium.storage import open_store
+from coordinator.config import CoordinatorConfig
+from coordinator.service import CoordinatorService
+from coordinator.settlement_step import FAULT_ENV, settlement_round
+from privacy import he
 
 pytestmark = pytest.mark.ethereum
 TRIAL = "trial-crash"
-eth_tools = ethereum_fixtures.eth_tools
-anvil_factory = ethereum_fixtures.anvil_factory
-eth_chain_factory = ethereum_fixtures.eth_chain_factory
-eth_chain = ethereum_fixtures.eth_chain
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +71,7 @@ def coordinator_process(tmp_path: Path) -> Iterator[Callable[..., subprocess.Pop
             [
                 sys.executable,
                 "-m",
-                "consortium",
+                "bcfl_cli",
                 "-v",
                 "coordinator",
                 "serve",

@@ -15,7 +15,7 @@ from consortium.settlement import (
     Deployment,
     PayeeDirectory,
     Payout,
-    _canonical_payouts,
+    canonical_payouts,
     load_settler_key,
     open_settlement,
     round_digest,
@@ -55,16 +55,16 @@ def test_payee_map_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_payouts_are_validated_and_canonical() -> None:
-    assert [p.payee for p in _canonical_payouts({B: 1, A: 2})] == [
+    assert [p.payee for p in canonical_payouts({B: 1, A: 2})] == [
         "0x1111111111111111111111111111111111111111",
         "0x2222222222222222222222222222222222222222",
     ]
     with pytest.raises(SettlementError, match="non-negative integer"):
-        _canonical_payouts([Payout(A, -1)])
+        canonical_payouts([Payout(A, -1)])
     with pytest.raises(SettlementError, match="non-negative integer"):
-        _canonical_payouts([Payout(A, 1.5)])  # type: ignore[arg-type]
+        canonical_payouts([Payout(A, 1.5)])  # type: ignore[arg-type]
     with pytest.raises(SettlementError, match="appears twice"):
-        _canonical_payouts([Payout(A, 1), Payout(A.lower(), 2)])
+        canonical_payouts([Payout(A, 1), Payout(A.lower(), 2)])
 
 
 def test_round_digest_commits_to_every_field() -> None:

@@ -7,19 +7,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from fixtures.ethereum import EthChain
 
-try:
-    from ethereum_fixtures import EthChain, anvil_factory, eth_chain, eth_chain_factory, eth_tools  # noqa: F401
-except ImportError:  # imported as a package (tests/network/__init__.py present)
-    from tests.network.ethereum_fixtures import (  # noqa: F401
-        EthChain,
-        anvil_factory,
-        eth_chain,
-        eth_chain_factory,
-        eth_tools,
-    )
-
-from consortium.settlement import Toolchain, payout_hash, repo_root, round_digest, trial_key
+from consortium.settlement import payout_hash, repo_root, round_digest, trial_key
+from devnet.anvil import Toolchain
 
 pytestmark = pytest.mark.ethereum
 

@@ -13,25 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-try:
-    from ethereum_fixtures import (  # noqa: F401
-        EthChain,
-        anvil_factory,
-        eth_chain,
-        eth_chain_factory,
-        eth_tools,
-        new_account,
-    )
-except ImportError:  # imported as a package (tests/network/__init__.py present)
-    from tests.network.ethereum_fixtures import (  # noqa: F401
-        EthChain,
-        anvil_factory,
-        eth_chain,
-        eth_chain_factory,
-        eth_tools,
-        new_account,
-    )
+from fixtures.ethereum import EthChain, new_account
 
 from bcfl_common.errors import SettlementError
 from consortium.settlement import (
@@ -376,7 +358,7 @@ def test_settle_round_accepts_explicit_payouts(eth_chain: EthChain) -> None:
 def test_cli_demo_ends_with_token_balances(eth_tools: Any) -> None:
     from click.testing import CliRunner
 
-    from consortium.settlement_cli import settlement_group
+    from devnet.anvil import settlement_group
 
     result = CliRunner().invoke(settlement_group, ["demo", "--hospitals", "4", "--rounds", "2"])
     assert result.exit_code == 0, result.output

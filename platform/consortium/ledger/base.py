@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from bcfl_common.errors import ConfigError
@@ -91,6 +91,15 @@ class Ledger(Protocol):
     def verify(self) -> VerifyReport: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReplayingLedger(Ledger, Protocol):
+    """A ledger whose ``verify`` can also re-execute every transaction with the contract."""
+
+    supports_replay: bool
+
+    def verify(self, replay: bool = False) -> VerifyReport: ...
 
 
 # scheme -> "module:factory"; a factory takes (url, identity, **options) and returns a Ledger.

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bcfl_common.errors import ConfigError, LedgerIntegrityError
 from consortium.identity import Consortium, Identity, load_identity
-from consortium.ledger.base import open_ledger
+from consortium.ledger.base import ReplayingLedger, open_ledger
 
 
 def identity_options(func):  # type: ignore[no-untyped-def]
@@ -97,14 +97,15 @@ def verify_command(
     Exits 0 when the ledger verifies, 6 when it does not.
     """
     ledger = open_ledger(url, resolve_identity(identity_dir, consortium_dir, member))
-    if replay and not getattr(ledger, "supports_replay", False):
+    replaying = ledger if isinstance(ledger, ReplayingLedger) and ledger.supports_replay else None
+    if replay and replaying is None:
         ledger.close()
         raise ConfigError(
             f"--replay: the ledger at {url} cannot re-execute its transactions here; "
             "expected an embedded:// ledger (Fabric's peers re-executed them at endorsement)"
         )
     try:
-        report = ledger.verify(replay=True) if replay else ledger.verify()
+        report = replaying.verify(replay=True) if replay and replaying else ledger.verify()
     finally:
         ledger.close()
     if as_json:
