@@ -47,8 +47,9 @@ from chaincode.commitments import new_salt, update_commitment
 from consortium.identity import Identity, load_identity
 from consortium.ledger import Ledger, open_ledger
 from consortium.storage import ArtifactStore, open_store
+from model_registry.artifact import decode_model, encode_model
 from model_registry.data_schema import schema_sha256
-from model_registry.models import build_from_spec, decode_model, encode_model, parameter_count
+from model_registry.registry import build_from_spec, parameter_count
 from privacy import dp, he
 from privacy.he import keyholder
 from silo_agent.config import SiloConfig
