@@ -12,25 +12,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import report, timed  # noqa: E402
 
 from privacy import he  # noqa: E402
-from privacy.he import ops  # noqa: E402
+from privacy.he import keyholder  # noqa: E402
 from privacy.he.format import decode_container  # noqa: E402
+from privacy.he.vectors import load_vector  # noqa: E402
 
 SIZES = (10_000, 100_000, 1_000_000)
 UPDATES = 10  # summed per aggregate
 
 
 def bench_preset(preset: str, n: int, rng: np.random.Generator) -> dict[str, object]:
-    ctx = he.generate_context(preset, n_threads=1)
+    ctx = keyholder.generate_context(preset, n_threads=1)
     pub = he.load_public_context(ctx.public_bytes(), preset)
     deltas = [rng.normal(0, 0.05, n) for _ in range(UPDATES)]
     repeat = 3 if n <= 100_000 else 1
 
-    enc_s = timed(lambda: he.encrypt_update(ctx, deltas[0]), repeat=repeat)
+    enc_s = timed(lambda: keyholder.encrypt_update(ctx, deltas[0]), repeat=repeat)
     plain_enc_s = timed(lambda: deltas[0].astype(np.float32).tobytes(), repeat=5)
-    updates = [he.encrypt_update(ctx, d) for d in deltas]
+    updates = [keyholder.encrypt_update(ctx, d) for d in deltas]
 
     agg_s = timed(lambda: he.aggregate(pub, updates), repeat=repeat)
-    vectors = [ops._load_vector(pub, decode_container(u, preset)) for u in updates]
+    vectors = [load_vector(pub, decode_container(u, preset)) for u in updates]
 
     def add_only() -> None:
         acc = vectors[0] + vectors[1]
@@ -47,10 +48,10 @@ def bench_preset(preset: str, n: int, rng: np.random.Generator) -> dict[str, obj
 
     plain_add_s = timed(plain_sum, repeat=5)
     total = he.aggregate(pub, updates)
-    dec_s = timed(lambda: he.decrypt(ctx, total), repeat=repeat)
+    dec_s = timed(lambda: keyholder.decrypt(ctx, total), repeat=repeat)
     blob = plain[0].tobytes()
     plain_dec_s = timed(lambda: np.frombuffer(blob, dtype=np.float32).astype(np.float64), repeat=5)
-    err = float(np.max(np.abs(he.decrypt(ctx, total) - np.sum(deltas, axis=0))))
+    err = float(np.max(np.abs(keyholder.decrypt(ctx, total) - np.sum(deltas, axis=0))))
     added = (UPDATES - 1) * n
     m = 1e-6
     return {

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,85 +43,40 @@ from bcfl_common.errors import (
     SchemaError,
     StoreError,
 )
-from chaincode.commitments import new_salt, update_commitment, votes_commitment
+from chaincode.commitments import new_salt, update_commitment
 from consortium.identity import Identity, load_identity
 from consortium.ledger import Ledger, open_ledger
 from consortium.storage import ArtifactStore, open_store
+from model_registry.artifact import decode_model, encode_model
 from model_registry.data_schema import schema_sha256
-from model_registry.models import build_from_spec, decode_model, encode_model, parameter_count
+from model_registry.registry import build_from_spec, parameter_count
 from privacy import dp, he
+from privacy.he import keyholder
 from silo_agent.config import SiloConfig
-from silo_agent.data import EncodedData, LocalSplit, load_data, split
+from silo_agent.data import LocalSplit, load_data, split
 from silo_agent.state import SiloState
+from silo_agent.steps import Step, TrialContext, all_done, he_preset_name, release_rng
 from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
+from silo_agent.voting import MAX_SCORE_MICRO, REJECT_SCORE_MICRO, PeerVoting
+
+__all__ = [
+    "MAX_SCORE_MICRO",
+    "REJECT_SCORE_MICRO",
+    "SiloAgent",
+    "Step",
+    "TrialContext",
+    "all_done",
+    "he_preset_name",
+    "release_rng",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_SCORE_MICRO = 10**12
-# A peer update that cannot be fetched, verified or decrypted gets the lowest score: it is
-# rejected by the votes instead of stopping the round.
-REJECT_SCORE_MICRO = -MAX_SCORE_MICRO
 # Round indexes in the accountant: one per (round, attempt).
 _ATTEMPTS_PER_ROUND = 1_000_000
 
 
-@dataclass(frozen=True)
-class Step:
-    """Something the agent did or noticed (what `bcfl silo run` prints)."""
-
-    trial_id: str
-    action: str
-    detail: str = ""
-    round: int | None = None
-    attempt: int | None = None
-    level: str = "info"  # info | warning | error
-
-    def __str__(self) -> str:
-        where = f"{self.trial_id}" + (
-            f" r{self.round}.{self.attempt}" if self.round is not None else ""
-        )
-        return f"[{where}] {self.action}" + (f": {self.detail}" if self.detail else "")
-
-
-def he_preset_name(trial: dict[str, Any]) -> str:
-    """The privacy.he preset of a trial (refusing HE-off trials: no plaintext update kind exists)."""
-    record = trial.get("he") or {}
-    if not record.get("enabled", True):
-        raise PrivacyError(
-            f"trial {trial['trial_id']!r}: he.enabled is false; this silo agent sends updates only "
-            "encrypted (privacy.he has no plaintext update kind), expected he.enabled = true",
-            code="HE_REQUIRED",
-            detail={"trial_id": trial["trial_id"], "field": "he.enabled"},
-        )
-    name = record.get("preset") or he.DEFAULT_PRESET
-    return he.get_preset(name).name
-
-
-def release_rng(secret_context: bytes, trial_id: str, aggregate_sha256: str) -> np.random.Generator:
-    """The release noise generator: the same on every key holder, unknown to everyone else.
-
-    Seeded by an HMAC keyed with the trial's secret context, so every silo floods and rounds the
-    aggregate identically (equal attestations) while the coordinator, who saw the ciphertexts,
-    cannot reproduce (and subtract) the flooding noise.
-    """
-    digest = hmac.new(
-        secret_context, f"bcfl/release/1/{trial_id}/{aggregate_sha256}".encode(), hashlib.sha256
-    ).digest()
-    return np.random.default_rng(int.from_bytes(digest, "little"))
-
-
-@dataclass
-class _TrialContext:
-    trial: dict[str, Any]
-    preset: str
-    secret: he.HEContext | None = None
-    secret_bytes: bytes | None = None
-    split: LocalSplit | None = None
-    test: EncodedData | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
-
-
-class SiloAgent:
+class SiloAgent(PeerVoting):
     """One hospital's agent. Pass ``ledger``/``store``/``identity`` to reuse open ones (tests)."""
 
     def __init__(
@@ -147,7 +100,7 @@ class SiloAgent:
         self.report = report
         # trial id -> the SchemaError its local data raised on the last tick
         self.data_errors: dict[str, SchemaError] = {}
-        self._contexts: dict[str, _TrialContext] = {}
+        self._contexts: dict[str, TrialContext] = {}
 
     # -- ledger helpers ------------------------------------------------------------------------
     def _q(self, function: str, **args: Any) -> Any:
@@ -237,16 +190,16 @@ class SiloAgent:
         if handler is not None:
             handler(ctx, rnd, steps)
 
-    def _context(self, trial: dict[str, Any]) -> _TrialContext:
+    def _context(self, trial: dict[str, Any]) -> TrialContext:
         ctx = self._contexts.get(trial["trial_id"])
         if ctx is None:
-            ctx = _TrialContext(trial=trial, preset=he_preset_name(trial))
+            ctx = TrialContext(trial=trial, preset=he_preset_name(trial))
             self._contexts[trial["trial_id"]] = ctx
         ctx.trial = trial
         return ctx
 
     # -- keys ----------------------------------------------------------------------------------
-    def _open_keys(self, ctx: _TrialContext, steps: list[Step]) -> bool:
+    def _open_keys(self, ctx: TrialContext, steps: list[Step]) -> bool:
         trial_id = ctx.trial["trial_id"]
         try:
             keys = self._q("get_trial_keys", trial_id=trial_id)
@@ -269,17 +222,17 @@ class SiloAgent:
             )
             return False
         envelope = self._fetch(envelope_ref["content_id"], envelope_ref["sha256"])
-        secret = he.open_envelope(
+        secret = keyholder.open_envelope(
             envelope,
             self.identity.encryption_private_key(),
             trial_id=trial_id,
             recipient=self.msp_id,
         )
-        ctx.secret = he.load_secret_context(secret, ctx.preset)
+        ctx.secret = keyholder.load_secret_context(secret, ctx.preset)
         ctx.secret_bytes = secret
         return True
 
-    def _setup_keys(self, ctx: _TrialContext, steps: list[Step]) -> None:
+    def _setup_keys(self, ctx: TrialContext, steps: list[Step]) -> None:
         trial_id = ctx.trial["trial_id"]
         enrolled = [
             r for r in self._q("get_enrolments", trial_id=trial_id) if r["status"] == "enrolled"
@@ -287,7 +240,7 @@ class SiloAgent:
         holder = min(r["msp_id"] for r in enrolled) if enrolled else None
         if holder != self.msp_id:
             return
-        secret_ctx = he.generate_context(ctx.preset)
+        secret_ctx = keyholder.generate_context(ctx.preset)
         secret = secret_ctx.secret_bytes()
         public = self.store.put(secret_ctx.public_bytes())
         envelopes = {}
@@ -295,7 +248,9 @@ class SiloAgent:
             key = X25519PublicKey.from_public_bytes(
                 base64.b64decode(record["encryption_public_key"])
             )
-            sealed = he.seal_envelope(secret, key, trial_id=trial_id, recipient=record["msp_id"])
+            sealed = keyholder.seal_envelope(
+                secret, key, trial_id=trial_id, recipient=record["msp_id"]
+            )
             stored = self.store.put(sealed)
             envelopes[record["msp_id"]] = {"content_id": stored.content_id, "sha256": stored.sha256}
         try:
@@ -316,7 +271,7 @@ class SiloAgent:
         )
 
     # -- data and models -----------------------------------------------------------------------
-    def _local_data(self, ctx: _TrialContext) -> LocalSplit:
+    def _local_data(self, ctx: TrialContext) -> LocalSplit:
         if ctx.split is None:
             if self.config.data_path is None:
                 raise ConfigError(
@@ -354,14 +309,14 @@ class SiloAgent:
             )
         return data
 
-    def _n_params(self, ctx: _TrialContext) -> int:
+    def _n_params(self, ctx: TrialContext) -> int:
         if "n_params" not in ctx.extras:
             ctx.extras["n_params"] = parameter_count(
                 build_from_spec(ctx.trial["model"], ctx.trial["data_schema"])
             )
         return int(ctx.extras["n_params"])
 
-    def model_bytes(self, ctx: _TrialContext, head: dict[str, Any]) -> bytes:
+    def model_bytes(self, ctx: TrialContext, head: dict[str, Any]) -> bytes:
         """The model of a lineage point ``{round, attempt, model: {content_id, sha256}}``: the local
         copy, else the store, else rebuilt from its base and the round's aggregate (recursively)."""
         trial_id = ctx.trial["trial_id"]
@@ -395,13 +350,13 @@ class SiloAgent:
             )
         return data
 
-    def _params(self, ctx: _TrialContext, head: dict[str, Any]) -> np.ndarray:
+    def _params(self, ctx: TrialContext, head: dict[str, Any]) -> np.ndarray:
         data = self.model_bytes(ctx, head)
         return decode_model(
             data, model_spec=ctx.trial["model"], data_schema=ctx.trial["data_schema"]
         ).params
 
-    def _apply_aggregate(self, ctx: _TrialContext, rnd: dict[str, Any]) -> bytes:
+    def _apply_aggregate(self, ctx: TrialContext, rnd: dict[str, Any]) -> bytes:
         """base + aggregate / total_weight, release-rounded: identical bytes on every silo."""
         aggregate = rnd["aggregate"]
         if aggregate is None:
@@ -410,14 +365,14 @@ class SiloAgent:
             )
         base = self._params(ctx, rnd["base"]).astype(np.float64)
         blob = self._fetch(aggregate["content_id"], aggregate["sha256"])
-        delta = he.decrypt(
+        delta = keyholder.decrypt(
             ctx.secret,
             blob,
             expected_params=base.size,
             total_weight=float(aggregate["total_weight"]),
         )
         assert ctx.secret_bytes is not None
-        released = he.release(
+        released = keyholder.release(
             base + delta, rng=release_rng(ctx.secret_bytes, rnd["trial_id"], aggregate["sha256"])
         )
         spec = ctx.trial["model"]
@@ -446,7 +401,7 @@ class SiloAgent:
             Step(rnd["trial_id"], "skipped round", reason, rnd["round"], rnd["attempt"], level),
         )
 
-    def _submit_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+    def _submit_update(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
         trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
         if self.msp_id not in rnd["enrolled"]:
             return
@@ -486,7 +441,7 @@ class SiloAgent:
         )
 
     def _prepare_update(
-        self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]
+        self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]
     ) -> dict[str, Any] | None:
         trial, trial_id, r, a = ctx.trial, rnd["trial_id"], rnd["round"], rnd["attempt"]
         local = self._local_data(ctx)
@@ -537,9 +492,7 @@ class SiloAgent:
                 "epsilon_spent_micro"
             ]
             epsilon_micro = max(0, accountant.spent_micro() - ledger_spent)
-        delta = result.params.astype(np.float64) - base.astype(np.float64)
-        if self.config.attack_kind == "sign_flip":
-            delta = -self.config.attack_scale * delta
+        delta = self.compute_delta(base, result.params)
         weight = len(local.train)
         # CKKS wraps around silently beyond the preset's range; an update is clipped into it
         # (no honest update of a sensible model comes near it).
@@ -557,7 +510,7 @@ class SiloAgent:
                 ),
             )
             delta = np.clip(delta, -cap, cap)
-        blob = he.encrypt_update(ctx.secret, delta, weight=float(weight))
+        blob = keyholder.encrypt_update(ctx.secret, delta, weight=float(weight))
         stored = self.store.put(blob)
         salt = new_salt()
         commitment = update_commitment(
@@ -587,7 +540,12 @@ class SiloAgent:
         self.state.record(trial_id, r, a, "update", update)  # before commit_update is sent
         return update
 
-    def _reveal_update(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+    def compute_delta(self, base: np.ndarray, trained: np.ndarray) -> np.ndarray:
+        """The update this silo sends for a round: its trained parameters minus the base model's
+        (float64). The one seam for other behaviours (``devnet.red_team``'s attackers)."""
+        return np.asarray(trained, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+
+    def _reveal_update(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
         trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
         mine = self._submissions(rnd).get(self.msp_id)
         if mine is None or mine["revealed"]:
@@ -626,140 +584,8 @@ class SiloAgent:
             raise
         self._emit(steps, Step(trial_id, "revealed update", update["content_id"], r, a))
 
-    # -- votes ---------------------------------------------------------------------------------
-    def score_candidates(self, ctx: _TrialContext, rnd: dict[str, Any]) -> dict[str, int]:
-        """Score every peer candidate on the local validation split, in micro-units.
-
-        Metric: the decrease of the mean log-loss (cross-entropy) on the validation split when the
-        candidate's update alone is applied to the base model: ``loss(base) - loss(base + delta)``.
-        Log-loss rather than accuracy because validation splits are small (tens of rows), where
-        accuracy moves in coarse steps and is blind to confident mistakes, while the log-loss is
-        continuous and punishes a poisoned (sign-flipped, scaled) update heavily.
-        """
-        local = self._local_data(ctx)
-        spec, schema = ctx.trial["model"], ctx.trial["data_schema"]
-        base = self._params(ctx, rnd["base"]).astype(np.float64)
-        base_loss = evaluate(spec, schema, base, local.validation)["loss"]
-        submissions = self._submissions(rnd)
-        scores: dict[str, int] = {}
-        for candidate in rnd["candidates"]:
-            if candidate == self.msp_id:
-                continue
-            record = submissions.get(candidate)
-            try:
-                if record is None or not record["revealed"]:
-                    raise StoreError(f"{candidate} has no revealed update")
-                blob = self._fetch(record["content_id"], record["sha256"])
-                delta = he.decrypt(
-                    ctx.secret,
-                    blob,
-                    expected_params=base.size,
-                    total_weight=float(record["sample_weight"]),
-                )
-                loss = evaluate(spec, schema, base + delta, local.validation)["loss"]
-                value = (base_loss - loss) * 1e6
-                scores[candidate] = (
-                    int(max(-MAX_SCORE_MICRO, min(MAX_SCORE_MICRO, round(value))))
-                    if math.isfinite(value)
-                    else REJECT_SCORE_MICRO
-                )
-            except BcflError as exc:
-                log.warning(
-                    "update of %s in %s round %s is unusable: %s",
-                    candidate,
-                    rnd["trial_id"],
-                    rnd["round"],
-                    exc,
-                )
-                scores[candidate] = REJECT_SCORE_MICRO
-        return scores
-
-    def _votes(self, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        records = self._q(
-            "get_votes", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"]
-        )
-        return {r["msp_id"]: r for r in records}
-
-    def _commit_votes(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
-        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
-        if self.msp_id in self._votes(rnd):
-            return
-        entry = self.state.journal_entry(trial_id, r, a)
-        votes = entry.get("votes")
-        if votes is None:
-            scores = self.score_candidates(ctx, rnd)
-            salt = new_salt()
-            votes = {
-                "scores": scores,
-                "salt": salt,
-                "commitment": votes_commitment(
-                    trial_id=trial_id, round=r, msp_id=self.msp_id, scores=scores, salt=salt
-                ),
-            }
-            self.state.record(trial_id, r, a, "votes", votes)  # before commit_votes is sent
-        try:
-            self._submit("commit_votes", trial_id=trial_id, round=r, commitment=votes["commitment"])
-        except ContractError as exc:
-            if exc.code == "DUPLICATE":
-                return
-            if exc.code in ("LATE", "NOT_ENROLLED"):
-                self._emit(
-                    steps,
-                    Step(trial_id, "votes refused", f"{exc.code}: {exc.message}", r, a, "warning"),
-                )
-                return
-            raise
-        shown = ", ".join(f"{m}={s / 1e6:+.4f}" for m, s in sorted(votes["scores"].items()))
-        self._emit(steps, Step(trial_id, "committed votes", shown or "no peer candidates", r, a))
-
-    def _reveal_votes(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
-        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
-        mine = self._votes(rnd).get(self.msp_id)
-        if mine is None or mine["revealed"]:
-            return
-        votes = self.state.journal_entry(trial_id, r, a).get("votes")
-        if votes is None or votes["commitment"] != mine["commitment"]:
-            self._emit(
-                steps,
-                Step(
-                    trial_id,
-                    "cannot reveal votes",
-                    "the journal holds no votes matching the ledger's commitment",
-                    r,
-                    a,
-                    "error",
-                ),
-            )
-            return
-        try:
-            self._submit(
-                "reveal_votes",
-                trial_id=trial_id,
-                round=r,
-                scores=votes["scores"],
-                salt=votes["salt"],
-            )
-        except ContractError as exc:
-            if exc.code == "DUPLICATE":
-                return
-            if exc.code in ("LATE", "NOT_ENROLLED"):
-                self._emit(
-                    steps,
-                    Step(
-                        trial_id,
-                        "votes reveal refused",
-                        f"{exc.code}: {exc.message}",
-                        r,
-                        a,
-                        "warning",
-                    ),
-                )
-                return
-            raise
-        self._emit(steps, Step(trial_id, "revealed votes", "", r, a))
-
     # -- ATTEST / FINALIZED --------------------------------------------------------------------
-    def _attest(self, ctx: _TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+    def _attest(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
         trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
         attestations = self._q("get_attestations", trial_id=trial_id, round=r, attempt=a)
         if any(x["msp_id"] == self.msp_id for x in attestations):
@@ -788,7 +614,7 @@ class SiloAgent:
             raise
         self._emit(steps, Step(trial_id, "attested model", sha[:16], r, a))
 
-    def _record_lineage_metrics(self, ctx: _TrialContext, steps: list[Step]) -> None:
+    def _record_lineage_metrics(self, ctx: TrialContext, steps: list[Step]) -> None:
         """Local metrics of round 0 and every finalized round not measured yet."""
         trial = ctx.trial
         trial_id = trial["trial_id"]
@@ -823,7 +649,7 @@ class SiloAgent:
                     steps, Step(trial_id, "model finalized", detail, head["round"], head["attempt"])
                 )
 
-    def _metrics(self, ctx: _TrialContext, params: np.ndarray) -> dict[str, Any]:
+    def _metrics(self, ctx: TrialContext, params: np.ndarray) -> dict[str, Any]:
         local = self._local_data(ctx)
         spec, schema = ctx.trial["model"], ctx.trial["data_schema"]
 
@@ -861,7 +687,3 @@ class SiloAgent:
 
     def close(self) -> None:
         self.ledger.close()
-
-
-def all_done(trials: list[dict[str, Any]]) -> bool:
-    return bool(trials) and all(t["state"] in ("COMPLETED", "HALTED") for t in trials)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from bcfl_common.errors import BcflError, ConfigError
 from silo_agent.config import SiloConfig, load_config
+
+if TYPE_CHECKING:
+    from silo_agent.agent import SiloAgent
 
 CONFIG_HELP = (
     "Silo TOML file (see silo_agent.config); keys may be overridden by BCFL_SILO_* variables."
@@ -69,41 +73,26 @@ def enroll_command(config_path: str, trial_id: str) -> None:
         )
 
 
-@silo_group.command("run")
-@click.option(
-    "--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP
-)
-@click.option(
-    "--trial",
-    "trial_id",
-    default=None,
-    help="Only this trial (default: every trial this hospital is enrolled in).",
-)
-@click.option("--once", is_flag=True, help="Do every step that is due now, then exit.")
-@click.option(
-    "--until-complete", is_flag=True, help="Exit when every followed trial is COMPLETED or HALTED."
-)
-@click.option(
-    "--poll",
-    "poll_seconds",
-    type=float,
-    default=None,
-    help="Seconds between ledger polls (default from config).",
-)
-def run_command(
-    config_path: str,
-    trial_id: str | None,
-    once: bool,
-    until_complete: bool,
-    poll_seconds: float | None,
+def run_silo(
+    config: SiloConfig,
+    *,
+    agent_class: Callable[..., SiloAgent] | None = None,
+    once: bool = False,
+    until_complete: bool = False,
+    poll_seconds: float | None = None,
 ) -> None:
-    """Follow the ledger and take part in every round (resumes safely after a restart)."""
+    """What `bcfl silo run` does: follow the ledger and take part in every round.
+
+    ``agent_class`` builds the agent (``agent_class(config, report=...)``, default
+    :class:`~silo_agent.agent.SiloAgent`); ``devnet.red_team`` passes its attacking subclasses.
+    """
     from rich.console import Console
 
-    from silo_agent.agent import SiloAgent, Step, all_done
+    from silo_agent.agent import SiloAgent
+    from silo_agent.steps import Step, all_done
 
+    make_agent = agent_class if agent_class is not None else SiloAgent
     console = Console(stderr=False)
-    config = _config(config_path, trial_id)
     poll = poll_seconds if poll_seconds is not None else config.poll_seconds
     styles = {"info": "", "warning": "yellow", "error": "bold red"}
 
@@ -115,7 +104,7 @@ def run_command(
             highlight=False,
         )
 
-    agent = SiloAgent(config, report=show)
+    agent = make_agent(config, report=show)
     console.print(
         f"silo agent for [bold]{agent.msp_id}[/bold]: ledger {config.ledger_url}, state {config.state_dir}",
         highlight=False,
@@ -150,6 +139,54 @@ def run_command(
         console.print("stopped; run again to resume (the journal keeps every step)")
     finally:
         agent.close()
+
+
+def run_command_for(agent_class: Callable[..., SiloAgent] | None = None) -> click.Command:
+    """The `run` command (its options are the `bcfl silo run` arguments) driving ``agent_class``."""
+
+    @click.command("run")
+    @click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), required=True, help=CONFIG_HELP
+    )
+    @click.option(
+        "--trial",
+        "trial_id",
+        default=None,
+        help="Only this trial (default: every trial this hospital is enrolled in).",
+    )
+    @click.option("--once", is_flag=True, help="Do every step that is due now, then exit.")
+    @click.option(
+        "--until-complete",
+        is_flag=True,
+        help="Exit when every followed trial is COMPLETED or HALTED.",
+    )
+    @click.option(
+        "--poll",
+        "poll_seconds",
+        type=float,
+        default=None,
+        help="Seconds between ledger polls (default from config).",
+    )
+    def run_command(
+        config_path: str,
+        trial_id: str | None,
+        once: bool,
+        until_complete: bool,
+        poll_seconds: float | None,
+    ) -> None:
+        """Follow the ledger and take part in every round (resumes safely after a restart)."""
+        run_silo(
+            _config(config_path, trial_id),
+            agent_class=agent_class,
+            once=once,
+            until_complete=until_complete,
+            poll_seconds=poll_seconds,
+        )
+
+    return run_command
+
+
+silo_group.add_command(run_command_for())
 
 
 def _progress_line(agent: Any, trials: list[dict[str, Any]]) -> str:

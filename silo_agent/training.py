@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from bcfl_common.errors import ConfigError, PrivacyError
 from model_registry.data_schema import is_binary
-from model_registry.models import build_from_spec, flatten, load_flat
+from model_registry.registry import build_from_spec, flatten, load_flat
 from privacy import dp
 from silo_agent.data import EncodedData
 

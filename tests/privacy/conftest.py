@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 
 from privacy import he
+from privacy.he import keyholder
 
 
 @pytest.fixture(scope="session")
-def secret_ctx() -> he.HEContext:
-    return he.generate_context()
+def secret_ctx() -> keyholder.SecretContext:
+    return keyholder.generate_context()
 
 
 @pytest.fixture(scope="session")
-def public_ctx(secret_ctx: he.HEContext) -> he.HEContext:
+def public_ctx(secret_ctx: keyholder.SecretContext) -> he.HEContext:
     return he.load_public_context(secret_ctx.public_bytes(), he.DEFAULT_PRESET)
 
 

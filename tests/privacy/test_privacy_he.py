@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bcfl_common.errors import PrivacyError
 from privacy import he
+from privacy.he import keyholder
 from privacy.he.presets import MAX_COEFF_BITS
 
 
@@ -24,10 +25,10 @@ def test_sum_of_100_updates_of_100k_round_trips_within_1e_5(secret_ctx, public_c
     for _ in range(100):
         delta = rng.uniform(-1.0, 1.0, n)
         exact += delta
-        updates.append(he.encrypt_update(secret_ctx, delta))
+        updates.append(keyholder.encrypt_update(secret_ctx, delta))
     total = he.aggregate(public_ctx, updates, expected_params=n)
     assert he.peek_header(total)["n_summands"] == 100
-    got = he.decrypt(secret_ctx, total, expected_params=n)
+    got = keyholder.decrypt(secret_ctx, total, expected_params=n)
     assert np.max(np.abs(got - exact)) <= 1e-5
 
 
@@ -36,11 +37,11 @@ def test_weighted_updates_normalise_after_decryption(secret_ctx, public_ctx, rng
     total = he.aggregate(
         public_ctx,
         [
-            he.encrypt_update(secret_ctx, a, weight=3.0),
-            he.encrypt_update(secret_ctx, b, weight=1.0),
+            keyholder.encrypt_update(secret_ctx, a, weight=3.0),
+            keyholder.encrypt_update(secret_ctx, b, weight=1.0),
         ],
     )
-    got = he.decrypt(secret_ctx, total, total_weight=4.0)
+    got = keyholder.decrypt(secret_ctx, total, total_weight=4.0)
     assert np.allclose(got, (3 * a + b) / 4, atol=1e-6)
 
 
@@ -49,7 +50,7 @@ def test_default_preset_is_small_and_secure(secret_ctx, rng):
     assert preset.security_bits == 128
     assert sum(preset.coeff_mod_bit_sizes) <= MAX_COEFF_BITS[128][preset.poly_modulus_degree]
     n = 50_000
-    data = he.encrypt_update(secret_ctx, rng.normal(0, 1, n))
+    data = keyholder.encrypt_update(secret_ctx, rng.normal(0, 1, n))
     assert len(data) / n <= 32
 
 
@@ -65,8 +66,8 @@ def test_security_table_matches_seal():
 def test_serialized_ciphertext_size_matches_preset(secret_ctx, rng):
     """The framing check relies on the exact uncompressed ciphertext size of each preset."""
     for name in he.PRESETS:
-        ctx = secret_ctx if name == he.DEFAULT_PRESET else he.generate_context(name)
-        data = he.encrypt_update(ctx, rng.normal(0, 1, 10))
+        ctx = secret_ctx if name == he.DEFAULT_PRESET else keyholder.generate_context(name)
+        data = keyholder.encrypt_update(ctx, rng.normal(0, 1, 10))
         assert he.decode_container(data, name).n_params == 10
 
 
@@ -90,21 +91,21 @@ def test_insecure_parameters_are_refused(n, bits, scale, security):
 
 def test_unknown_preset_is_refused():
     with pytest.raises(PrivacyError, match="expected one of"):
-        he.generate_context("ckks-n1024-insecure")
+        keyholder.generate_context("ckks-n1024-insecure")
 
 
 def test_public_context_holds_no_secret_and_cannot_decrypt_or_encrypt(secret_ctx, public_ctx, rng):
     assert not public_ctx.has_secret_key
     assert len(public_ctx.public_bytes()) < 1024  # parameters only
-    data = he.encrypt_update(secret_ctx, rng.normal(0, 1, 100))
+    data = keyholder.encrypt_update(secret_ctx, rng.normal(0, 1, 100))
     with pytest.raises(PrivacyError, match="no secret key"):
-        he.decrypt(public_ctx, data)
+        keyholder.decrypt(public_ctx, data)
     with pytest.raises(PrivacyError, match="public context"):
-        he.encrypt_update(public_ctx, rng.normal(0, 1, 100))
+        keyholder.encrypt_update(public_ctx, rng.normal(0, 1, 100))
     with pytest.raises(PrivacyError, match="secret key"):
         he.load_public_context(secret_ctx.secret_bytes(), he.DEFAULT_PRESET)
     with pytest.raises(PrivacyError, match="without a secret key"):
-        he.load_secret_context(public_ctx.public_bytes(), he.DEFAULT_PRESET)
+        keyholder.load_secret_context(public_ctx.public_bytes(), he.DEFAULT_PRESET)
 
 
 def test_context_of_another_preset_is_refused(secret_ctx):
@@ -114,19 +115,19 @@ def test_context_of_another_preset_is_refused(secret_ctx):
 
 def test_secret_context_round_trips(secret_ctx, rng):
     delta = rng.normal(0, 1, 3000)
-    reopened = he.load_secret_context(secret_ctx.secret_bytes(), he.DEFAULT_PRESET)
-    got = he.decrypt(reopened, he.encrypt_update(secret_ctx, delta))
+    reopened = keyholder.load_secret_context(secret_ctx.secret_bytes(), he.DEFAULT_PRESET)
+    got = keyholder.decrypt(reopened, keyholder.encrypt_update(secret_ctx, delta))
     assert np.allclose(got, delta, atol=1e-6)
 
 
 def test_release_floods_and_rounds(rng):
     values = rng.normal(0, 1, 1000)
-    out = he.release(values, rng=np.random.default_rng(0))
+    out = keyholder.release(values, rng=np.random.default_rng(0))
     q = 2.0**-16
     assert np.allclose(out / q, np.round(out / q))
     assert 0 < np.max(np.abs(out - values)) < 1e-3
     with pytest.raises(PrivacyError):
-        he.release(np.array([np.nan]))
+        keyholder.release(np.array([np.nan]))
 
 
 AGGREGATE_SCRIPT = textwrap.dedent(
@@ -145,7 +146,7 @@ AGGREGATE_SCRIPT = textwrap.dedent(
 def test_aggregate_bytes_are_identical_when_recomputed_in_another_process(
     secret_ctx, public_ctx, rng, tmp_path: Path
 ):
-    updates = [he.encrypt_update(secret_ctx, rng.normal(0, 0.1, 20_000)) for _ in range(5)]
+    updates = [keyholder.encrypt_update(secret_ctx, rng.normal(0, 0.1, 20_000)) for _ in range(5)]
     for i, data in enumerate(updates):
         (tmp_path / f"update-{i}.bin").write_bytes(data)
     (tmp_path / "public.ctx").write_bytes(public_ctx.public_bytes())
@@ -173,34 +174,38 @@ def test_key_envelope_opens_only_for_its_recipient(secret_ctx):
     alice, alice_priv_pem, alice_pub_pem = _x25519_pair()
     bob, _, _ = _x25519_pair()
     secret = secret_ctx.secret_bytes()
-    envelope = he.seal_envelope(secret, alice_pub_pem, trial_id="trial-A", recipient="Hosp1MSP")
+    envelope = keyholder.seal_envelope(
+        secret, alice_pub_pem, trial_id="trial-A", recipient="Hosp1MSP"
+    )
     assert secret not in envelope
-    assert he.open_envelope(envelope, alice, trial_id="trial-A", recipient="Hosp1MSP") == secret
     assert (
-        he.open_envelope(envelope, alice_priv_pem, trial_id="trial-A", recipient="Hosp1MSP")
+        keyholder.open_envelope(envelope, alice, trial_id="trial-A", recipient="Hosp1MSP") == secret
+    )
+    assert (
+        keyholder.open_envelope(envelope, alice_priv_pem, trial_id="trial-A", recipient="Hosp1MSP")
         == secret
     )
     with pytest.raises(PrivacyError, match="cannot be opened"):
-        he.open_envelope(envelope, bob, trial_id="trial-A", recipient="Hosp1MSP")
+        keyholder.open_envelope(envelope, bob, trial_id="trial-A", recipient="Hosp1MSP")
     with pytest.raises(PrivacyError, match="trial_id"):
-        he.open_envelope(envelope, alice, trial_id="trial-B", recipient="Hosp1MSP")
+        keyholder.open_envelope(envelope, alice, trial_id="trial-B", recipient="Hosp1MSP")
     with pytest.raises(PrivacyError, match="recipient"):
-        he.open_envelope(envelope, alice, trial_id="trial-A", recipient="Hosp2MSP")
+        keyholder.open_envelope(envelope, alice, trial_id="trial-A", recipient="Hosp2MSP")
 
 
 def test_key_envelope_cannot_be_rebound_to_another_trial_or_hospital(secret_ctx):
     alice, _, _ = _x25519_pair()
-    envelope = he.seal_envelope(
+    envelope = keyholder.seal_envelope(
         b"secret", alice.public_key(), trial_id="trial-A", recipient="Hosp1MSP"
     )
     # Rewrite the clear-text header to claim trial B: the HPKE info no longer matches.
     forged = envelope.replace(b'"trial_id":"trial-A"', b'"trial_id":"trial-B"')
     assert forged != envelope
     with pytest.raises(PrivacyError, match="cannot be opened"):
-        he.open_envelope(forged, alice, trial_id="trial-B", recipient="Hosp1MSP")
+        keyholder.open_envelope(forged, alice, trial_id="trial-B", recipient="Hosp1MSP")
     tampered = envelope[:-1] + bytes([envelope[-1] ^ 1])
     with pytest.raises(PrivacyError, match="cannot be opened"):
-        he.open_envelope(tampered, alice, trial_id="trial-A", recipient="Hosp1MSP")
+        keyholder.open_envelope(tampered, alice, trial_id="trial-A", recipient="Hosp1MSP")
 
 
 def test_envelope_refuses_keys_of_the_wrong_type():
@@ -212,4 +217,4 @@ def test_envelope_refuses_keys_of_the_wrong_type():
         .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     with pytest.raises(Exception, match="expected an X25519 key"):
-        he.seal_envelope(b"x", ec_pub_pem, trial_id="t", recipient="r")
+        keyholder.seal_envelope(b"x", ec_pub_pem, trial_id="t", recipient="r")

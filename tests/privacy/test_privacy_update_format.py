@@ -15,12 +15,13 @@ import pytest
 
 from bcfl_common.errors import UpdateFormatError
 from privacy import he
+from privacy.he import keyholder
 from privacy.he.format import FIXED_HEADER_BYTES
 
 
 @pytest.fixture(scope="module")
 def update(secret_ctx) -> bytes:
-    return he.encrypt_update(secret_ctx, np.random.default_rng(7).normal(0, 0.1, 5000))
+    return keyholder.encrypt_update(secret_ctx, np.random.default_rng(7).normal(0, 0.1, 5000))
 
 
 def _refused(ctx, data: bytes, match: str, **kw) -> UpdateFormatError:
@@ -75,8 +76,8 @@ def test_oversized_declarations(public_ctx, update):
 
 
 def test_wrong_preset(secret_ctx, public_ctx, update):
-    other = he.generate_context("ckks-n8192-s40")
-    foreign = he.encrypt_update(other, np.ones(10))
+    other = keyholder.generate_context("ckks-n8192-s40")
+    foreign = keyholder.encrypt_update(other, np.ones(10))
     _refused(public_ctx, foreign, "preset: got 'ckks-n8192-s40', expected 'ckks-n4096-s33'")
     # Relabelled as the default preset, its ciphertexts have the wrong shape.
     data = bytearray(foreign)
@@ -85,17 +86,17 @@ def test_wrong_preset(secret_ctx, public_ctx, update):
 
 
 def test_parameter_count_mismatch_between_updates(secret_ctx, public_ctx, update):
-    other = he.encrypt_update(secret_ctx, np.ones(4999))
+    other = keyholder.encrypt_update(secret_ctx, np.ones(4999))
     err = _refused(public_ctx, update, "n_params: got 5000, expected 4999", expected_params=4999)
     assert err.detail["field"] == "n_params"
     with pytest.raises(UpdateFormatError, match="n_params: got 4999, expected 5000"):
         he.aggregate(public_ctx, [update, other])
     with pytest.raises(UpdateFormatError, match="n_params"):
-        he.decrypt(secret_ctx, other, expected_params=5000)
+        keyholder.decrypt(secret_ctx, other, expected_params=5000)
 
 
 def test_aggregate_refuses_too_many_summands(secret_ctx, public_ctx):
-    small = he.encrypt_update(secret_ctx, np.ones(3))
+    small = keyholder.encrypt_update(secret_ctx, np.ones(3))
     limit = public_ctx.preset.max_summands
     with pytest.raises(UpdateFormatError, match=f"at most {limit}"):
         he.aggregate(public_ctx, [small] * (limit + 1))
@@ -108,18 +109,18 @@ def test_non_finite_delta_is_refused_before_encryption(secret_ctx, bad):
     delta = np.zeros(1000)
     delta[417] = bad
     with pytest.raises(UpdateFormatError, match="first at index 417"):
-        he.encrypt_update(secret_ctx, delta)
+        keyholder.encrypt_update(secret_ctx, delta)
 
 
 def test_delta_shape_range_and_weight_are_checked(secret_ctx):
     with pytest.raises(UpdateFormatError, match="flat"):
-        he.encrypt_update(secret_ctx, np.zeros((10, 10)))
+        keyholder.encrypt_update(secret_ctx, np.zeros((10, 10)))
     with pytest.raises(UpdateFormatError, match="between 1 and"):
-        he.encrypt_update(secret_ctx, np.zeros(0))
+        keyholder.encrypt_update(secret_ctx, np.zeros(0))
     with pytest.raises(UpdateFormatError, match="max_abs_value|at most"):
-        he.encrypt_update(secret_ctx, np.full(10, 1e6))
+        keyholder.encrypt_update(secret_ctx, np.full(10, 1e6))
     with pytest.raises(UpdateFormatError, match="weight"):
-        he.encrypt_update(secret_ctx, np.ones(10), weight=float("nan"))
+        keyholder.encrypt_update(secret_ctx, np.ones(10), weight=float("nan"))
 
 
 FUZZ = textwrap.dedent(
@@ -127,10 +128,10 @@ FUZZ = textwrap.dedent(
     import hashlib, random, sys
     import numpy as np
     from bcfl_common.errors import UpdateFormatError
-    from privacy import he
+    from privacy.he import keyholder
     from privacy.he.format import FIXED_HEADER_BYTES
-    ctx = he.generate_context()
-    data = he.encrypt_update(ctx, np.random.default_rng(0).normal(0, 0.1, 3000))
+    ctx = keyholder.generate_context()
+    data = keyholder.encrypt_update(ctx, np.random.default_rng(0).normal(0, 0.1, 3000))
     head = FIXED_HEADER_BYTES + 4 * 2
     rnd = random.Random(int(sys.argv[1]))
     outcomes = {"refused": 0, "accepted": 0}
@@ -142,7 +143,7 @@ FUZZ = textwrap.dedent(
         header = bytearray(data[:head])
         header[48:80] = hashlib.sha256(body).digest()
         try:
-            he.decrypt(ctx, bytes(header) + bytes(body))
+            keyholder.decrypt(ctx, bytes(header) + bytes(body))
             outcomes["accepted"] += 1
         except UpdateFormatError:
             outcomes["refused"] += 1

@@ -42,12 +42,14 @@ def make_agent(
 ) -> Iterator[Callable[..., SiloAgent]]:
     opened: list[SiloAgent] = []
 
-    def make(name: str, **extra: Any) -> SiloAgent:
+    def make(
+        name: str, *, agent_class: Callable[..., SiloAgent] = SiloAgent, **extra: Any
+    ) -> SiloAgent:
         index = HOSPITALS.index(name)
         config = silo_config(
             tmp_path, consortium, ledger_url, store_url, name, demo_files["paths"][index], **extra
         )
-        agent = SiloAgent(config, ledger_options={"clock": contract_net.clock})
+        agent = agent_class(config, ledger_options={"clock": contract_net.clock})
         opened.append(agent)
         return agent
 

@@ -16,7 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from bcfl_common.errors import ContractError
-from model_registry.models import initial_model
+from model_registry.artifact import initial_model
 from privacy import he
 from silo_agent.agent import SiloAgent
 from silo_agent.config import SiloConfig

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from silo_harness import HOSPITALS, drive, sha256
 
+from devnet import red_team
 from privacy.dp import PrivacyAccountant
 from silo_agent.cli import collect_status
 
@@ -144,8 +145,9 @@ def test_sign_flip_attacker_is_rejected_by_votes(
 ) -> None:
     driver.create_trial(demo_files["dataset"], rounds=1)
     agents = [make_agent(name) for name in HOSPITALS[:3]] + [
-        make_agent("hospital4", attack_kind="sign_flip", attack_scale=10.0)
+        make_agent("hospital4", agent_class=red_team.attacker("sign_flip", scale=10.0))
     ]
+    assert isinstance(agents[-1], red_team.SignFlipSilo) and agents[-1].scale == 10.0
     drive(driver, agents)
     assert driver.trial()["state"] == "COMPLETED"
     acceptance = contract_net.client("admin").evaluate(

@@ -28,22 +28,28 @@ def test_config_reads_toml_resolves_paths_and_env_overrides(tmp_path: Path) -> N
                 "validation_fraction": 0.25,
                 "columns": {"Patient Age": "age"},
             },
-            "attack": {"kind": "sign_flip", "scale": 5},
+            "privacy": {"epsilon_budget": None},
+            "run": {"poll_seconds": 5},
         },
     )
     config = load_config(
-        path, environ={"BCFL_SILO_STORE_URL": "file:///y/store", "BCFL_SILO_RUN_TRIALS": "a,b"}
+        path,
+        environ={
+            "BCFL_SILO_STORE_URL": "file:///y/store",
+            "BCFL_SILO_RUN_TRIALS": "a,b",
+            "BCFL_SILO_DATA_TEST_PATH": "held-out.csv",
+            "BCFL_SILO_LEDGER_URL": "",
+        },
     )
     assert config.identity == tmp_path / "members" / "hospital1"
     assert config.data_path == tmp_path / "train.csv"
     assert config.store_url == "file:///y/store"
     assert config.trials == ["a", "b"]
     assert config.columns == {"Patient Age": "age"}
-    assert (
-        config.validation_fraction == 0.25
-        and config.attack_kind == "sign_flip"
-        and config.attack_scale == 5.0
-    )
+    assert config.test_path == tmp_path / "held-out.csv"
+    assert config.ledger_url == "embedded:///x/ledger.db"  # an empty variable is ignored
+    assert config.validation_fraction == 0.25 and config.poll_seconds == 5.0
+    assert config.epsilon_budget is None and config.state_dir == tmp_path / "state"
 
 
 def test_config_errors_name_the_key(tmp_path: Path) -> None:
@@ -55,11 +61,36 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="ulr"):
         load_config(tmp_path / "b.toml", environ={})
-    (tmp_path / "c.toml").write_text(
-        'identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n[attack]\nkind = "nuke"\n'
-    )
-    with pytest.raises(ConfigError, match="nuke"):
+    good = 'identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n'
+    (tmp_path / "c.toml").write_text(good + '[data]\nvalidation_fraction = "most"\n')
+    with pytest.raises(ConfigError, match=r"data.validation_fraction: got 'most', expected float"):
         load_config(tmp_path / "c.toml", environ={})
+    (tmp_path / "a.toml").write_text(good)
+    with pytest.raises(
+        ConfigError, match=r"BCFL_SILO_RUN_POLL_SECONDS: got 'soon', expected float"
+    ):
+        load_config(tmp_path / "a.toml", environ={"BCFL_SILO_RUN_POLL_SECONDS": "soon"})
+    (tmp_path / "d.toml").write_text(good + "[run]\npoll_seconds = true\n")
+    with pytest.raises(ConfigError, match="run.poll_seconds: got True"):
+        load_config(tmp_path / "d.toml", environ={})
+    (tmp_path / "e.toml").write_text(good + "[data]\nvalidation_fraction = 1.5\n")
+    with pytest.raises(ConfigError, match=r"\[data\] validation_fraction: got 1.5"):
+        load_config(tmp_path / "e.toml", environ={})
+    (tmp_path / "f.toml").write_text(good + "[run]\ntrials = [1]\n")
+    with pytest.raises(ConfigError, match="run.trials: got 1, expected a list of strings"):
+        load_config(tmp_path / "f.toml", environ={})
+
+
+def test_attack_switches_are_not_silo_config(tmp_path: Path) -> None:
+    """A production silo has no attack section: malicious silos are devnet.red_team's."""
+    (tmp_path / "c.toml").write_text(
+        'identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n[attack]\nkind = "sign_flip"\n'
+    )
+    with pytest.raises(ConfigError, match=r"\[attack\] is not supported.*devnet.red_team"):
+        load_config(tmp_path / "c.toml", environ={})
+    (tmp_path / "d.toml").write_text('identity = "x"\n[ledger]\nurl = "e"\n[store]\nurl = "f"\n')
+    with pytest.raises(ConfigError, match="not a silo config key"):
+        load_config(tmp_path / "d.toml", environ={}, attack_kind="sign_flip")
 
 
 def _toml(

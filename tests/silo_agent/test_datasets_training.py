@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_registry.models import decode_model, initial_model
+from model_registry.artifact import decode_model, initial_model
 from silo_agent.data import encode, split
 from silo_agent.datasets import DEFAULT_HEART_DIR, load_demo_dataset, write_demo_dataset
 from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local

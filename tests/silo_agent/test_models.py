@@ -9,17 +9,9 @@ import pytest
 import torch
 
 from bcfl_common.errors import ConfigError, UpdateFormatError
-from model_registry.models import (
-    REGISTRY,
-    build_model,
-    decode_model,
-    encode_model,
-    flatten,
-    initial_model,
-    load_flat,
-    model_from_artifact,
-    parameter_count,
-)
+from model_registry import artifact, models, registry
+from model_registry.artifact import decode_model, encode_model, initial_model, model_from_artifact
+from model_registry.registry import REGISTRY, build_model, flatten, load_flat, parameter_count
 
 TABULAR = {
     "features": [{"name": f"f{i}", "type": "float"} for i in range(5)],
@@ -98,3 +90,12 @@ def test_artifact_must_be_the_trials_model() -> None:
         decode_model(data, model_spec=LOGREG, data_schema=other)
     with pytest.raises(UpdateFormatError, match="NaN"):
         encode_model("logistic_regression", {}, "0" * 64, np.array([np.inf], dtype=np.float32))
+
+
+def test_models_keeps_every_name_of_the_registry_and_the_artifact() -> None:
+    """model_registry.models is the two modules under one name (coordinator.service uses it)."""
+    for name in models.__all__:
+        origin = artifact if hasattr(artifact, name) and name not in registry.__dict__ else registry
+        assert getattr(models, name) is getattr(origin, name), name
+    assert models.initial_model is artifact.initial_model
+    assert models.build_from_spec is registry.build_from_spec

@@ -1,4 +1,9 @@
-"""Trial CKKS contexts: secret generation, public export, and checked loading."""
+"""Trial CKKS contexts as everyone holds them: the public context, loaded and checked.
+
+A public context carries the ring parameters and nothing else, so it can add ciphertexts but can
+neither encrypt nor decrypt. Making and opening the secret context is the key holders' business
+(:mod:`privacy.he.keyholder`).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from dataclasses import dataclass
 import tenseal as ts
 
 from bcfl_common.errors import PrivacyError
-from privacy.he.presets import DEFAULT_PRESET, HEPreset, get_preset
+from privacy.he.presets import HEPreset, get_preset
 
 # A serialized secret context of the largest preset is under 1 MiB; refuse anything far beyond.
 MAX_CONTEXT_BYTES = 16 << 20
@@ -18,8 +23,7 @@ class HEContext:
     """A TenSEAL context tied to the preset it was made or checked against.
 
     Contexts use symmetric (secret-key) encryption: only key holders encrypt, and the public
-    context carries the ring parameters and nothing else, so it can add ciphertexts but can
-    neither encrypt nor decrypt.
+    context carries the ring parameters and nothing else.
     """
 
     preset: HEPreset
@@ -38,52 +42,21 @@ class HEContext:
             save_relin_keys=False,
         )
 
-    def secret_bytes(self) -> bytes:
-        """The secret context, to be sealed in key envelopes and never stored in the clear."""
-        if not self.has_secret_key:
-            raise PrivacyError("HE context: got a public context, expected the secret context")
-        return self.context.serialize(
-            save_public_key=False,
-            save_secret_key=True,
-            save_galois_keys=False,
-            save_relin_keys=False,
-        )
-
-
-def generate_context(preset: HEPreset | str = DEFAULT_PRESET, *, n_threads: int = 1) -> HEContext:
-    """Create a trial's secret context (a fresh secret key) for ``preset``."""
-    preset = get_preset(preset)
-    ctx = ts.context(
-        ts.SCHEME_TYPE.CKKS,
-        poly_modulus_degree=preset.poly_modulus_degree,
-        coeff_mod_bit_sizes=list(preset.coeff_mod_bit_sizes),
-        encryption_type=ts.ENCRYPTION_TYPE.SYMMETRIC,
-        n_threads=n_threads,
-    )
-    ctx.global_scale = preset.scale
-    _check_matches(ctx, preset)
-    return HEContext(preset, ctx)
-
 
 def load_public_context(data: bytes, preset: HEPreset | str, *, n_threads: int = 1) -> HEContext:
     """Load a public context, refusing one that carries a secret key or other parameters."""
-    out = _load(data, preset, n_threads)
-    if out.has_secret_key:
+    checked, ctx = parse_context(data, preset, n_threads)
+    if ctx.has_secret_key():
         raise PrivacyError(
             "HE public context: got a context holding a secret key, expected parameters only"
         )
-    return out
+    return HEContext(checked, ctx)
 
 
-def load_secret_context(data: bytes, preset: HEPreset | str, *, n_threads: int = 1) -> HEContext:
-    """Load the trial's secret context (as opened from a key envelope)."""
-    out = _load(data, preset, n_threads)
-    if not out.has_secret_key:
-        raise PrivacyError("HE secret context: got a context without a secret key")
-    return out
-
-
-def _load(data: bytes, preset: HEPreset | str, n_threads: int) -> HEContext:
+def parse_context(
+    data: bytes, preset: HEPreset | str, n_threads: int
+) -> tuple[HEPreset, ts.Context]:
+    """Parse serialized context bytes (size-checked first) and check them against ``preset``."""
     preset = get_preset(preset)
     if not isinstance(data, bytes | bytearray) or not 0 < len(data) <= MAX_CONTEXT_BYTES:
         size = len(data) if isinstance(data, bytes | bytearray) else type(data).__name__
@@ -92,11 +65,11 @@ def _load(data: bytes, preset: HEPreset | str, n_threads: int) -> HEContext:
         ctx = ts.context_from(bytes(data), n_threads=n_threads)
     except Exception as exc:  # TenSEAL raises ValueError/RuntimeError on malformed input
         raise PrivacyError(f"HE context: cannot be parsed ({exc})") from exc
-    _check_matches(ctx, preset)
-    return HEContext(preset, ctx)
+    check_matches(ctx, preset)
+    return preset, ctx
 
 
-def _check_matches(ctx: ts.Context, preset: HEPreset) -> None:
+def check_matches(ctx: ts.Context, preset: HEPreset) -> None:
     """The context's ring and scale must be exactly the preset's (which passed the 128-bit check)."""
     sc = ctx.seal_context().data
     if not sc.parameters_set():
