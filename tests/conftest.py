@@ -17,7 +17,7 @@ from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger
 
 # Shared fixture modules: the Fabric network and contract fixtures (tests/network and the contract
 # suite's Fabric runs) and the Ethereum (anvil) fixtures.
-pytest_plugins = ["fabric_fixtures", "fixtures.ethereum"]
+pytest_plugins = ["fixtures.fabric", "fixtures.ethereum"]
 
 MEMBER_NAMES = (
     "admin",

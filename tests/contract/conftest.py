@@ -2,7 +2,7 @@
 
 ``contract_net`` is parametrised over the host: ``embedded`` (the suite-wide embedded ledger
 of ``tests/conftest.py``) and ``fabric`` (a chaincode of its own on the session's Fabric
-network, ``tests/fabric_fixtures.py``; marked ``fabric`` and ``slow``, skipped where Fabric is
+network, ``tests/fixtures/fabric.py``; marked ``fabric`` and ``slow``, skipped where Fabric is
 not installed). Both hosts must give the same results for the same transactions.
 """
 
