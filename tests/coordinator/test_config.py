@@ -94,7 +94,10 @@ def test_each_value_is_checked_against_its_own_source(tmp_path: Path) -> None:
         load_config(
             None, env={"BCFL_COORDINATOR_CONSORTIUM": "c", "BCFL_COORDINATOR_SCHEDULER": "maybe"}
         )
-    assert "BCFL_COORDINATOR_SCHEDULER = 'maybe'; expected true or false" in info.value.message
+    assert (
+        "environment BCFL_COORDINATOR_SCHEDULER: scheduler = 'maybe'; expected true or false"
+        in info.value.message
+    )
     assert (
         load_config(
             None, env={"BCFL_COORDINATOR_CONSORTIUM": "c", "BCFL_COORDINATOR_PORT": ""}
