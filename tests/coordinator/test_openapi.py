@@ -27,7 +27,7 @@ def _concrete(path: str) -> str:
 
 
 def test_every_operation_documents_a_2xx_response_schema(server: Any) -> None:
-    spec = httpx.get(server.base_url + "/openapi.json").json()
+    spec = httpx.get(server.base_url + "/openapi.json", timeout=30).json()
     operations = _operations(spec)
     assert len(operations) == 38
     for method, path, operation in operations:
@@ -49,14 +49,14 @@ def test_every_operation_documents_a_2xx_response_schema(server: Any) -> None:
 def test_each_router_refuses_other_roles(
     server: Any, consortium: Any, prefix: str, role: str
 ) -> None:
-    spec = httpx.get(server.base_url + "/openapi.json").json()
+    spec = httpx.get(server.base_url + "/openapi.json", timeout=30).json()
     guarded = [(m, p) for m, p, _ in _operations(spec) if p.startswith(prefix)]
     assert guarded
     caller = consortium.identity("auditor")
     for method, path in guarded:
         target = _concrete(path)
         headers = sign_request(caller, method, target, b"")
-        response = httpx.request(method, server.base_url + target, headers=headers)
+        response = httpx.request(method, server.base_url + target, headers=headers, timeout=30)
         assert response.status_code == 403, (method, target, response.text)
         body = response.json()
         assert body["code"] == "FORBIDDEN_ROLE"
@@ -67,12 +67,12 @@ def test_reads_for_admins_and_auditors_only(server: Any, consortium: Any) -> Non
     hospital, auditor = consortium.identity("hospital1"), consortium.identity("auditor")
     for target in ("/api/v1/ledger/verify", "/api/v1/audit-log"):
         response = httpx.get(
-            server.base_url + target, headers=sign_request(hospital, "GET", target, b"")
+            server.base_url + target, headers=sign_request(hospital, "GET", target, b""), timeout=30
         )
         assert response.status_code == 403
         assert response.json()["detail"]["allowed"] == ["admin", "auditor"]
         response = httpx.get(
-            server.base_url + target, headers=sign_request(auditor, "GET", target, b"")
+            server.base_url + target, headers=sign_request(auditor, "GET", target, b""), timeout=30
         )
         assert response.status_code == 200, response.text
 
