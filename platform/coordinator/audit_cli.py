@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from consortium.ledger.cli import identity_options, resolve_identity
-from coordinator import audit
+from coordinator import audit, audit_settlement
+from coordinator.settlement_step import TOKEN_UNITS_PER_REWARD
 
 MICRO = audit.MICRO
 
@@ -567,7 +568,7 @@ def settlement_command(
             identity_dir,
             consortium_dir,
             member,
-            lambda ledger: audit.settlement_report(ledger, trial_id, settlement, payees),
+            lambda ledger: audit_settlement.settlement_report(ledger, trial_id, settlement, payees),
         )
     finally:
         settlement.close()
@@ -589,7 +590,7 @@ def settlement_command(
                 or [
                     {
                         "msp_id": m,
-                        "ledger_amount": str(v * audit.TOKEN_UNITS_PER_REWARD) if v else None,
+                        "ledger_amount": str(v * TOKEN_UNITS_PER_REWARD) if v else None,
                         "chain_amount": None,
                     }
                     for m, v in sorted(row["ledger_rewards"].items())

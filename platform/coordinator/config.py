@@ -33,9 +33,11 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from bcfl_common.errors import ConfigError
 
@@ -43,25 +45,69 @@ ENV_PREFIX = "BCFL_COORDINATOR_"
 DEFAULT_PORT = 8700
 DEFAULT_MAX_BODY_BYTES = 1 << 20
 DEFAULT_STATE_DIR = Path("~/.local/share/bcfl/coordinator")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    consortium: Path
-    admin_identity: Path
-    coordinator_identity: Path
-    state_dir: Path
-    ledger_url: str
-    store_url: str
-    database_url: str
-    host: str = "127.0.0.1"
-    port: int = DEFAULT_PORT
-    scheduler: bool = True
-    poll_interval: float = 2.0
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    max_clock_skew: int = 300
-    settlement_url: str | None = None
-    settlement_payees: Path | None = None
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+def _switch(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+        return value.lower() in _TRUE
+    if not isinstance(value, bool):
+        raise ValueError("not a boolean")
+    return value
+
+
+def _path(value: Any) -> Any:
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("not a path")
+    return Path(value).expanduser()
+
+
+Number = BeforeValidator(_no_bool)
+PathValue = Annotated[Path, BeforeValidator(_path)]
+Text = Annotated[str, Field(min_length=1)]
+
+
+class CoordinatorConfig(BaseSettings):
+    """The coordinator's configuration (frozen). Build it with :func:`load_config`; constructed
+    directly it reads nothing from the environment."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="forbid")
+
+    consortium: PathValue
+    admin_identity: PathValue
+    coordinator_identity: PathValue
+    state_dir: PathValue
+    ledger_url: Text
+    store_url: Text
+    database_url: Text
+    host: Text = "127.0.0.1"
+    port: Annotated[int, Number, Field(ge=0, le=65535)] = DEFAULT_PORT
+    scheduler: Annotated[bool, BeforeValidator(_switch)] = True
+    poll_interval: Annotated[float, Number, Field(ge=0.05, le=3600)] = 2.0
+    max_body_bytes: Annotated[int, Number, Field(ge=1024, le=1 << 30)] = DEFAULT_MAX_BODY_BYTES
+    max_clock_skew: Annotated[int, Number, Field(ge=1, le=86400)] = 300
+    settlement_url: Text | None = None
+    settlement_payees: PathValue | None = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_config layers the file and the environment itself (each value checked against its
+        # own source, so an error names it); the model only validates what it is given.
+        return (init_settings,)
 
     @property
     def base_url(self) -> str:
@@ -69,119 +115,91 @@ class CoordinatorConfig:
         return f"http://{host}:{self.port}"
 
     def with_overrides(self, **changes: Any) -> CoordinatorConfig:
-        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+        return self.model_copy(update={k: v for k, v in changes.items() if v is not None})
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            f.name: str(getattr(self, f.name))
-            if isinstance(getattr(self, f.name), Path)
-            else getattr(self, f.name)
-            for f in fields(self)
+            name: str(value) if isinstance(value, Path) else value
+            for name, value in self.model_dump().items()
         }
 
 
-KEYS = tuple(f.name for f in fields(CoordinatorConfig))
-_PATH_KEYS = (
-    "consortium",
-    "admin_identity",
-    "coordinator_identity",
-    "state_dir",
-    "settlement_payees",
+KEYS = tuple(CoordinatorConfig.model_fields)
+_PATH_KEYS = tuple(
+    name for name in KEYS if "Path" in str(CoordinatorConfig.model_fields[name].annotation)
 )
 # [settlement] table key -> configuration key
 SETTLEMENT_TABLE_KEYS = {"url": "settlement_url", "payees": "settlement_payees"}
+_EXPECTED = {
+    "port": "an integer in [0, 65535]",
+    "max_body_bytes": f"an integer in [1024, {1 << 30}]",
+    "max_clock_skew": "an integer in [1, 86400]",
+    "poll_interval": "a number of seconds in [0.05, 3600]",
+    "scheduler": "true or false",
+} | {key: "a path" for key in _PATH_KEYS}
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {}
 
 
 def _convert(key: str, value: Any, source: str, base: Path) -> Any:
-    def bad(expected: str) -> ConfigError:
-        return ConfigError(
-            f"{source}: {key} = {value!r}; expected {expected}",
+    """``value`` checked (and converted) as the field ``key``; relative paths are under ``base``."""
+    field = CoordinatorConfig.model_fields[key]
+    adapter = _ADAPTERS.get(key)
+    if adapter is None:
+        annotation = field.annotation
+        if field.metadata:
+            annotation = Annotated[annotation, *field.metadata]
+        adapter = _ADAPTERS[key] = TypeAdapter(annotation)
+    try:
+        converted = adapter.validate_python(value)
+    except ValidationError:
+        raise ConfigError(
+            f"{source}: {key} = {value!r}; expected {_EXPECTED.get(key, 'a non-empty string')}",
             detail={"key": key, "value": str(value)},
-        )
-
-    if key in _PATH_KEYS:
-        if not isinstance(value, str | Path) or not str(value):
-            raise bad("a path")
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else (base / path)
-    if key in ("ledger_url", "store_url", "database_url", "host", "settlement_url"):
-        if not isinstance(value, str) or not value:
-            raise bad("a non-empty string")
-        return value
-    if key in ("port", "max_body_bytes", "max_clock_skew"):
-        try:
-            number = int(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            number = None
-        low, high = {
-            "port": (0, 65535),
-            "max_body_bytes": (1024, 1 << 30),
-            "max_clock_skew": (1, 86400),
-        }[key]
-        if number is None or not low <= number <= high:
-            raise bad(f"an integer in [{low}, {high}]")
-        return number
-    if key == "poll_interval":
-        try:
-            number = float(value) if not isinstance(value, bool) else None
-        except (TypeError, ValueError):
-            number = None
-        if number is None or not 0.05 <= number <= 3600:
-            raise bad("a number of seconds in [0.05, 3600]")
-        return number
-    if key == "scheduler":
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in (
-            "1",
-            "true",
-            "yes",
-            "on",
-            "0",
-            "false",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("1", "true", "yes", "on")
-        raise bad("true or false")
-    raise AssertionError(key)
+        ) from None
+    if isinstance(converted, Path) and not converted.is_absolute():
+        converted = base / converted
+    return converted
 
 
-def load_config(
-    path: str | Path | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> CoordinatorConfig:
-    """Read ``path`` (optional), then ``BCFL_COORDINATOR_*`` variables, then ``overrides``; fill defaults."""
-    env = os.environ if env is None else env
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
+class TomlFileSource(PydanticBaseSettingsSource):
+    """coordinator.toml: ``[coordinator]`` (or the root table) and ``[settlement]``."""
+
+    def __init__(self, settings_cls: type[BaseSettings], path: Path):
+        super().__init__(settings_cls)
+        self.path = path
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
+
+    def _table(self, data: dict[str, Any], name: str) -> dict[str, Any]:
+        table = data.get(name, data if name == "coordinator" else {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{self.path}: [{name}] must be a table")
+        return table
+
+    def __call__(self) -> dict[str, Any]:
+        path = self.path
         try:
             data = tomllib.loads(path.read_text())
         except FileNotFoundError as exc:
             raise ConfigError(f"configuration file {path} not found") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
-        table = data.get("coordinator", data)
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [coordinator] must be a table")
-        unknown = sorted(
-            set(table) - set(KEYS) - ({"coordinator", "settlement"} if table is data else set())
-        )
+        table = self._table(data, "coordinator")
+        tables = {"coordinator", "settlement"} if table is data else set()
+        unknown = sorted(set(table) - set(KEYS) - tables)
         if unknown:
             raise ConfigError(
                 f"{path}: unknown keys {unknown}; expected some of {list(KEYS)}",
                 detail={"unknown": unknown},
             )
         base = path.resolve().parent
-        for key, value in table.items():
-            if key in KEYS:
-                values[key] = _convert(key, value, str(path), base)
-        settlement = data.get("settlement", {})
-        if not isinstance(settlement, dict):
-            raise ConfigError(f"{path}: [settlement] must be a table")
+        values = {
+            key: _convert(key, value, str(path), base)
+            for key, value in table.items()
+            if key in KEYS
+        }
+        settlement = self._table(data, "settlement")
         unknown = sorted(set(settlement) - set(SETTLEMENT_TABLE_KEYS))
         if unknown:
             raise ConfigError(
@@ -191,16 +209,51 @@ def load_config(
         for key, value in settlement.items():
             name = SETTLEMENT_TABLE_KEYS[key]
             values[name] = _convert(name, value, f"{path} [settlement] {key}", base)
-    cwd = Path.cwd()
-    for key in KEYS:
-        name = ENV_PREFIX + key.upper()
-        if env.get(name):
-            values[key] = _convert(key, env[name], f"environment {name}", cwd)
-    for key, value in (overrides or {}).items():
+        return values
+
+
+class EnvironmentSource(PydanticBaseSettingsSource):
+    """``BCFL_COORDINATOR_<KEY>`` variables (empty ones are ignored); paths relative to the cwd."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self.env.get(ENV_PREFIX + field_name.upper()), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        cwd = Path.cwd()
+        values = {}
+        for key in KEYS:
+            name = ENV_PREFIX + key.upper()
+            if self.env.get(name):
+                values[key] = _convert(key, self.env[name], f"environment {name}", cwd)
+        return values
+
+
+def _overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    values = {}
+    for key, value in overrides.items():
         if key not in KEYS:
             raise ConfigError(f"unknown configuration key {key!r}; expected one of {list(KEYS)}")
         if value is not None:
-            values[key] = _convert(key, value, "command line", cwd)
+            values[key] = _convert(key, value, "command line", Path.cwd())
+    return values
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> CoordinatorConfig:
+    """Read ``path`` (optional), then ``BCFL_COORDINATOR_*`` variables, then ``overrides``; fill defaults."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values |= TomlFileSource(CoordinatorConfig, Path(path))()
+    values |= EnvironmentSource(CoordinatorConfig, os.environ if env is None else env)()
+    values |= _overrides(overrides or {})
     if "consortium" not in values:
         raise ConfigError(
             "no consortium directory configured: set `consortium` in coordinator.toml or "
@@ -215,11 +268,30 @@ def load_config(
             detail={"key": f"settlement_{missing}"},
         )
     consortium: Path = values["consortium"]
-    state_dir: Path = values.get("state_dir") or DEFAULT_STATE_DIR.expanduser()
-    values.setdefault("state_dir", state_dir)
+    state_dir: Path = values.setdefault("state_dir", DEFAULT_STATE_DIR.expanduser())
     values.setdefault("admin_identity", consortium / "members" / "admin")
     values.setdefault("coordinator_identity", consortium / "members" / "coordinator")
     values.setdefault("ledger_url", f"embedded://{state_dir.resolve() / 'ledger.db'}")
     values.setdefault("store_url", (state_dir.resolve() / "store").as_uri())
     values.setdefault("database_url", f"sqlite:///{state_dir.resolve() / 'coordinator.db'}")
     return CoordinatorConfig(**values)
+
+
+def write_config(config: CoordinatorConfig, path: str | Path) -> Path:
+    """Write ``config`` as a coordinator.toml that :func:`load_config` reads back to the same values."""
+    import tomli_w
+
+    from bcfl_common.files import write_atomic
+
+    values = {k: v for k, v in config.to_dict().items() if v is not None}
+    settlement = {
+        table_key: values.pop(name)
+        for table_key, name in SETTLEMENT_TABLE_KEYS.items()
+        if name in values
+    }
+    document: dict[str, Any] = {"coordinator": values}
+    if settlement:
+        document["settlement"] = settlement
+    path = Path(path)
+    write_atomic(path, tomli_w.dumps(document).encode())
+    return path

@@ -116,7 +116,6 @@ class Scheduler:
         self._last_tick_at: float | None = None
         self._last_error: str | None = None
         self._height: int | None = None
-        self._events_seen = 0
 
     # -- running -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,21 +158,11 @@ class Scheduler:
         """One pass over every RUNNING trial; returns what was done or is awaited."""
         with self._lock:
             outcomes: list[StepOutcome] = []
-            height = self.ledger.height()
-            if self._height is None and self.database is not None:
-                saved = self.database.get_state("last_block")
-                self._height = int(saved) if saved is not None else None
-            new_events = (
-                list(self.ledger.events(self._height or 0)) if self._height != height else []
-            )
-            self._events_seen += len(new_events)
             for trial in self.ledger.evaluate("list_trials", {"state": "RUNNING"}):
                 outcomes.extend(self.run_trial(trial["trial_id"]))
             if self.settlement is not None:
                 outcomes.extend(self.settlement.tick())
             self._height = self.ledger.height()
-            if self.database is not None:
-                self.database.set_state("last_block", str(self._height))
             self._ticks += 1
             self._last_tick_at = time.time()
             self._last_error = None
@@ -621,7 +610,6 @@ class Scheduler:
             "last_tick_at": self._last_tick_at,
             "last_error": self._last_error,
             "ledger_height": self._height,
-            "events_seen": self._events_seen,
             "trials": dict(self._trials),
             "recent_steps": [] if self.database is None else self.database.steps(limit=25),
             "settlement": {"configured": False}

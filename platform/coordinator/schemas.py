@@ -1,10 +1,19 @@
-"""Request bodies of the coordinator API (pydantic, unknown fields refused); the contract's own records are returned as they are."""
+"""The coordinator API's request bodies (pydantic, unknown fields refused) and response models.
+
+Responses that are ledger records use the kernel's typed records (``bcfl_common.records``), made
+tolerant here: a key the record type does not (yet) name is passed through unchanged, never
+dropped, because the contract's record is returned exactly as it is stored. The coordinator's own
+answers (enrolment requests, events, scheduler and settlement status) are pydantic models that
+likewise keep any further keys.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, with_config
+
+from bcfl_common import records
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 LABEL = r"^[A-Za-z0-9][A-Za-z0-9 ._:/+-]{0,127}$"
@@ -110,3 +119,214 @@ class ErrorBody(BaseModel):
     code: str
     message: str
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses: ledger records, passed through as the contract returns them
+# ---------------------------------------------------------------------------------------------
+
+_PASS_THROUGH = ConfigDict(extra="allow")
+
+
+@with_config(_PASS_THROUGH)
+class TrialRecord(records.Trial):
+    """A trial as stored on the ledger (``get_trial``)."""
+
+
+@with_config(_PASS_THROUGH)
+class EnrolmentRecord(records.Enrolment):
+    """A hospital's enrolment on the ledger."""
+
+
+@with_config(_PASS_THROUGH)
+class TrialKeysRecord(records.TrialKeys):
+    """The trial's public HE context and the secret contexts sealed to each hospital (refs)."""
+
+
+@with_config(_PASS_THROUGH)
+class RoundRecord(records.Round):
+    """One attempt of one round."""
+
+
+@with_config(_PASS_THROUGH)
+class UpdateRecord(records.Update):
+    """A hospital's update commitment and reveal."""
+
+
+@with_config(_PASS_THROUGH)
+class VoteRecord(records.Vote):
+    """A voter's commitment and revealed scores."""
+
+
+@with_config(_PASS_THROUGH)
+class AcceptanceRecord(records.Acceptance):
+    """What the revealed votes decided, computed by the contract."""
+
+
+@with_config(_PASS_THROUGH)
+class AttestationRecord(records.Attestation):
+    """A hospital's attestation of the round's model."""
+
+
+@with_config(_PASS_THROUGH)
+class PrivacyAccountRecord(records.PrivacyAccount):
+    """A hospital's cumulative epsilon in a trial."""
+
+
+@with_config(_PASS_THROUGH)
+class RewardsRecord(records.Rewards):
+    """Reward accounts and per-round rewards of a trial."""
+
+
+@with_config(_PASS_THROUGH)
+class LineageRecord(records.Lineage):
+    """The trial's model lineage and rollbacks."""
+
+
+@with_config(_PASS_THROUGH)
+class HistoryRecord(records.HistoryEntry):
+    """One value a ledger record had, with the transaction that wrote it."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses: the coordinator's own answers
+# ---------------------------------------------------------------------------------------------
+
+
+class _Answer(BaseModel):
+    model_config = _PASS_THROUGH
+
+
+class Health(_Answer):
+    status: str
+
+
+class Caller(_Answer):
+    """The authenticated caller, from its certificate."""
+
+    msp_id: str
+    name: str
+    role: str
+    organisation_kind: str | None
+    role_honoured: bool
+
+
+class EnrolmentRequest(_Answer):
+    """A hospital's request to join a trial, kept by the coordinator until an admin decides."""
+
+    trial_id: str
+    msp_id: str
+    encryption_public_key: str
+    status: str
+    requested_at: int
+    requested_by: str
+    decided_at: int | None
+    decided_by: str | None
+    reason: str | None
+    tx_id: str | None
+
+
+class TrialEvent(_Answer):
+    block_number: int
+    tx_id: str
+    name: str
+    payload: dict[str, Any]
+
+
+class EventsPage(_Answer):
+    """A page of a trial's ledger events; continue from ``next_block``."""
+
+    trial_id: str
+    since_block: int
+    next_block: int
+    height: int
+    events: list[TrialEvent]
+
+
+class LedgerInfo(_Answer):
+    url_scheme: str
+    height: int
+
+
+class LedgerVerification(_Answer):
+    """What re-verifying the whole chain found; ``problems`` is empty when everything verifies."""
+
+    ok: bool
+    blocks: int
+    transactions: int
+    problems: list[str]
+    checks: list[str]
+
+
+class SchedulerStep(_Answer):
+    id: int
+    trial_id: str
+    round: int | None
+    attempt: int | None
+    step: str
+    status: str
+    tx_id: str | None
+    block_number: int | None
+    detail: dict[str, Any] | None
+    started_at: float
+    finished_at: float | None
+
+
+class SchedulerStatus(_Answer):
+    running: bool
+    poll_interval: float
+    ticks: int
+    last_tick_at: float | None
+    last_error: str | None
+    ledger_height: int | None
+    trials: dict[str, Any]
+    recent_steps: list[SchedulerStep]
+    settlement: dict[str, Any]
+
+
+class StepOutcome(_Answer):
+    """What one scheduler step did for one trial."""
+
+    trial_id: str
+    action: str
+    status: str
+    round: int | None
+    attempt: int | None
+    tx_id: str | None
+    detail: dict[str, Any]
+    at: float
+
+
+class SchedulerRun(_Answer):
+    outcomes: list[StepOutcome]
+
+
+class SettlementSwitch(_Answer):
+    trial_id: str
+    enabled: bool
+    changed_at: float
+    changed_by: str
+    reason: str | None
+    halted: dict[str, Any] | None
+
+
+class TrialSettlement(_Answer):
+    """The trial's settlement switch, any halt, and (when configured) its rounds' settlements."""
+
+    trial_id: str
+    configured: bool
+    enabled: bool
+    switch: SettlementSwitch | None
+    halted: dict[str, Any] | None
+
+
+class AuditLogEntry(_Answer):
+    id: int
+    at: float
+    msp_id: str | None
+    name: str | None
+    role: str | None
+    method: str
+    path: str
+    status: int
+    code: str | None

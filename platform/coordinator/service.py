@@ -18,9 +18,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from bcfl_common.certificates import x25519_public_key_raw
 from bcfl_common.errors import BcflError, ConfigError, ContractError, IdentityError, SchemaError
 from consortium.http_auth import Principal
-from consortium.identity import Consortium, Identity, load_identity, x25519_public_key_raw
+from consortium.identity import Consortium, Identity, load_identity
 from consortium.storage import open_store
 from coordinator.config import CoordinatorConfig
 from coordinator.db import Database, EnrolmentRequest

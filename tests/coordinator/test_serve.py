@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 
 from consortium.coordinator_client import CoordinatorClient
 from consortium.loopback import free_port
@@ -21,13 +22,18 @@ def test_serve_from_a_config_file(
     port = free_port()
     config = tmp_path / "coordinator.toml"
     config.write_text(
-        "[coordinator]\n"
-        f'consortium = "{consortium.directory}"\n'
-        'state_dir = "state"\n'
-        f'ledger_url = "{ledger_url}"\n'
-        f'store_url = "{store_url}"\n'
-        f"port = {port}\n"
-        "poll_interval = 0.2\n"
+        tomli_w.dumps(
+            {
+                "coordinator": {
+                    "consortium": str(consortium.directory),
+                    "state_dir": "state",  # relative to the file's folder
+                    "ledger_url": ledger_url,
+                    "store_url": store_url,
+                    "port": port,
+                    "poll_interval": 0.2,
+                }
+            }
+        )
     )
     process = subprocess.Popen(
         [
