@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 from chaincode.commitments import new_salt, update_commitment, votes_commitment
 from consortium.storage import ArtifactStore
 from privacy import he
+from privacy.he import keyholder
 
 N_PARAMS = 10
 
@@ -58,7 +59,7 @@ class Hospitals:
             recipient_key = X25519PublicKey.from_public_bytes(
                 base64.b64decode(record["encryption_public_key"])
             )
-            sealed = he.seal_envelope(
+            sealed = keyholder.seal_envelope(
                 self.secret.secret_bytes(),
                 recipient_key,
                 trial_id=self.trial_id,
@@ -85,7 +86,7 @@ class Hospitals:
         data = (
             payload
             if payload is not None
-            else he.encrypt_update(self.secret, delta, weight=float(weight))
+            else keyholder.encrypt_update(self.secret, delta, weight=float(weight))
         )
         stored = self.store.put(data)
         update = Submitted(stored.content_id, stored.sha256, weight, 100_000, new_salt(), delta)
@@ -159,7 +160,9 @@ class Hospitals:
         rnd = self.round()
         data = self.store.get(rnd["aggregate"]["content_id"])
         assert hashlib.sha256(data).hexdigest() == rnd["aggregate"]["sha256"]
-        return he.decrypt(self.secret, data, total_weight=float(rnd["aggregate"]["total_weight"]))
+        return keyholder.decrypt(
+            self.secret, data, total_weight=float(rnd["aggregate"]["total_weight"])
+        )
 
     def attest(self, name: str, sha256: str | None = None) -> dict[str, Any]:
         rnd = self.round()

@@ -19,13 +19,14 @@ from coordinator.audit import AuditFailed
 from coordinator.audit_cli import audit_group
 from coordinator.service import CoordinatorService
 from privacy import he
+from privacy.he import keyholder
 
 TRIAL = "trial-audit"
 
 
 @pytest.fixture(scope="module")
 def secret_context() -> he.HEContext:
-    return he.generate_context()
+    return keyholder.generate_context()
 
 
 def audit_cli(consortium: Any, ledger_url: str, *args: str) -> tuple[int, str]:

@@ -18,6 +18,7 @@ from coordinator.audit import AuditFailed
 from coordinator.service import CoordinatorService
 from coordinator.settlement_step import settlement_round
 from privacy import he
+from privacy.he import keyholder
 
 pytestmark = pytest.mark.ethereum
 TRIAL = "trial-paid"
@@ -25,7 +26,7 @@ TRIAL = "trial-paid"
 
 @pytest.fixture(scope="module")
 def secret_context() -> he.HEContext:
-    return he.generate_context()
+    return keyholder.generate_context()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from coordinator.scheduler import Scheduler
 from coordinator.schemas import TrialSpec
 from coordinator.service import CoordinatorService
 from privacy import he
+from privacy.he import keyholder
 
 HOSPITALS = ["hospital1", "hospital2", "hospital3"]
 TRIAL = "trial-s"
@@ -27,7 +28,7 @@ TRIAL = "trial-s"
 
 @pytest.fixture(scope="module")
 def secret_context() -> he.HEContext:
-    return he.generate_context()
+    return keyholder.generate_context()
 
 
 def running_trial(

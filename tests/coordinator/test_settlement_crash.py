@@ -22,6 +22,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.service import CoordinatorService
 from coordinator.settlement_step import FAULT_ENV, settlement_round
 from privacy import he
+from privacy.he import keyholder
 
 pytestmark = pytest.mark.ethereum
 TRIAL = "trial-crash"
@@ -29,7 +30,7 @@ TRIAL = "trial-crash"
 
 @pytest.fixture(scope="module")
 def secret_context() -> he.HEContext:
-    return he.generate_context()
+    return keyholder.generate_context()
 
 
 def write_config(config: CoordinatorConfig, chain: EthChain, directory: Path) -> Path:

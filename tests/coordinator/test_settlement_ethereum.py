@@ -24,6 +24,7 @@ from coordinator.settlement_step import (
     settlement_round,
 )
 from privacy import he
+from privacy.he import keyholder
 
 pytestmark = pytest.mark.ethereum
 TRIAL = "trial-eth"
@@ -31,7 +32,7 @@ TRIAL = "trial-eth"
 
 @pytest.fixture(scope="module")
 def secret_context() -> he.HEContext:
-    return he.generate_context()
+    return keyholder.generate_context()
 
 
 def write_payees(chain: EthChain, path: Path) -> Path:
