@@ -34,7 +34,8 @@ def fabric_network(
     consortium_template: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
     """A running Fabric network (1 Raft orderer, a peer per operator and hospital organisation)."""
-    from consortium.network_cli import FabricNetwork, fabric_unavailable_reason
+    from devnet.fabric_material import fabric_unavailable_reason
+    from devnet.fabric_network import FabricNetwork
 
     reason = fabric_unavailable_reason()
     if reason:
