@@ -1,9 +1,10 @@
 """A whole consortium on one machine: identities, ledger, store, a coordinator server and silo agent processes.
 
 ``bcfl demo`` and the integration tests both build on this: every party is a real process on
-loopback (the coordinator is ``bcfl coordinator serve``, each hospital is ``bcfl silo run``), they
-meet only through the ledger, the artifact store and the coordinator's signed HTTP API, exactly
-as they would across hospitals.
+loopback (the coordinator is ``bcfl coordinator serve``, each hospital is ``bcfl silo run``, a
+malicious one ``python -m devnet.red_team`` with the same arguments), they meet only through the
+ledger, the artifact store and the coordinator's signed HTTP API, exactly as they would across
+hospitals. Every process runs under ``devnet.supervisor``.
 """
 
 from __future__ import annotations
