@@ -9,9 +9,9 @@ import httpx
 import pandas as pd
 import pytest
 
+from bcfl_common.certificates import x25519_public_key_raw
 from bcfl_common.errors import AuthError, ContractError
 from consortium.http_auth import sign_request
-from consortium.identity import x25519_public_key_raw
 from devnet.local_network import bcfl_command
 from devnet.supervisor import wait_for
 
