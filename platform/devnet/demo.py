@@ -265,7 +265,7 @@ def _start_local_chain(net: LocalNetwork, stack: ExitStack, console: Console) ->
 
 def _wait_for_settlement(
     net: LocalNetwork, trial_id: str, chain: dict[str, Any], console: Console, timeout: float = 120
-) -> dict[str, str]:
+) -> dict[str, dict[str, str]]:
     """Wait until every credited round's rewards carry their Ethereum transaction on the ledger."""
     from consortium.settlement import PayeeDirectory
     from consortium.settlement_cli import format_tokens
@@ -376,7 +376,7 @@ def collect_results(net: LocalNetwork, trial_id: str) -> dict[str, Any]:
                     acceptance = None
             per_hospital = {}
             for msp_id, status in statuses.items():
-                detail = next(
+                detail: dict[str, Any] = next(
                     (
                         d
                         for d in status["round_details"]
