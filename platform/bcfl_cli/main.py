@@ -31,11 +31,11 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
         "Run a hospital's silo agent: enrol, train, vote, attest.",
     ),
     "network": (
-        "consortium.network_cli:network_group",
+        "devnet.fabric_cli:network_group",
         "Run a local Hyperledger Fabric network (no Docker).",
     ),
     "demo": (
-        "coordinator.demo:demo_command",
+        "devnet.demo:demo_command",
         "Run a whole trial on this machine (coordinator + one silo per hospital).",
     ),
     "audit": (

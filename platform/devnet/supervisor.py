@@ -120,6 +120,11 @@ class Supervised:
 
     # -- finding ---------------------------------------------------------------------------------
     def _current(self) -> psutil.Process | None:
+        if self._process is not None and self._handle is not None:
+            # Our own child: it runs until it is reaped (its pid cannot be reused before). A
+            # multi-threaded process whose main thread has exited shows as a zombie while its
+            # other threads finish; it has no exit status yet, so it still counts as running.
+            return self._handle if self._process.poll() is None else None
         if self._handle is None and self.pid_file is not None:
             self._handle = _from_pid_file(self.pid_file)
         if self._handle is None:

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.local_network import LocalNetwork, wait_for
+from devnet.local_network import LocalNetwork
+from devnet.supervisor import wait_for
 from silo_agent.datasets import load_demo_dataset, write_demo_dataset
 
 # Short phases: a silo that is down or late makes the round wait only this long.

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.local_network import bcfl_command
+from devnet.local_network import bcfl_command
 
 pytestmark = pytest.mark.slow
 HEART = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "heart_disease"

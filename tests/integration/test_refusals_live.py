@@ -9,10 +9,11 @@ import httpx
 import pandas as pd
 import pytest
 
+from bcfl_common.certificates import x25519_public_key_raw
 from bcfl_common.errors import AuthError, ContractError
 from consortium.http_auth import sign_request
-from consortium.identity import x25519_public_key_raw
-from coordinator.local_network import bcfl_command, wait_for
+from devnet.local_network import bcfl_command
+from devnet.supervisor import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import pytest
 
 from bcfl_common.errors import ContractError
 from consortium.ledger import open_ledger
-from coordinator.local_network import bcfl_command, wait_for
+from devnet.local_network import bcfl_command
+from devnet.supervisor import wait_for
 
 pytestmark = pytest.mark.slow
 

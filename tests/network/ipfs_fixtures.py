@@ -1,4 +1,7 @@
-"""Fixtures for tests against real Kubo nodes: private swarms on loopback, always stopped."""
+"""Fixtures for tests against real Kubo nodes: private swarms on loopback, always stopped.
+
+A pytest plugin: a test module that needs them says ``pytest_plugins = ["ipfs_fixtures"]``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from consortium.storage_ipfs import (
-    IpfsStore,
-    KuboNode,
-    generate_swarm_key,
-    kubo_binary,
-    open_ipfs_store,
-)
+from consortium.storage_ipfs import IpfsStore, open_ipfs_store
+from devnet.kubo import KuboNode, generate_swarm_key, kubo_binary
 
 __all__ = ["IpfsSwarm", "ipfs_pair", "ipfs_swarm", "kubo_bin"]
 

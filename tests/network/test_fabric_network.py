@@ -24,7 +24,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_is_idempotent_and_down_leaves_no_process(tmp_path: Path) -> None:
-    from consortium.network_cli import FabricNetwork, fabric_unavailable_reason
+    from devnet.fabric_material import fabric_unavailable_reason
+    from devnet.fabric_network import FabricNetwork
 
     reason = fabric_unavailable_reason()
     if reason:
@@ -190,14 +191,14 @@ def test_a_stopped_hospital_peer_does_not_stop_the_trial_and_catches_up(
         finally:
             own_peer.close()
     finally:
-        if fabric_network._pid("peer0.hospital1") is None:
+        if fabric_network.pid("peer0.hospital1") is None:
             fabric_network.start_node("peer0.hospital1")
         admin.close()
         hospital1.close()
 
 
 def test_three_raft_orderers(tmp_path: Path) -> None:
-    from consortium.network_cli import FabricNetwork
+    from devnet.fabric_network import FabricNetwork
 
     network = FabricNetwork(tmp_path / "net", hospitals=1, orderers=3)
     try:

@@ -14,7 +14,7 @@ from consortium.identity import Consortium
 from consortium.ledger import open_ledger
 from consortium.ledger.base import TxResult
 from consortium.ledger.fabric import FabricLedger, TransactionInvalid, make_proposal
-from consortium.network_cli import majority_endorsement_policy
+from devnet.fabric_material import majority_endorsement_policy
 
 pytestmark = pytest.mark.fabric
 

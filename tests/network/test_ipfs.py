@@ -14,32 +14,23 @@ import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
-
-try:
-    from ipfs_fixtures import IpfsSwarm, ipfs_pair, ipfs_swarm, kubo_bin  # noqa: F401
-except ImportError:  # imported as a package (tests/network/__init__.py present)
-    from tests.network.ipfs_fixtures import IpfsSwarm, ipfs_pair, ipfs_swarm, kubo_bin  # noqa: F401
-
 from multiformats import CID
 
 from bcfl_common.errors import ConfigError, StoreError, StoreIntegrityError
 from consortium.loopback import free_port
 from consortium.storage import FileStore, content_id, open_store
-from consortium.storage_ipfs import (
-    LOCATOR_KEY_PREFIX,
-    RAW_BLOCK_LIMIT,
-    IpfsStore,
-    KuboNode,
-    generate_swarm_key,
-    locator_key,
-    private_swarm_problems,
-)
+from consortium.storage_ipfs import LOCATOR_KEY_PREFIX, RAW_BLOCK_LIMIT, IpfsStore, locator_key
+from devnet.kubo import KuboNode, generate_swarm_key, private_swarm_problems
 
 pytestmark = pytest.mark.ipfs
+# the Kubo fixtures (kubo_bin, ipfs_swarm, ipfs_pair), registered as a plugin rather than imported
+pytest_plugins = ["ipfs_fixtures"]
+if TYPE_CHECKING:
+    from ipfs_fixtures import IpfsSwarm
 
 MiB = 1024 * 1024
 

@@ -15,7 +15,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from bcfl_common.errors import BcflError, ConfigError
-from coordinator.local_network import LocalNetwork, bcfl_command
+from devnet.local_network import LocalNetwork, bcfl_command, write_toml
 
 PHASE_ORDER = ("SUBMIT", "REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED")
 DEMO_PHASE_SECONDS = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
@@ -252,14 +252,11 @@ def _start_local_chain(net: LocalNetwork, stack: ExitStack, console: Console) ->
     """anvil on loopback with the settlement contracts deployed, and a payee address per hospital."""
     from eth_account import Account
 
-    from consortium.settlement import local_settlement
+    from devnet.anvil import local_settlement
 
     local = stack.enter_context(local_settlement(net.root / "ethereum"))
     payees = {net.msp_id(h): Account.create().address for h in net.hospital_names()}
-    payees_path = net.root / "ethereum" / "payees.toml"
-    payees_path.write_text(
-        "[payees]\n" + "".join(f'{msp} = "{address}"\n' for msp, address in payees.items())
-    )
+    payees_path = write_toml(net.root / "ethereum" / "payees.toml", {"payees": payees})
     console.print(
         f"local Ethereum chain (anvil) on {local.node.rpc_url}, settlement contracts deployed"
     )
@@ -268,7 +265,7 @@ def _start_local_chain(net: LocalNetwork, stack: ExitStack, console: Console) ->
 
 def _wait_for_settlement(
     net: LocalNetwork, trial_id: str, chain: dict[str, Any], console: Console, timeout: float = 120
-) -> dict[str, str]:
+) -> dict[str, dict[str, str]]:
     """Wait until every credited round's rewards carry their Ethereum transaction on the ledger."""
     from consortium.settlement import PayeeDirectory
     from consortium.settlement_cli import format_tokens
@@ -379,7 +376,7 @@ def collect_results(net: LocalNetwork, trial_id: str) -> dict[str, Any]:
                     acceptance = None
             per_hospital = {}
             for msp_id, status in statuses.items():
-                detail = next(
+                detail: dict[str, Any] = next(
                     (
                         d
                         for d in status["round_details"]

@@ -1,28 +1,31 @@
 """A whole consortium on one machine: identities, ledger, store, a coordinator server and silo agent processes.
 
 ``bcfl demo`` and the integration tests both build on this: every party is a real process on
-loopback (the coordinator is ``bcfl coordinator serve``, each hospital is ``bcfl silo run``), they
-meet only through the ledger, the artifact store and the coordinator's signed HTTP API, exactly
-as they would across hospitals.
+loopback (the coordinator is ``bcfl coordinator serve``, each hospital is ``bcfl silo run``, a
+malicious one ``python -m devnet.red_team`` with the same arguments), they meet only through the
+ledger, the artifact store and the coordinator's signed HTTP API, exactly as they would across
+hospitals. Every process runs under ``devnet.supervisor``.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from bcfl_common.errors import BcflError, ConfigError
+from bcfl_common.files import write_atomic
 from consortium.coordinator_client import CoordinatorClient
 from consortium.identity import Consortium, init_consortium
 from consortium.ledger.embedded import create_embedded_ledger
 from consortium.loopback import free_port
+from devnet.fabric_network import FabricNetwork
+from devnet.supervisor import ProcessError, Supervised
 
 MARKER = ".bcfl-local-network"
 
@@ -32,79 +35,34 @@ def bcfl_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bcfl_cli", *args]
 
 
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+def red_team_command(attack: str, scale: float, *silo_run_args: str) -> list[str]:
+    """A malicious hospital: ``devnet.red_team`` runs the silo agent (the arguments of
+    `bcfl silo run`) with an agent that poisons its updates (``attack``, scaled by ``scale``)."""
+    return [
+        sys.executable,
+        "-m",
+        "devnet.red_team",
+        "--attack",
+        attack,
+        "--scale",
+        f"{scale:g}",
+        *silo_run_args,
+    ]
 
 
 def write_toml(path: Path, sections: dict[str, dict[str, Any]]) -> Path:
-    """Write a small TOML file: top-level keys under "" and one table per other section."""
-    lines: list[str] = []
-    for key, value in sections.get("", {}).items():
-        lines.append(f"{key} = {_toml(value)}")
+    """Write a TOML file: the keys under "" at the top level, one table per other section.
+
+    Keys whose value is None are left out (TOML has no null), and so are tables left empty.
+    """
+    document: dict[str, Any] = {k: v for k, v in sections.get("", {}).items() if v is not None}
     for section, values in sections.items():
-        if section == "" or not values:
-            continue
-        lines.append(f"\n[{section}]")
-        lines += [f"{key} = {_toml(value)}" for key, value in values.items() if value is not None]
+        table = {k: v for k, v in values.items() if v is not None}
+        if section and table:
+            document[section] = table
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+    write_atomic(path, tomli_w.dumps(document).encode(), durable=False)
     return path
-
-
-@dataclass
-class ManagedProcess:
-    name: str
-    command: list[str]
-    log_path: Path
-    env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
-        )
-        log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    @property
-    def returncode(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would (no clean-up runs)."""
-        if self.running:
-            assert self.process is not None
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-
-    def log_tail(self, lines: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
 
 @dataclass
@@ -117,9 +75,11 @@ class LocalNetwork:
     ledger_url: str
     store_url: str
     port: int = 0
-    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    processes: dict[str, Supervised] = field(default_factory=dict)
     poll_interval: float = 0.3
-    fabric: Any = None  # the FabricNetwork when the ledger is a real Fabric network
+    fabric: FabricNetwork | None = None  # when the ledger is a real Fabric network
+    # the hospitals that run devnet.red_team instead of the honest agent: name -> (attack, scale)
+    attacks: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -155,8 +115,6 @@ class LocalNetwork:
             ledger_url = f"embedded://{root / 'ledger' / 'ledger.db'}"
             create_embedded_ledger(ledger_url, consortium, consortium.identity("admin")).close()
         elif ledger == "fabric":
-            from consortium.network_cli import FabricNetwork
-
             fabric = FabricNetwork(root / "fabric", consortium_dir=consortium.directory)
             fabric.up(report=report)
             ledger_url = fabric.ledger_url()
@@ -212,34 +170,34 @@ class LocalNetwork:
             sections.setdefault(section, {}).update(values)
         return write_toml(self.root / "coordinator" / "coordinator.toml", sections)
 
-    def start_coordinator(self, timeout: float = 60.0) -> ManagedProcess:
+    def start_coordinator(self, timeout: float = 60.0) -> Supervised:
         config = self.root / "coordinator" / "coordinator.toml"
         if not config.exists():
             self.write_coordinator_config()
-        proc = ManagedProcess(
-            "coordinator",
+        proc = Supervised(
+            "the coordinator",
             bcfl_command("coordinator", "serve", "--config", str(config)),
             self.root / "logs" / "coordinator.log",
-            self._env(),
-        )
-        proc.start()
+            env=self._env(),
+        ).start()
         self.processes["coordinator"] = proc
-        deadline = time.monotonic() + timeout
         with self.client("auditor") as client:
-            while time.monotonic() < deadline:
-                if not proc.running:
-                    raise BcflError(
-                        f"the coordinator exited ({proc.returncode}); its log:\n{proc.log_tail()}"
-                    )
+
+            def answers() -> bool:
                 try:
                     client.health()
-                    return proc
+                    return True
                 except BcflError:
-                    time.sleep(0.2)
-        proc.stop()
-        raise BcflError(
-            f"the coordinator did not answer on {self.base_url} within {timeout:.0f} s:\n{proc.log_tail()}"
-        )
+                    return False
+
+            try:
+                proc.wait_ready(
+                    answers, timeout=timeout, what=f"answering on {self.base_url}", interval=0.2
+                )
+            except ProcessError:
+                proc.stop()
+                raise
+        return proc
 
     # -- silos ------------------------------------------------------------------------------
     def write_silo_config(
@@ -252,6 +210,13 @@ class LocalNetwork:
         epsilon_budget: float | None = None,
         poll_seconds: float = 0.3,
     ) -> Path:
+        """The hospital's silo.toml. With an ``attack`` other than "none" the hospital is
+        malicious: its configuration is an honest one, and ``start_silo`` runs it under
+        ``devnet.red_team`` (production agents know nothing of attacks)."""
+        if attack == "none":
+            self.attacks.pop(hospital, None)
+        else:
+            self.attacks[hospital] = (attack, attack_scale)
         folder = self.root / "silos" / hospital
         sections: dict[str, dict[str, Any]] = {
             "": {
@@ -264,21 +229,23 @@ class LocalNetwork:
             "data": {k: str(v) if isinstance(v, Path) else v for k, v in data.items()},
             "privacy": {"epsilon_budget": epsilon_budget},
             "run": {"poll_seconds": poll_seconds},
-            "attack": {"kind": attack, "scale": attack_scale},
         }
         return write_toml(folder / "silo.toml", sections)
 
     def silo_config_path(self, hospital: str) -> Path:
         return self.root / "silos" / hospital / "silo.toml"
 
-    def start_silo(self, hospital: str, *, trial_id: str | None = None) -> ManagedProcess:
-        args = ["silo", "run", "--config", str(self.silo_config_path(hospital)), "--until-complete"]
+    def start_silo(self, hospital: str, *, trial_id: str | None = None) -> Supervised:
+        args = ["--config", str(self.silo_config_path(hospital)), "--until-complete"]
         if trial_id:
             args += ["--trial", trial_id]
-        proc = ManagedProcess(
-            hospital, bcfl_command(*args), self.root / "logs" / f"{hospital}.log", self._env()
-        )
-        proc.start()
+        if hospital in self.attacks:
+            command = red_team_command(*self.attacks[hospital], *args)
+        else:
+            command = bcfl_command("silo", "run", *args)
+        proc = Supervised(
+            hospital, command, self.root / "logs" / f"{hospital}.log", env=self._env()
+        ).start()
         self.processes[hospital] = proc
         return proc
 
@@ -303,17 +270,3 @@ class LocalNetwork:
             self.processes["coordinator"].stop()
         if self.fabric is not None:
             self.fabric.down(purge=False)
-
-
-def wait_for(
-    predicate: Any, *, timeout: float, interval: float = 0.3, what: str = "condition"
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; raise TimeoutError naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)

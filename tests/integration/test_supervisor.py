@@ -1,0 +1,44 @@
+"""devnet.supervisor on real processes: a child counts as running until it has an exit status."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from devnet.supervisor import Supervised, wait_for
+
+# The main thread leaves (pthread_exit) while another thread still sleeps: the kernel shows the
+# process as a zombie, yet it has no exit status until its last thread ends, as when a torch
+# process shuts down its thread pools under load.
+MAIN_THREAD_LEAVES_FIRST = (
+    "import ctypes, threading, time\n"
+    "threading.Thread(target=time.sleep, args=(1.5,)).start()\n"
+    "ctypes.CDLL(None).pthread_exit(None)\n"
+)
+
+
+def test_a_child_whose_main_thread_left_still_runs_until_it_is_reaped(tmp_path: Path) -> None:
+    child = Supervised(
+        "lingering", [sys.executable, "-c", MAIN_THREAD_LEAVES_FIRST], tmp_path / "log"
+    ).start()
+    handle = psutil.Process(child.pid)
+    wait_for(
+        lambda: handle.status() == psutil.STATUS_ZOMBIE, timeout=10, interval=0.02, what="zombie"
+    )
+    assert child.running and child.returncode is None
+    wait_for(lambda: not child.running, timeout=10, interval=0.05, what="the child to end")
+    assert child.returncode == 0
+
+
+def test_an_exit_status_is_there_as_soon_as_the_child_no_longer_runs(tmp_path: Path) -> None:
+    child = Supervised(
+        "failing", [sys.executable, "-c", "import sys; sys.exit(7)"], tmp_path / "log"
+    ).start()
+    deadline = time.monotonic() + 10
+    while child.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not child.running
+    assert child.returncode == 7
