@@ -30,7 +30,7 @@ from rich.console import Console  # noqa: E402
 
 from consortium.identity import Consortium  # noqa: E402
 from consortium.ledger import open_ledger  # noqa: E402
-from coordinator.demo import pooled_accuracy, run_demo  # noqa: E402
+from devnet.demo import pooled_accuracy, run_demo  # noqa: E402
 
 FLAMBY = {"pooled (centralised)": 0.795, "FedAvg": 0.748, "FedAdam": 0.779}
 CONFIGS = {

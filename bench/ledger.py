@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
             create_embedded_ledger(url, consortium, consortium.identity("admin")).close()
             results.append(measure("embedded", url, consortium, args.trials, args.concurrency))
         if args.ledger in ("fabric", "both"):
-            from consortium.network_cli import FabricNetwork
+            from devnet.fabric_network import FabricNetwork
 
             if args.network_dir:
                 network = FabricNetwork(args.network_dir)

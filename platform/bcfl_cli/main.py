@@ -43,7 +43,7 @@ COMMAND_GROUPS: dict[str, tuple[str, str]] = {
         "The auditor's read-only view: trials, privacy, rewards, lineage, verification, settlement.",
     ),
     "settlement": (
-        "consortium.settlement_cli:settlement_group",
+        "devnet.anvil:settlement_group",
         "Optional Ethereum settlement: deploy, inspect, reconcile.",
     ),
 }

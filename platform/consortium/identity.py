@@ -38,9 +38,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bcfl_common.certificates import certificate_common_name as common_name_of
 from bcfl_common.certificates import certificate_ous, role_from_ous
-from bcfl_common.certificates import (
-    x25519_public_key_raw as x25519_public_key_raw,  # re-exported: importers predate the kernel
-)
 from bcfl_common.errors import ConfigError, IdentityError
 from bcfl_common.files import write_private
 
