@@ -75,10 +75,11 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point: a BcflError becomes one readable line on stderr and its exit code."""
+def run_click(command: click.Command, argv: list[str] | None, prog_name: str) -> None:
+    """Run a click command as a program: a BcflError becomes one readable line on stderr and
+    its exit code; an abort exits 130."""
     try:
-        cli.main(args=argv, prog_name="bcfl", standalone_mode=False)
+        command.main(args=argv, prog_name=prog_name, standalone_mode=False)
     except BcflError as exc:
         click.echo(f"error [{exc.code}]: {exc.message}", err=True)
         sys.exit(exc.exit_code)
@@ -90,3 +91,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `bcfl`."""
+    run_click(cli, argv, "bcfl")

@@ -22,10 +22,10 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import click
 import numpy as np
 
-from bcfl_common.errors import BcflError, ConfigError
+from bcfl_cli.main import run_click
+from bcfl_common.errors import ConfigError
 from silo_agent.agent import SiloAgent
 from silo_agent.cli import run_command_for
 from silo_agent.config import SiloConfig
@@ -71,20 +71,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: like `bcfl silo run`, a BcflError is one line on stderr and its exit code."""
     args, rest = parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        command = run_command_for(attacker(args.attack, scale=args.scale))
-        command.main(args=rest, prog_name=f"{PROG} --attack {args.attack}", standalone_mode=False)
-    except BcflError as exc:
-        click.echo(f"error [{exc.code}]: {exc.message}", err=True)
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+    command = run_command_for(attacker(args.attack, scale=args.scale))
+    run_click(command, rest, f"{PROG} --attack {args.attack}")
 
 
 if __name__ == "__main__":
