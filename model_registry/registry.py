@@ -23,7 +23,7 @@ from model_registry.data_schema import check_schema, feature_count, output_count
 # The largest model a trial may name (its artifact and its CKKS update stay bounded).
 MAX_MODEL_PARAMS = 1 << 25
 
-# Local training settings every model accepts (defaults in silo_agent.training.TrainingSettings).
+# Local training settings every model accepts (defaults in model_registry.training_settings).
 TRAINING_KEYS = {
     "learning_rate": (int, float),
     "local_epochs": (int,),

@@ -6,7 +6,6 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -15,73 +14,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from bcfl_common.errors import ConfigError, PrivacyError
 from model_registry.data_schema import is_binary
 from model_registry.registry import build_from_spec, flatten, load_flat
+from model_registry.training_settings import TrainingSettings
 from privacy import dp
 from silo_agent.data import EncodedData
 
 log = logging.getLogger(__name__)
-
-# Defaults chosen for small tabular data (heart disease, breast cancer) with logistic regression.
-DEFAULT_TRAINING = {
-    "learning_rate": 0.1,
-    "local_epochs": 1,
-    "batch_size": 32,
-    "optimizer": "sgd",
-    "momentum": 0.0,
-    "weight_decay": 0.0,
-}
-OPTIMIZERS = ("sgd", "adam")
-
-
-@dataclass(frozen=True)
-class TrainingSettings:
-    learning_rate: float
-    local_epochs: int
-    batch_size: int
-    optimizer: str
-    momentum: float
-    weight_decay: float
-
-    @classmethod
-    def from_hyperparameters(cls, hyperparameters: dict[str, Any] | None) -> TrainingSettings:
-        hp = {
-            **DEFAULT_TRAINING,
-            **{k: v for k, v in (hyperparameters or {}).items() if k in DEFAULT_TRAINING},
-        }
-        settings = cls(
-            learning_rate=float(hp["learning_rate"]),
-            local_epochs=int(hp["local_epochs"]),
-            batch_size=int(hp["batch_size"]),
-            optimizer=str(hp["optimizer"]),
-            momentum=float(hp["momentum"]),
-            weight_decay=float(hp["weight_decay"]),
-        )
-        if not (math.isfinite(settings.learning_rate) and settings.learning_rate > 0):
-            raise ConfigError(
-                f"hyperparameter learning_rate: got {settings.learning_rate}, expected a number > 0",
-                code="MODEL_SPEC",
-            )
-        if not 1 <= settings.local_epochs <= 1000:
-            raise ConfigError(
-                f"hyperparameter local_epochs: got {settings.local_epochs}, expected 1 to 1000",
-                code="MODEL_SPEC",
-            )
-        if not 1 <= settings.batch_size <= 1_000_000:
-            raise ConfigError(
-                f"hyperparameter batch_size: got {settings.batch_size}, expected 1 to 1000000",
-                code="MODEL_SPEC",
-            )
-        if settings.optimizer not in OPTIMIZERS:
-            raise ConfigError(
-                f"hyperparameter optimizer: got {settings.optimizer!r}, expected one of {list(OPTIMIZERS)}",
-                code="MODEL_SPEC",
-            )
-        return settings
-
-    def batches_per_epoch(self, n_train: int) -> int:
-        return max(1, math.ceil(n_train / self.batch_size))
 
 
 @dataclass(frozen=True)
@@ -120,42 +59,14 @@ def _optimizer(model: nn.Module, settings: TrainingSettings) -> torch.optim.Opti
 
 def dp_policy(trial: dict[str, Any], settings: TrainingSettings) -> dp.DPPolicy | None:
     """The trial's DP policy (None when the trial records ``dp.enabled = false``)."""
-    record = trial["dp"]
-    if not record.get("enabled", True):
-        return None
-    accountant = record.get("accountant", "rdp")
-    if accountant not in ("rdp", "prv"):
-        raise PrivacyError(
-            f"trial {trial['trial_id']!r} dp.accountant: got {accountant!r}, expected rdp or prv "
-            "(the accountants privacy.dp implements)"
-        )
-    delta = record["delta"]
-    delta_value = (
-        float(Fraction(delta[0], delta[1]))
-        if isinstance(delta, list)
-        else float(Fraction(str(delta)))
-    )
-    return dp.DPPolicy(
-        target_epsilon=record["target_epsilon_micro"] / dp.MICRO,
-        delta=delta_value,
-        max_grad_norm=record["max_grad_norm_milli"] / 1000.0,
-        rounds=int(trial["rounds"]),
-        local_epochs=settings.local_epochs,
-        accountant=accountant,
-        grad_sample_mode="hooks",
-    )
+    return dp.trial_policy(trial, local_epochs=settings.local_epochs)
 
 
 def dp_plan(
     trial: dict[str, Any], policy: dp.DPPolicy, settings: TrainingSettings, n_train: int
 ) -> dp.DPPlan:
-    """The silo's plan for the whole trial; a noise multiplier fixed by the trial wins."""
-    batches = settings.batches_per_epoch(n_train)
-    fixed = trial["dp"].get("noise_multiplier_milli")
-    if fixed:
-        steps = policy.local_epochs * batches
-        return dp.DPPlan(1.0 / batches, steps, policy.rounds * steps, fixed / 1000.0)
-    return dp.plan_trial(policy, batches_per_epoch=batches)
+    """The silo's plan for the whole trial: the one its public DP schedule entry is made of."""
+    return dp.trial_plan(trial, policy, batches_per_epoch=settings.batches_per_epoch(n_train))
 
 
 def open_accountant(

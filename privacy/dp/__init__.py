@@ -16,6 +16,14 @@ from privacy.dp.policy import (
     plan_trial,
     to_micro_epsilon,
 )
+from privacy.dp.schedule import (
+    dp_schedule,
+    schedule_differences,
+    schedule_entry,
+    trial_plan,
+    trial_policy,
+    update_norm_bound,
+)
 from privacy.dp.training import (
     PoissonTensorLoader,
     PrivateRound,
@@ -34,12 +42,18 @@ __all__ = [
     "PrivacyBudget",
     "PrivateRound",
     "RoundCost",
+    "dp_schedule",
     "epsilon_of",
     "fix_model",
     "from_micro_epsilon",
     "make_private",
     "model_problems",
     "plan_trial",
+    "schedule_differences",
+    "schedule_entry",
     "to_micro_epsilon",
+    "trial_plan",
+    "trial_policy",
+    "update_norm_bound",
     "validate_model",
 ]
