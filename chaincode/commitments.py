@@ -20,16 +20,17 @@ def update_commitment(
     trial_id: str,
     round: int,
     msp_id: str,
-    content_id: str,
     sha256: str,
     sample_weight: int,
-    epsilon_spent_micro: int,
     salt: str,
 ) -> str:
-    """sha256 of the canonical JSON of everything a reveal will disclose, bound to the committing org.
+    """sha256 of the canonical JSON of the committed part of a reveal, bound to the committing org.
 
-    Binding ``msp_id`` stops a hospital from revealing a value another hospital committed to;
-    binding ``trial_id`` and ``round`` stops replaying a reveal from another round.
+    ``sha256`` fixes the update's bytes (the content id is only where to fetch them, so it is
+    revealed but not committed) and ``sample_weight`` its weight; epsilon is not the hospital's
+    to say (the contract charges it from the trial's DP schedule). Binding ``msp_id`` stops a
+    hospital from revealing a value another hospital committed to; binding ``trial_id`` and
+    ``round`` stops replaying a reveal from another round.
     """
     return sha256_hex(
         canonical_json(
@@ -37,10 +38,8 @@ def update_commitment(
                 "trial_id": trial_id,
                 "round": round,
                 "msp_id": msp_id,
-                "content_id": content_id,
                 "sha256": sha256,
                 "sample_weight": sample_weight,
-                "epsilon_spent_micro": epsilon_spent_micro,
                 "salt": salt,
             }
         )

@@ -42,12 +42,16 @@ def refused(code: str, call: Any, *args: Any, **kwargs: Any) -> ContractError:
     return info.value
 
 
+# Every hospital's default dataset: records, and how many of them it trains on in a trial.
+DATASET_RECORDS = 5000
+TRAINING_RECORDS = 1000
+
+
 @dataclass(frozen=True)
 class Update:
     content_id: str
     sha256: str
     sample_weight: int
-    epsilon_spent_micro: int
     salt: str
 
 
@@ -59,6 +63,7 @@ class Flow:
         self.trial_id = trial_id
         self.msp = {name: net.client(name).evaluate("whoami", {})["msp_id"] for name in MEMBERS}
         self.members: list[str] = []
+        self.registered: set[tuple[str, str]] = set()  # (member name, dataset id) registered
         self.round = 0
         self.attempt = 0
         self.base = ""
@@ -100,15 +105,59 @@ class Flow:
     def create(self, **overrides: Any) -> dict[str, Any]:
         return self.admin.submit("create_trial", self.trial_args(**overrides))
 
-    def register_key(self, name: str, key: str | None = None) -> str:
+    def dataset_id(self) -> str:
+        """Each hospital's default dataset for this trial (one per trial, so budgets stay apart)."""
+        return f"data-{self.trial_id}"
+
+    def register_dataset(
+        self,
+        name: str,
+        dataset_id: str | None = None,
+        *,
+        records: int = DATASET_RECORDS,
+        lifetime_epsilon_micro: int = 10**9,
+    ) -> dict[str, Any]:
+        dataset_id = dataset_id or self.dataset_id()
+        record = self.client(name).submit(
+            "register_dataset",
+            {
+                "dataset_id": dataset_id,
+                "commitment": digest("dataset", name, dataset_id),
+                "records": records,
+                "lifetime_epsilon_micro": lifetime_epsilon_micro,
+            },
+        )
+        self.registered.add((name, dataset_id))
+        return record
+
+    def register_key(
+        self,
+        name: str,
+        key: str | None = None,
+        *,
+        dataset_id: str | None = None,
+        training_records: int = TRAINING_RECORDS,
+    ) -> str:
+        """Register ``name``'s key for the trial on ``dataset_id`` (its default dataset, which
+        is registered first if it was not yet)."""
         key = key or x25519_public_key()
+        if dataset_id is None:
+            dataset_id = self.dataset_id()
+            if (name, dataset_id) not in self.registered:
+                self.register_dataset(name, dataset_id)
         self.client(name).submit(
-            "register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key}
+            "register_encryption_key",
+            {
+                "trial_id": self.trial_id,
+                "encryption_public_key": key,
+                "dataset_id": dataset_id,
+                "training_records": training_records,
+            },
         )
         return key
 
-    def enrol(self, name: str) -> dict[str, Any]:
-        key = self.register_key(name)
+    def enrol(self, name: str, **register: Any) -> dict[str, Any]:
+        key = self.register_key(name, **register)
         args = {"trial_id": self.trial_id, "msp_id": self.msp[name], "encryption_public_key": key}
         return self.admin.submit("enrol_hospital", args)
 
@@ -119,11 +168,44 @@ class Flow:
             self.enrol(name)
         self.members = list(hospitals)
 
+    def dp_schedule(self, epsilons: list[int] | None = None) -> dict[str, Any]:
+        """A well-formed schedule for the enrolled hospitals: the contract checks shapes and
+        bounds only, so these are made-up monotone epsilons reaching the target (or ``epsilons``)."""
+        trial = self.trial()
+        rounds, target = trial["rounds"], trial["dp"]["target_epsilon_micro"]
+        cumulative = epsilons or [max(1, target * k // rounds) for k in range(1, rounds + 1)]
+        enrolled = [
+            e
+            for e in self.admin.evaluate("get_enrolments", {"trial_id": self.trial_id})
+            if e["status"] == "enrolled"
+        ]
+        return {
+            e["msp_id"]: {
+                "training_records": e["training_records"],
+                "batches_per_epoch": -(-e["training_records"] // 64),
+                "steps_per_round": -(-e["training_records"] // 64),
+                "noise_multiplier_micro": 1_100_000,
+                "epsilon_micro": list(cumulative),
+                "max_update_norm_milli": 5000,
+            }
+            for e in enrolled
+        }
+
+    def start_args(self, **extra: Any) -> dict[str, Any]:
+        """start_trial's arguments: with DP on, the schedule of ``dp_schedule()``."""
+        args: dict[str, Any] = {"trial_id": self.trial_id}
+        if self.trial()["dp"]["enabled"]:
+            args["dp_schedule"] = self.dp_schedule()
+        return {**args, **extra}
+
+    def start(self, **extra: Any) -> dict[str, Any]:
+        return self.admin.submit("start_trial", self.start_args(**extra))
+
     def running(
         self, hospitals: tuple[str, ...] = HOSPITALS[:3], keys: bool = True, **overrides: Any
     ) -> None:
         self.enrolling(hospitals, **overrides)
-        self.admin.submit("start_trial", {"trial_id": self.trial_id})
+        self.start()
         if keys:
             self.record_keys(hospitals[0])
 
@@ -162,16 +244,10 @@ class Flow:
     def close(self, step: str, by: str = "coordinator") -> dict[str, Any]:
         return self.client(by).submit(step, self.at())
 
-    def make_update(
-        self, name: str, *, weight: int = 100, epsilon: int = 500_000, tag: str = ""
-    ) -> Update:
+    def make_update(self, name: str, *, weight: int = 100, tag: str = "") -> Update:
         where = (self.trial_id, self.round, self.attempt, name, tag)
         return Update(
-            f"cid-update-{name}{tag}",
-            digest("update", *where),
-            weight,
-            epsilon,
-            digest("salt", *where),
+            f"cid-update-{name}{tag}", digest("update", *where), weight, digest("salt", *where)
         )
 
     def commitment(self, name: str, u: Update, *, as_msp: str | None = None) -> str:
@@ -179,10 +255,8 @@ class Flow:
             trial_id=self.trial_id,
             round=self.round,
             msp_id=as_msp or self.msp[name],
-            content_id=u.content_id,
             sha256=u.sha256,
             sample_weight=u.sample_weight,
-            epsilon_spent_micro=u.epsilon_spent_micro,
             salt=u.salt,
         )
 
@@ -201,7 +275,6 @@ class Flow:
             content_id=u.content_id,
             sha256=u.sha256,
             sample_weight=u.sample_weight,
-            epsilon_spent_micro=u.epsilon_spent_micro,
             salt=u.salt,
             **extra,
         )

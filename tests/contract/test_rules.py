@@ -99,10 +99,8 @@ def test_update_commitment_is_sha256_of_the_canonical_opening():
         "trial_id": "trial-1",
         "round": 3,
         "msp_id": "Hospital1MSP",
-        "content_id": "bafy-update",
         "sha256": "ab" * 32,
         "sample_weight": 1200,
-        "epsilon_spent_micro": 250_000,
         "salt": "cd" * 32,
     }
     canonical = json.dumps(opening, sort_keys=True, separators=(",", ":")).encode()
