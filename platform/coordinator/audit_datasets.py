@@ -20,14 +20,13 @@ ACTIVE_STATES = ("DRAFT", "ENROLLING", "RUNNING")
 DatasetKey = tuple[str, str]  # msp_id, dataset_id
 
 
-def planned_micro(trial: Mapping[str, Any]) -> int:
-    """What a trial commits of a dataset's lifetime while it runs (0 with DP off)."""
-    return trial["dp"]["target_epsilon_micro"] if trial["dp"]["enabled"] else 0
-
-
-def _spent(accounts: Mapping[str, Any], msp_id: str) -> int:
-    account = accounts.get(msp_id)
-    return 0 if account is None else account["epsilon_spent_micro"]
+def planned_micro(trial: Mapping[str, Any], schedule: Mapping[str, Any] | None, msp_id: str) -> int:
+    """The most a trial may spend of a hospital's dataset: its schedule's last cumulative epsilon
+    once the trial started (the trial's target before), 0 with DP off."""
+    if not trial["dp"]["enabled"]:
+        return 0
+    entry = (schedule or {}).get("entries", {}).get(msp_id)
+    return trial["dp"]["target_epsilon_micro"] if entry is None else entry["epsilon_micro"][-1]
 
 
 def recompute_budget(
@@ -35,16 +34,21 @@ def recompute_budget(
     trials: Mapping[str, Mapping[str, Any]],
     enrolments: Mapping[str, Mapping[str, Mapping[str, Any]]],
     accounts: Mapping[str, Mapping[str, Any]],
+    schedules: Mapping[str, Mapping[str, Any] | None],
 ) -> dict[str, Any]:
-    """The DatasetBudget of a dataset now, from its trials' records (the contract's rule)."""
+    """The DatasetBudget of a dataset now: each trial it joined counts its planned epsilon while
+    it is live with the hospital enrolled on this dataset, what it spent otherwise."""
     msp = dataset["msp_id"]
     rows: dict[str, dict[str, Any]] = {}
     for trial_id in dataset["trials"]:
         trial = trials[trial_id]
         enrolment = enrolments.get(trial_id, {}).get(msp)
-        removed = enrolment is not None and enrolment["status"] == "removed"
-        planned, spent = planned_micro(trial), _spent(accounts.get(trial_id, {}), msp)
-        counted = planned if trial["state"] in ACTIVE_STATES and not removed else spent
+        uses = enrolment is not None and enrolment["dataset_id"] == dataset["dataset_id"]
+        account = accounts.get(trial_id, {}).get(msp)
+        planned = planned_micro(trial, schedules.get(trial_id), msp) if uses else 0
+        spent = account["epsilon_spent_micro"] if uses and account is not None else 0
+        enrolled = enrolment is not None and enrolment["status"] == "enrolled"
+        counted = planned if trial["state"] in ACTIVE_STATES and enrolled and uses else spent
         rows[trial_id] = {
             "state": trial["state"],
             "dp_enabled": trial["dp"]["enabled"],
@@ -71,6 +75,7 @@ class DatasetAudit:
         self.trials: dict[str, dict[str, Any]] = {}
         self.enrolments: dict[str, dict[str, dict[str, Any]]] = {}
         self.accounts: dict[str, dict[str, dict[str, Any]]] = {}
+        self.schedules: dict[str, dict[str, Any] | None] = {}
 
     def _load(self, trial_id: str) -> bool:
         if trial_id in self.trials:
@@ -88,6 +93,14 @@ class DatasetAudit:
             acc["msp_id"]: acc
             for acc in self.ledger.evaluate("get_privacy_ledger", {"trial_id": trial_id})
         }
+        try:
+            self.schedules[trial_id] = self.ledger.evaluate(
+                "get_dp_schedule", {"trial_id": trial_id}
+            )
+        except ContractError as exc:
+            if exc.code != "NOT_FOUND":
+                raise
+            self.schedules[trial_id] = None
         return True
 
     def run(
@@ -117,7 +130,9 @@ class DatasetAudit:
             where = f"dataset {dataset_id} of {msp}"
             if any(t not in self.trials for t in d["trials"]):
                 continue
-            recomputed = recompute_budget(d, self.trials, self.enrolments, self.accounts)
+            recomputed = recompute_budget(
+                d, self.trials, self.enrolments, self.accounts, self.schedules
+            )
             recorded = self.ledger.evaluate(
                 "get_dataset_budget", {"msp_id": msp, "dataset_id": dataset_id}
             )
@@ -143,6 +158,8 @@ class DatasetAudit:
         """Walk the ledger's events: at each enrolment with a dataset, what it had committed."""
         problems: list[str] = []
         ended: set[str] = set()
+        started: set[str] = set()
+        uses: dict[tuple[str, str], str | None] = {}  # (trial, msp) -> dataset of its enrolment
         removed: set[tuple[str, str]] = set()
         spent: dict[tuple[str, str], int] = defaultdict(int)
         joined: dict[DatasetKey, list[str]] = defaultdict(list)
@@ -153,37 +170,52 @@ class DatasetAudit:
             for e in acc["entries"]
         }
 
-        def counted(t: str, msp: str) -> int:
+        def counted(t: str, key: DatasetKey) -> int:
+            """What trial t counted against dataset ``key`` at this point of the replay."""
+            msp, dataset_id = key
+            if uses.get((t, msp)) != dataset_id:
+                return 0  # re-enrolled on another dataset
             if t in ended or (t, msp) in removed:
                 return spent[(t, msp)]
-            return planned_micro(self.trials[t])
+            return planned_micro(
+                self.trials[t], self.schedules.get(t) if t in started else None, msp
+            )
 
         for name, p in events:
             t = p.get("trial_id")
+            if t not in self.trials:
+                continue
             if name in ("TrialCompleted", "TrialHalted"):
                 ended.add(t)
+            elif name == "TrialStarted":
+                started.add(t)
             elif name == "HospitalRemoved":
                 removed.add((t, p["msp_id"]))
             elif name == "UpdateRevealed":
                 spent[(t, p["msp_id"])] += charges.get(
                     (t, p["msp_id"], p["round"], p["attempt"]), 0
                 )
-            elif name == "HospitalEnrolled" and t in self.trials:
+            elif name == "HospitalEnrolled":
                 msp = p["msp_id"]
-                dataset_id = self.enrolments[t].get(msp, {}).get("dataset_id")
+                dataset_id = p.get("dataset_id") or self.enrolments[t].get(msp, {}).get(
+                    "dataset_id"
+                )
                 key = (msp, dataset_id)
+                uses[(t, msp)] = dataset_id
+                removed.discard((t, msp))
                 if key not in datasets:
                     continue
                 lifetime = datasets[key]["lifetime_epsilon_micro"]
-                before = sum(counted(x, msp) for x in joined[key])
-                planned = planned_micro(self.trials[t])
+                before = sum(counted(x, key) for x in joined[key] if x != t)
+                planned = planned_micro(self.trials[t], None, msp)
                 if self.trials[t]["dp"]["enabled"] and before + planned > lifetime:
                     problems.append(
                         f"dataset {dataset_id} of {msp}: enrolled in {t} planning {planned} micro-epsilon with "
                         f"{before} already committed, over its lifetime of {lifetime} (remaining "
                         f"{lifetime - before}): the enrolment should have been refused BUDGET_EXCEEDED"
                     )
-                joined[key].append(t)
+                if t not in joined[key]:
+                    joined[key].append(t)
         for key, d in sorted(datasets.items()):
             if list(d["trials"]) != joined.get(key, []):
                 problems.append(

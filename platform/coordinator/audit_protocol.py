@@ -11,8 +11,9 @@ round and both values); :mod:`coordinator.audit_verify` runs them and lists each
   privacy account lists exactly those charges and its cumulative is their sum.
 * :func:`weight_problems`: no revealed ``sample_weight`` exceeds the registered ``training_records``.
 * :func:`duplicate_problems`: ``Round.excluded`` recomputed (the earliest commitment owns bytes
-  revealed twice in one attempt; a shared earliest time gives them to nobody), the candidates
-  are the other revealed updates, and no sha256 revealed in an earlier attempt came back.
+  revealed twice in one attempt, removed hospitals' reveals included; a shared earliest time
+  gives them to nobody), the candidates are the enrolled hospitals' other revealed updates, and
+  no sha256 revealed in an earlier attempt came back.
 * :func:`attestation_problems`: ``round.disputes`` recomputed from the attestations and the
   finalized model; a halt ATTESTATION_MISMATCH only when no hash can reach the quorum any more.
 """
@@ -64,7 +65,7 @@ def replay(events: Iterable[Any]) -> Timeline:
         elif ev.name == "UpdateRevealed":
             timeline.reveals[(p["trial_id"], p["msp_id"])].append((p["round"], p["attempt"]))
         elif ev.name == "UpdateRevealsClosed" or (
-            ev.name == "RoundHalted" and p.get("code") == "NO_REVEALS"
+            ev.name == "RoundHalted" and p.get("code") in ("NO_REVEALS", "NO_CANDIDATES")
         ):
             key = (p["trial_id"], p["round"], p["attempt"])
             timeline.enrolled_at_reveal_close[key] = sorted(enrolled[p["trial_id"]])
@@ -282,16 +283,21 @@ def duplicate_problems(
         if at_close is None:
             continue  # the reveals have not closed yet
         records = updates.get((r, a), {})
-        members = [u for m, u in records.items() if m in at_close]
-        excluded = excluded_duplicates(members)
+        # Removed hospitals' reveals count when deciding the owner: a copier gains nothing from
+        # its victim's removal.
+        excluded = excluded_duplicates(records.values())
         if rnd.get("excluded", {}) != excluded:
             problems.append(
                 f"{label(r, a)}: round.excluded {rnd.get('excluded', {})}, recomputed from the update "
                 f"records (earliest commitment owns the content): {excluded}"
             )
-        if rnd["phase"] != "HALTED" or rnd["candidates"]:
-            candidates = sorted(u["msp_id"] for u in members if u["revealed"])
-            candidates = [m for m in candidates if m not in excluded]
+        halt = (rnd.get("halt") or {}).get("code")
+        if halt not in ("NO_REVEALS", "NO_CANDIDATES") or rnd["candidates"]:
+            candidates = sorted(
+                m
+                for m, u in records.items()
+                if u["revealed"] and m in at_close and m not in excluded
+            )
             if rnd["candidates"] != candidates:
                 problems.append(
                     f"{label(r, a)}: round.candidates {rnd['candidates']}, recomputed: {candidates} "

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from chaincode.commitments import new_salt, update_commitment, votes_commitment
@@ -16,6 +17,47 @@ from privacy import he
 from privacy.he import keyholder
 
 N_PARAMS = 10
+TRAINING_RECORDS = 100
+
+
+def register_for_trial(
+    ledger: Any,
+    identity: Any,
+    trial_id: str,
+    *,
+    dataset_id: str = "records-2026",
+    training_records: int = TRAINING_RECORDS,
+    records: int = 1000,
+    lifetime_epsilon_micro: int = 10_000_000,
+) -> str:
+    """What a hospital does on the ledger before it is enrolled: register its dataset (once)
+    and its encryption key for the trial on that dataset. Returns the key (base64 raw)."""
+    mine = {d["dataset_id"] for d in ledger.evaluate("get_datasets", {"msp_id": identity.msp_id})}
+    if dataset_id not in mine:
+        ledger.submit(
+            "register_dataset",
+            {
+                "dataset_id": dataset_id,
+                "commitment": hashlib.sha256(
+                    f"{identity.msp_id}/{dataset_id}".encode()
+                ).hexdigest(),
+                "records": records,
+                "lifetime_epsilon_micro": lifetime_epsilon_micro,
+            },
+        )
+    key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    encoded = base64.b64encode(raw).decode()
+    ledger.submit(
+        "register_encryption_key",
+        {
+            "trial_id": trial_id,
+            "encryption_public_key": encoded,
+            "dataset_id": dataset_id,
+            "training_records": training_records,
+        },
+    )
+    return encoded
 
 
 @dataclass
@@ -23,7 +65,6 @@ class Submitted:
     content_id: str
     sha256: str
     sample_weight: int
-    epsilon_spent_micro: int
     salt: str
     delta: np.ndarray
 
@@ -89,15 +130,13 @@ class Hospitals:
             else keyholder.encrypt_update(self.secret, delta, weight=float(weight))
         )
         stored = self.store.put(data)
-        update = Submitted(stored.content_id, stored.sha256, weight, 100_000, new_salt(), delta)
+        update = Submitted(stored.content_id, stored.sha256, weight, new_salt(), delta)
         commitment = update_commitment(
             trial_id=self.trial_id,
             round=rnd["round"],
             msp_id=self.msp[name],
-            content_id=update.content_id,
             sha256=update.sha256,
             sample_weight=weight,
-            epsilon_spent_micro=update.epsilon_spent_micro,
             salt=update.salt,
         )
         self.client(name).submit(
@@ -122,7 +161,6 @@ class Hospitals:
                 "content_id": u.content_id,
                 "sha256": u.sha256,
                 "sample_weight": u.sample_weight,
-                "epsilon_spent_micro": u.epsilon_spent_micro,
                 "salt": u.salt,
             },
         )

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from silo_side import Hospitals
+from silo_side import Hospitals, register_for_trial
 
 from chaincode.commitments import new_salt, votes_commitment
 from consortium.storage import ArtifactStore
+from coordinator.dp_schedule import start_trial_schedule
 from privacy import he
 
 HOSPITALS = ["hospital1", "hospital2", "hospital3"]
@@ -26,8 +25,12 @@ def create_running_trial(
     rounds: int = 2,
     reward_per_round: int = 1000,
     dp: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    service: Any | None = None,
 ) -> Hospitals:
-    """A RUNNING trial created by the admin on the ledger, three hospitals enrolled with their keys, trial keys recorded."""
+    """A RUNNING trial created by the admin on the ledger, three hospitals enrolled with their
+    registered datasets and keys, started with its DP schedule (by ``service`` when given, as
+    the admin API does), trial keys recorded."""
     admin = net.client("admin")
     initial = store.put(f"initial model of {trial_id}".encode())
     admin.submit(
@@ -44,28 +47,30 @@ def create_running_trial(
             "rounds": rounds,
             "min_silos": 2,
             "dp": dp if dp is not None else {"target_epsilon_micro": 1_000_000},
-            "evaluation": {"min_voters": 2, "reward_per_round": reward_per_round},
+            "evaluation": {"min_voters": 2, "reward_per_round": reward_per_round}
+            | (evaluation or {}),
             "phase_seconds": PHASE_SECONDS,
         },
     )
     admin.submit("open_enrolment", {"trial_id": trial_id})
     for name in HOSPITALS:
         identity = net.consortium.identity(name)
-        key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        net.client(name).submit(
-            "register_encryption_key",
-            {"trial_id": trial_id, "encryption_public_key": base64.b64encode(raw).decode()},
-        )
+        key = register_for_trial(net.client(name), identity, trial_id)
         admin.submit(
             "enrol_hospital",
-            {
-                "trial_id": trial_id,
-                "msp_id": identity.msp_id,
-                "encryption_public_key": base64.b64encode(raw).decode(),
-            },
+            {"trial_id": trial_id, "msp_id": identity.msp_id, "encryption_public_key": key},
         )
-    admin.submit("start_trial", {"trial_id": trial_id})
+    if service is not None:
+        service.start_trial(trial_id)  # the coordinator computes the DP schedule
+    else:
+        trial = admin.evaluate("get_trial", {"trial_id": trial_id})
+        schedule = start_trial_schedule(
+            trial, admin.evaluate("get_enrolments", {"trial_id": trial_id})
+        )
+        args: dict[str, Any] = {"trial_id": trial_id}
+        if schedule is not None:
+            args["dp_schedule"] = schedule
+        admin.submit("start_trial", args)
     hospitals = Hospitals(net, store, trial_id, HOSPITALS, secret)
     hospitals.record_keys("hospital1")
     return hospitals

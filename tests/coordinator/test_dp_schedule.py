@@ -47,7 +47,9 @@ def test_the_schedule_equals_a_direct_privacy_dp_computation() -> None:
         TRIAL, enrolments, progress=lambda m, done, total: seen.append((m, done, total))
     )
     direct = dp_schedule(
-        TRIAL, {"Hospital1MSP": 100, "Hospital2MSP": 300, "Hospital3MSP": 100}, training_inputs(TRIAL)
+        TRIAL,
+        {"Hospital1MSP": 100, "Hospital2MSP": 300, "Hospital3MSP": 100},
+        training_inputs(TRIAL),
     )
     assert schedule == direct
     assert sorted(schedule) == ["Hospital1MSP", "Hospital2MSP", "Hospital3MSP"]  # removed: none

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import collections
 import time
 from collections.abc import Callable
@@ -10,8 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from silo_side import Hospitals
+from silo_side import Hospitals, register_for_trial
 
 from bcfl_common.errors import LedgerError
 from consortium.ledger import open_ledger
@@ -59,19 +57,10 @@ def running_trial(
     admin = net.client("admin")
     for name in HOSPITALS:
         identity = net.consortium.identity(name)
-        key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        net.client(name).submit(
-            "register_encryption_key",
-            {"trial_id": TRIAL, "encryption_public_key": base64.b64encode(raw).decode()},
-        )
+        key = register_for_trial(net.client(name), identity, TRIAL)
         admin.submit(
             "enrol_hospital",
-            {
-                "trial_id": TRIAL,
-                "msp_id": identity.msp_id,
-                "encryption_public_key": base64.b64encode(raw).decode(),
-            },
+            {"trial_id": TRIAL, "msp_id": identity.msp_id, "encryption_public_key": key},
         )
     service.start_trial(TRIAL)
     hospitals = Hospitals(net, open_store(store_url), TRIAL, HOSPITALS, secret)
