@@ -354,14 +354,19 @@ def expected_disputes(
 
 
 def attestation_problems(
-    rnd: Mapping[str, Any], attestations: list[Mapping[str, Any]]
+    rnd: Mapping[str, Any],
+    attestations: list[Mapping[str, Any]],
+    enrolled: Iterable[str] | None = None,
 ) -> list[str]:
+    """Only the round's participants count towards the quorum; ``enrolled`` (the hospitals
+    enrolled now; default every participant) bounds who may still attest."""
     problems: list[str] = []
     participants = rnd["participants"]
     quorum = rules.attestation_quorum(len(participants)) if participants else None
     counts: dict[str, int] = defaultdict(int)
     for x in attestations:
-        counts[x["sha256"]] += 1
+        if x["msp_id"] in participants:
+            counts[x["sha256"]] += 1
     top = max(counts.values(), default=0)
     disputes = sorted(rnd["disputes"], key=lambda d: (d["at"], d["msp_id"]))
     if rnd["phase"] == "FINALIZED" and rnd["model"] is not None:
@@ -381,7 +386,8 @@ def attestation_problems(
         problems.append(f"round.disputes {disputes} recorded but the round is {rnd['phase']}")
     if quorum is None:
         return problems
-    pending = len(set(participants) - {x["msp_id"] for x in attestations})
+    still = set(participants) & set(participants if enrolled is None else enrolled)
+    pending = len(still - {x["msp_id"] for x in attestations})
     halt = rnd["halt"] or {}
     if rnd["phase"] == "HALTED" and halt.get("code") == "ATTESTATION_MISMATCH":
         if top + pending >= quorum:

@@ -181,7 +181,8 @@ def recompute_aggregate(
     updates: dict[str, dict[str, Any]],
     store: Any,
 ) -> list[str]:
-    """Sum the accepted encrypted updates with the public context, in sha256 order; compare with the recorded aggregate."""
+    """Sum the accepted encrypted updates, each times its capped weight from the acceptance, with
+    the public context in sha256 order; compare with the recorded aggregate."""
     from privacy import he
 
     aggregate = rnd["aggregate"]
@@ -205,11 +206,22 @@ def recompute_aggregate(
         context = he.load_public_context(
             fetch(keys["public_context"], "the public context", 16 << 20), trial["he"]["preset"]
         )
-        blobs = []
+        acceptance = _maybe(
+            ledger,
+            "get_acceptance",
+            {"trial_id": trial["trial_id"], "round": rnd["round"], "attempt": rnd["attempt"]},
+        )
+        if acceptance is None:
+            return ["the round has an aggregate but no acceptance: nothing says its weights"]
+        blobs, weights = [], []
         for sha in sorted(aggregate["update_sha256s"]):
             if sha not in by_sha:
                 return [f"accepted update {sha} has no revealed submission"]
             u = by_sha[sha]
+            decision = acceptance["candidates"].get(u["msp_id"])
+            if decision is None or not decision["accepted"]:
+                return [f"the aggregate sums the update of {u['msp_id']}, which was not accepted"]
+            weights.append(decision["weight"])
             blobs.append(
                 fetch(
                     {"content_id": u["content_id"], "sha256": sha},
@@ -217,7 +229,7 @@ def recompute_aggregate(
                     he.MAX_CONTAINER_BYTES,
                 )
             )
-        recomputed = hashlib.sha256(he.aggregate(context, blobs)).hexdigest()
+        recomputed = hashlib.sha256(he.aggregate(context, blobs, weights=weights)).hexdigest()
     except BcflError as exc:
         return [f"cannot recompute the aggregate: {exc.message}"]
     problems = []
@@ -264,7 +276,9 @@ def verify_trial(
         )
         disputes.extend(
             f"{_label(x['round'], x['attempt'])}: {p}"
-            for p in protocol.attestation_problems(x, attestations)
+            for p in protocol.attestation_problems(
+                x, attestations, [m for m, e in enrolments.items() if e["status"] == "enrolled"]
+            )
         )
     results = {
         SCHEDULE: protocol.schedule_problems(trial, enrolments, schedule),

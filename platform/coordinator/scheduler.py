@@ -7,8 +7,9 @@ progress, does the next thing the contract expects from the coordinator:
 * SUBMIT / REVEAL / VOTE_COMMIT / VOTE_REVEAL, once every expected hospital acted or the phase
   deadline passed -> ``close_update_commits`` / ``close_update_reveals`` / ``close_vote_commits`` /
   ``close_voting`` (checked from the round record first: no transaction that would be TOO_EARLY)
-* AGGREGATE -> fetch the accepted encrypted updates by content id, check their sha256, sum them
-  with the trial's *public* CKKS context in sha256 order (so anyone recomputes the same bytes),
+* AGGREGATE -> fetch the accepted encrypted updates by content id, check their sha256, sum them,
+  each times its aggregation weight from the contract's acceptance (capped, integer), with the
+  trial's *public* CKKS context in sha256 order (so anyone recomputes the same bytes),
   store the aggregate and ``record_aggregate``. Nothing is ever decrypted: the coordinator has no
   secret key.
 * ATTEST -> nothing: the contract finalizes the round when a quorum of hospitals attests.
@@ -339,6 +340,9 @@ class Scheduler:
                 raise _Unusable(
                     "the trial has homomorphic encryption switched off; the coordinator aggregates only encrypted updates"
                 )
+            acceptance = self._query(
+                "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a}
+            )
             inputs = []
             for msp_id in rnd["accepted"]:
                 update = submissions.get(msp_id)
@@ -351,6 +355,9 @@ class Scheduler:
                         "msp_id": msp_id,
                         "content_id": update["content_id"],
                         "sha256": update["sha256"],
+                        # The contract's (capped) aggregation weight, applied here: silos
+                        # encrypt their plain parameter delta.
+                        "weight": acceptance["candidates"][msp_id]["weight"],
                     }
                 )
             # Sorted by sha256: the order every silo uses to recompute the same aggregate bytes.
@@ -431,7 +438,7 @@ class Scheduler:
                 yield blob
 
         try:
-            return he.aggregate(context, updates())
+            return he.aggregate(context, updates(), weights=[item["weight"] for item in inputs])
         except (UpdateFormatError, PrivacyError) as exc:
             raise _Unusable(
                 f"the accepted update of {current.get('msp_id')} ({current.get('content_id')}): {exc.message}"

@@ -127,7 +127,7 @@ class Hospitals:
         data = (
             payload
             if payload is not None
-            else keyholder.encrypt_update(self.secret, delta, weight=float(weight))
+            else keyholder.encrypt_update(self.secret, delta)  # the aggregator applies weights
         )
         stored = self.store.put(data)
         update = Submitted(stored.content_id, stored.sha256, weight, new_salt(), delta)
