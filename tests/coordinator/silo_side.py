@@ -60,6 +60,25 @@ def register_for_trial(
     return encoded
 
 
+def finding(
+    score_micro: int = 20_000,
+    *,
+    norm_milli: int | None = 300,
+    similarity_micro: int | None = 0,
+    problem: str | None = None,
+) -> dict[str, Any]:
+    """A voter's finding on one peer's update: by default harmless (norm 0.3, within every
+    schedule bound here; nothing similar earlier). With a problem, norm and similarity are null."""
+    if problem is not None:
+        norm_milli = similarity_micro = None
+    return {
+        "score_micro": score_micro,
+        "norm_milli": norm_milli,
+        "similarity_micro": similarity_micro,
+        "problem": problem,
+    }
+
+
 @dataclass
 class Submitted:
     content_id: str
@@ -82,7 +101,7 @@ class Hospitals:
         self.secret = secret
         self.msp = {name: net.client(name).evaluate("whoami", {})["msp_id"] for name in names}
         self.updates: dict[str, Submitted] = {}
-        self.votes: dict[str, tuple[dict[str, int], str]] = {}
+        self.votes: dict[str, tuple[dict[str, dict[str, Any]], str]] = {}
 
     def client(self, name: str) -> Any:
         return self.net.client(name)
@@ -165,31 +184,36 @@ class Hospitals:
             },
         )
 
-    def commit_votes(self, name: str, score: int = 20_000) -> None:
+    def commit_votes(
+        self, name: str, score: int = 20_000, findings: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Commit ``findings`` (peer msp id -> Finding), by default a harmless finding with
+        ``score`` for every peer candidate."""
         rnd = self.round()
-        scores = {m: score for m in rnd["candidates"] if m != self.msp[name]}
+        if findings is None:
+            findings = {m: finding(score) for m in rnd["candidates"] if m != self.msp[name]}
         salt = new_salt()
         commitment = votes_commitment(
             trial_id=self.trial_id,
             round=rnd["round"],
             msp_id=self.msp[name],
-            scores=scores,
+            findings=findings,
             salt=salt,
         )
         self.client(name).submit(
             "commit_votes",
             {"trial_id": self.trial_id, "round": rnd["round"], "commitment": commitment},
         )
-        self.votes[name] = (scores, salt)
+        self.votes[name] = (findings, salt)
 
     def reveal_votes(self, name: str) -> None:
-        scores, salt = self.votes[name]
+        findings, salt = self.votes[name]
         self.client(name).submit(
             "reveal_votes",
             {
                 "trial_id": self.trial_id,
                 "round": self.round()["round"],
-                "scores": scores,
+                "findings": findings,
                 "salt": salt,
             },
         )

@@ -108,7 +108,7 @@ def test_finalized_rounds_are_settled_once_and_recorded_on_the_ledger(
         == "settled"
     )
     # One ledger reward point is one token; the rejected hospital got nothing.
-    assert acceptance["candidates"]["Hospital3MSP"]["reason"] == "below_threshold"
+    assert acceptance["candidates"]["Hospital3MSP"]["reason"] == "harmful"
     balances = client.balances(eth_chain.payees)
     assert {m: balances[m] for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")} == {
         m: token_units(rr["rewards"][m]) for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")
