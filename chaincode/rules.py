@@ -59,10 +59,16 @@ at least n - f honest ones, so its upper median is at most an honest score). A m
 candidate is judged by at least n - f > (n - 1)/2 honest voters, a majority, so whatever they
 all report decides steps 3, 4, 6 and 7. A voter that contradicts the honest majority agrees
 less and earns less of the voter pool; scores never scale an update reward, so inflating them
-earns nothing. (Step 5 is weaker: when f = (n - 1)/2 exactly, colluders who report huge norms
-for every honest update can raise the reference and let an over-large update pass as no
-outlier; the absolute bound of step 4, from the DP schedule or the policy, does not depend on
-the reports and still stops it.)
+earns nothing.
+
+Step 5 is weaker than the others in two ways: its reference assumes the honest hospitals are
+most of the candidates (colluders who submit near-zero updates while most honest hospitals
+submit nothing could pull it down), and when f = (n - 1)/2 exactly, colluders who report huge
+norms for every honest update can raise the reference and let an over-large update pass as no
+outlier. The absolute bound of step 4 (from the DP schedule or the policy) depends on no report
+and still stops it. Step 5 is a majority count of reports rather than a test of the
+representative norm alone because an upper median of reports with exactly half malicious can
+be pushed up at will, which would let colluders make any honest update an "outlier".
 """
 
 from __future__ import annotations
