@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
+from typing import Any
 
 from bcfl_common.canonical import canonical_json, sha256_hex
 
 SALT_BYTES = 32  # 64 hex digits; the contract accepts 32 to 128 hex digits (at least 128 bits)
+# The fields of a vote finding (bcfl_common.records.Finding).
+FINDING_FIELDS = ("score_micro", "norm_milli", "similarity_micro", "problem")
 
 
 def new_salt() -> str:
@@ -47,16 +50,24 @@ def update_commitment(
 
 
 def votes_commitment(
-    *, trial_id: str, round: int, msp_id: str, scores: Mapping[str, int], salt: str
+    *, trial_id: str, round: int, msp_id: str, findings: Mapping[str, Mapping[str, Any]], salt: str
 ) -> str:
-    """sha256 of the canonical JSON of a voter's scores ({peer msp id: score in micro-units})."""
+    """sha256 of the canonical JSON of a voter's findings ({peer msp id: Finding}).
+
+    Each finding is hashed with exactly its four fields (``score_micro``, ``norm_milli``,
+    ``similarity_micro``, ``problem``; an absent one counts as null), so a silo that leaves out
+    a null field commits to the same bytes the contract recomputes.
+    """
     return sha256_hex(
         canonical_json(
             {
                 "trial_id": trial_id,
                 "round": round,
                 "msp_id": msp_id,
-                "scores": dict(scores),
+                "findings": {
+                    peer: {name: finding.get(name) for name in FINDING_FIELDS}
+                    for peer, finding in findings.items()
+                },
                 "salt": salt,
             }
         )

@@ -34,6 +34,30 @@ def x25519_public_key(pem: bool = False) -> str:
     ).decode()
 
 
+def finding(
+    score_micro: int = 20_000,
+    *,
+    norm_milli: int | None = 1000,
+    similarity_micro: int | None = 0,
+    problem: str | None = None,
+) -> dict[str, Any]:
+    """A vote finding; by default a harmless one with this score (norm 1.0, nothing similar).
+    With a ``problem`` the norm and similarity are null, as the contract requires."""
+    if problem is not None:
+        norm_milli = similarity_micro = None
+    return {
+        "score_micro": score_micro,
+        "norm_milli": norm_milli,
+        "similarity_micro": similarity_micro,
+        "problem": problem,
+    }
+
+
+def as_finding(value: int | dict[str, Any]) -> dict[str, Any]:
+    """A bare int is a score (``finding(score)``); a dict is a finding as given."""
+    return finding(value) if isinstance(value, int) else value
+
+
 def refused(code: str, call: Any, *args: Any, **kwargs: Any) -> ContractError:
     """Run ``call(*args, **kwargs)`` and return the ContractError, which must carry ``code``."""
     with pytest.raises(ContractError) as info:
@@ -290,35 +314,40 @@ class Flow:
         self.close("close_update_reveals")
         return updates
 
-    def votes_commitment(self, name: str, scores: dict[str, int], salt: str) -> str:
+    def votes_commitment(self, name: str, findings: dict[str, Any], salt: str) -> str:
         return votes_commitment(
             trial_id=self.trial_id,
             round=self.round,
             msp_id=self.msp[name],
-            scores=scores,
+            findings=findings,
             salt=salt,
         )
 
-    def commit_votes(self, name: str, scores: dict[str, int]) -> tuple[dict[str, int], str]:
-        """``scores`` by member name; returns them by MSP id with the salt, ready to reveal."""
-        by_msp = {self.msp[peer]: score for peer, score in scores.items()}
+    def commit_votes(
+        self, name: str, findings: dict[str, int | dict[str, Any]]
+    ) -> tuple[dict[str, Any], str]:
+        """``findings`` by member name (a bare int is just a score: ``finding(score)``);
+        returns them by MSP id with the salt, ready to reveal."""
+        by_msp = {self.msp[peer]: as_finding(value) for peer, value in findings.items()}
         salt = digest("vote-salt", self.trial_id, self.round, self.attempt, name)
         self.client(name).submit(
             "commit_votes", self.at(commitment=self.votes_commitment(name, by_msp, salt))
         )
         return by_msp, salt
 
-    def reveal_votes(self, name: str, by_msp: dict[str, int], salt: str) -> dict[str, Any]:
-        return self.client(name).submit("reveal_votes", self.at(scores=by_msp, salt=salt))
+    def reveal_votes(self, name: str, by_msp: dict[str, Any], salt: str) -> dict[str, Any]:
+        return self.client(name).submit("reveal_votes", self.at(findings=by_msp, salt=salt))
 
     def scores(
         self, voters: list[str], candidates: list[str], score: int = 20_000
-    ) -> dict[str, dict[str, int]]:
+    ) -> dict[str, dict[str, int | dict[str, Any]]]:
+        """The same score from every voter for every peer candidate (harmless findings)."""
         return {v: {c: score for c in candidates if c != v} for v in voters}
 
-    def vote(self, scores_by_voter: dict[str, dict[str, int]]) -> dict[str, Any]:
-        """Commit, reveal and close voting; returns the acceptance record."""
-        committed = {v: self.commit_votes(v, s) for v, s in scores_by_voter.items()}
+    def vote(self, by_voter: dict[str, dict[str, int | dict[str, Any]]]) -> dict[str, Any]:
+        """Commit, reveal and close voting (findings or bare scores, by member name); returns
+        the acceptance record."""
+        committed = {v: self.commit_votes(v, s) for v, s in by_voter.items()}
         self.close("close_vote_commits")
         for v, (by_msp, salt) in committed.items():
             self.reveal_votes(v, by_msp, salt)

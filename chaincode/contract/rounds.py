@@ -16,7 +16,7 @@ resolves it to the current attempt. Phases and who moves them::
                                                              duplicate content excluded
   commit_votes          each enrolled silo
   close_vote_commits    admin|coordinator   -> VOTE_REVEAL
-  reveal_votes          each committed voter (a score for every candidate but itself)
+  reveal_votes          each committed voter (a finding for every candidate but itself)
   close_voting          admin|coordinator   -> AGGREGATE    acceptance, weights, rewards computed
   record_aggregate      coordinator         -> ATTEST       must sum exactly the accepted updates
   attest_model          each enrolled silo  -> FINALIZED at quorum; any mismatch -> HALTED
@@ -30,7 +30,7 @@ close-commits and reveal steps of both exchanges are one mechanism: ``chaincode.
 
 Update commitment = ``sha256_hex(canonical_json({"trial_id", "round", "msp_id", "sha256",
 "sample_weight", "salt"}))``; votes commitment = ``sha256_hex(canonical_json({"trial_id",
-"round", "msp_id", "scores", "salt"}))``: see ``chaincode.commitments``. The reveal adds the
+"round", "msp_id", "findings", "salt"}))``: see ``chaincode.commitments``. The reveal adds the
 ``content_id`` (where to fetch the bytes the sha256 fixes). An honest silo stores its update in
 the artifact store only once the commitments are fixed (in REVEAL), so nobody can commit to
 bytes it has not seen.
@@ -60,6 +60,7 @@ from bcfl_common.records import (
     ContentOwner,
     Enrolment,
     Exclusion,
+    Finding,
     PrivacyAccount,
     PrivacyEntry,
     Round,
@@ -67,6 +68,7 @@ from bcfl_common.records import (
     Update,
     Vote,
 )
+from bcfl_common.vocabulary import MICRO, PROBLEMS
 from chaincode.args import Args, check_identifier_key
 from chaincode.commitments import update_commitment, votes_commitment
 from chaincode.contract.ballots import Accepted, Ballot, closing
@@ -97,6 +99,7 @@ from chaincode.contract.store import (
     trial_key,
     trial_keys_key,
 )
+from chaincode.rules import MAX_NORM_MILLI
 
 
 @function("open_round", "admin", "coordinator")
@@ -438,8 +441,10 @@ def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
 
 
 class VoteBallot(Ballot[Vote]):
-    """A voter reveals exactly one score (micro-units) for each candidate but itself (SELF_VOTE
-    for its own); removed hospitals' commitments do not count when closing."""
+    """A voter reveals exactly one finding for each candidate but itself (SELF_VOTE for its
+    own): ``{score_micro, norm_milli, similarity_micro, problem}`` (``bcfl_common.records.
+    Finding``). With a ``problem`` (one of PROBLEMS) the norm and similarity are null; without
+    one both are required. Removed hospitals' commitments do not count when closing."""
 
     kind = "vote"
     commit_phase = "VOTE_COMMIT"
@@ -447,7 +452,7 @@ class VoteBallot(Ballot[Vote]):
     noun = "votes"
     committed_what = "its votes"
     hash_verb = "hash"
-    reveal_fields = ("scores",)
+    reveal_fields = ("findings",)
     committed_field = "vote_committed"
     committed_event = "VotesCommitted"
     commits_closed_event = "VoteCommitsClosed"
@@ -457,28 +462,28 @@ class VoteBallot(Ballot[Vote]):
     only_enrolled_committers = True
 
     def parse_reveal(self, a: Args) -> dict[str, Any]:
-        scores = a.mapping("scores", key=check_identifier_key, max_items=MAX_SILOS)
+        raw = a.mapping("findings", key=check_identifier_key, max_items=MAX_SILOS)
         salt = a.salt("salt")
-        score_args = Args(scores, prefix=a.field("scores") + ".")
-        for peer in scores:
-            score_args.integer(peer, minimum=-MAX_SCORE_MICRO, maximum=MAX_SCORE_MICRO)
-        return {"scores": scores, "salt": salt}
+        by_peer = Args(raw, prefix=a.field("findings") + ".")
+        findings = {peer: parse_finding(by_peer.object(peer)) for peer in raw}
+        by_peer.done()
+        return {"findings": findings, "salt": salt}
 
     def check_reveal_args(self, a: Args, rnd: Round, msp_id: str, values: dict[str, Any]) -> None:
-        scores = values["scores"]
-        if msp_id in scores:
+        findings = values["findings"]
+        if msp_id in findings:
             fail(
                 "SELF_VOTE",
-                f"scores: {msp_id} scored its own update; a voter scores only its peers",
-                field=f"scores.{msp_id}",
+                f"findings: {msp_id} judged its own update; a voter judges only its peers",
+                field=f"findings.{msp_id}",
             )
         expected = sorted(set(rnd["candidates"]) - {msp_id})
-        if sorted(scores) != expected:
+        if sorted(findings) != expected:
             a.fail(
-                "scores",
-                scores,
-                f"exactly one score for each peer candidate {expected} "
-                f"(missing {sorted(set(expected) - set(scores))}, not candidates {sorted(set(scores) - set(expected))})",
+                "findings",
+                sorted(findings),
+                f"exactly one finding for each peer candidate {expected} "
+                f"(missing {sorted(set(expected) - set(findings))}, not candidates {sorted(set(findings) - set(expected))})",
             )
 
     def commitment_of(self, rnd: Round, msp_id: str, values: dict[str, Any]) -> str:
@@ -486,12 +491,37 @@ class VoteBallot(Ballot[Vote]):
             trial_id=rnd["trial_id"],
             round=rnd["round"],
             msp_id=msp_id,
-            scores=values["scores"],
+            findings=values["findings"],
             salt=values["salt"],
         )
 
     def accept_reveal(self, tx: Tx, trial: Trial, rnd: Round, record: Vote) -> Accepted:
-        return [], {"scores": record["scores"]}
+        return [], {"findings": record["findings"]}
+
+
+def parse_finding(f: Args) -> Finding:
+    """One finding, every field checked; stored with all four fields (null spelled out)."""
+    finding: Finding = {
+        "score_micro": f.integer("score_micro", minimum=-MAX_SCORE_MICRO, maximum=MAX_SCORE_MICRO),
+        "norm_milli": f.integer("norm_milli", minimum=0, maximum=MAX_NORM_MILLI, default=None),
+        "similarity_micro": f.integer("similarity_micro", minimum=0, maximum=MICRO, default=None),
+        "problem": f.choice("problem", PROBLEMS, default=None),
+    }
+    f.done()
+    problem = finding["problem"]
+    for name, value in (
+        ("norm_milli", finding["norm_milli"]),
+        ("similarity_micro", finding["similarity_micro"]),
+    ):
+        if problem is not None and value is not None:
+            f.fail(name, value, f"null: the finding reports the problem {problem!r}")
+        if problem is None and value is None:
+            f.fail(
+                name,
+                None,
+                f"an integer (required unless a problem is reported: {', '.join(PROBLEMS)})",
+            )
+    return finding
 
 
 VOTES = VoteBallot()
@@ -513,6 +543,14 @@ def close_vote_commits(tx: Tx, caller: Caller, a: Args) -> Round:
 
 @function("reveal_votes", "silo")
 def reveal_votes(tx: Tx, caller: Caller, a: Args) -> Vote:
-    """silo; {trial_id, round, scores: {peer msp_id: score_micro}, salt}; in VOTE_REVEAL, on
-    time; returns the vote record; event VotesRevealed."""
+    """silo; {trial_id, round, findings: {peer msp_id: {score_micro, norm_milli,
+    similarity_micro, problem}}, salt}: one finding per peer candidate (``VoteBallot``); in
+    VOTE_REVEAL, on time; returns the vote record; event VotesRevealed.
+
+    score_micro: how much the candidate's update alone, applied to the base model, lowers the
+    voter's validation log-loss (micro-units, +-MAX_SCORE_MICRO); norm_milli: ceil(1000 * L2
+    norm of the decrypted update / its sample weight); similarity_micro: round(1e6 * the largest
+    cosine similarity of that delta with every update revealed in an earlier round or attempt
+    of the trial and every earlier aggregate delta), 0 when there is none; problem: null or one
+    of PROBLEMS (then norm and similarity are null)."""
     return VOTES.reveal(tx, caller, a)

@@ -26,7 +26,7 @@ from bcfl_common.records import (
     Trial,
     TrialKeys,
 )
-from bcfl_common.vocabulary import DONE_PHASES, LABEL, ORGANISATION_KINDS
+from bcfl_common.vocabulary import DONE_PHASES, LABEL, MICRO, ORGANISATION_KINDS
 from chaincode.args import Args, check_identifier_key
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.datasets import (
@@ -61,6 +61,7 @@ from chaincode.contract.store import (
     trial_key,
     trial_keys_key,
 )
+from chaincode.rules import MAX_NORM_MILLI
 
 # Mirrors privacy.dp.policy (ACCOUNTANTS, GRAD_SAMPLE_MODES) and privacy.he.presets.DEFAULT_PRESET;
 # the contract may not import them (stdlib and cryptography only), so silos re-check the names.
@@ -79,6 +80,11 @@ DEFAULT_EVALUATION = {
     "acceptance_threshold_micro": 10_000,
     "min_voters": 2,
     "reward_per_round": 1000,
+    "max_weight_share_micro": 500_000,
+    "duplicate_similarity_micro": 999_000,
+    "max_norm_ratio_milli": 3000,
+    "max_update_norm_milli": None,
+    "voter_reward_share_micro": 200_000,
 }
 DEFAULT_PHASE_SECONDS = {"submit": 3600, "reveal": 900, "vote_commit": 1800, "vote_reveal": 900}
 
@@ -183,6 +189,12 @@ def parse_he(a: Args) -> HePolicy:
 
 
 def parse_evaluation(a: Args) -> Evaluation:
+    """The evaluation policy (``chaincode.rules.judge_round``), each field defaulted from
+    DEFAULT_EVALUATION: acceptance_threshold_micro (0..MAX_SCORE_MICRO: harmful below minus it),
+    min_voters (1..MAX_SILOS), reward_per_round (0..10**15), max_weight_share_micro
+    (1..10**6), duplicate_similarity_micro (0..10**6), max_norm_ratio_milli (1000..10**6),
+    max_update_norm_milli (null, or 1..MAX_NORM_MILLI: null takes each hospital's bound from
+    the DP schedule) and voter_reward_share_micro (0..10**6)."""
     ev = a.object("evaluation", default={})
     d = DEFAULT_EVALUATION
     policy: Evaluation = {
@@ -197,6 +209,30 @@ def parse_evaluation(a: Args) -> Evaluation:
         ),
         "reward_per_round": ev.integer(
             "reward_per_round", minimum=0, maximum=10**15, default=d["reward_per_round"]
+        ),
+        "max_weight_share_micro": ev.integer(
+            "max_weight_share_micro", minimum=1, maximum=MICRO, default=d["max_weight_share_micro"]
+        ),
+        "duplicate_similarity_micro": ev.integer(
+            "duplicate_similarity_micro",
+            minimum=0,
+            maximum=MICRO,
+            default=d["duplicate_similarity_micro"],
+        ),
+        "max_norm_ratio_milli": ev.integer(
+            "max_norm_ratio_milli", minimum=1000, maximum=10**6, default=d["max_norm_ratio_milli"]
+        ),
+        "max_update_norm_milli": ev.integer(
+            "max_update_norm_milli",
+            minimum=1,
+            maximum=MAX_NORM_MILLI,
+            default=d["max_update_norm_milli"],
+        ),
+        "voter_reward_share_micro": ev.integer(
+            "voter_reward_share_micro",
+            minimum=0,
+            maximum=MICRO,
+            default=d["voter_reward_share_micro"],
         ),
     }
     ev.done()

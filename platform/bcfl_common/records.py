@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from typing_extensions import TypedDict
 
-from bcfl_common.vocabulary import OrganisationKind, Phase, Role, TrialState
+from bcfl_common.vocabulary import OrganisationKind, Phase, Problem, Role, TrialState
 
 # ---------------------------------------------------------------------------------------------
 # Pieces
@@ -68,9 +68,16 @@ HePolicy = HeEnabled | Disabled
 
 
 class Evaluation(TypedDict):
-    acceptance_threshold_micro: int
+    """How peer votes decide a round (``chaincode.rules.judge_round``)."""
+
+    acceptance_threshold_micro: int  # harmful: a score below minus this
     min_voters: int
-    reward_per_round: int
+    reward_per_round: int  # the pool of each round
+    max_weight_share_micro: int  # cap on an accepted update's share of the aggregation weight
+    duplicate_similarity_micro: int  # cosine similarity at/above which an update is a duplicate
+    max_norm_ratio_milli: int  # outlier: a norm over this multiple of the round's reference norm
+    max_update_norm_milli: int | None  # absolute norm bound (null: from the DP schedule, or none)
+    voter_reward_share_micro: int  # the part of the pool paid to voters for agreement
 
 
 class PhaseSeconds(TypedDict):
@@ -269,9 +276,12 @@ class RoundHalt(_RoundHaltFields, total=False):
 
 
 class Dispute(TypedDict):
+    """An attestation of another hash than the one the round finalized with."""
+
     msp_id: str
     sha256: str
     at: int
+    against: str  # the finalized sha256
 
 
 class Exclusion(TypedDict):
@@ -333,8 +343,19 @@ class Update(TypedDict):
     revealed_at: int | None
 
 
+class Finding(TypedDict):
+    """What one voter found about one peer's update (all four fields always present)."""
+
+    score_micro: int  # decrease of the voter's validation log-loss, micro-units
+    norm_milli: (
+        int | None
+    )  # ceil(1000 * L2 norm of the update / sample weight); null with a problem
+    similarity_micro: int | None  # max cosine similarity with earlier updates/aggregates, 0..1e6
+    problem: Problem | None  # what made the update unusable, or null
+
+
 class Vote(TypedDict):
-    """("vote", [trial_id, r, a, msp_id]): a voter's commitment, then its scores."""
+    """("vote", [trial_id, r, a, msp_id]): a voter's commitment, then its findings."""
 
     trial_id: str
     round: int
@@ -343,26 +364,55 @@ class Vote(TypedDict):
     commitment: str
     committed_at: int
     revealed: bool
-    scores: dict[str, int] | None  # peer msp_id -> score_micro
+    findings: dict[str, Finding] | None  # peer msp_id -> finding
     salt: str | None
     revealed_at: int | None
 
 
-AcceptanceReason = Literal["accepted", "not_enrolled", "too_few_votes", "below_threshold"]
+AcceptanceReason = Literal[
+    "accepted",
+    "not_enrolled",
+    "too_few_votes",
+    "invalid",
+    "norm_exceeded",
+    "norm_outlier",
+    "duplicate",
+    "harmful",
+]
+
+
+class FindingCounts(TypedDict):
+    """How many of a candidate's voters reported each reason to reject it."""
+
+    problem: int
+    norm_exceeded: int
+    norm_outlier: int
+    duplicate: int
+    harmful: int
 
 
 class CandidateDecision(TypedDict):
     sha256: str
     sample_weight: int
-    scores: dict[str, int]  # voter -> score_micro
+    findings: dict[str, Finding]  # voter -> its finding (the counted voters only)
     votes: int
     required_votes: int
-    median_micro: int | None
+    counts: FindingCounts
+    problem: Problem | None  # the most reported problem when the reason is "invalid"
+    norm_bound_milli: int | None
+    norm_milli: int | None  # representative: upper median of the reported norms
     accepted: bool
     reason: AcceptanceReason
-    weight: int
-    contribution: int
-    reward: int
+    improvement_micro: int | None  # accepted only: upper median of the agreeing voters' scores
+    improves: bool
+    weight: int  # capped aggregation weight (0 unless accepted)
+    reward: int  # the update reward (voter rewards are in Acceptance.voters)
+
+
+class VoterRecord(TypedDict):
+    judged: int  # candidates it gave a finding for whose outcome the votes decided
+    agreed: int  # of those, how many its own verdict matched
+    reward: int  # its voter reward
 
 
 class Acceptance(TypedDict):
@@ -376,13 +426,18 @@ class Acceptance(TypedDict):
     computed_at: int
     voters_revealed: list[str]
     voters_missing: list[str]
+    policy: Evaluation  # the evaluation policy used
+    norm_bounds: dict[str, int | None]  # candidate -> norm bound used (null: none)
+    reference_norm_milli: int | None  # lower median of the representative norms (>= 3 of them)
     candidates: dict[str, CandidateDecision]
+    voters: dict[str, VoterRecord]
     accepted: list[str]
     rejected: list[str]
     accepted_sha256s: list[str]
-    total_weight: int
-    reward_pool: int
-    rewards: dict[str, int]
+    total_weight: int  # sum of the capped weights
+    reward_pool: int  # the policy's pool
+    paid: int  # what the rewards sum to (what nobody earned is not paid)
+    rewards: dict[str, int]  # msp_id -> update reward + voter reward
 
 
 class Attestation(TypedDict):

@@ -35,6 +35,7 @@ _VERDICT_FIELDS = (
     "candidates",
     "voters",
     "reference_norm_milli",
+    "norm_bounds",
     "accepted",
     "rejected",
     "accepted_sha256s",
@@ -116,13 +117,15 @@ def verify_round(
         else:
             policy = trial["evaluation"]
             bounds = norm_bounds(trial, schedule, rnd["candidates"])
-            revealed = {m: v["scores"] for m, v in votes.items() if v["revealed"] and m in enrolled}
+            revealed = {
+                m: v["findings"] for m, v in votes.items() if v["revealed"] and m in enrolled
+            }
             verdict = rules.judge_round(
                 candidates={m: updates[m] for m in rnd["candidates"]},
-                votes=revealed,
+                findings=revealed,
                 enrolled=enrolled,
-                threshold_micro=policy["acceptance_threshold_micro"],
-                min_voters=policy["min_voters"],
+                policy=policy,
+                norm_bounds=bounds,
                 reward_pool=policy["reward_per_round"],
             )
             for name in _VERDICT_FIELDS:

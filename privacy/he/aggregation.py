@@ -11,7 +11,6 @@ from privacy.he.context import HEContext
 from privacy.he.format import Kind, decode_container, encode_container
 from privacy.he.vectors import ciphertexts, load_vector
 
-
 MAX_WEIGHT = 10**12
 
 

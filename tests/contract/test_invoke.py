@@ -322,7 +322,8 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
     )
     flow.to_attest()
     flow.attest("hospital1")
-    flow.attest("hospital2", "0" * 64)  # mismatch: halts round 2
+    flow.attest("hospital2", "0" * 64)  # a dissent: the round goes on
+    flow.attest("hospital3", "1" * 64)  # no hash can reach 3 of 4 any more: halts round 2
     flow.full_round()
     flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 1})
     flow.open_round()
@@ -509,10 +510,12 @@ def mismatches(value: Any, expected: Any, path: str) -> list[str]:
 
 
 def test_the_checker_sees_missing_extra_and_mistyped_fields():
-    good = {"msp_id": "Hospital1MSP", "sha256": "ab" * 32, "at": 5}
+    good = {"msp_id": "Hospital1MSP", "sha256": "ab" * 32, "at": 5, "against": "cd" * 32}
     assert mismatches(good, records.Dispute, "d") == []
     assert mismatches({**good, "extra": 1}, records.Dispute, "d") == ["d.extra: not in Dispute"]
-    assert mismatches({"msp_id": "x", "sha256": "y"}, records.Dispute, "d") == ["d.at: missing"]
+    assert mismatches({"msp_id": "x", "sha256": "y", "against": "z"}, records.Dispute, "d") == [
+        "d.at: missing"
+    ]
     assert mismatches({**good, "at": True}, records.Dispute, "d") == ["d.at: True is not an int"]
     off = {"enabled": False, "reason": None}
     assert mismatches(off, records.DpPolicy, "dp") == []
