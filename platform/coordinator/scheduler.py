@@ -275,6 +275,17 @@ class Scheduler:
                 "waiting",
                 reason="no trial keys yet: an enrolled hospital must record_trial_keys",
             )
+        spent = self._without_reveals_left(trial)
+        if spent:
+            # Nobody could commit: opening would only halt NO_COMMITMENTS, again and again.
+            return self._outcome(
+                trial,
+                rnd,
+                "open_round",
+                "waiting",
+                reason="every enrolled hospital has made all the reveals its DP schedule allows "
+                f"({', '.join(spent)}); the trial cannot train further",
+            )
         next_round = head["round"] + 1
         return self._submit(
             self.ledger,
@@ -284,6 +295,25 @@ class Scheduler:
             {"trial_id": trial_id, "round": next_round},
             round_number=next_round,
         )
+
+    def _without_reveals_left(self, trial: dict[str, Any]) -> list[str]:
+        """With DP on: the enrolled hospitals, if every one of them was charged all ``rounds``
+        reveals of its schedule (halted attempts and rolled-back rounds count); else []."""
+        if not trial["dp"]["enabled"]:
+            return []
+        trial_id = trial["trial_id"]
+        enrolled = sorted(
+            e["msp_id"]
+            for e in self._query("get_enrolments", {"trial_id": trial_id})
+            if e["status"] == "enrolled"
+        )
+        reveals = {
+            acc["msp_id"]: len(acc["entries"])
+            for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
+        }
+        if enrolled and all(reveals.get(m, 0) >= trial["rounds"] for m in enrolled):
+            return enrolled
+        return []
 
     # -- who is still expected ---------------------------------------------------------------
     def _waiting_for(self, trial: dict[str, Any], rnd: dict[str, Any]) -> list[str]:
@@ -300,12 +330,13 @@ class Scheduler:
                 acc["msp_id"]: acc
                 for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
             }
+            # A hospital with no reveal left in its DP schedule cannot commit (BUDGET_EXCEEDED).
             expected = {
                 m
                 for m in enrolled
-                if m not in accounts
-                or accounts[m]["budget_micro"] is None
-                or accounts[m]["epsilon_spent_micro"] < accounts[m]["budget_micro"]
+                if not trial["dp"]["enabled"]
+                or m not in accounts
+                or len(accounts[m]["entries"]) < trial["rounds"]
             }
             committed = {u["msp_id"] for u in self._query("get_submissions", where)}
             return sorted(expected - committed)

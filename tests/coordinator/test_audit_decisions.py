@@ -96,7 +96,9 @@ def verify(consortium: Any, ledger_url: str) -> tuple[int, dict[str, Any]]:
 
 
 def named(report: dict[str, Any], check: str) -> list[str]:
-    return [p for p in report["problems"] if p.startswith(f"{TRIAL} {check}: ")]
+    """The problems the check named ``check`` reported, without the ``"<trial> <check>: "`` prefix."""
+    prefix = f"{TRIAL} {check}: "
+    return [p.removeprefix(prefix) for p in report["problems"] if p.startswith(prefix)]
 
 
 def test_the_recorded_schedule_is_privacy_dp_and_an_honest_run_verifies(

@@ -135,9 +135,16 @@ def test_scheduler_runs_a_trial_to_completion(
     public = he.load_public_context(
         store.get(keys["public_context"]["content_id"]), he.DEFAULT_PRESET
     )
-    by_sha = {u.sha256: u for u in hospitals.updates.values()}
+    by_sha = {u.sha256: (m, u) for m, u in hospitals.updates.items()}
+    acceptance = contract_net.client("auditor").evaluate(
+        "get_acceptance", {"trial_id": TRIAL, "round": 1}
+    )
+    shas = rnd["aggregate"]["update_sha256s"]
     recomputed = he.aggregate(
-        public, [store.get(by_sha[s].content_id) for s in rnd["aggregate"]["update_sha256s"]]
+        public,
+        [store.get(by_sha[s][1].content_id) for s in shas],
+        # Each update times the contract's (capped) weight: silos encrypt the plain delta.
+        weights=[acceptance["candidates"][hospitals.msp[by_sha[s][0]]]["weight"] for s in shas],
     )
     assert store.get(rnd["aggregate"]["content_id"]) == recomputed
 
@@ -314,12 +321,16 @@ def test_unusable_update_halts_the_round_and_the_schedule_waits_for_the_admin(
 def test_rollback_resumes_the_schedule(
     service: CoordinatorService, contract_net: Any, store_url: str, secret_context: he.HEContext
 ) -> None:
-    hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=1)
+    # Two rounds: the halted attempt's reveals stay charged, so retraining round 1 needs a
+    # second reveal in each hospital's DP schedule.
+    hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=2)
     tick = service.scheduler.tick
     tick()
     run_round_to_attest(hospitals, tick)
     hospitals.attest("hospital1")
-    hospitals.attest("hospital2", sha256="f" * 64)  # disagreement halts the round
+    hospitals.attest("hospital2", sha256="f" * 64)  # a dissent alone is no halt
+    assert hospitals.round()["phase"] == "ATTEST"
+    hospitals.attest("hospital3", sha256="e" * 64)  # no hash can reach the quorum any more
     assert hospitals.round()["phase"] == "HALTED"
     assert actions(tick()) == [("open_round", "waiting")]
     service.rollback(TRIAL, 0, "attestation mismatch investigated")
