@@ -74,6 +74,7 @@ class CoordinatorDriver:
         rounds: int = 2,
         dp: dict[str, Any] | None = None,
         hospitals: tuple[str, ...] = HOSPITALS,
+        start: bool = True,
         **overrides: Any,
     ) -> dict[str, Any]:
         model = overrides.pop("model", dataset.model)
@@ -95,7 +96,7 @@ class CoordinatorDriver:
         self.admin.submit("open_enrolment", {"trial_id": self.trial_id})
         for name in hospitals:
             self.enrol(name)
-        return self.start_trial()
+        return self.start_trial() if start else self.trial()
 
     def enrol(self, name: str, **options: Any) -> dict[str, Any]:
         """The hospital registers its dataset and key (its own transactions), the admin enrols it."""
