@@ -7,15 +7,15 @@ key set-up   the designated key holder (first enrolled hospital by MSP id) creat
              CKKS secret context, seals it to every enrolled hospital's X25519 key, stores the
              public context and the envelopes, and records them (record_trial_keys)
 SUBMIT       check the enrolment's training_records and (DP on) this hospital's entry of the
-             trial's DP schedule, budget check, DP training from the round's base model,
-             ``delta * sample_weight`` encrypted, kept in the state directory, committed
+             trial's DP schedule, budget check, DP training from the round's base model, the
+             parameter delta encrypted, kept in the state directory, committed
              (commit_update) WITHOUT uploading (silo_agent.submission)
 REVEAL       upload the kept update to the store, reveal_update with the journal's salt
 VOTE_COMMIT  a Finding on each peer candidate (problem, score on the local validation split,
              norm, similarity with earlier updates and aggregates), commit_votes
              (silo_agent.voting, silo_agent.findings)
 VOTE_REVEAL  reveal_votes
-ATTEST       decrypt the aggregate, divide by total_weight, apply to the base, release-round,
+ATTEST       decrypt the aggregate (the weighted sum), divide by total_weight, apply to the base, release-round,
              encode, attest_model with its sha256
 FINALIZED    keep the model and its local metrics
 

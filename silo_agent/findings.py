@@ -10,7 +10,8 @@
   similarity are null and the score is the lowest (:data:`REJECT_SCORE_MICRO`).
 * ``score_micro``: the decrease of the voter's validation log-loss when the update alone is
   applied to the base model, in micro-units, clamped to +-:data:`MAX_SCORE_MICRO`.
-* ``norm_milli``: ``ceil(1000 * ||delta||)`` of the decrypted update divided by its sample weight.
+* ``norm_milli``: ``ceil(1000 * ||delta||)`` of the decrypted update: an update container holds
+  the hospital's plain parameter delta (``privacy.he.aggregate`` applies the contract's weights).
 * ``similarity_micro``: ``round(1e6 * max cosine similarity)`` of the delta with every update
   revealed in an earlier round or attempt of the trial (any author, its own included) and every
   earlier aggregate's delta; 0 when there is nothing earlier (or the delta is zero). A copy of an
@@ -82,7 +83,7 @@ def score_micro(base_loss: float, loss: float) -> int:
 
 
 def norm_milli(delta: np.ndarray) -> int:
-    """``ceil(1000 * L2 norm)`` of a finite delta (per unit sample weight), an integer >= 0."""
+    """``ceil(1000 * L2 norm)`` of a finite parameter delta, an integer >= 0."""
     return int(math.ceil(1000.0 * float(np.linalg.norm(np.asarray(delta, dtype=np.float64)))))
 
 

@@ -107,8 +107,10 @@ class UpdateSubmission:
     def seal_update(
         self: SiloAgent, ctx: TrialContext, rnd: dict[str, Any], delta: np.ndarray, weight: int
     ) -> bytes:
-        """The update container: ``weight * delta`` encrypted under the trial's CKKS key."""
-        return keyholder.encrypt_update(ctx.secret, delta, weight=float(weight))
+        """The update container: the plain parameter ``delta`` encrypted under the trial's CKKS
+        key. ``weight`` (the sample weight it will reveal) is not applied here: the aggregator
+        multiplies each accepted update by the weight the contract decided (capped)."""
+        return keyholder.encrypt_update(ctx.secret, delta)
 
     # -- ledger views --------------------------------------------------------------------------
     def _submissions(self: SiloAgent, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -268,8 +270,10 @@ class UpdateSubmission:
         weight: int,
         steps: list[Step],
     ) -> np.ndarray:
-        """CKKS wraps around silently beyond the preset's range: ``weight * delta`` is clipped
-        into it (no honest update of a sensible model comes near it)."""
+        """CKKS wraps around silently beyond the preset's range: the delta is clipped so that
+        ``weight * delta`` fits one summand's share of it (the aggregate multiplies the delta by
+        a weight of at most the sample weight; no honest update of a sensible model comes near
+        the cap)."""
         cap = he.get_preset(ctx.preset).max_abs_value * 0.999 / max(1, weight)
         if float(np.max(np.abs(delta))) <= cap:
             return delta

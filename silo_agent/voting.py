@@ -72,7 +72,8 @@ class PeerVoting:
     def candidate_delta(
         self: SiloAgent, ctx: TrialContext, record: dict[str, Any] | None, n_params: int
     ) -> np.ndarray:
-        """A revealed update's delta (decrypted, divided by its sample weight), or UnusableUpdate
+        """A revealed update's parameter delta (decrypted: updates carry the plain delta, the
+        aggregator applies the contract's weights), or UnusableUpdate
         naming the first problem: unavailable, wrong kind, wrong shape, undecryptable, not finite."""
         if record is None or not record["revealed"]:
             raise UnusableUpdate(UNAVAILABLE, "no revealed update")
@@ -83,7 +84,7 @@ class PeerVoting:
         problem = container_problem(blob, preset=ctx.preset, n_params=n_params)
         if problem is not None:
             raise UnusableUpdate(problem, f"container header of {record['sha256'][:16]}")
-        return finite_delta(self._decrypt(ctx, blob, n_params, record["sample_weight"]))
+        return finite_delta(self._decrypt(ctx, blob, n_params, 1))
 
     def _decrypt(
         self: SiloAgent, ctx: TrialContext, blob: bytes, n_params: int, weight: int
@@ -107,7 +108,7 @@ class PeerVoting:
             if (other["round"], other["attempt"]) == (rnd["round"], rnd["attempt"]):
                 continue
             items = [
-                (s["sha256"], s["content_id"], s["sample_weight"])
+                (s["sha256"], s["content_id"], 1)
                 for s in self._submissions(other).values()
                 if s["revealed"]
             ]

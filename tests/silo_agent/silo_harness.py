@@ -195,11 +195,14 @@ class CoordinatorDriver:
                 "get_submissions", {"trial_id": self.trial_id, "round": rnd["round"]}
             )
         }
-        blobs = [
-            self.store.get(submissions[m]["content_id"])
-            for m in sorted(rnd["accepted"], key=lambda m: submissions[m]["sha256"])
-        ]
-        aggregate = he.aggregate(public, blobs)
+        acceptance = self.coordinator.evaluate(
+            "get_acceptance", {"trial_id": self.trial_id, "round": rnd["round"]}
+        )
+        order = sorted(rnd["accepted"], key=lambda m: submissions[m]["sha256"])
+        blobs = [self.store.get(submissions[m]["content_id"]) for m in order]
+        # Each update times the weight the contract decided (capped), summed.
+        weights = [acceptance["candidates"][m]["weight"] for m in order]
+        aggregate = he.aggregate(public, blobs, weights=weights)
         stored = self.store.put(aggregate)
         self.coordinator.submit(
             "record_aggregate",

@@ -87,13 +87,11 @@ def rounds(tmp_path_factory: pytest.TempPathFactory) -> Rounds:
         trained = _train_round(ds, trial, base, folder, r)
         weights = [w for _, w in trained]
         plain[r] = [d for d, _ in trained]
-        blobs[r] = [keyholder.encrypt_update(secret, d, weight=float(w)) for d, w in trained]
-        decrypted[r] = [
-            keyholder.decrypt(secret, b, expected_params=n_params, total_weight=float(w))
-            for b, w in zip(blobs[r], weights, strict=True)
-        ]
+        # Update containers hold the plain delta; the aggregate applies the weights.
+        blobs[r] = [keyholder.encrypt_update(secret, d) for d, _ in trained]
+        decrypted[r] = [keyholder.decrypt(secret, b, expected_params=n_params) for b in blobs[r]]
         if r == 1:
-            aggregate = he.aggregate(secret, blobs[1])
+            aggregate = he.aggregate(secret, blobs[1], weights=weights)
             aggregate_delta = keyholder.decrypt(
                 secret, aggregate, expected_params=n_params, total_weight=float(sum(weights))
             )
@@ -121,17 +119,13 @@ def test_a_re_encrypted_copy_of_an_earlier_update_is_a_duplicate(rounds: Rounds)
     # The copier decrypts hospital 1's round-1 update and encrypts it again as its own round-2
     # update (new bytes, a new sha256: the contract's DUPLICATE_CONTENT cannot see it).
     stolen = rounds.decrypted[1][0]
-    copy = keyholder.encrypt_update(rounds.secret, stolen, weight=50.0)
+    copy = keyholder.encrypt_update(rounds.secret, stolen)
     assert hashlib.sha256(copy).digest() != hashlib.sha256(rounds.blobs[1][0]).digest()
-    delta = keyholder.decrypt(
-        rounds.secret, copy, expected_params=rounds.n_params, total_weight=50.0
-    )
+    delta = keyholder.decrypt(rounds.secret, copy, expected_params=rounds.n_params)
     assert f.similarity_micro(delta, history_of_round_1(rounds)) >= DUPLICATE_SIMILARITY_MICRO
     # Replaying the round-1 aggregate as an update is a duplicate too.
-    replay = keyholder.encrypt_update(rounds.secret, rounds.aggregate_delta, weight=10.0)
-    replayed = keyholder.decrypt(
-        rounds.secret, replay, expected_params=rounds.n_params, total_weight=10.0
-    )
+    replay = keyholder.encrypt_update(rounds.secret, rounds.aggregate_delta)
+    replayed = keyholder.decrypt(rounds.secret, replay, expected_params=rounds.n_params)
     assert f.similarity_micro(replayed, history_of_round_1(rounds)) >= DUPLICATE_SIMILARITY_MICRO
     # A scaled copy (boosted) is still a duplicate: cosine ignores the scale.
     assert f.similarity_micro(3.0 * delta, history_of_round_1(rounds)) >= 999_000
@@ -210,6 +204,7 @@ def test_candidate_delta_names_the_problem_of_each_container(
 
     good = rounds.blobs[1][1]
     delta = agent.candidate_delta(ctx, record(good, weight=rounds.weights[1]), rounds.n_params)
+    # The plain delta whatever the revealed weight (the aggregator applies the contract's).
     np.testing.assert_allclose(delta, rounds.plain[1][1], atol=1e-4)
     assert problem(None) == f.UNAVAILABLE
     assert problem({**record(good), "revealed": False}) == f.UNAVAILABLE
@@ -225,7 +220,7 @@ def test_candidate_delta_names_the_problem_of_each_container(
     # Encrypted under another trial's key: decrypts to noise, or fails; never a usable update
     # that looks like the real one.
     foreign = keyholder.encrypt_update(
-        keyholder.generate_context(he.DEFAULT_PRESET), rounds.plain[1][1], weight=10.0
+        keyholder.generate_context(he.DEFAULT_PRESET), rounds.plain[1][1]
     )
     try:
         noise = agent.candidate_delta(ctx, record(foreign), rounds.n_params)
