@@ -497,13 +497,34 @@ def enrolled_at_close(events: Iterable[Any]) -> dict[tuple[str, int, int], list[
 
 _VERDICT_FIELDS = (
     "candidates",
+    "voters",
+    "reference_norm_milli",
+    "norm_bounds",
     "accepted",
     "rejected",
     "accepted_sha256s",
     "total_weight",
     "reward_pool",
+    "paid",
     "rewards",
 )
+
+
+def _norm_bounds(ledger: Any, trial: dict[str, Any], candidates: list[str]) -> dict[str, Any]:
+    """Each candidate's norm bound, as close_voting takes it: the policy's explicit
+    max_update_norm_milli, else (DP on) the DP schedule entry's, else none."""
+    explicit = trial["evaluation"].get("max_update_norm_milli")
+    if explicit is not None:
+        return {c: explicit for c in candidates}
+    schedule = None
+    if trial["dp"]["enabled"]:
+        try:
+            schedule = ledger.evaluate("get_dp_schedule", {"trial_id": trial["trial_id"]})
+        except ContractError as exc:
+            if exc.code not in ("NOT_FOUND", "UNKNOWN_FUNCTION"):
+                raise
+    entries = {} if schedule is None else schedule["entries"]
+    return {c: entries[c]["max_update_norm_milli"] if c in entries else None for c in candidates}
 
 
 def verify_round(
@@ -539,11 +560,15 @@ def verify_round(
     for v in votes.values():
         if v["revealed"]:
             again = votes_commitment(
-                trial_id=trial_id, round=r, msp_id=v["msp_id"], scores=v["scores"], salt=v["salt"]
+                trial_id=trial_id,
+                round=r,
+                msp_id=v["msp_id"],
+                findings=v["findings"],
+                salt=v["salt"],
             )
             if again != v["commitment"]:
                 problems.append(
-                    f"votes of {v['msp_id']}: revealed scores hash to {again}, not their commitment {v['commitment']}"
+                    f"votes of {v['msp_id']}: revealed findings hash to {again}, not their commitment {v['commitment']}"
                 )
     checks.append("commitments of revealed updates and votes")
 
@@ -555,13 +580,15 @@ def verify_round(
             )
         else:
             policy = trial["evaluation"]
-            revealed = {m: v["scores"] for m, v in votes.items() if v["revealed"] and m in enrolled}
+            revealed = {
+                m: v["findings"] for m, v in votes.items() if v["revealed"] and m in enrolled
+            }
             verdict = rules.judge_round(
                 candidates={m: updates[m] for m in rnd["candidates"]},
-                votes=revealed,
+                findings=revealed,
                 enrolled=enrolled,
-                threshold_micro=policy["acceptance_threshold_micro"],
-                min_voters=policy["min_voters"],
+                policy=policy,
+                norm_bounds=_norm_bounds(ledger, trial, rnd["candidates"]),
                 reward_pool=policy["reward_per_round"],
             )
             for name in _VERDICT_FIELDS:
