@@ -27,14 +27,10 @@ from typing import Any
 import numpy as np
 
 from bcfl_common.errors import BcflError
+from bcfl_common.vocabulary import PROBLEMS
 from privacy import he
 
-UNAVAILABLE = "unavailable"
-WRONG_KIND = "wrong_kind"
-WRONG_SHAPE = "wrong_shape"
-UNDECRYPTABLE = "undecryptable"
-NOT_FINITE = "not_finite"
-PROBLEMS = (UNAVAILABLE, WRONG_KIND, WRONG_SHAPE, UNDECRYPTABLE, NOT_FINITE)
+UNAVAILABLE, WRONG_KIND, WRONG_SHAPE, UNDECRYPTABLE, NOT_FINITE = PROBLEMS
 
 MAX_SCORE_MICRO = 10**12
 # The score of a candidate with a problem: the lowest there is.
