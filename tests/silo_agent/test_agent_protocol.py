@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from silo_harness import HOSPITALS, drive
 
-from bcfl_common.errors import ConfigError
+from bcfl_common.errors import ConfigError, ContractError
 from consortium.storage import content_id
 from privacy.dp import PrivacyAccountant
 from silo_agent.data import load_split
@@ -210,3 +210,23 @@ def test_a_lost_kept_update_is_reported_not_replaced(
     steps = agents[0].tick()
     assert any(s.action == "cannot reveal" and "missing" in s.detail for s in steps)
     assert not _submissions(contract_net)[agents[0].msp_id]["revealed"]
+
+
+def test_a_claim_over_the_registered_dataset_is_refused(
+    driver: Any, demo_files: dict[str, Any], contract_net: Any, config_for: Any
+) -> None:
+    """Inflated sample weights start at enrolment: the key registration's training_records may
+    not exceed the dataset's registered records (only the red-team harness claims a count)."""
+    driver.create_trial(demo_files["dataset"], rounds=1, hospitals=(), start=False)
+    identity = contract_net.consortium.identity("hospital1")
+    ledger = contract_net.client("hospital1").ledger
+    rows = len(demo_files["dataset"].hospitals[0].train)
+    with pytest.raises(ContractError) as info:
+        enrol(
+            ledger, identity, config_for("hospital1"), "trial-1", claimed_training_records=rows + 1
+        )
+    assert info.value.code == "INVALID_ARGUMENT" and "training_records" in info.value.message
+    # The honest count is accepted, and the dataset was registered once either way.
+    registration = enrol(ledger, identity, config_for("hospital1"), "trial-1")
+    assert registration["training_records"] < rows
+    assert len(_admin(contract_net).evaluate("get_datasets", {"msp_id": identity.msp_id})) == 1
