@@ -27,7 +27,7 @@ from silo_agent.datasets import load_demo_dataset
 from silo_agent.steps import TrialContext
 from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
 
-DUPLICATE_SIMILARITY_MICRO = 999_000  # the evaluation policy's default
+DUPLICATE_SIMILARITY_MICRO = 999_990  # the evaluation policy's default
 
 
 @dataclass
@@ -109,7 +109,7 @@ def test_honest_dp_updates_of_consecutive_rounds_are_not_duplicates(rounds: Roun
     history = history_of_round_1(rounds)
     similarities = [f.similarity_micro(d, history) for d in rounds.decrypted[2]]
     print(f"largest honest round-2 similarity (micro): {max(similarities)}; all: {similarities}")
-    # Measured 894_721 (4 hospitals, seeded); the threshold is 999_000.
+    # Measured 894_721 (4 hospitals, seeded); the threshold is 999_990.
     assert max(similarities) < 950_000
     # Nothing earlier (round 1): similarity 0.
     assert all(f.similarity_micro(d, []) == 0 for d in rounds.decrypted[1])
@@ -128,7 +128,7 @@ def test_a_re_encrypted_copy_of_an_earlier_update_is_a_duplicate(rounds: Rounds)
     replayed = keyholder.decrypt(rounds.secret, replay, expected_params=rounds.n_params)
     assert f.similarity_micro(replayed, history_of_round_1(rounds)) >= DUPLICATE_SIMILARITY_MICRO
     # A scaled copy (boosted) is still a duplicate: cosine ignores the scale.
-    assert f.similarity_micro(3.0 * delta, history_of_round_1(rounds)) >= 999_000
+    assert f.similarity_micro(3.0 * delta, history_of_round_1(rounds)) >= 999_990
 
 
 def test_norms_are_numpys_rounded_up(rounds: Rounds) -> None:
