@@ -349,7 +349,7 @@ class Finding(TypedDict):
     score_micro: int  # decrease of the voter's validation log-loss, micro-units
     norm_milli: (
         int | None
-    )  # ceil(1000 * L2 norm of the update / sample weight); null with a problem
+    )  # ceil(1000 * L2 norm of the update's parameter delta); null with a problem
     similarity_micro: int | None  # max cosine similarity with earlier updates/aggregates, 0..1e6
     problem: Problem | None  # what made the update unusable, or null
 

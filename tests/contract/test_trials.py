@@ -23,7 +23,7 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
         "min_voters": 2,
         "reward_per_round": 1000,
         "max_weight_share_micro": 500_000,
-        "duplicate_similarity_micro": 999_000,
+        "duplicate_similarity_micro": 999_990,
         "max_norm_ratio_milli": 3000,
         "max_update_norm_milli": None,
         "voter_reward_share_micro": 200_000,

@@ -246,7 +246,7 @@ def test_a_duplicate_is_rejected(voting):
     """hospital4 re-reveals a copy (slightly changed) of an earlier update or aggregate."""
     flow = voting
     by_voter = flow.scores(list(HOSPITALS), list(HOSPITALS))
-    for v, similarity in zip(HOSPITALS[:3], (999_000, 999_999, 1_000_000), strict=True):
+    for v, similarity in zip(HOSPITALS[:3], (999_990, 999_999, 1_000_000), strict=True):
         by_voter[v]["hospital4"] = finding(30_000, similarity_micro=similarity)
     c = flow.vote(by_voter)["candidates"][flow.msp["hospital4"]]
     assert c["reason"] == "duplicate" and c["counts"]["duplicate"] == 3
