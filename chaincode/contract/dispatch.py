@@ -67,7 +67,7 @@ CODES: dict[str, str] = {
     "SELF_VOTE": "a voter scored its own update",
     "KEY_MISMATCH": "the encryption key given for a hospital is not the one the hospital registered itself",
     "AGGREGATE_MISMATCH": "the aggregate does not sum exactly the accepted updates",
-    "ATTESTATION_MISMATCH": "attested model hashes differ; the round was halted (halt code and event, not raised)",
+    "ATTESTATION_MISMATCH": "attested model hashes differ: a dissent from the majority is a dispute; the round halts only when no hash can reach the quorum (halt code and event, not raised)",
 }
 
 Handler = Callable[[Tx, Caller, Args], Any]

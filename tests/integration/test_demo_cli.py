@@ -42,8 +42,11 @@ def test_default_demo(tmp_path: Path) -> None:
         r["phase"] == "FINALIZED" and len(r["accepted"]) == 4 for r in summary["round_results"]
     )
     for msp, entry in summary["privacy"].items():
-        assert 0 < entry["spent"] <= entry["budget"] == 3.0, msp
-    assert sum(summary["rewards"].values()) == 2 * 1000
+        # The budget is the public schedule's last cumulative epsilon (at most the trial's 3.0);
+        # two of the two planned rounds charged it exactly.
+        assert 0 < entry["spent"] == entry["budget"] <= 3.0, msp
+    # Only updates that improve the model and voters that agree with the outcome are paid.
+    assert 0 < sum(summary["rewards"].values()) <= 2 * 1000
     assert "accuracy on each hospital's held-out data" in summary["stdout"]
 
 
@@ -65,15 +68,25 @@ def test_heart_disease_demo_with_a_malicious_hospital(tmp_path: Path) -> None:
     assert summary["malicious"] == ["Hospital4MSP"]
     for rnd in summary["round_results"]:
         assert "Hospital4MSP" not in rnd["accepted"]
-        assert rnd["hospitals"]["Hospital4MSP"]["reason"] == "below_threshold"
-    assert summary["rewards"].get("Hospital4MSP", 0) == 0
+        assert rnd["hospitals"]["Hospital4MSP"]["reason"] in (
+            "norm_exceeded",
+            "norm_outlier",
+            "harmful",
+        )
+    # Its rejected updates earn nothing; it may earn a voter reward for judging its peers like the
+    # majority did, which stays below what any honest hospital earns.
+    rewards = summary["rewards"]
+    attacker = rewards.get("Hospital4MSP", 0)
+    assert all(attacker < rewards[m] for m in rewards if m != "Hospital4MSP"), rewards
 
 
 @pytest.mark.ethereum
 def test_demo_with_ethereum_settlement(tmp_path: Path) -> None:
     summary = run_demo(tmp_path, "--rounds", "2", "--malicious", "1", "--settlement", "ethereum")
     balances = summary["settlement_balances"]
-    assert balances["Hospital4MSP"]["balance"] == "0"
+    rewards = summary["rewards"]
+    # the attacker's updates earned nothing (at most a voter reward, below every honest total)
+    assert all(rewards.get("Hospital4MSP", 0) < rewards[m] for m in rewards if m != "Hospital4MSP")
     for msp, reward in summary["rewards"].items():
         assert balances[msp]["balance"] == str(reward), (msp, balances[msp], reward)
     assert "Rewards settled on Ethereum" in summary["stdout"]

@@ -85,6 +85,9 @@ def test_silo_enroll_registers_its_own_key_and_asks_the_coordinator(local_networ
                 "model": spec["model"],
                 "rounds": 1,
                 "min_silos": 2,
+                # within what the hospital's dataset has left after the first trial's 3.0 (of
+                # its default lifetime 10.0): the default 8.0 would be refused, see below
+                "dp": {"target_epsilon_micro": 2_000_000},
             }
         )
         enroll = subprocess.run(
@@ -116,3 +119,31 @@ def test_silo_enroll_registers_its_own_key_and_asks_the_coordinator(local_networ
         with pytest.raises(ContractError) as err:
             admin.enrol("second", "Hospital2MSP")
         assert err.value.code == "NOT_FOUND"
+        # the patients' lifetime budget spans trials: 3.0 + 2.0 of 10.0 committed, so a third
+        # trial planning the default 8.0 on the same dataset is refused at enrolment
+        admin.create_trial(
+            {
+                "trial_id": "third",
+                "task": spec["task"],
+                "data_schema": spec["data_schema"],
+                "model": spec["model"],
+                "rounds": 1,
+                "min_silos": 2,
+            }
+        )
+        third = subprocess.run(
+            bcfl_command(
+                "silo",
+                "enroll",
+                "--config",
+                str(net.silo_config_path("hospital1")),
+                "--trial",
+                "third",
+            ),
+            capture_output=True,
+            text=True,
+        )
+        assert third.returncode == 0, third.stdout + third.stderr
+        with pytest.raises(ContractError) as err:
+            admin.enrol("third", "Hospital1MSP")
+        assert err.value.code == "BUDGET_EXCEEDED" and "lifetime" in err.value.message
