@@ -25,12 +25,12 @@ def test_trial_survives_crashes_rejects_poison_and_respects_budgets(local_networ
     for hospital in net.hospital_names():
         net.start_silo(hospital, trial_id=trial.trial_id)
 
-    trial.wait_phase(2, ("VOTE_COMMIT", "VOTE_REVEAL"))
+    trial.wait_phase(2, ("VOTE_COMMIT", "VOTE_REVEAL"), timeout=600)
     net.processes["hospital1"].kill()
     time.sleep(1.0)
     net.start_silo("hospital1", trial_id=trial.trial_id)
 
-    trial.wait_phase(3, ("SUBMIT", "REVEAL"))
+    trial.wait_phase(3, ("SUBMIT", "REVEAL"), timeout=600)
     net.processes["coordinator"].kill()
     time.sleep(1.0)
     net.start_coordinator()
