@@ -113,11 +113,11 @@ def test_zero_update_is_a_real_encrypted_zero(make_agent: Any) -> None:
     delta = np.linspace(-1, 1, 300)
     blob = agent.seal_update(ctx, {"round": 1, "attempt": 1}, delta, 37)
     assert peek_header(blob)["kind"] == Kind.UPDATE
-    decrypted = keyholder.decrypt(ctx.secret, blob, expected_params=300, total_weight=37.0)
+    decrypted = keyholder.decrypt(ctx.secret, blob, expected_params=300, total_weight=1.0)
     assert np.max(np.abs(decrypted)) < 1e-4
     honest = make_agent("hospital2").seal_update(ctx, {"round": 1, "attempt": 1}, delta, 37)
     np.testing.assert_allclose(
-        keyholder.decrypt(ctx.secret, honest, expected_params=300, total_weight=37.0),
+        keyholder.decrypt(ctx.secret, honest, expected_params=300, total_weight=1.0),
         delta,
         atol=1e-4,
     )
@@ -263,13 +263,13 @@ def test_reencrypted_copy_resends_a_peers_earlier_update_and_is_rejected_as_dupl
         ctx.secret,
         driver.store.get(mine["content_id"]),
         expected_params=n,
-        total_weight=float(mine["sample_weight"]),
+        total_weight=1.0,
     )
     theirs = keyholder.decrypt(
         ctx.secret,
         driver.store.get(source["content_id"]),
         expected_params=n,
-        total_weight=float(source["sample_weight"]),
+        total_weight=1.0,
     )
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     decision = _acceptance(driver, 2)["candidates"][bad.msp_id]

@@ -73,9 +73,8 @@ class ReencryptedCopySilo(AttackingSilo):
         ]
         if peers:
             source = peers[0]
-            delta = self.decrypted(
-                ctx, source["content_id"], source["sha256"], float(source["sample_weight"])
-            )
+            # an update container holds the plain parameter delta (weights are applied later)
+            delta = self.decrypted(ctx, source["content_id"], source["sha256"], 1.0)
             ctx.extras.setdefault("copied", {})[(rnd["round"], rnd["attempt"])] = source["sha256"]
             log.warning(
                 "%s copies %s's update of round %s", self.msp_id, source["msp_id"], source["round"]
