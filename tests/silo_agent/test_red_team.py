@@ -32,7 +32,7 @@ from silo_agent.agent import SiloAgent
 from silo_agent.cli import run_command_for, silo_group
 from silo_agent.data import EncodedData, LocalSplit
 from silo_agent.steps import TrialContext
-from silo_agent.voting import MAX_SCORE_MICRO
+from silo_agent.findings import MAX_SCORE_MICRO
 
 PRESET = he.DEFAULT_PRESET
 

@@ -9,12 +9,13 @@ weight can buy (``max_weight_share_micro``). These attackers show that is what h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bcfl_common.errors import ContractError
 from consortium.identity import Identity
 from consortium.ledger import Ledger
-from devnet.red_team.cli import attack_class
+from devnet.red_team.cli import attack_class, attack_options, parse_args
 from privacy import dp
 from silo_agent.config import SiloConfig
 from silo_agent.enrolment import (
@@ -33,14 +34,16 @@ def enrol_attacker(
     config: SiloConfig,
     trial_id: str,
     attack: str,
-    options: dict[str, Any] | None = None,
+    flags: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """:func:`silo_agent.enrolment.enrol` with the attack's claimed training split; when the
-    claim exceeds the data file, the dataset is first registered with the claimed row count
-    (same id and file commitment an honest registration would use). Returns the key registration."""
+    """:func:`silo_agent.enrolment.enrol` with the claimed training split of ``attack`` (run with
+    the harness's ``flags``, e.g. ``["--claimed-records", "5000"]``); when the claim exceeds the
+    data file, the dataset is first registered with the claimed row count (same id and file
+    commitment an honest registration would use). Returns the key registration."""
+    options = attack_options(parse_args(["--attack", attack, *flags])[0])
     trial = ledger.evaluate("get_trial", {"trial_id": trial_id})
     honest = training_records(config, trial, identity.msp_id)
-    claim = attack_class(attack).claimed_training_records(options or {}, honest)
+    claim = attack_class(attack).claimed_training_records(options, honest)
     if claim is not None and config.data_path is not None:
         dataset_id = dataset_id_of(config)
         existing = find_dataset(ledger, identity.msp_id, dataset_id)

@@ -7,7 +7,7 @@ from typing import Any
 
 from devnet.red_team.base import AttackingSilo, option_error
 from silo_agent.steps import TrialContext
-from silo_agent.voting import MAX_SCORE_MICRO
+from silo_agent.findings import MAX_SCORE_MICRO
 
 # A norm far over any bound and a similarity at the top of the scale.
 FAKE_NORM_MILLI = 10**9
