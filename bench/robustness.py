@@ -294,6 +294,11 @@ def ledger_outcome(
 # ---------------------------------------------------------------------------------------------
 
 
+def share_of(rewards: dict[str, int], members: list[str]) -> float:
+    paid = sum(rewards.values())
+    return sum(rewards.get(m, 0) for m in members) / paid if paid else 0.0
+
+
 def _mean(runs: list[dict[str, Any]], key: str) -> float | None:
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.mean(values) if values else None
@@ -307,51 +312,65 @@ def summarise(config: Config, runs: list[dict[str, Any]], honest: list[dict[str,
     candidates = sum(r.get("honest_candidates", 0) for r in runs)
     rejected = sum(r.get("honest_rejected", 0) for r in runs)
     states = sorted({r["state"] for r in runs})
+    by_seed = {h["seed"]: h for h in honest}
+    # what the same hospitals earned in the honest trial of the same seed (data sizes differ)
+    if_honest = [
+        share_of(by_seed[r["seed"]]["rewards"], r["malicious"])
+        for r in runs
+        if r.get("malicious") and r["seed"] in by_seed and "rewards" in by_seed[r["seed"]]
+    ]
+    d_acc = (
+        None
+        if accuracy is None or honest_accuracy is None or row.attack is None
+        else accuracy - honest_accuracy
+    )
+    trigger = _mean(runs, "trigger_success") if row.attack in (None, "backdoor") else None
+    atk_share = _mean(runs, "attacker_share") if row.attack else None
+    atk_if_honest = statistics.mean(if_honest) if if_honest else None
+    rej_pct = 100.0 * rejected / candidates if candidates else None
+    audit_ok = all(r.get("audit_verify") for r in runs)
     out: dict[str, Any] = {
         "row": config.label,
         "dataset": config.dataset,
-        "dp": ("eps " + f"{config.epsilon:g}")
-        if config.epsilon
-        else ("on" if config.dp else "off"),
+        "dp": f"eps {config.epsilon:g}" if config.epsilon else ("on" if config.dp else "off"),
         "seeds": len(runs),
-        "accuracy": accuracy,
-        "vs_honest": None
-        if accuracy is None or honest_accuracy is None or row.attack is None
-        else accuracy - honest_accuracy,
-        "trigger_success": _mean(runs, "trigger_success")
-        if row.attack in (None, "backdoor")
-        else None,
-        "attacker_share": _mean(runs, "attacker_share") if row.attack else None,
-        "honest_mean_share": _mean(runs, "honest_mean_share"),
-        "honest_rejected": rejected,
-        "honest_rejected_pct": 100.0 * rejected / candidates if candidates else None,
+        "acc": accuracy,
+        "d_acc": d_acc,
+        "trigger": trigger,
+        "atk_share": atk_share,
+        "atk_if_honest": atk_if_honest,
+        "honest_share": _mean(runs, "honest_mean_share"),
+        "rej": rejected,
+        "rej_pct": rej_pct,
         "rounds": " ".join(
             f"{r.get('head_round', '?')}/{r.get('rounds', config.rounds)}" for r in runs
         ),
         "state": ",".join(states),
-        "audit": "ok" if all(r.get("audit_verify") for r in runs) else "FAILED",
-        "trial_seconds": _mean(runs, "seconds"),
+        "audit": "ok" if audit_ok else "FAILED",
+        "secs": _mean(runs, "seconds"),
     }
     targets: dict[str, bool] = {"COMPLETED": states == ["COMPLETED"]}
     if row.attack is not None:
-        if out["vs_honest"] is not None:
-            targets["accuracy within 0.02"] = out["vs_honest"] >= -0.02
+        if d_acc is not None:
+            targets["accuracy within 0.02"] = d_acc >= -0.02
         targets["attacker share <= honest mean"] = all(
             r.get("attacker_max_share", 1.0) <= r.get("honest_mean_share", 0.0) for r in runs
         )
+        if atk_if_honest is not None and atk_share is not None:
+            targets["no gain vs honest run (+0.02)"] = atk_share <= atk_if_honest + 0.02
         if row.free_rides_from is not None:
             targets["free ride unpaid"] = all(
                 r.get("free_ride_update_reward", 1) == 0 for r in runs
             )
         if row.attack == "backdoor":
             base = _mean(honest, "trigger_success")
-            if base is not None and out["trigger_success"] is not None:
-                targets["trigger <= honest + 0.05"] = out["trigger_success"] <= base + 0.05
-    if config.epsilon == 1.0 and out["honest_rejected_pct"] is not None:
-        targets["rejected <= 5%"] = out["honest_rejected_pct"] <= 5.0
+            if base is not None and trigger is not None:
+                targets["trigger <= honest + 0.05"] = trigger <= base + 0.05
+    if config.epsilon == 1.0 and rej_pct is not None:
+        targets["rejected <= 5%"] = rej_pct <= 5.0
     if config.epsilon == 0.3 and accuracy is not None:
         targets["accuracy >= 0.78"] = accuracy >= 0.78
-    targets["audit verify"] = out["audit"] == "ok"
+    targets["audit verify"] = audit_ok
     out["targets"] = targets
     missed = [name for name, ok in targets.items() if not ok]
     out["result"] = "met" if not missed else "missed: " + "; ".join(missed)
@@ -363,17 +382,18 @@ COLUMNS = [
     ("dataset", ""),
     ("dp", ""),
     ("seeds", "count"),
-    ("accuracy", "fraction"),
-    ("vs_honest", "fraction"),
-    ("trigger_success", "fraction"),
-    ("attacker_share", "fraction"),
-    ("honest_mean_share", "fraction"),
-    ("honest_rejected", "count"),
-    ("honest_rejected_pct", "%"),
+    ("acc", "fraction"),
+    ("d_acc", "fraction"),
+    ("trigger", "fraction"),
+    ("atk_share", "fraction"),
+    ("atk_if_honest", "fraction"),
+    ("honest_share", "fraction"),
+    ("rej", "count"),
+    ("rej_pct", "%"),
     ("rounds", "finalized/planned"),
     ("state", ""),
     ("audit", ""),
-    ("trial_seconds", "s"),
+    ("secs", "s"),
     ("result", ""),
 ]
 
@@ -434,6 +454,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "epsilon rows, also at 3 rounds); written to robustness-quick.json",
     )
     parser.add_argument("--fresh", action="store_true", help="ignore finished trials in the JSON")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="keep every trial's directory (ledger, store, logs) under this folder",
+    )
     args = parser.parse_args(argv)
     if args.rows:
         known = {r.name for r in ROWS} | set(EPSILON_ROWS)
@@ -470,11 +496,15 @@ def main(argv: list[str] | None = None) -> None:
             finished = trials.setdefault(config.key, {})
             if str(seed) in finished:
                 continue
-            workdir = Path(tempfile.mkdtemp(prefix="bcfl-robustness-"))
-            try:
-                result = run_trial(config, seed, workdir / "trial")
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+            if args.keep is not None:
+                slug = "".join(c if c.isalnum() else "-" for c in config.key)
+                result = run_trial(config, seed, args.keep.resolve() / f"{slug}-s{seed}")
+            else:
+                workdir = Path(tempfile.mkdtemp(prefix="bcfl-robustness-"))
+                try:
+                    result = run_trial(config, seed, workdir / "trial")
+                finally:
+                    shutil.rmtree(workdir, ignore_errors=True)
             finished[str(seed)] = result
             save_partial(path, parameters, trials)
             accuracy = result.get("accuracy")
@@ -497,12 +527,15 @@ def main(argv: list[str] | None = None) -> None:
         columns=COLUMNS,
         rows=rows,
         notes=[
-            "accuracy: the final (head) model on the pooled test rows of every hospital; "
-            "vs_honest: minus the honest row of the same data set and DP setting",
-            "attacker_share: the attackers' part of every reward paid (update and voter parts); "
-            "free riders must earn no update reward from the round they stop contributing",
-            "honest_rejected: honest candidates not accepted (and honest updates excluded as "
-            "duplicate content), over every round and seed",
+            "acc: the final (head) model's accuracy on the pooled test rows of every hospital; "
+            "d_acc: minus the honest row's (same data set and DP setting); trigger: the backdoor "
+            "trigger's success on triggered test rows whose true label is 0",
+            "atk_share: the attackers' part of every reward paid (update and voter parts); "
+            "free riders must earn no update reward from the round they stop contributing; "
+            "atk_if_honest: what the same hospitals earned in the honest trial of the same seed "
+            "(rewards follow capped sample weights, so a large hospital earns more than the mean)",
+            "honest_share: an honest hospital's mean share; rej: honest candidates not accepted "
+            "(and honest updates excluded as duplicate content), over every round and seed",
             f"one trial takes {statistics.mean(seconds):.0f} s on average here"
             if seconds
             else "no trial timed",

@@ -135,7 +135,8 @@ def test_a_thief_gets_nothing(tmp_path: Path) -> None:
     outcome.assert_honest_hospitals_unharmed(rounds=2)
     (thief,) = outcome.bad
     log = outcome.log("hospital4")
-    assert log.count("theft refused") == 2, log[-3000:]  # one attempt per round, both refused
+    for number in (1, 2):  # one attempt per round, refused
+        assert f"r{number}.1] theft refused: Hospital1MSP's update: COMMITMENT_MISMATCH" in log
     assert "REVEALED A STOLEN UPDATE" not in log
     for number in (1, 2):
         subs = outcome.submissions[number]
@@ -168,16 +169,22 @@ def test_free_riders_earn_no_update_reward(tmp_path: Path, attack: str) -> None:
 def test_two_of_five_colluding_voters_cannot_reject_honest_updates(tmp_path: Path) -> None:
     """Hospital4 and Hospital5 report every other update as harmful (fake problems, norms and
     similarities) and boost each other; they are 2 of the 4 voters of every honest update, never
-    a majority, so every honest update is accepted and the ring earns no more than an honest
-    hospital."""
+    a majority, so every honest update is accepted. Their updates are honest and paid like any
+    (by capped weight), but their lies cost them voter reward: every honest voter agreed with
+    more outcomes, and earned more for it, than any colluder."""
     outcome = attack_trial(tmp_path, "vote_down", malicious=2, hospitals=5)
     outcome.assert_honest_hospitals_unharmed(rounds=2)
     for acceptance in outcome.acceptance.values():
         for honest in outcome.honest:
             counts = acceptance["candidates"][honest]["counts"]
             assert sum(counts.values()) >= 2  # the ring did lie about it
-    totals = outcome.totals()
-    assert max(totals[m] for m in outcome.bad) <= max(totals[m] for m in outcome.honest)
+        voters = acceptance["voters"]
+        assert max(voters[m]["agreed"] for m in outcome.bad) < min(
+            voters[m]["agreed"] for m in outcome.honest
+        )
+        assert max(voters[m]["reward"] for m in outcome.bad) < min(
+            voters[m]["reward"] for m in outcome.honest
+        )
     outcome.assert_audit_verifies()
 
 
