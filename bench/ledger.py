@@ -148,12 +148,33 @@ class Driver:
         self.parallel([("admin", "open_enrolment", {"trial_id": t}) for t in trial_ids])
         for h in HOSPITALS:  # one enrolment per trial at a time (they touch the trial record)
             hospital_keys = {t: key() for t in trial_ids}
+            # One dataset per hospital and trial: enrolments on one dataset touch its record.
+            self.parallel(
+                [
+                    (
+                        h,
+                        "register_dataset",
+                        {
+                            "dataset_id": f"data-{t}",
+                            "commitment": digest("dataset", t, h),
+                            "records": 5000,
+                            "lifetime_epsilon_micro": 10**9,
+                        },
+                    )
+                    for t in trial_ids
+                ]
+            )
             self.parallel(
                 [
                     (
                         h,
                         "register_encryption_key",
-                        {"trial_id": t, "encryption_public_key": hospital_keys[t]},
+                        {
+                            "trial_id": t,
+                            "encryption_public_key": hospital_keys[t],
+                            "dataset_id": f"data-{t}",
+                            "training_records": 1000,
+                        },
                     )
                     for t in trial_ids
                 ]
@@ -172,7 +193,22 @@ class Driver:
                     for t in trial_ids
                 ]
             )
-        self.parallel([("admin", "start_trial", {"trial_id": t}) for t in trial_ids])
+        # The contract checks a schedule's shapes and bounds (the coordinator computes real ones
+        # with Opacus): made-up monotone epsilons reaching the target are enough here.
+        schedule = {
+            self.msp[h]: {
+                "training_records": 1000,
+                "batches_per_epoch": 16,
+                "steps_per_round": 16,
+                "noise_multiplier_micro": 1_100_000,
+                "epsilon_micro": [1_500_000, 3_000_000],
+                "max_update_norm_milli": 5000,
+            }
+            for h in HOSPITALS
+        }
+        self.parallel(
+            [("admin", "start_trial", {"trial_id": t, "dp_schedule": schedule}) for t in trial_ids]
+        )
         keys = {
             t: {
                 "trial_id": t,
@@ -197,7 +233,6 @@ class Driver:
             "content_id": f"cid-update-{h}",
             "sha256": digest("update", *where),
             "sample_weight": 100,
-            "epsilon_spent_micro": 500_000,
             "salt": digest("salt", *where),
         }
 
@@ -209,7 +244,12 @@ class Driver:
             for h in HOSPITALS:
                 u = self.update(t, rnd, h)
                 commitment = update_commitment(
-                    trial_id=t, round=rnd["round"], msp_id=self.msp[h], **u
+                    trial_id=t,
+                    round=rnd["round"],
+                    msp_id=self.msp[h],
+                    sha256=u["sha256"],
+                    sample_weight=u["sample_weight"],
+                    salt=u["salt"],
                 )
                 calls.append(
                     (
@@ -234,8 +274,14 @@ class Driver:
             for h in HOSPITALS
         ]
 
-    def vote_scores(self, voter: str) -> dict[str, int]:
-        return {self.msp[c]: 20_000 for c in HOSPITALS if c != voter}
+    def vote_findings(self, voter: str) -> dict[str, dict[str, Any]]:
+        finding = {
+            "score_micro": 20_000,
+            "norm_milli": 1000,
+            "similarity_micro": 0,
+            "problem": None,
+        }
+        return {self.msp[c]: dict(finding) for c in HOSPITALS if c != voter}
 
     def vote_calls(
         self, rounds: dict[str, dict[str, Any]], reveal: bool
@@ -243,13 +289,17 @@ class Driver:
         calls = []
         for t, rnd in rounds.items():
             for h in HOSPITALS:
-                scores, salt = self.vote_scores(h), digest("vote-salt", t, rnd["round"], h)
+                findings, salt = self.vote_findings(h), digest("vote-salt", t, rnd["round"], h)
                 at = {"trial_id": t, "round": rnd["round"]}
                 if reveal:
-                    calls.append((h, "reveal_votes", {**at, "scores": scores, "salt": salt}))
+                    calls.append((h, "reveal_votes", {**at, "findings": findings, "salt": salt}))
                 else:
                     c = votes_commitment(
-                        trial_id=t, round=rnd["round"], msp_id=self.msp[h], scores=scores, salt=salt
+                        trial_id=t,
+                        round=rnd["round"],
+                        msp_id=self.msp[h],
+                        findings=findings,
+                        salt=salt,
                     )
                     calls.append((h, "commit_votes", {**at, "commitment": c}))
         return calls

@@ -1,50 +1,116 @@
-"""Integer arithmetic that decides acceptance, aggregation weights, contribution scores, rewards and quorums.
+"""Integer arithmetic that decides acceptance, aggregation weights, rewards and quorums.
 
 Everything here is a pure function of ints and strings (no floats, no clocks, no randomness) so
-every endorsing peer computes the same bytes. Scores and thresholds are in micro-units (1e-6 of
-the validation metric); a positive score means the update improved the voter's metric.
+every endorsing peer, and every auditor, computes the same bytes. Scores, similarities and
+shares are in micro-units (1e-6), norms and ratios in milli-units (1e-3).
 
-The rules, exactly:
+Inputs of ``judge_round``: the candidates (msp_id -> {sha256, sample_weight}), the revealed
+findings (voter -> {candidate: Finding}, see ``bcfl_common.records.Finding``), who is enrolled,
+the trial's evaluation policy, the norm bound of each candidate (or null) and the reward pool.
 
-* median: the *lower* median of the peer scores, ``sorted(s)[(len(s) - 1) // 2]`` (for an even
-  count the smaller of the two middle values, so a tie never rounds in the submitter's favour).
-* votes counted for candidate c: scores for c from voters that revealed, are still enrolled and
-  are not c itself.
-* required votes for c: ``max(1, min(min_voters, number of enrolled silos other than c))``
-  (the policy's minimum, or every available peer when there are fewer; never zero).
-* accepted iff c is still enrolled, has at least the required votes, and
-  ``median >= -acceptance_threshold_micro``.
-* aggregation weight of an accepted update: its sample weight (silos pre-multiply their deltas,
-  so the aggregate is divided by ``total_weight``, the sum over accepted updates); 0 otherwise.
-* contribution score of an accepted update: ``median + acceptance_threshold_micro + 1`` (>= 1:
-  the acceptance boundary maps to 1, each micro-unit of median improvement adds 1); 0 otherwise.
-* rewards: the pool is split in proportion to ``weight * contribution`` by the largest-remainder
-  method: everyone gets ``floor(pool * share / total_share)``; the tokens left over go one each
-  to the largest remainders ``pool * share mod total_share``, ties to the smaller MSP id. The
-  rewards always sum to the pool when anything is accepted.
-* attestation quorum for n participating silos: a strict majority ``n // 2 + 1`` (which is at
-  least 2 whenever n >= 2, and 1 only when a single silo took part).
+The rules, exactly. For candidate c, V_c = the revealed voters that are still enrolled and are
+not c; m = |V_c|; "a majority" = strictly more than m/2 of V_c.
+
+1. ``not_enrolled`` if c was removed;
+2. ``too_few_votes`` if m < ``max(1, min(min_voters, enrolled silos other than c))``;
+3. ``invalid`` if a majority report a ``problem`` (the decision names the most reported one,
+   ties to the alphabetically first);
+4. ``norm_exceeded`` if a majority report ``norm_milli`` > c's norm bound (when it has one);
+5. ``norm_outlier`` if a majority report ``norm_milli * 1000 > max_norm_ratio_milli *
+   reference``, where reference = the LOWER median (``sorted(s)[(len(s) - 1) // 2]``) over the
+   candidates' representative norms (each the UPPER median, ``sorted(s)[len(s) // 2]``, of the
+   non-null norms reported for it), applied only when at least 3 candidates have one;
+6. ``duplicate`` if a majority report ``similarity_micro >= duplicate_similarity_micro``;
+7. ``harmful`` if a majority report no problem and ``score_micro < -acceptance_threshold_micro``;
+otherwise ``accepted``.
+
+* A voter's own verdict on c REJECTS iff its finding has a problem, a norm over c's bound, a
+  similarity at/over the threshold, or (without a problem) a score under -threshold. Outliers
+  are a round-level judgement: not part of a verdict, and a candidate decided by step 5 (or 1-2)
+  counts for nobody's agreement. On a candidate decided by steps 3, 4, 6, 7 or accepted, a voter
+  of V_c has ``judged`` it, and ``agreed`` when its verdict matches (rejects iff not accepted).
+* improvement of an accepted c: the UPPER median of the scores of the voters of V_c that did not
+  reject it (null if every one did); ``improves`` iff it is > 0.
+* weights: the accepted candidates' sample weights capped by ``capped_weights`` at
+  ``max_weight_share_micro``: an accepted update's aggregation weight is its capped weight
+  (0 otherwise), ``total_weight`` their sum.
+* rewards: voter_pool = ``pool * voter_reward_share_micro // 10**6``, update_pool = the rest.
+  The update pool is split in proportion to the capped weight of the accepted candidates that
+  improve, the voter pool in proportion to each voter's ``agreed``; both with
+  ``split_rewards`` (largest remainder: everyone gets ``floor(pool * share / total)``, the tokens
+  left go one each to the largest remainders, ties to the smaller MSP id). A hospital's reward
+  is the sum of both; what nobody earns is not paid (``paid`` = the sum of the rewards).
+* attestation quorum for n participants: a strict majority ``n // 2 + 1``; a round can still
+  reach it while ``max(equal attestations) + participants yet to attest >= quorum``.
+
+Why it holds against f < n/2 colluding hospitals (n = enrolled hospitals that all take part):
+an honest candidate has n - 1 voters of which at most f <= (n - 1)/2 are malicious, never a
+strict majority, so malicious reports alone can reject it by none of steps 3-7 (honest voters
+report the truth: no problem, its real norm within its bound, a low similarity, a score not
+under -threshold). Step 5 needs a majority too, and the reference cannot be pushed down by
+them: an UPPER median of reports with at most half malicious is at least an honest report, and
+with the at most f < n/2 malicious candidates below that, the LOWER median over the n
+candidates is still an honest candidate's honest norm; so an honest update is never an outlier
+while honest norms are within ``max_norm_ratio_milli`` of one another. Its improvement is the
+upper median of the voters that did not reject it: every honest voter and at most as many
+malicious ones, so at least one honest score is at or below it; boosting a colluder's score
+moves nothing either (a malicious candidate's agreeing voters hold at most f - 1 malicious of
+at least n - f honest ones, so its upper median is at most an honest score). A malicious
+candidate is judged by at least n - f > (n - 1)/2 honest voters, a majority, so whatever they
+all report decides steps 3, 4, 6 and 7. A voter that contradicts the honest majority agrees
+less and earns less of the voter pool; scores never scale an update reward, so inflating them
+earns nothing.
+
+Step 5 is weaker than the others in two ways: its reference assumes the honest hospitals are
+most of the candidates (colluders who submit near-zero updates while most honest hospitals
+submit nothing could pull it down), and when f = (n - 1)/2 exactly, colluders who report huge
+norms for every honest update can raise the reference and let an over-large update pass as no
+outlier. The absolute bound of step 4 (from the DP schedule or the policy) depends on no report
+and still stops it. Step 5 is a majority count of reports rather than a test of the
+representative norm alone because an upper median of reports with exactly half malicious can
+be pushed up at will, which would let colluders make any honest update an "outlier".
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
+MICRO = 1_000_000
+MILLI = 1_000
+# Upper bound on a reported norm and on an explicit norm bound, in milli-units.
+MAX_NORM_MILLI = 10**15
+
+# Rejection reasons decided by a majority of findings, in the order they are checked.
+MAJORITY_REASONS = ("invalid", "norm_exceeded", "norm_outlier", "duplicate", "harmful")
+COUNT_OF_REASON = {
+    "invalid": "problem",
+    "norm_exceeded": "norm_exceeded",
+    "norm_outlier": "norm_outlier",
+    "duplicate": "duplicate",
+    "harmful": "harmful",
+}
+
 
 def lower_median(values: Sequence[int]) -> int:
+    """``sorted(values)[(len - 1) // 2]``: for an even count the smaller middle value."""
     if not values:
         raise ValueError("median of no values")
     ordered = sorted(values)
     return ordered[(len(ordered) - 1) // 2]
 
 
+def upper_median(values: Sequence[int]) -> int:
+    """``sorted(values)[len // 2]``: for an even count the larger middle value."""
+    if not values:
+        raise ValueError("median of no values")
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def required_votes(min_voters: int, available_peers: int) -> int:
     return max(1, min(min_voters, available_peers))
-
-
-def contribution_score(median_micro: int, threshold_micro: int) -> int:
-    return median_micro + threshold_micro + 1
 
 
 def split_rewards(pool: int, shares: Mapping[str, int]) -> dict[str, int]:
@@ -61,69 +127,191 @@ def split_rewards(pool: int, shares: Mapping[str, int]) -> dict[str, int]:
     return rewards
 
 
+def capped_weights(weights: Sequence[int], share_micro: int) -> list[int]:
+    """Water-filling cap: ``min(w, M)`` for the largest integer M with
+    ``min(w, M) * 10**6 <= share_micro * sum(min(w_j, M))`` for every w, so no weight is more
+    than ``share_micro`` of the total. When that is impossible (``len * share_micro <= 10**6``)
+    every weight becomes ``min(weights)`` (equal shares). Weights must be >= 1.
+    """
+    if not weights:
+        return []
+    if min(weights) < 1:
+        raise ValueError(f"weights must be positive integers, got {list(weights)}")
+    if len(weights) * share_micro <= MICRO:
+        return [min(weights)] * len(weights)
+
+    def fits(cap: int) -> bool:
+        return min(max(weights), cap) * MICRO <= share_micro * sum(min(w, cap) for w in weights)
+
+    # The slack share * sum(min(w, M)) - 10**6 * min(max, M) is concave in M and >= 0 at M = 1
+    # (len * share > 10**6), so the caps that fit are exactly 1..M*: binary search for M*.
+    low, high = 1, max(weights)
+    if fits(high):
+        return list(weights)
+    while low < high - 1:  # invariant: fits(low), not fits(high)
+        middle = (low + high) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle
+    return [min(w, low) for w in weights]
+
+
 def attestation_quorum(participants: int) -> int:
     return participants // 2 + 1 if participants > 0 else 1
+
+
+def quorum_reachable(counts: Collection[int], yet_to_attest: int, quorum: int) -> bool:
+    """Can some hash still reach ``quorum``: its equal attestations (``counts``: one count per
+    attested hash) plus every participant yet to attest."""
+    return max(counts, default=0) + yet_to_attest >= quorum
+
+
+def over_bound(norm_milli: int | None, bound_milli: int | None) -> bool:
+    return norm_milli is not None and bound_milli is not None and norm_milli > bound_milli
+
+
+def rejects(finding: Mapping[str, Any], bound_milli: int | None, policy: Mapping[str, Any]) -> bool:
+    """A voter's own verdict on a candidate: a problem, a norm over the bound, a duplicate or a
+    harmful score (outliers are judged for the round, not by one voter)."""
+    similarity = finding["similarity_micro"]
+    return (
+        finding["problem"] is not None
+        or over_bound(finding["norm_milli"], bound_milli)
+        or (similarity is not None and similarity >= policy["duplicate_similarity_micro"])
+        or finding["score_micro"] < -policy["acceptance_threshold_micro"]
+    )
 
 
 def judge_round(
     *,
     candidates: Mapping[str, Mapping[str, Any]],
-    votes: Mapping[str, Mapping[str, int]],
+    findings: Mapping[str, Mapping[str, Mapping[str, Any]]],
     enrolled: Collection[str],
-    threshold_micro: int,
-    min_voters: int,
+    policy: Mapping[str, Any],
+    norm_bounds: Mapping[str, int | None],
     reward_pool: int,
 ) -> dict[str, Any]:
-    """Decide a round from its revealed updates and votes.
+    """Decide a round from its candidates and the revealed findings (the module's rules).
 
-    ``candidates``: msp_id -> {"sha256": str, "sample_weight": int, ...};
-    ``votes``: voter msp_id -> {candidate msp_id: score_micro}. Returns the acceptance fields
-    of ``bcfl_common.records.Acceptance`` (per-candidate verdicts, accepted set, weights, rewards).
+    Returns the decided fields of ``bcfl_common.records.Acceptance``: ``candidates`` (each a
+    ``CandidateDecision``), ``voters``, ``reference_norm_milli``, ``norm_bounds``, ``accepted``,
+    ``rejected``, ``accepted_sha256s``, ``total_weight``, ``reward_pool``, ``paid``, ``rewards``.
     """
     enrolled_set = set(enrolled)
-    verdicts: dict[str, dict[str, Any]] = {}
-    for msp_id in sorted(candidates):
-        scores = {
-            voter: votes[voter][msp_id]
-            for voter in sorted(votes)
-            if voter != msp_id and voter in enrolled_set and msp_id in votes[voter]
+    threshold = policy["acceptance_threshold_micro"]
+    ratio = policy["max_norm_ratio_milli"]
+    voters = sorted(v for v in findings if v in enrolled_set)
+    order = sorted(candidates)
+    bounds = {c: norm_bounds.get(c) for c in order}
+    reports = {
+        c: {v: dict(findings[v][c]) for v in voters if v != c and c in findings[v]} for c in order
+    }
+    representative: dict[str, int | None] = {}
+    for c in order:
+        norms = [f["norm_milli"] for f in reports[c].values() if f["norm_milli"] is not None]
+        representative[c] = upper_median(norms) if norms else None
+    with_norm = [n for n in representative.values() if n is not None]
+    reference = lower_median(with_norm) if len(with_norm) >= 3 else None
+
+    decisions: dict[str, dict[str, Any]] = {}
+    for c in order:
+        found, bound = reports[c], bounds[c]
+        problems = Counter(f["problem"] for f in found.values() if f["problem"] is not None)
+        counts = {
+            "problem": sum(problems.values()),
+            "norm_exceeded": sum(over_bound(f["norm_milli"], bound) for f in found.values()),
+            "norm_outlier": sum(
+                reference is not None
+                and f["norm_milli"] is not None
+                and f["norm_milli"] * MILLI > ratio * reference
+                for f in found.values()
+            ),
+            "duplicate": sum(
+                f["similarity_micro"] is not None
+                and f["similarity_micro"] >= policy["duplicate_similarity_micro"]
+                for f in found.values()
+            ),
+            "harmful": sum(
+                f["problem"] is None and f["score_micro"] < -threshold for f in found.values()
+            ),
         }
-        required = required_votes(min_voters, len(enrolled_set - {msp_id}))
-        median = lower_median(list(scores.values())) if scores else None
-        if msp_id not in enrolled_set:
+        required = required_votes(policy["min_voters"], len(enrolled_set - {c}))
+        if c not in enrolled_set:
             reason = "not_enrolled"
-        elif len(scores) < required:
+        elif len(found) < required:
             reason = "too_few_votes"
-        elif median is None or median < -threshold_micro:
-            reason = "below_threshold"
         else:
-            reason = "accepted"
+            reason = next(
+                (r for r in MAJORITY_REASONS if 2 * counts[COUNT_OF_REASON[r]] > len(found)),
+                "accepted",
+            )
         accepted = reason == "accepted"
-        verdicts[msp_id] = {
-            "sha256": candidates[msp_id]["sha256"],
-            "sample_weight": candidates[msp_id]["sample_weight"],
-            "scores": scores,
-            "votes": len(scores),
+        improvement = None
+        if accepted:
+            agreeing = [f["score_micro"] for f in found.values() if not rejects(f, bound, policy)]
+            improvement = upper_median(agreeing) if agreeing else None
+        decisions[c] = {
+            "sha256": candidates[c]["sha256"],
+            "sample_weight": candidates[c]["sample_weight"],
+            "findings": found,
+            "votes": len(found),
             "required_votes": required,
-            "median_micro": median,
+            "counts": counts,
+            "problem": min(problems, key=lambda p: (-problems[p], p))
+            if reason == "invalid"
+            else None,
+            "norm_bound_milli": bound,
+            "norm_milli": representative[c],
             "accepted": accepted,
             "reason": reason,
-            "weight": candidates[msp_id]["sample_weight"] if accepted else 0,
-            "contribution": contribution_score(median, threshold_micro)
-            if accepted and median is not None
-            else 0,
+            "improvement_micro": improvement,
+            "improves": improvement is not None and improvement > 0,
+            "weight": 0,
+            "reward": 0,
         }
-    accepted_ids = [m for m, v in verdicts.items() if v["accepted"]]
-    shares = {m: verdicts[m]["weight"] * verdicts[m]["contribution"] for m in accepted_ids}
-    rewards = {m: 0 for m in verdicts} | split_rewards(reward_pool, shares)
-    for msp_id, verdict in verdicts.items():
-        verdict["reward"] = rewards[msp_id]
+
+    accepted_ids = [c for c in order if decisions[c]["accepted"]]
+    capped = capped_weights(
+        [decisions[c]["sample_weight"] for c in accepted_ids], policy["max_weight_share_micro"]
+    )
+    for c, weight in zip(accepted_ids, capped, strict=True):
+        decisions[c]["weight"] = weight
+
+    judged = dict.fromkeys(voters, 0)
+    agreed = dict.fromkeys(voters, 0)
+    for c in order:
+        if decisions[c]["reason"] in ("not_enrolled", "too_few_votes", "norm_outlier"):
+            continue
+        for v, f in reports[c].items():
+            judged[v] += 1
+            agreed[v] += rejects(f, bounds[c], policy) != decisions[c]["accepted"]
+
+    voter_pool = reward_pool * policy["voter_reward_share_micro"] // MICRO
+    update_rewards = split_rewards(
+        reward_pool - voter_pool,
+        {c: decisions[c]["weight"] for c in accepted_ids if decisions[c]["improves"]},
+    )
+    voter_rewards = split_rewards(voter_pool, agreed)
+    for c, amount in update_rewards.items():
+        decisions[c]["reward"] = amount
+    rewards = {
+        m: update_rewards.get(m, 0) + voter_rewards.get(m, 0)
+        for m in sorted(set(order) | set(voters))
+    }
     return {
-        "candidates": verdicts,
+        "candidates": decisions,
+        "voters": {
+            v: {"judged": judged[v], "agreed": agreed[v], "reward": voter_rewards.get(v, 0)}
+            for v in voters
+        },
+        "reference_norm_milli": reference,
+        "norm_bounds": bounds,
         "accepted": accepted_ids,
-        "rejected": [m for m in verdicts if m not in accepted_ids],
-        "accepted_sha256s": sorted(verdicts[m]["sha256"] for m in accepted_ids),
-        "total_weight": sum(verdicts[m]["weight"] for m in accepted_ids),
-        "reward_pool": reward_pool if accepted_ids else 0,
+        "rejected": [c for c in order if c not in accepted_ids],
+        "accepted_sha256s": sorted(decisions[c]["sha256"] for c in accepted_ids),
+        "total_weight": sum(capped),
+        "reward_pool": reward_pool,
+        "paid": sum(rewards.values()),
         "rewards": rewards,
     }

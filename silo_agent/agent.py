@@ -6,16 +6,20 @@ does its own step at most once (the protocol is ``chaincode.contract``'s docstri
 key set-up   the designated key holder (first enrolled hospital by MSP id) creates the trial's
              CKKS secret context, seals it to every enrolled hospital's X25519 key, stores the
              public context and the envelopes, and records them (record_trial_keys)
-SUBMIT       budget check, DP training from the round's base model, ``delta * sample_weight``
-             encrypted, stored, committed (commit_update)
-REVEAL       reveal_update with the journal's salt
-VOTE_COMMIT  decrypt each peer candidate, score it on the local validation split, commit_votes
+SUBMIT       check the enrolment's training_records and (DP on) this hospital's entry of the
+             trial's DP schedule, budget check, DP training from the round's base model, the
+             parameter delta encrypted, kept in the state directory, committed
+             (commit_update) WITHOUT uploading (silo_agent.submission)
+REVEAL       upload the kept update to the store, reveal_update with the journal's salt
+VOTE_COMMIT  a Finding on each peer candidate (problem, score on the local validation split,
+             norm, similarity with earlier updates and aggregates), commit_votes
+             (silo_agent.voting, silo_agent.findings)
 VOTE_REVEAL  reveal_votes
-ATTEST       decrypt the aggregate, divide by total_weight, apply to the base, release-round,
+ATTEST       decrypt the aggregate (the weighted sum), divide by total_weight, apply to the base, release-round,
              encode, attest_model with its sha256
 FINALIZED    keep the model and its local metrics
 
-Everything a submission discloses (salts, content ids, scores, hashes) is written to the journal
+Everything a submission discloses (salts, content ids, findings, hashes) is written to the journal
 in the state directory BEFORE it is submitted, so a silo killed at any point resumes with the
 same values; the ledger's own records decide whether a step is already done, and the contract's
 DUPLICATE refusal is only the last guard.
@@ -27,7 +31,6 @@ import base64
 import hashlib
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -38,26 +41,25 @@ from bcfl_common.errors import (
     BcflError,
     ConfigError,
     ContractError,
-    PrivacyBudgetExceeded,
     PrivacyError,
     SchemaError,
     StoreError,
 )
-from chaincode.commitments import new_salt, update_commitment
 from consortium.identity import Identity, load_identity
 from consortium.ledger import Ledger, open_ledger
 from consortium.storage import ArtifactStore, open_store
 from model_registry.artifact import decode_model, encode_model
 from model_registry.data_schema import schema_sha256
 from model_registry.registry import build_from_spec, parameter_count
-from privacy import dp, he
 from privacy.he import keyholder
 from silo_agent.config import SiloConfig
-from silo_agent.data import LocalSplit, load_data, split
+from silo_agent.data import LocalSplit, load_data, load_split
+from silo_agent.findings import MAX_SCORE_MICRO, REJECT_SCORE_MICRO
 from silo_agent.state import SiloState
 from silo_agent.steps import Step, TrialContext, all_done, he_preset_name, release_rng
-from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
-from silo_agent.voting import MAX_SCORE_MICRO, REJECT_SCORE_MICRO, PeerVoting
+from silo_agent.submission import UpdateSubmission
+from silo_agent.training import evaluate
+from silo_agent.voting import PeerVoting
 
 __all__ = [
     "MAX_SCORE_MICRO",
@@ -72,12 +74,15 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# Round indexes in the accountant: one per (round, attempt).
-_ATTEMPTS_PER_ROUND = 1_000_000
 
+class SiloAgent(UpdateSubmission, PeerVoting):
+    """One hospital's agent. Pass ``ledger``/``store``/``identity`` to reuse open ones (tests).
 
-class SiloAgent(PeerVoting):
-    """One hospital's agent. Pass ``ledger``/``store``/``identity`` to reuse open ones (tests)."""
+    The seams other behaviours (``devnet.red_team``'s attackers) override, all used by the honest
+    path: :meth:`training_data`, :meth:`compute_delta`, :meth:`claimed_sample_weight`,
+    :meth:`seal_update` (silo_agent.submission), :meth:`findings` (silo_agent.voting) and
+    :meth:`attested_sha256`.
+    """
 
     def __init__(
         self,
@@ -278,17 +283,14 @@ class SiloAgent(PeerVoting):
                     "[data] path is not set; expected the hospital's CSV or Parquet file"
                 )
             schema = ctx.trial["data_schema"]
-            data = load_data(
+            ctx.split = load_split(
                 self.config.data_path,
                 schema,
-                columns=self.config.columns,
-                format=self.config.data_format,
-            )
-            ctx.split = split(
-                data,
                 trial_id=ctx.trial["trial_id"],
                 msp_id=self.msp_id,
                 validation_fraction=self.config.validation_fraction,
+                columns=self.config.columns,
+                format=self.config.data_format,
             )
             if self.config.test_path is not None:
                 ctx.test = load_data(
@@ -385,213 +387,13 @@ class SiloAgent(PeerVoting):
         self.state.save_model(rnd["trial_id"], data)
         return data
 
-    # -- SUBMIT / REVEAL -----------------------------------------------------------------------
-    def _submissions(self, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
-        records = self._q(
-            "get_submissions", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"]
-        )
-        return {r["msp_id"]: r for r in records}
-
-    def _skip(
-        self, steps: list[Step], rnd: dict[str, Any], reason: str, level: str = "warning"
-    ) -> None:
-        self.state.record(rnd["trial_id"], rnd["round"], rnd["attempt"], "skipped", reason)
-        self._emit(
-            steps,
-            Step(rnd["trial_id"], "skipped round", reason, rnd["round"], rnd["attempt"], level),
-        )
-
-    def _submit_update(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
-        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
-        if self.msp_id not in rnd["enrolled"]:
-            return
-        entry = self.state.journal_entry(trial_id, r, a)
-        mine = self._submissions(rnd).get(self.msp_id)
-        if mine is not None or entry.get("skipped"):
-            return
-        update = entry.get("update")
-        if update is None:
-            update = self._prepare_update(ctx, rnd, steps)
-            if update is None:
-                return
-        try:
-            self._submit(
-                "commit_update",
-                trial_id=trial_id,
-                round=r,
-                base_model_sha256=update["base_model_sha256"],
-                commitment=update["commitment"],
-            )
-        except ContractError as exc:
-            if exc.code == "DUPLICATE":
-                return
-            if exc.code in ("LATE", "STALE", "BUDGET_EXCEEDED", "NOT_ENROLLED"):
-                self._skip(steps, rnd, f"commit refused: {exc.code}: {exc.message}")
-                return
-            raise
-        self._emit(
-            steps,
-            Step(
-                trial_id,
-                "committed update",
-                f"weight {update['sample_weight']}, epsilon +{update['epsilon_spent_micro'] / 1e6:.4f}",
-                r,
-                a,
-            ),
-        )
-
-    def _prepare_update(
-        self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]
-    ) -> dict[str, Any] | None:
-        trial, trial_id, r, a = ctx.trial, rnd["trial_id"], rnd["round"], rnd["attempt"]
-        local = self._local_data(ctx)
-        settings = TrainingSettings.from_hyperparameters(trial["model"].get("hyperparameters"))
-        accountant = open_accountant(
-            self.state.accountant_path(trial_id), trial, settings, len(local.train)
-        )
-        epsilon_micro = 0
-        index = r * _ATTEMPTS_PER_ROUND + a
-        budget = None
-        if accountant is not None:
-            ledger_account = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]
-            limit = ledger_account["budget_micro"]
-            if self.config.epsilon_budget is not None:
-                limit = min(limit, dp.to_micro_epsilon(self.config.epsilon_budget, round_up=False))
-            budget = dp.PrivacyBudget(limit)
-            charged = any(e["round"] == index for e in accountant.rounds)
-            if not charged:
-                try:
-                    accountant.check_round(budget)
-                except PrivacyBudgetExceeded as exc:
-                    self._skip(steps, rnd, f"privacy budget: {exc.message}")
-                    return None
-        self._emit(
-            steps,
-            Step(
-                trial_id,
-                "training",
-                f"{len(local.train)} samples, DP {'on' if accountant else 'off'}",
-                r,
-                a,
-            ),
-        )
-        base = self._params(ctx, rnd["base"])
-        started = time.perf_counter()
-        result = train_local(
-            trial["model"], trial["data_schema"], base, local.train, accountant=accountant
-        )
-        train_seconds = time.perf_counter() - started
-        if accountant is not None:
-            if not any(e["round"] == index for e in accountant.rounds):
-                try:
-                    accountant.charge_round(index, budget=budget, steps=result.steps)
-                except PrivacyBudgetExceeded as exc:
-                    self._skip(steps, rnd, f"privacy budget: {exc.message}")
-                    return None
-            ledger_spent = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0][
-                "epsilon_spent_micro"
-            ]
-            epsilon_micro = max(0, accountant.spent_micro() - ledger_spent)
-        delta = self.compute_delta(base, result.params)
-        weight = len(local.train)
-        # CKKS wraps around silently beyond the preset's range; an update is clipped into it
-        # (no honest update of a sensible model comes near it).
-        cap = he.get_preset(ctx.preset).max_abs_value * 0.999 / weight
-        if float(np.max(np.abs(delta))) > cap:
-            self._emit(
-                steps,
-                Step(
-                    trial_id,
-                    "clipped update",
-                    f"|delta| capped at {cap:.4g} for the HE range",
-                    r,
-                    a,
-                    "warning",
-                ),
-            )
-            delta = np.clip(delta, -cap, cap)
-        blob = keyholder.encrypt_update(ctx.secret, delta, weight=float(weight))
-        stored = self.store.put(blob)
-        salt = new_salt()
-        commitment = update_commitment(
-            trial_id=trial_id,
-            round=r,
-            msp_id=self.msp_id,
-            content_id=stored.content_id,
-            sha256=stored.sha256,
-            sample_weight=weight,
-            epsilon_spent_micro=epsilon_micro,
-            salt=salt,
-        )
-        update = {
-            "base_model_sha256": rnd["base"]["model"]["sha256"],
-            "content_id": stored.content_id,
-            "sha256": stored.sha256,
-            "sample_weight": weight,
-            "epsilon_spent_micro": epsilon_micro,
-            "salt": salt,
-            "commitment": commitment,
-            "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
-            "steps": result.steps,
-            "train_seconds": round(
-                train_seconds, 4
-            ),  # local only: for the round-overhead benchmark
-        }
-        self.state.record(trial_id, r, a, "update", update)  # before commit_update is sent
-        return update
-
-    def compute_delta(self, base: np.ndarray, trained: np.ndarray) -> np.ndarray:
-        """The update this silo sends for a round: its trained parameters minus the base model's
-        (float64). The one seam for other behaviours (``devnet.red_team``'s attackers)."""
-        return np.asarray(trained, dtype=np.float64) - np.asarray(base, dtype=np.float64)
-
-    def _reveal_update(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
-        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
-        mine = self._submissions(rnd).get(self.msp_id)
-        if mine is None or mine["revealed"]:
-            return
-        update = self.state.journal_entry(trial_id, r, a).get("update")
-        if update is None or update["commitment"] != mine["commitment"]:
-            self._emit(
-                steps,
-                Step(
-                    trial_id,
-                    "cannot reveal",
-                    "the journal holds no update matching the ledger's commitment (state directory lost?)",
-                    r,
-                    a,
-                    "error",
-                ),
-            )
-            return
-        try:
-            self._submit(
-                "reveal_update",
-                trial_id=trial_id,
-                round=r,
-                content_id=update["content_id"],
-                sha256=update["sha256"],
-                sample_weight=update["sample_weight"],
-                epsilon_spent_micro=update["epsilon_spent_micro"],
-                salt=update["salt"],
-            )
-        except ContractError as exc:
-            if exc.code == "DUPLICATE":
-                return
-            if exc.code in ("LATE", "BUDGET_EXCEEDED", "DUPLICATE_CONTENT", "NOT_ENROLLED"):
-                self._skip(steps, rnd, f"reveal refused: {exc.code}: {exc.message}")
-                return
-            raise
-        self._emit(steps, Step(trial_id, "revealed update", update["content_id"], r, a))
-
     # -- ATTEST / FINALIZED --------------------------------------------------------------------
     def _attest(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
         trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
         attestations = self._q("get_attestations", trial_id=trial_id, round=r, attempt=a)
         if any(x["msp_id"] == self.msp_id for x in attestations):
             return
-        data = self._apply_aggregate(ctx, rnd)
-        sha = hashlib.sha256(data).hexdigest()
+        sha = self.attested_sha256(ctx, rnd, self._apply_aggregate(ctx, rnd))
         self.state.record(trial_id, r, a, "attestation", {"sha256": sha})  # before attest_model
         try:
             self._submit("attest_model", trial_id=trial_id, round=r, sha256=sha)
@@ -613,6 +415,10 @@ class SiloAgent(PeerVoting):
                 return
             raise
         self._emit(steps, Step(trial_id, "attested model", sha[:16], r, a))
+
+    def attested_sha256(self, ctx: TrialContext, rnd: dict[str, Any], model_bytes: bytes) -> str:
+        """The hash this silo attests for a round: the sha256 of the model it rebuilt."""
+        return hashlib.sha256(model_bytes).hexdigest()
 
     def _record_lineage_metrics(self, ctx: TrialContext, steps: list[Step]) -> None:
         """Local metrics of round 0 and every finalized round not measured yet."""

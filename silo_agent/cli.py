@@ -38,8 +38,12 @@ def silo_group() -> None:
 )
 @click.option("--trial", "trial_id", required=True, help="Trial to ask enrolment in.")
 def enroll_command(config_path: str, trial_id: str) -> None:
-    """Register this hospital's X25519 key for a trial on the ledger (signed by the hospital) and
-    ask the coordinator to enrol it; the admin can only enrol the key registered here."""
+    """Enrol this hospital in a trial, in transactions it signs itself: register its dataset on
+    the ledger if not yet ([data] dataset_id, its row count, a salted hash of the data file and
+    [privacy] lifetime_epsilon, the dataset's epsilon over every trial), register its X25519 key
+    with the dataset and the size of its training split for the trial, then ask the coordinator
+    to enrol it. The admin can only enrol the key registered here, and the contract bounds every
+    sample weight the hospital reveals by that training split's size."""
     from consortium.identity import load_identity
 
     config = _config(config_path)
@@ -53,17 +57,22 @@ def enroll_command(config_path: str, trial_id: str) -> None:
             code="NOT_AVAILABLE",
         ) from exc
     from consortium.ledger import open_ledger
-    from silo_agent.enrolment import request_enrolment
+    from silo_agent.enrolment import enrol
 
     client = CoordinatorClient(config.coordinator_url, identity)
     ledger = open_ledger(config.ledger_url, identity)
     try:
-        result = request_enrolment(ledger, client, identity, trial_id)
+        registration = enrol(ledger, identity, config, trial_id)
+        result = client.request_enrolment(trial_id, identity.encryption_public_key_pem())
     finally:
         ledger.close()
         close = getattr(client, "close", None)
         if close is not None:
             close()
+    click.echo(
+        f"key registered for {identity.msp_id} in trial {trial_id!r}: dataset "
+        f"{registration['dataset_id']!r}, {registration['training_records']} training records"
+    )
     click.echo(
         f"enrolment requested for {identity.msp_id} in trial {trial_id!r} at {config.coordinator_url}"
     )
@@ -209,6 +218,54 @@ def _progress_line(agent: Any, trials: list[dict[str, Any]]) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def _acceptance(agent: Any, rnd: dict[str, Any]) -> dict[str, Any] | None:
+    from bcfl_common.errors import ContractError
+
+    try:
+        return agent.ledger.evaluate(
+            "get_acceptance",
+            {"trial_id": rnd["trial_id"], "round": rnd["round"], "attempt": rnd["attempt"]},
+        )
+    except ContractError as exc:
+        if exc.code == "NOT_FOUND":  # voting not closed yet
+            return None
+        raise
+
+
+def _decision(acceptance: dict[str, Any] | None, msp_id: str) -> dict[str, Any] | None:
+    """What the contract decided about this silo in a round: its update's outcome and its reward
+    (as a candidate and as a voter)."""
+    if acceptance is None:
+        return None
+    candidate = (acceptance.get("candidates") or {}).get(msp_id)
+    voter = (acceptance.get("voters") or {}).get(msp_id)
+    return {
+        "reason": None if candidate is None else candidate.get("reason"),
+        "improvement_micro": None if candidate is None else candidate.get("improvement_micro"),
+        "update_reward": None if candidate is None else candidate.get("reward"),
+        "voter_reward": None if voter is None else voter.get("reward"),
+        "agreed": None if voter is None else voter.get("agreed"),
+        "judged": None if voter is None else voter.get("judged"),
+        "reward": (acceptance.get("rewards") or {}).get(msp_id),
+    }
+
+
+def _dataset_budget(agent: Any, enrolment: dict[str, Any] | None) -> dict[str, Any] | None:
+    dataset_id = (enrolment or {}).get("dataset_id")
+    if dataset_id is None:
+        return None
+    budget = agent.ledger.evaluate(
+        "get_dataset_budget", {"msp_id": agent.msp_id, "dataset_id": dataset_id}
+    )
+    return {
+        "dataset_id": dataset_id,
+        "lifetime_epsilon": budget["lifetime_epsilon_micro"] / 1e6,
+        "committed_epsilon": budget["committed_micro"] / 1e6,
+        "remaining_epsilon": budget["remaining_micro"] / 1e6,
+        "trials": budget["trials"],
+    }
+
+
 def collect_status(agent: Any) -> dict[str, Any]:
     """Everything `status` shows, as JSON-ready data."""
     from privacy.dp import PrivacyAccountant
@@ -216,6 +273,7 @@ def collect_status(agent: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"msp_id": agent.msp_id, "trials": []}
     for trial in agent.my_trials():
         trial_id = trial["trial_id"]
+        enrolment = agent.enrolment(trial_id)
         privacy = agent.ledger.evaluate(
             "get_privacy_ledger", {"trial_id": trial_id, "msp_id": agent.msp_id}
         )[0]
@@ -233,6 +291,7 @@ def collect_status(agent: Any) -> dict[str, Any]:
         budget = privacy["budget_micro"]
         journal = agent.state.journal(trial_id)
         metrics = agent.state.metrics(trial_id)
+        charged = {(e["round"], e["attempt"]): e["epsilon_micro"] for e in privacy["entries"]}
         rounds = []
         for rnd in agent.ledger.evaluate("list_rounds", {"trial_id": trial_id}):
             key = f"{rnd['round']}.{rnd['attempt']}"
@@ -246,7 +305,10 @@ def collect_status(agent: Any) -> dict[str, Any]:
                     "submitted": "update" in entry,
                     "accepted": agent.msp_id in rnd["accepted"],
                     "skipped": entry.get("skipped"),
-                    "epsilon_micro": (entry.get("update") or {}).get("epsilon_spent_micro"),
+                    # what the contract charged for this round's reveal (from the DP schedule)
+                    "epsilon_micro": charged.get((rnd["round"], rnd["attempt"])),
+                    "findings": (entry.get("votes") or {}).get("findings"),
+                    "decision": _decision(_acceptance(agent, rnd), agent.msp_id),
                     "model_sha256": (rnd.get("model") or {}).get("sha256"),
                     "validation": (m or {}).get("validation"),
                     "test": (m or {}).get("test"),
@@ -261,6 +323,8 @@ def collect_status(agent: Any) -> dict[str, Any]:
                 "finalized_rounds": trial["head"]["round"],
                 "current": trial["current"],
                 "dp_enabled": trial["dp"]["enabled"],
+                "training_records": (enrolment or {}).get("training_records"),
+                "dataset": _dataset_budget(agent, enrolment),
                 "epsilon_spent": privacy["epsilon_spent_micro"] / 1e6,
                 "epsilon_budget": None if budget is None else budget / 1e6,
                 "epsilon_remaining": None
@@ -284,7 +348,9 @@ def collect_status(agent: Any) -> dict[str, Any]:
 @click.option("--trial", "trial_id", default=None, help="Only this trial.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts) instead of tables.")
 def status_command(config_path: str, trial_id: str | None, as_json: bool) -> None:
-    """Show this hospital's trials, rounds, epsilon spent and remaining, rewards and local metrics."""
+    """Show this hospital's trials, its datasets' lifetime epsilon budgets, and per round: epsilon
+    charged, the findings it gave on its peers, what the contract decided about its own update
+    (reason, improvement, reward) and the local metrics of each finalized model."""
     from silo_agent.agent import SiloAgent
 
     config = _config(config_path, trial_id)
@@ -320,6 +386,7 @@ def _print_status(status: dict[str, Any]) -> None:
         "DP",
         "epsilon spent",
         "epsilon remaining",
+        "dataset (lifetime epsilon remaining)",
         "rewards",
         "problem",
     ):
@@ -332,6 +399,10 @@ def _print_status(status: dict[str, Any]) -> None:
             "on" if t["dp_enabled"] else "off",
             _fmt(t["epsilon_spent"]),
             _fmt(t["epsilon_remaining"]),
+            "-"
+            if t["dataset"] is None
+            else f"{t['dataset']['dataset_id']} ({_fmt(t['dataset']['remaining_epsilon'])} of "
+            f"{_fmt(t['dataset']['lifetime_epsilon'])})",
             str(t["rewards_total"]),
             t["problem"] or "",
         )
@@ -344,6 +415,10 @@ def _print_status(status: dict[str, Any]) -> None:
             "submitted",
             "accepted",
             "epsilon",
+            "decision",
+            "improvement",
+            "reward",
+            "findings given",
             "val acc",
             "val loss",
             "test acc",
@@ -352,15 +427,41 @@ def _print_status(status: dict[str, Any]) -> None:
             table.add_column(column)
         for r in t["round_details"]:
             val, test = r["validation"] or {}, r["test"] or {}
+            decision = r["decision"] or {}
             table.add_row(
                 f"{r['round']}.{r['attempt']}",
                 r["phase"],
                 "yes" if r["submitted"] else "no",
                 "yes" if r["accepted"] else "no",
                 _fmt(None if r["epsilon_micro"] is None else r["epsilon_micro"] / 1e6, 4),
+                _fmt(decision.get("reason")),
+                _fmt(
+                    None
+                    if decision.get("improvement_micro") is None
+                    else decision["improvement_micro"] / 1e6,
+                    4,
+                ),
+                _fmt(decision.get("reward")),
+                _findings_text(r["findings"]),
                 _fmt(val.get("accuracy")),
                 _fmt(val.get("loss")),
                 _fmt(test.get("accuracy")),
                 r["skipped"] or r["halt"] or "",
             )
         console.print(table)
+
+
+def _findings_text(findings: dict[str, Any] | None) -> str:
+    """``peer: problem`` or ``peer: score (norm, similarity)`` per peer, for the rounds table."""
+    if not findings:
+        return ""
+    parts = []
+    for peer, f in sorted(findings.items()):
+        if f["problem"]:
+            parts.append(f"{peer}: {f['problem']}")
+        else:
+            parts.append(
+                f"{peer}: {f['score_micro'] / 1e6:+.4f} (norm {f['norm_milli'] / 1000:.3f}, "
+                f"similarity {f['similarity_micro'] / 1e6:.3f})"
+            )
+    return "; ".join(parts)

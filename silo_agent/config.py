@@ -19,12 +19,14 @@ Example ``silo.toml``::
     test_path = "data/hospital1/test.csv"       # optional held-out data, for local metrics only
     format = "csv"                              # optional; from the suffix otherwise
     validation_fraction = 0.2
+    dataset_id = "hospital1-train"              # optional; default: derived from the file name
 
     [data.columns]                              # optional: local column name -> schema name
     "Patient Age" = "age"
 
     [privacy]
     epsilon_budget = 3.0                        # optional: this hospital's own limit (<= trial's)
+    lifetime_epsilon = 10.0                     # the dataset's epsilon over all trials (default 10)
 
     [run]
     trials = ["heart-1"]                        # optional: only these trials (default: all enrolled)
@@ -34,7 +36,8 @@ Relative paths are resolved against the config file's folder. Every key can be o
 environment variable: ``BCFL_SILO_IDENTITY``, ``BCFL_SILO_STATE_DIR``, ``BCFL_SILO_LEDGER_URL``,
 ``BCFL_SILO_STORE_URL``, ``BCFL_SILO_COORDINATOR_URL``, ``BCFL_SILO_DATA_PATH``,
 ``BCFL_SILO_DATA_TEST_PATH``, ``BCFL_SILO_DATA_FORMAT``, ``BCFL_SILO_DATA_VALIDATION_FRACTION``,
-``BCFL_SILO_PRIVACY_EPSILON_BUDGET``, ``BCFL_SILO_RUN_TRIALS`` (comma separated),
+``BCFL_SILO_DATA_DATASET_ID``, ``BCFL_SILO_PRIVACY_EPSILON_BUDGET``,
+``BCFL_SILO_PRIVACY_LIFETIME_EPSILON``, ``BCFL_SILO_RUN_TRIALS`` (comma separated),
 ``BCFL_SILO_RUN_POLL_SECONDS``. Empty variables are ignored.
 
 The file's schema is :class:`SiloSettings` (pydantic-settings: the TOML file is its lowest source,
@@ -64,8 +67,13 @@ from pydantic_settings import (
 
 from bcfl_common.errors import ConfigError
 from bcfl_common.files import write_atomic
+from bcfl_common.vocabulary import IDENTIFIER
 
 ENV_PREFIX = "BCFL_SILO_"
+# The epsilon a hospital lets one dataset spend over all the trials it joins, unless it says more.
+DEFAULT_LIFETIME_EPSILON = 10.0
+# The contract's bound on a dataset's lifetime epsilon (its MAX_EPSILON_MICRO, 10**12 micro).
+MAX_LIFETIME_EPSILON = 1_000_000.0
 
 
 def _not_bool(value: Any) -> Any:
@@ -99,11 +107,13 @@ class DataSection(_Section):
     test_path: str | None = None
     format: str | None = None
     validation_fraction: Number = 0.2
+    dataset_id: str | None = None
     columns: dict[str, str] = {}
 
 
 class PrivacySection(_Section):
     epsilon_budget: Number | None = None
+    lifetime_epsilon: Number = DEFAULT_LIFETIME_EPSILON
 
 
 class RunSection(_Section):
@@ -176,6 +186,8 @@ class SiloConfig:
     validation_fraction: float = 0.2
     columns: dict[str, str] = field(default_factory=dict)
     epsilon_budget: float | None = None
+    dataset_id: str | None = None
+    lifetime_epsilon: float = DEFAULT_LIFETIME_EPSILON
     trials: list[str] | None = None
     poll_seconds: float = 2.0
     source: Path | None = None
@@ -191,6 +203,8 @@ class SiloConfig:
             "test_path": None if self.test_path is None else str(self.test_path),
             "validation_fraction": self.validation_fraction,
             "epsilon_budget": self.epsilon_budget,
+            "dataset_id": self.dataset_id,
+            "lifetime_epsilon": self.lifetime_epsilon,
             "trials": self.trials,
         }
 
@@ -323,6 +337,19 @@ def load_config(
             f"[privacy] epsilon_budget: got {privacy.epsilon_budget}, expected a number > 0"
         )
 
+    if not 0 < privacy.lifetime_epsilon <= MAX_LIFETIME_EPSILON:
+        raise ConfigError(
+            f"[privacy] lifetime_epsilon: got {privacy.lifetime_epsilon}, expected a number in "
+            f"(0, {MAX_LIFETIME_EPSILON:g}] (the dataset's epsilon over every trial it joins)",
+            detail={"field": "privacy.lifetime_epsilon", "value": str(privacy.lifetime_epsilon)},
+        )
+    if data.dataset_id is not None and not IDENTIFIER.fullmatch(data.dataset_id):
+        raise ConfigError(
+            f"[data] dataset_id: got {data.dataset_id!r}, expected an identifier (letters, digits, "
+            "'.', '_', '-'; starting with a letter or digit; at most 64 characters)",
+            detail={"field": "data.dataset_id", "value": data.dataset_id},
+        )
+
     def resolve(p: str | None) -> Path | None:
         if p is None:
             return None
@@ -341,6 +368,8 @@ def load_config(
         validation_fraction=data.validation_fraction,
         columns=dict(data.columns),
         epsilon_budget=privacy.epsilon_budget,
+        dataset_id=data.dataset_id,
+        lifetime_epsilon=privacy.lifetime_epsilon,
         trials=run.trials,
         poll_seconds=run.poll_seconds,
         source=source,

@@ -302,3 +302,19 @@ def split(
     return LocalSplit(
         train=data.subset(np.sort(order[n_val:])), validation=data.subset(np.sort(order[:n_val]))
     )
+
+
+def load_split(
+    path: str | Path,
+    schema: dict[str, Any],
+    *,
+    trial_id: str,
+    msp_id: str,
+    validation_fraction: float,
+    columns: dict[str, str] | None = None,
+    format: str | None = None,
+) -> LocalSplit:
+    """The split a silo trains and validates on in a trial: what enrolment counts as its
+    ``training_records`` and what the agent uses, computed by this one function."""
+    data = load_data(path, schema, columns=columns, format=format)
+    return split(data, trial_id=trial_id, msp_id=msp_id, validation_fraction=validation_fraction)

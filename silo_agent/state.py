@@ -4,23 +4,35 @@ Layout::
 
     <state_dir>/agent.lock                  one agent at a time per state directory
     <state_dir>/cursor.json                 the ledger block the agent has followed up to
+    <state_dir>/datasets/<dataset_id>.salt  the salt of a registered dataset's commitment (0600)
     <state_dir>/trials/<trial_id>/journal.json      per round attempt "r.a": what this silo
                                                     prepared and submitted (salts, content ids,
                                                     scores, attested hash) BEFORE submitting
     <state_dir>/trials/<trial_id>/accountant.json   privacy.dp accountant (epsilon spent)
     <state_dir>/trials/<trial_id>/models/<sha256>.bcfm   every finalized model (and round 0)
     <state_dir>/trials/<trial_id>/metrics.json      local validation/test metrics per round
+    <state_dir>/trials/<trial_id>/updates/<sha256>.bcfu   this silo's encrypted updates, kept
+                                                    here from SUBMIT until REVEAL uploads them
+    <state_dir>/trials/<trial_id>/deltas/<sha256>.npy     decrypted deltas of earlier updates and
+                                                    aggregates (the similarity history's cache)
+
+Every file is written atomically with mode 0600.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
+import re
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bcfl_common.canonical import canonical_json
 from bcfl_common.errors import ConfigError
@@ -36,6 +48,12 @@ def read_json(path: Path, default: Any) -> Any:
         raise ConfigError(
             f"state file {path}: not valid JSON ({exc}); expected a file written by the silo agent"
         ) from exc
+
+
+def _hex(sha256: str) -> str:
+    if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+        raise ConfigError(f"sha256: got {sha256!r}, expected 64 lowercase hex digits")
+    return sha256
 
 
 class SiloState:
@@ -124,6 +142,61 @@ class SiloState:
         metrics = self.metrics(trial_id)
         metrics[key] = value
         write_atomic(self.trial_dir(trial_id) / "metrics.json", canonical_json(metrics))
+
+    # encrypted updates (kept until REVEAL) ------------------------------------------------------
+    def update_path(self, trial_id: str, sha256: str) -> Path:
+        return self.trial_dir(trial_id) / "updates" / f"{_hex(sha256)}.bcfu"
+
+    def save_update(self, trial_id: str, data: bytes) -> str:
+        """Keep an encrypted update (atomically, 0600) before its commitment is sent."""
+        sha = hashlib.sha256(data).hexdigest()
+        write_atomic(self.update_path(trial_id, sha), data)
+        return sha
+
+    def load_update(self, trial_id: str, sha256: str) -> bytes | None:
+        """The kept update with this sha256; None when it is missing or its bytes changed."""
+        try:
+            data = self.update_path(trial_id, sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == sha256 else None
+
+    # decrypted history deltas -------------------------------------------------------------------
+    def delta_path(self, trial_id: str, sha256: str) -> Path:
+        return self.trial_dir(trial_id) / "deltas" / f"{_hex(sha256)}.npy"
+
+    def load_delta(self, trial_id: str, sha256: str) -> np.ndarray | None:
+        try:
+            raw = self.delta_path(trial_id, sha256).read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            value = np.load(io.BytesIO(raw), allow_pickle=False)
+        except ValueError:
+            return None  # a damaged cache entry is decrypted again
+        return np.asarray(value, dtype=np.float64)
+
+    def save_delta(self, trial_id: str, sha256: str, delta: np.ndarray) -> None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(delta, dtype=np.float64), allow_pickle=False)
+        write_atomic(self.delta_path(trial_id, sha256), buffer.getvalue(), durable=False)
+
+    # dataset salts ------------------------------------------------------------------------------
+    def dataset_salt(self, dataset_id: str) -> str:
+        """The dataset commitment's salt (64 hex digits), drawn once and kept 0600."""
+        path = self.root / "datasets" / f"{dataset_id}.salt"
+        try:
+            salt = path.read_text().strip()
+        except FileNotFoundError:
+            salt = secrets.token_hex(32)
+            write_atomic(path, salt.encode())
+            return salt
+        if not re.fullmatch(r"[0-9a-f]{64}", salt):
+            raise ConfigError(
+                f"dataset salt {path}: not 64 lowercase hex digits; expected the file the silo "
+                "agent wrote when it registered the dataset (it cannot be re-created)"
+            )
+        return salt
 
     def accountant_path(self, trial_id: str) -> Path:
         return self.trial_dir(trial_id) / "accountant.json"

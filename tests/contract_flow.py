@@ -34,6 +34,30 @@ def x25519_public_key(pem: bool = False) -> str:
     ).decode()
 
 
+def finding(
+    score_micro: int = 20_000,
+    *,
+    norm_milli: int | None = 1000,
+    similarity_micro: int | None = 0,
+    problem: str | None = None,
+) -> dict[str, Any]:
+    """A vote finding; by default a harmless one with this score (norm 1.0, nothing similar).
+    With a ``problem`` the norm and similarity are null, as the contract requires."""
+    if problem is not None:
+        norm_milli = similarity_micro = None
+    return {
+        "score_micro": score_micro,
+        "norm_milli": norm_milli,
+        "similarity_micro": similarity_micro,
+        "problem": problem,
+    }
+
+
+def as_finding(value: int | dict[str, Any]) -> dict[str, Any]:
+    """A bare int is a score (``finding(score)``); a dict is a finding as given."""
+    return finding(value) if isinstance(value, int) else value
+
+
 def refused(code: str, call: Any, *args: Any, **kwargs: Any) -> ContractError:
     """Run ``call(*args, **kwargs)`` and return the ContractError, which must carry ``code``."""
     with pytest.raises(ContractError) as info:
@@ -42,12 +66,16 @@ def refused(code: str, call: Any, *args: Any, **kwargs: Any) -> ContractError:
     return info.value
 
 
+# Every hospital's default dataset: records, and how many of them it trains on in a trial.
+DATASET_RECORDS = 5000
+TRAINING_RECORDS = 1000
+
+
 @dataclass(frozen=True)
 class Update:
     content_id: str
     sha256: str
     sample_weight: int
-    epsilon_spent_micro: int
     salt: str
 
 
@@ -59,6 +87,7 @@ class Flow:
         self.trial_id = trial_id
         self.msp = {name: net.client(name).evaluate("whoami", {})["msp_id"] for name in MEMBERS}
         self.members: list[str] = []
+        self.registered: set[tuple[str, str]] = set()  # (member name, dataset id) registered
         self.round = 0
         self.attempt = 0
         self.base = ""
@@ -100,15 +129,59 @@ class Flow:
     def create(self, **overrides: Any) -> dict[str, Any]:
         return self.admin.submit("create_trial", self.trial_args(**overrides))
 
-    def register_key(self, name: str, key: str | None = None) -> str:
+    def dataset_id(self) -> str:
+        """Each hospital's default dataset for this trial (one per trial, so budgets stay apart)."""
+        return f"data-{self.trial_id}"
+
+    def register_dataset(
+        self,
+        name: str,
+        dataset_id: str | None = None,
+        *,
+        records: int = DATASET_RECORDS,
+        lifetime_epsilon_micro: int = 10**9,
+    ) -> dict[str, Any]:
+        dataset_id = dataset_id or self.dataset_id()
+        record = self.client(name).submit(
+            "register_dataset",
+            {
+                "dataset_id": dataset_id,
+                "commitment": digest("dataset", name, dataset_id),
+                "records": records,
+                "lifetime_epsilon_micro": lifetime_epsilon_micro,
+            },
+        )
+        self.registered.add((name, dataset_id))
+        return record
+
+    def register_key(
+        self,
+        name: str,
+        key: str | None = None,
+        *,
+        dataset_id: str | None = None,
+        training_records: int = TRAINING_RECORDS,
+    ) -> str:
+        """Register ``name``'s key for the trial on ``dataset_id`` (its default dataset, which
+        is registered first if it was not yet)."""
         key = key or x25519_public_key()
+        if dataset_id is None:
+            dataset_id = self.dataset_id()
+            if (name, dataset_id) not in self.registered:
+                self.register_dataset(name, dataset_id)
         self.client(name).submit(
-            "register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key}
+            "register_encryption_key",
+            {
+                "trial_id": self.trial_id,
+                "encryption_public_key": key,
+                "dataset_id": dataset_id,
+                "training_records": training_records,
+            },
         )
         return key
 
-    def enrol(self, name: str) -> dict[str, Any]:
-        key = self.register_key(name)
+    def enrol(self, name: str, **register: Any) -> dict[str, Any]:
+        key = self.register_key(name, **register)
         args = {"trial_id": self.trial_id, "msp_id": self.msp[name], "encryption_public_key": key}
         return self.admin.submit("enrol_hospital", args)
 
@@ -119,11 +192,44 @@ class Flow:
             self.enrol(name)
         self.members = list(hospitals)
 
+    def dp_schedule(self, epsilons: list[int] | None = None) -> dict[str, Any]:
+        """A well-formed schedule for the enrolled hospitals: the contract checks shapes and
+        bounds only, so these are made-up monotone epsilons reaching the target (or ``epsilons``)."""
+        trial = self.trial()
+        rounds, target = trial["rounds"], trial["dp"]["target_epsilon_micro"]
+        cumulative = epsilons or [max(1, target * k // rounds) for k in range(1, rounds + 1)]
+        enrolled = [
+            e
+            for e in self.admin.evaluate("get_enrolments", {"trial_id": self.trial_id})
+            if e["status"] == "enrolled"
+        ]
+        return {
+            e["msp_id"]: {
+                "training_records": e["training_records"],
+                "batches_per_epoch": -(-e["training_records"] // 64),
+                "steps_per_round": -(-e["training_records"] // 64),
+                "noise_multiplier_micro": 1_100_000,
+                "epsilon_micro": list(cumulative),
+                "max_update_norm_milli": 5000,
+            }
+            for e in enrolled
+        }
+
+    def start_args(self, **extra: Any) -> dict[str, Any]:
+        """start_trial's arguments: with DP on, the schedule of ``dp_schedule()``."""
+        args: dict[str, Any] = {"trial_id": self.trial_id}
+        if self.trial()["dp"]["enabled"]:
+            args["dp_schedule"] = self.dp_schedule()
+        return {**args, **extra}
+
+    def start(self, **extra: Any) -> dict[str, Any]:
+        return self.admin.submit("start_trial", self.start_args(**extra))
+
     def running(
         self, hospitals: tuple[str, ...] = HOSPITALS[:3], keys: bool = True, **overrides: Any
     ) -> None:
         self.enrolling(hospitals, **overrides)
-        self.admin.submit("start_trial", {"trial_id": self.trial_id})
+        self.start()
         if keys:
             self.record_keys(hospitals[0])
 
@@ -162,16 +268,10 @@ class Flow:
     def close(self, step: str, by: str = "coordinator") -> dict[str, Any]:
         return self.client(by).submit(step, self.at())
 
-    def make_update(
-        self, name: str, *, weight: int = 100, epsilon: int = 500_000, tag: str = ""
-    ) -> Update:
+    def make_update(self, name: str, *, weight: int = 100, tag: str = "") -> Update:
         where = (self.trial_id, self.round, self.attempt, name, tag)
         return Update(
-            f"cid-update-{name}{tag}",
-            digest("update", *where),
-            weight,
-            epsilon,
-            digest("salt", *where),
+            f"cid-update-{name}{tag}", digest("update", *where), weight, digest("salt", *where)
         )
 
     def commitment(self, name: str, u: Update, *, as_msp: str | None = None) -> str:
@@ -179,10 +279,8 @@ class Flow:
             trial_id=self.trial_id,
             round=self.round,
             msp_id=as_msp or self.msp[name],
-            content_id=u.content_id,
             sha256=u.sha256,
             sample_weight=u.sample_weight,
-            epsilon_spent_micro=u.epsilon_spent_micro,
             salt=u.salt,
         )
 
@@ -201,7 +299,6 @@ class Flow:
             content_id=u.content_id,
             sha256=u.sha256,
             sample_weight=u.sample_weight,
-            epsilon_spent_micro=u.epsilon_spent_micro,
             salt=u.salt,
             **extra,
         )
@@ -217,35 +314,40 @@ class Flow:
         self.close("close_update_reveals")
         return updates
 
-    def votes_commitment(self, name: str, scores: dict[str, int], salt: str) -> str:
+    def votes_commitment(self, name: str, findings: dict[str, Any], salt: str) -> str:
         return votes_commitment(
             trial_id=self.trial_id,
             round=self.round,
             msp_id=self.msp[name],
-            scores=scores,
+            findings=findings,
             salt=salt,
         )
 
-    def commit_votes(self, name: str, scores: dict[str, int]) -> tuple[dict[str, int], str]:
-        """``scores`` by member name; returns them by MSP id with the salt, ready to reveal."""
-        by_msp = {self.msp[peer]: score for peer, score in scores.items()}
+    def commit_votes(
+        self, name: str, findings: dict[str, int | dict[str, Any]]
+    ) -> tuple[dict[str, Any], str]:
+        """``findings`` by member name (a bare int is just a score: ``finding(score)``);
+        returns them by MSP id with the salt, ready to reveal."""
+        by_msp = {self.msp[peer]: as_finding(value) for peer, value in findings.items()}
         salt = digest("vote-salt", self.trial_id, self.round, self.attempt, name)
         self.client(name).submit(
             "commit_votes", self.at(commitment=self.votes_commitment(name, by_msp, salt))
         )
         return by_msp, salt
 
-    def reveal_votes(self, name: str, by_msp: dict[str, int], salt: str) -> dict[str, Any]:
-        return self.client(name).submit("reveal_votes", self.at(scores=by_msp, salt=salt))
+    def reveal_votes(self, name: str, by_msp: dict[str, Any], salt: str) -> dict[str, Any]:
+        return self.client(name).submit("reveal_votes", self.at(findings=by_msp, salt=salt))
 
     def scores(
         self, voters: list[str], candidates: list[str], score: int = 20_000
-    ) -> dict[str, dict[str, int]]:
+    ) -> dict[str, dict[str, int | dict[str, Any]]]:
+        """The same score from every voter for every peer candidate (harmless findings)."""
         return {v: {c: score for c in candidates if c != v} for v in voters}
 
-    def vote(self, scores_by_voter: dict[str, dict[str, int]]) -> dict[str, Any]:
-        """Commit, reveal and close voting; returns the acceptance record."""
-        committed = {v: self.commit_votes(v, s) for v, s in scores_by_voter.items()}
+    def vote(self, by_voter: dict[str, dict[str, int | dict[str, Any]]]) -> dict[str, Any]:
+        """Commit, reveal and close voting (findings or bare scores, by member name); returns
+        the acceptance record."""
+        committed = {v: self.commit_votes(v, s) for v, s in by_voter.items()}
         self.close("close_vote_commits")
         for v, (by_msp, salt) in committed.items():
             self.reveal_votes(v, by_msp, salt)

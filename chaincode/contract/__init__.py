@@ -1,4 +1,4 @@
-"""The consortium contract: trials, enrolment, trial keys, rounds (commit-reveal updates and votes), acceptance, attestation, rewards, rollback.
+"""The consortium contract: datasets, trials, enrolment, trial keys, rounds (commit-reveal updates and votes), acceptance, attestation, rewards, rollback.
 
 Entry point: ``invoke(state, function, args) -> bytes`` (``dispatch``): one JSON object in,
 canonical JSON out, a ``ContractError`` with a code of ``CODES`` for a refusal, exactly one event
@@ -16,6 +16,7 @@ The package follows the protocol:
 ``context``       one transaction (records in and out, its event) and its caller
 ``store``         keys and record access, the checks every step shares
 ``trials``        the consortium, trials and their life cycle, enrolment, trial keys
+``datasets``      registered datasets, their lifetime epsilon, a trial's DP schedule
 ``rounds``        open_round, the update exchange, the vote exchange
 ``ballots``       the one commit / close / reveal mechanism both exchanges use
 ``finalisation``  close_voting, aggregate, attestation, rewards, settlement, abort, rollback
@@ -25,7 +26,7 @@ The package follows the protocol:
 from __future__ import annotations
 
 # Importing the function modules registers their functions in the table.
-from chaincode.contract import finalisation, queries, rounds, trials  # noqa: F401
+from chaincode.contract import datasets, finalisation, queries, rounds, trials  # noqa: F401
 from chaincode.contract.dispatch import CODES, MAX_ARGS_BYTES, TABLE, invoke
 
 READ_ONLY_FUNCTIONS: frozenset[str] = frozenset(

@@ -1,10 +1,12 @@
 """The end of a round: close voting, aggregate, attest, rewards, settlement; abort and rollback.
 
-Acceptance, weights, contribution, rewards, quorum: see ``chaincode.rules`` (lower median of
-peer scores >= -threshold with enough votes; weight = sample weight; contribution =
-median + threshold + 1; largest-remainder reward split; quorum = majority of participants).
-Rewards computed at ``close_voting`` are credited to the hospitals' accounts when the round
-finalizes, and voided if it halts.
+Acceptance, weights, rewards, quorum: see ``chaincode.rules`` (each candidate is rejected only
+by a strict majority of its peers' findings: a problem, a norm over its bound, a norm outlier,
+a duplicate, a harmful score; accepted weights are sample weights capped at a share of the
+total; the update pool goes to accepted updates that improve, by capped weight, the voter pool
+to voters by agreement with the outcome; quorum = majority of participants). Rewards computed
+at ``close_voting`` are credited to the hospitals' accounts when the round finalizes, and
+voided if it halts. An attestation of another hash than a quorum's is a dispute, not a halt.
 
 Rollback: every finalized round's model stays in the lineage's history; ``rollback`` moves the
 head back to an earlier finalized round (0 = the initial model), and the next ``open_round``
@@ -13,6 +15,7 @@ opens the round after it again as a new attempt.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from bcfl_common.records import (
@@ -61,29 +64,45 @@ from chaincode.contract.store import (
     round_label,
     round_records,
     save_round,
+    schedule_entry,
     trial_key,
 )
 
 
+def norm_bounds(tx: Tx, trial: Trial, candidates: list[str]) -> dict[str, int | None]:
+    """Each candidate's bound on ``norm_milli``: the policy's ``max_update_norm_milli`` if set,
+    else (DP on) its DP schedule entry's ``max_update_norm_milli``, else null (no bound)."""
+    explicit = trial["evaluation"]["max_update_norm_milli"]
+    if explicit is not None:
+        return {c: explicit for c in candidates}
+    bounds: dict[str, int | None] = {}
+    for c in candidates:
+        entry = schedule_entry(tx, trial, c)
+        bounds[c] = None if entry is None else entry["max_update_norm_milli"]
+    return bounds
+
+
 @function("close_voting", "admin", "coordinator")
 def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
-    """admin|coordinator; {trial_id, round}; VOTE_REVEAL -> AGGREGATE: acceptance, weights,
-    contributions and rewards computed (``rules.judge_round``) from the enrolled voters' revealed
-    scores, or HALTED (NONE_ACCEPTED, the rewards void); returns the acceptance; event
-    VotingClosed | RoundHalted."""
+    """admin|coordinator; {trial_id, round}; VOTE_REVEAL -> AGGREGATE: acceptance, capped
+    weights and rewards computed (``rules.judge_round``) from the enrolled voters' revealed
+    findings, the trial's evaluation policy and each candidate's norm bound (``norm_bounds``),
+    or HALTED (NONE_ACCEPTED, the rewards void); returns the acceptance; event VotingClosed |
+    RoundHalted. The round rewards' ``pool`` is what is paid (``acceptance.paid``)."""
     trial, rnd = closing(tx, a, "VOTE_REVEAL")
     trial_id, r, attempt = trial["trial_id"], rnd["round"], rnd["attempt"]
     members = enrolled(tx, trial_id)
     votes, missing = VOTES.revealed(tx, rnd, members)
-    revealed = {v["msp_id"]: v["scores"] or {} for v in votes}
+    revealed = {v["msp_id"]: v["findings"] or {} for v in votes}
     updates = {u["msp_id"]: u for u in UPDATES.records(tx, rnd)}
     policy = trial["evaluation"]
+    bounds = norm_bounds(tx, trial, rnd["candidates"])
     verdict = rules.judge_round(
         candidates={m: updates[m] for m in rnd["candidates"]},
-        votes=revealed,
+        findings=revealed,
         enrolled=members,
-        threshold_micro=policy["acceptance_threshold_micro"],
-        min_voters=policy["min_voters"],
+        policy=policy,
+        norm_bounds=bounds,
         reward_pool=policy["reward_per_round"],
     )
     participants = sorted((set(rnd["candidates"]) | set(revealed)) & set(members))
@@ -97,12 +116,17 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
         "computed_at": tx.now,
         "voters_revealed": sorted(revealed),
         "voters_missing": missing,
+        "policy": policy,
+        "norm_bounds": verdict["norm_bounds"],
+        "reference_norm_milli": verdict["reference_norm_milli"],
         "candidates": verdict["candidates"],
+        "voters": verdict["voters"],
         "accepted": verdict["accepted"],
         "rejected": verdict["rejected"],
         "accepted_sha256s": verdict["accepted_sha256s"],
         "total_weight": verdict["total_weight"],
         "reward_pool": verdict["reward_pool"],
+        "paid": verdict["paid"],
         "rewards": verdict["rewards"],
     }
     tx.put(per_round_key("acceptance", trial_id, r, attempt), acceptance)
@@ -111,7 +135,7 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
         "trial_id": trial_id,
         "round": r,
         "attempt": attempt,
-        "pool": acceptance["reward_pool"],
+        "pool": acceptance["paid"],
         "rewards": acceptance["rewards"],
         "status": "pending" if accepted else "void",
         "settlement": None,
@@ -139,9 +163,12 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
             rnd,
             accepted=accepted,
             rejected=acceptance["rejected"],
+            reasons={m: d["reason"] for m, d in acceptance["candidates"].items()},
             accepted_sha256s=acceptance["accepted_sha256s"],
             total_weight=acceptance["total_weight"],
+            weights={m: acceptance["candidates"][m]["weight"] for m in accepted},
             rewards=acceptance["rewards"],
+            paid=acceptance["paid"],
             attestation_quorum=quorum,
         ),
     )
@@ -216,9 +243,14 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
     applying the aggregate; in ATTEST (or FINALIZED: a later attestation); returns {attestation,
     round}; event ModelAttested | RoundFinalized | AttestationMismatch.
 
-    A quorum (``rules.attestation_quorum`` of the participants) of equal hashes finalizes the
-    round: the head moves to it, its rewards are credited. Two different hashes before that halt
-    it (ATTESTATION_MISMATCH, not raised); a different hash after it is recorded as a dispute.
+    Attestations accumulate; only the round's participants count. When one hash has
+    ``rules.attestation_quorum`` of them the round FINALIZES with it (the head moves to it, its
+    rewards are credited), and every attestation of another hash, earlier or later, is a
+    dispute ``{msp_id, sha256, at, against: the finalized sha256}`` in ``round.disputes``. A
+    dissent before that is recorded and the round goes on (event AttestationMismatch, phase
+    ATTEST); it halts ATTESTATION_MISMATCH (not raised) only once no hash can reach the quorum
+    (``rules.quorum_reachable``: the most equal attestations plus the enrolled participants yet
+    to attest fall short).
     """
     trial, r = round_args(tx, a)
     msp_id = own_organisation(a, caller)
@@ -249,16 +281,23 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
         "attested_at": tx.now,
     }
     tx.put(key, record)
-    attestations = {e["msp_id"]: e["sha256"] for e in earlier} | {msp_id: sha256}
+    ordered = sorted([*earlier, record], key=lambda e: (e["attested_at"], e["msp_id"]))
+    attestations = {e["msp_id"]: e["sha256"] for e in ordered}
 
     if rnd["phase"] == "FINALIZED":
         # A quorum already agreed; a later dissent is recorded for the admin to judge (rollback)
         # rather than letting one hospital undo a finalized round.
         model = rnd["model"]
-        if model is not None and sha256 == model["sha256"]:
+        assert model is not None  # set when the round finalized
+        if sha256 == model["sha256"]:
             tx.emit("ModelAttested", round_event(rnd, msp_id=msp_id, sha256=sha256, finalized=True))
         else:
-            dispute: Dispute = {"msp_id": msp_id, "sha256": sha256, "at": tx.now}
+            dispute: Dispute = {
+                "msp_id": msp_id,
+                "sha256": sha256,
+                "at": tx.now,
+                "against": model["sha256"],
+            }
             rnd = {**rnd, "disputes": rnd["disputes"] + [dispute]}
             save_round(tx, rnd)
             tx.emit(
@@ -268,53 +307,72 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
                     code="ATTESTATION_MISMATCH",
                     msp_id=msp_id,
                     phase="FINALIZED",
+                    against=model["sha256"],
                     attestations=attestations,
                 ),
             )
         return {"attestation": record, "round": rnd}
 
-    if len(set(attestations.values())) > 1:
-        reason = f"attested model hashes differ: {attestations}"
-        rnd = halt_round(tx, caller, rnd, "ATTESTATION_MISMATCH", reason, attestations=attestations)
-        tx.emit(
-            "AttestationMismatch",
-            round_event(
-                rnd,
-                code="ATTESTATION_MISMATCH",
-                msp_id=msp_id,
-                phase="HALTED",
-                attestations=attestations,
-            ),
-        )
-        return {"attestation": record, "round": rnd}
-
     quorum = rnd["attestation_quorum"]
     assert quorum is not None  # set by close_voting
-    if len(attestations) < quorum:
-        tx.emit(
-            "ModelAttested",
-            round_event(
-                rnd,
-                msp_id=msp_id,
-                sha256=sha256,
-                attestations=len(attestations),
-                quorum=quorum,
-            ),
-        )
+    participants = set(rnd["participants"])
+    tally = Counter(h for m, h in attestations.items() if m in participants)
+    winner = next((h for h, count in tally.items() if count >= quorum), None)
+    if winner is None:
+        yet_to_attest = (participants & set(enrolled(tx, trial_id))) - set(attestations)
+        if not rules.quorum_reachable(tally.values(), len(yet_to_attest), quorum):
+            reason = f"no attested model hash can reach the quorum of {quorum}: {attestations}"
+            rnd = halt_round(
+                tx, caller, rnd, "ATTESTATION_MISMATCH", reason, attestations=attestations
+            )
+            phase = "HALTED"
+        else:
+            phase = "ATTEST"
+        if phase == "HALTED" or len(set(attestations.values())) > 1:
+            tx.emit(
+                "AttestationMismatch",
+                round_event(
+                    rnd,
+                    code="ATTESTATION_MISMATCH",
+                    msp_id=msp_id,
+                    phase=phase,
+                    attestations=attestations,
+                    quorum=quorum,
+                ),
+            )
+        else:
+            tx.emit(
+                "ModelAttested",
+                round_event(
+                    rnd,
+                    msp_id=msp_id,
+                    sha256=sha256,
+                    attestations=len(attestations),
+                    quorum=quorum,
+                ),
+            )
         return {"attestation": record, "round": rnd}
 
-    # Quorum: the first content id given (earliest, then by MSP id) names the stored model.
-    ordered = sorted(earlier, key=lambda e: (e["attested_at"], e["msp_id"])) + [record]
+    # Quorum: the first content id given for the winning hash (earliest, then by MSP id) names
+    # the stored model; every attestation of another hash becomes a dispute against it.
     finalized: ModelRef = {
-        "content_id": next((e["content_id"] for e in ordered if e["content_id"]), None),
-        "sha256": sha256,
+        "content_id": next(
+            (e["content_id"] for e in ordered if e["sha256"] == winner and e["content_id"]), None
+        ),
+        "sha256": winner,
     }
+    disputes: list[Dispute] = [
+        {"msp_id": e["msp_id"], "sha256": e["sha256"], "at": e["attested_at"], "against": winner}
+        for e in ordered
+        if e["sha256"] != winner
+    ]
     rnd = {
         **rnd,
         "phase": "FINALIZED",
         "phase_changed_at": tx.now,
         "model": finalized,
         "finalized_at": tx.now,
+        "disputes": rnd["disputes"] + disputes,
     }
     save_round(tx, rnd)
     head: Head = {"round": r, "attempt": attempt, "model": finalized}
@@ -332,7 +390,8 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
         round_event(
             rnd,
             model=finalized,
-            attesters=sorted(attestations),
+            attesters=sorted(m for m, h in attestations.items() if h == winner),
+            disputes=disputes,
             rewards=rewards,
             last_round=r == trial["rounds"],
         ),

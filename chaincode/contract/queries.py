@@ -14,6 +14,9 @@ from typing import Any
 from bcfl_common.records import (
     Acceptance,
     ConsortiumRecord,
+    Dataset,
+    DatasetBudget,
+    DpSchedule,
     Enrolment,
     HistoryEntry,
     Lineage,
@@ -28,11 +31,14 @@ from bcfl_common.records import (
 from bcfl_common.vocabulary import ROLES_BY_KIND, TRIAL_STATES
 from chaincode.args import Args
 from chaincode.contract.context import Caller, Tx, fail
+from chaincode.contract.datasets import dataset_budget
 from chaincode.contract.dispatch import function
 from chaincode.contract.store import (
     CONSORTIUM_KEY,
     MAX_ATTEMPTS,
     MAX_ROUNDS,
+    dataset_key,
+    dp_schedule_key,
     enrolments,
     find_round,
     load_trial,
@@ -102,6 +108,45 @@ def get_trial_keys(tx: Tx, caller: Caller, a: Args) -> TrialKeys:
     record: TrialKeys | None = tx.get(trial_keys_key(trial["trial_id"]))
     if record is None:
         fail("NOT_FOUND", f"trial {trial['trial_id']!r} has no keys recorded yet")
+    return record
+
+
+@function("get_datasets", read_only=True)
+def get_datasets(tx: Tx, caller: Caller, a: Args) -> list[Dataset]:
+    """{[msp_id]} -> the registered datasets (of that hospital), by MSP id and dataset id."""
+    msp_id = a.identifier("msp_id", default=None)
+    a.done()
+    datasets: list[Dataset] = tx.scan("dataset", [] if msp_id is None else [msp_id])
+    return datasets
+
+
+@function("get_dataset_budget", read_only=True)
+def get_dataset_budget(tx: Tx, caller: Caller, a: Args) -> DatasetBudget:
+    """{msp_id, dataset_id} -> the dataset's lifetime epsilon, what each of its trials counts
+    against it (planned while running, spent once over) and what remains."""
+    msp_id = a.identifier("msp_id")
+    dataset_id = a.identifier("dataset_id")
+    a.done()
+    dataset: Dataset | None = tx.get(dataset_key(msp_id, dataset_id))
+    if dataset is None:
+        fail(
+            "NOT_FOUND",
+            f"{msp_id} has registered no dataset {dataset_id!r}",
+            msp_id=msp_id,
+            dataset_id=dataset_id,
+        )
+    return dataset_budget(tx, dataset)
+
+
+@function("get_dp_schedule", read_only=True)
+def get_dp_schedule(tx: Tx, caller: Caller, a: Args) -> DpSchedule:
+    """{trial_id} -> the trial's DP schedule (NOT_FOUND with DP off or before start_trial)."""
+    trial = load_trial(tx, a.identifier("trial_id"))
+    a.done()
+    record: DpSchedule | None = tx.get(dp_schedule_key(trial["trial_id"]))
+    if record is None:
+        why = "DP is off" if not trial["dp"]["enabled"] else f"it is {trial['state']}"
+        fail("NOT_FOUND", f"trial {trial['trial_id']!r} has no DP schedule ({why})")
     return record
 
 
@@ -206,6 +251,7 @@ HISTORY_RECORDS: dict[str, tuple[str, ...]] = {
     # record -> the arguments that locate it (besides trial_id)
     "trial": (),
     "trial_keys": (),
+    "dp_schedule": (),
     "enrolment": ("msp_id",),
     "privacy": ("msp_id",),
     "reward_account": ("msp_id",),

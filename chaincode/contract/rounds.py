@@ -10,11 +10,13 @@ resolves it to the current attempt. Phases and who moves them::
   commit_update         each silo           (commitment to its update, before the deadline)
   close_update_commits  admin|coordinator   -> REVEAL       when every enrolled silo with budget
                                                              committed, or after the deadline
-  reveal_update         each committed silo (must match its commitment; privacy ledger updated)
-  close_update_reveals  admin|coordinator   -> VOTE_COMMIT  revealed updates become the candidates
+  reveal_update         each committed silo (must match its commitment; epsilon charged from the
+                                             DP schedule)
+  close_update_reveals  admin|coordinator   -> VOTE_COMMIT  revealed updates become the candidates,
+                                                             duplicate content excluded
   commit_votes          each enrolled silo
   close_vote_commits    admin|coordinator   -> VOTE_REVEAL
-  reveal_votes          each committed voter (a score for every candidate but itself)
+  reveal_votes          each committed voter (a finding for every candidate but itself)
   close_voting          admin|coordinator   -> AGGREGATE    acceptance, weights, rewards computed
   record_aggregate      coordinator         -> ATTEST       must sum exactly the accepted updates
   attest_model          each enrolled silo  -> FINALIZED at quorum; any mismatch -> HALTED
@@ -26,27 +28,53 @@ commitments, nothing accepted); ``abort_round`` (admin) halts it by hand. A clos
 on time up to and including the deadline second; closing is allowed after it). The commit,
 close-commits and reveal steps of both exchanges are one mechanism: ``chaincode.contract.ballots``.
 
-Update commitment = ``sha256_hex(canonical_json({"trial_id", "round", "msp_id", "content_id",
-"sha256", "sample_weight", "epsilon_spent_micro", "salt"}))``; votes commitment =
-``sha256_hex(canonical_json({"trial_id", "round", "msp_id", "scores", "salt"}))``: see
-``chaincode.commitments``. ``epsilon_spent_micro`` is what this round adds to the hospital's
-cumulative epsilon (its accountant's cumulative epsilon after the round minus the cumulative on
-the ledger), so the ledger's cumulative equals the accountant's. Epsilon is spent at reveal and
-never refunded (a halted round or a rollback does not un-disclose an update).
+Update commitment = ``sha256_hex(canonical_json({"trial_id", "round", "msp_id", "sha256",
+"sample_weight", "salt"}))``; votes commitment = ``sha256_hex(canonical_json({"trial_id",
+"round", "msp_id", "findings", "salt"}))``: see ``chaincode.commitments``. The reveal adds the
+``content_id`` (where to fetch the bytes the sha256 fixes). An honest silo stores its update in
+the artifact store only once the commitments are fixed (in REVEAL), so nobody can commit to
+bytes it has not seen.
+
+Update rules: ``sample_weight`` is at most the enrolment's ``training_records`` (INVALID_ARGUMENT).
+Epsilon is charged by the contract, never reported by the hospital: with DP on, its k-th reveal
+in the trial (k = 1, 2, ...; halted attempts and rolled-back rounds count) is charged
+``epsilon_micro[k-1] - epsilon_micro[k-2]`` of its DP schedule entry (``epsilon_micro[0]`` for
+the first), and a reveal past the schedule's ``rounds`` entries is BUDGET_EXCEEDED (as is a
+commitment with no reveal left); with DP off each reveal is charged 0. Epsilon is spent at reveal
+and never refunded (a halted round or a rollback does not un-disclose an update).
+
+Duplicates: a reveal of a sha256 revealed in an EARLIER round or attempt of the trial (by anyone,
+itself included) is DUPLICATE_CONTENT. Reveals of the same sha256 in the SAME attempt are all
+recorded; ``close_update_reveals`` gives the content to the earliest commitment (``committed_at``;
+if that time is shared, to nobody), and the others are not candidates: they are listed in the
+round's ``excluded`` (reason ``duplicate_content``, the sha256, the owner). Who reveals first
+never matters; removed hospitals' reveals count when deciding the owner (a copier gains nothing
+from its victim's removal).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from bcfl_common.records import ContentOwner, PrivacyEntry, Round, Trial, Update, Vote
+from bcfl_common.records import (
+    ContentOwner,
+    Enrolment,
+    Exclusion,
+    Finding,
+    PrivacyAccount,
+    PrivacyEntry,
+    Round,
+    Trial,
+    Update,
+    Vote,
+)
+from bcfl_common.vocabulary import MICRO, PROBLEMS
 from chaincode.args import Args, check_identifier_key
 from chaincode.commitments import update_commitment, votes_commitment
 from chaincode.contract.ballots import Accepted, Ballot, closing
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
 from chaincode.contract.store import (
-    MAX_EPSILON_MICRO,
     MAX_ROUNDS,
     MAX_SAMPLE_WEIGHT,
     MAX_SCORE_MICRO,
@@ -54,6 +82,7 @@ from chaincode.contract.store import (
     content_key,
     emit_halted,
     enrolled,
+    enrolment_key,
     halt_round,
     has_budget_left,
     load_trial,
@@ -66,9 +95,11 @@ from chaincode.contract.store import (
     round_key,
     round_label,
     save_round,
+    schedule_entry,
     trial_key,
     trial_keys_key,
 )
+from chaincode.rules import MAX_NORM_MILLI
 
 
 @function("open_round", "admin", "coordinator")
@@ -115,6 +146,7 @@ def open_round(tx: Tx, caller: Caller, a: Args) -> Round:
         "deadlines": {"submit": deadline},
         "committed": [],
         "candidates": [],
+        "excluded": {},
         "vote_committed": [],
         "accepted": [],
         "accepted_sha256s": [],
@@ -147,9 +179,10 @@ def open_round(tx: Tx, caller: Caller, a: Args) -> Round:
 
 
 class UpdateBallot(Ballot[Update]):
-    """Update commitments carry the base model's sha256 (STALE otherwise) and need budget left
-    (BUDGET_EXCEEDED); a reveal spends epsilon within the budget and claims its sha256 for the
-    trial (DUPLICATE_CONTENT if another hospital revealed the same bytes first)."""
+    """Update commitments carry the base model's sha256 (STALE otherwise) and need a reveal left
+    in the hospital's DP schedule (BUDGET_EXCEEDED); a reveal's weight is bounded by the
+    enrolment's training records, its sha256 must not have been revealed in an earlier round or
+    attempt (DUPLICATE_CONTENT), and it is charged the schedule's next epsilon difference."""
 
     kind = "update"
     commit_phase = "SUBMIT"
@@ -184,27 +217,26 @@ class UpdateBallot(Ballot[Update]):
                 expected=expected,
             )
         account = privacy_account(tx, trial, msp_id)
-        if not has_budget_left(account):
+        if not has_budget_left(trial, account):
             fail(
                 "BUDGET_EXCEEDED",
-                f"{msp_id} has spent its whole privacy budget in trial {trial['trial_id']!r} "
-                f"({account['epsilon_spent_micro']} of {account['budget_micro']} micro-epsilon)",
+                f"{msp_id} has made all {trial['rounds']} reveals its DP schedule allows in trial "
+                f"{trial['trial_id']!r} ({account['epsilon_spent_micro']} of "
+                f"{account['budget_micro']} micro-epsilon spent)",
+                reveals=len(account["entries"]),
                 spent_micro=account["epsilon_spent_micro"],
                 budget_micro=account["budget_micro"],
             )
 
     def expected_committers(self, tx: Tx, trial: Trial, members: list[str]) -> list[str]:
         # A hospital whose budget is spent cannot commit, so nobody waits for it.
-        return [m for m in members if has_budget_left(privacy_account(tx, trial, m))]
+        return [m for m in members if has_budget_left(trial, privacy_account(tx, trial, m))]
 
     def parse_reveal(self, a: Args) -> dict[str, Any]:
         return {
             "content_id": a.content_id("content_id"),
             "sha256": a.sha256("sha256"),
             "sample_weight": a.integer("sample_weight", minimum=1, maximum=MAX_SAMPLE_WEIGHT),
-            "epsilon_spent_micro": a.integer(
-                "epsilon_spent_micro", minimum=0, maximum=MAX_EPSILON_MICRO
-            ),
             "salt": a.salt("salt"),
         }
 
@@ -213,68 +245,133 @@ class UpdateBallot(Ballot[Update]):
             trial_id=rnd["trial_id"],
             round=rnd["round"],
             msp_id=msp_id,
-            content_id=values["content_id"],
             sha256=values["sha256"],
             sample_weight=values["sample_weight"],
-            epsilon_spent_micro=values["epsilon_spent_micro"],
             salt=values["salt"],
         )
 
     def accept_reveal(self, tx: Tx, trial: Trial, rnd: Round, record: Update) -> Accepted:
+        """Checks the weight and the content, charges epsilon: completes ``record`` with the
+        charged ``epsilon_spent_micro`` and writes the privacy account and the content record."""
         trial_id, msp_id = trial["trial_id"], record["msp_id"]
-        sha256, epsilon = record["sha256"], record["epsilon_spent_micro"]
-        assert sha256 is not None and epsilon is not None  # parse_reveal set them
-        first: ContentOwner | None = tx.get(content_key(trial_id, sha256))
-        if first is not None and first["msp_id"] != msp_id:
+        sha256, weight = record["sha256"], record["sample_weight"]
+        assert sha256 is not None and weight is not None  # parse_reveal set them
+        enrolment: Enrolment = tx.get(enrolment_key(trial_id, msp_id))
+        if weight > enrolment["training_records"]:
+            fail(
+                "INVALID_ARGUMENT",
+                f"sample_weight: got {weight}, expected at most {enrolment['training_records']}, "
+                f"the training_records {msp_id} registered (dataset {enrolment['dataset_id']!r})",
+                field="sample_weight",
+                value=weight,
+                expected=f"at most {enrolment['training_records']}",
+            )
+        content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
+        if content is not None and (content["round"], content["attempt"]) != (
+            rnd["round"],
+            rnd["attempt"],
+        ):
             fail(
                 "DUPLICATE_CONTENT",
-                f"sha256: {sha256} was already revealed by {first['msp_id']} in round {first['round']} of trial {trial_id!r}",
+                f"sha256: {sha256} was already revealed in round {content['round']} (attempt "
+                f"{content['attempt']}) of trial {trial_id!r} by {content['revealed_by']}; an "
+                "update is disclosed once",
                 field="sha256",
                 value=sha256,
-                first_revealed_by=first["msp_id"],
+                round=content["round"],
+                attempt=content["attempt"],
+                revealed_by=content["revealed_by"],
             )
         account = privacy_account(tx, trial, msp_id)
+        epsilon = scheduled_charge(tx, trial, account)
+        record["epsilon_spent_micro"] = epsilon
         total = account["epsilon_spent_micro"] + epsilon
-        budget = account["budget_micro"]
-        if budget is not None and total > budget:
-            fail(
-                "BUDGET_EXCEEDED",
-                f"epsilon_spent_micro: {epsilon} would bring {msp_id} to {total} micro-epsilon, over the trial's "
-                f"budget of {budget} (already spent {account['epsilon_spent_micro']})",
-                field="epsilon_spent_micro",
-                value=epsilon,
-                spent_micro=account["epsilon_spent_micro"],
-                budget_micro=budget,
-            )
         entry: PrivacyEntry = {
             "round": rnd["round"],
             "attempt": rnd["attempt"],
             "epsilon_micro": epsilon,
             "at": tx.now,
         }
+        revealed_by = [] if content is None else content["revealed_by"]
+        owner: ContentOwner = {
+            "trial_id": trial_id,
+            "sha256": sha256,
+            "round": rnd["round"],
+            "attempt": rnd["attempt"],
+            "revealed_by": sorted([*revealed_by, msp_id]),
+            "msp_id": None,
+            "decided_at": None,
+        }
         writes: list[tuple[str, Any]] = [
             (
                 per_org_key("privacy", trial_id, msp_id),
                 {**account, "epsilon_spent_micro": total, "entries": account["entries"] + [entry]},
-            )
+            ),
+            (content_key(trial_id, sha256), owner),
         ]
-        if first is None:
-            owner: ContentOwner = {
-                "trial_id": trial_id,
-                "sha256": sha256,
-                "msp_id": msp_id,
-                "round": rnd["round"],
-                "attempt": rnd["attempt"],
-            }
-            writes.append((content_key(trial_id, sha256), owner))
         event = {
             "content_id": record["content_id"],
             "sha256": sha256,
-            "sample_weight": record["sample_weight"],
+            "sample_weight": weight,
             "epsilon_spent_micro": epsilon,
             "epsilon_cumulative_micro": total,
         }
         return writes, event
+
+
+def scheduled_charge(tx: Tx, trial: Trial, account: PrivacyAccount) -> int:
+    """The epsilon of the hospital's next reveal: 0 with DP off, else the next difference of
+    its schedule entry's cumulative epsilons (BUDGET_EXCEEDED past its end)."""
+    if not trial["dp"]["enabled"]:
+        return 0
+    msp_id = account["msp_id"]
+    entry = schedule_entry(tx, trial, msp_id)
+    if entry is None:  # start_trial records an entry for every hospital enrolled in a DP trial
+        fail(
+            "BUDGET_EXCEEDED",
+            f"{msp_id} has no entry in the DP schedule of trial {trial['trial_id']!r}, "
+            "so no epsilon can be charged to it",
+            msp_id=msp_id,
+        )
+    cumulative = entry["epsilon_micro"]
+    k = len(account["entries"])
+    if k >= len(cumulative):
+        fail(
+            "BUDGET_EXCEEDED",
+            f"{msp_id} has made all {len(cumulative)} reveals its DP schedule allows in trial "
+            f"{trial['trial_id']!r} ({account['epsilon_spent_micro']} of {cumulative[-1]} "
+            "micro-epsilon spent)",
+            reveals=k,
+            spent_micro=account["epsilon_spent_micro"],
+            budget_micro=cumulative[-1],
+        )
+    return cumulative[k] - (cumulative[k - 1] if k else 0)
+
+
+def duplicate_content(
+    revealed: list[Update],
+) -> tuple[dict[str, Exclusion], dict[str, str | None]]:
+    """(the excluded reveals by MSP id, the owner of each revealed sha256): the earliest
+    commitment owns content revealed by several hospitals in one attempt, nobody on a tie."""
+    by_sha256: dict[str, list[Update]] = {}
+    for update in revealed:
+        assert update["sha256"] is not None
+        by_sha256.setdefault(update["sha256"], []).append(update)
+    excluded: dict[str, Exclusion] = {}
+    owners: dict[str, str | None] = {}
+    for sha256, group in sorted(by_sha256.items()):
+        earliest = min(u["committed_at"] for u in group)
+        first = [u["msp_id"] for u in group if u["committed_at"] == earliest]
+        owner = first[0] if len(first) == 1 else None
+        owners[sha256] = owner
+        for update in group:
+            if update["msp_id"] != owner:
+                excluded[update["msp_id"]] = {
+                    "reason": "duplicate_content",
+                    "sha256": sha256,
+                    "owner": owner,
+                }
+    return excluded, owners
 
 
 UPDATES = UpdateBallot()
@@ -296,30 +393,44 @@ def close_update_commits(tx: Tx, caller: Caller, a: Args) -> Round:
 
 @function("reveal_update", "silo")
 def reveal_update(tx: Tx, caller: Caller, a: Args) -> Update:
-    """silo; {trial_id, round, content_id, sha256, sample_weight, epsilon_spent_micro, salt}; in
-    REVEAL, on time; returns the update record; event UpdateRevealed."""
+    """silo; {trial_id, round, content_id, sha256, sample_weight, salt}; in REVEAL, on time;
+    returns the update record, with the epsilon the contract charged; event UpdateRevealed."""
     return UPDATES.reveal(tx, caller, a)
 
 
 @function("close_update_reveals", "admin", "coordinator")
 def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
     """admin|coordinator; {trial_id, round}; REVEAL -> VOTE_COMMIT with the enrolled hospitals'
-    revealed updates as the candidates (or HALTED: NO_REVEALS); returns the round; event
-    UpdateRevealsClosed | RoundHalted."""
+    revealed updates as the candidates, less those ``excluded`` as duplicate content (or HALTED:
+    NO_REVEALS, or NO_CANDIDATES when every reveal was excluded); decides the owner of each
+    revealed sha256; returns the round; event UpdateRevealsClosed | RoundHalted."""
     trial, rnd = closing(tx, a, "REVEAL")
-    members = enrolled(tx, trial["trial_id"])
+    trial_id = trial["trial_id"]
+    members = enrolled(tx, trial_id)
     revealed, _ = UPDATES.revealed(tx, rnd, members)
-    candidates = sorted(u["msp_id"] for u in revealed)
+    everyone = [u for u in UPDATES.records(tx, rnd) if u["revealed"]]
+    excluded, owners = duplicate_content(everyone)
+    for sha256, owner in owners.items():
+        content: ContentOwner = tx.get(content_key(trial_id, sha256))
+        tx.put(content_key(trial_id, sha256), {**content, "msp_id": owner, "decided_at": tx.now})
+    candidates = sorted(u["msp_id"] for u in revealed if u["msp_id"] not in excluded)
+    rnd = {**rnd, "excluded": excluded}
     if not candidates:
-        rnd = halt_round(
-            tx, caller, rnd, "NO_REVEALS", "no committed update was revealed before the deadline"
+        code, reason = (
+            ("NO_CANDIDATES", "every revealed update was excluded as duplicate content")
+            if revealed
+            else ("NO_REVEALS", "no committed update was revealed before the deadline")
         )
+        rnd = halt_round(tx, caller, rnd, code, reason)
         emit_halted(tx, rnd)
         return rnd
     rnd = {**next_phase(tx, trial, rnd, "VOTE_COMMIT"), "candidates": candidates}
     save_round(tx, rnd)
     tx.emit(
-        "UpdateRevealsClosed", round_event(rnd, candidates=candidates, deadline=rnd["deadline"])
+        "UpdateRevealsClosed",
+        round_event(
+            rnd, candidates=candidates, excluded=sorted(excluded), deadline=rnd["deadline"]
+        ),
     )
     return rnd
 
@@ -330,8 +441,10 @@ def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
 
 
 class VoteBallot(Ballot[Vote]):
-    """A voter reveals exactly one score (micro-units) for each candidate but itself (SELF_VOTE
-    for its own); removed hospitals' commitments do not count when closing."""
+    """A voter reveals exactly one finding for each candidate but itself (SELF_VOTE for its
+    own): ``{score_micro, norm_milli, similarity_micro, problem}`` (``bcfl_common.records.
+    Finding``). With a ``problem`` (one of PROBLEMS) the norm and similarity are null; without
+    one both are required. Removed hospitals' commitments do not count when closing."""
 
     kind = "vote"
     commit_phase = "VOTE_COMMIT"
@@ -339,7 +452,7 @@ class VoteBallot(Ballot[Vote]):
     noun = "votes"
     committed_what = "its votes"
     hash_verb = "hash"
-    reveal_fields = ("scores",)
+    reveal_fields = ("findings",)
     committed_field = "vote_committed"
     committed_event = "VotesCommitted"
     commits_closed_event = "VoteCommitsClosed"
@@ -349,28 +462,28 @@ class VoteBallot(Ballot[Vote]):
     only_enrolled_committers = True
 
     def parse_reveal(self, a: Args) -> dict[str, Any]:
-        scores = a.mapping("scores", key=check_identifier_key, max_items=MAX_SILOS)
+        raw = a.mapping("findings", key=check_identifier_key, max_items=MAX_SILOS)
         salt = a.salt("salt")
-        score_args = Args(scores, prefix=a.field("scores") + ".")
-        for peer in scores:
-            score_args.integer(peer, minimum=-MAX_SCORE_MICRO, maximum=MAX_SCORE_MICRO)
-        return {"scores": scores, "salt": salt}
+        by_peer = Args(raw, prefix=a.field("findings") + ".")
+        findings = {peer: parse_finding(by_peer.object(peer)) for peer in raw}
+        by_peer.done()
+        return {"findings": findings, "salt": salt}
 
     def check_reveal_args(self, a: Args, rnd: Round, msp_id: str, values: dict[str, Any]) -> None:
-        scores = values["scores"]
-        if msp_id in scores:
+        findings = values["findings"]
+        if msp_id in findings:
             fail(
                 "SELF_VOTE",
-                f"scores: {msp_id} scored its own update; a voter scores only its peers",
-                field=f"scores.{msp_id}",
+                f"findings: {msp_id} judged its own update; a voter judges only its peers",
+                field=f"findings.{msp_id}",
             )
         expected = sorted(set(rnd["candidates"]) - {msp_id})
-        if sorted(scores) != expected:
+        if sorted(findings) != expected:
             a.fail(
-                "scores",
-                scores,
-                f"exactly one score for each peer candidate {expected} "
-                f"(missing {sorted(set(expected) - set(scores))}, not candidates {sorted(set(scores) - set(expected))})",
+                "findings",
+                sorted(findings),
+                f"exactly one finding for each peer candidate {expected} "
+                f"(missing {sorted(set(expected) - set(findings))}, not candidates {sorted(set(findings) - set(expected))})",
             )
 
     def commitment_of(self, rnd: Round, msp_id: str, values: dict[str, Any]) -> str:
@@ -378,12 +491,37 @@ class VoteBallot(Ballot[Vote]):
             trial_id=rnd["trial_id"],
             round=rnd["round"],
             msp_id=msp_id,
-            scores=values["scores"],
+            findings=values["findings"],
             salt=values["salt"],
         )
 
     def accept_reveal(self, tx: Tx, trial: Trial, rnd: Round, record: Vote) -> Accepted:
-        return [], {"scores": record["scores"]}
+        return [], {"findings": record["findings"]}
+
+
+def parse_finding(f: Args) -> Finding:
+    """One finding, every field checked; stored with all four fields (null spelled out)."""
+    finding: Finding = {
+        "score_micro": f.integer("score_micro", minimum=-MAX_SCORE_MICRO, maximum=MAX_SCORE_MICRO),
+        "norm_milli": f.integer("norm_milli", minimum=0, maximum=MAX_NORM_MILLI, default=None),
+        "similarity_micro": f.integer("similarity_micro", minimum=0, maximum=MICRO, default=None),
+        "problem": f.choice("problem", PROBLEMS, default=None),
+    }
+    f.done()
+    problem = finding["problem"]
+    for name, value in (
+        ("norm_milli", finding["norm_milli"]),
+        ("similarity_micro", finding["similarity_micro"]),
+    ):
+        if problem is not None and value is not None:
+            f.fail(name, value, f"null: the finding reports the problem {problem!r}")
+        if problem is None and value is None:
+            f.fail(
+                name,
+                None,
+                f"an integer (required unless a problem is reported: {', '.join(PROBLEMS)})",
+            )
+    return finding
 
 
 VOTES = VoteBallot()
@@ -405,6 +543,14 @@ def close_vote_commits(tx: Tx, caller: Caller, a: Args) -> Round:
 
 @function("reveal_votes", "silo")
 def reveal_votes(tx: Tx, caller: Caller, a: Args) -> Vote:
-    """silo; {trial_id, round, scores: {peer msp_id: score_micro}, salt}; in VOTE_REVEAL, on
-    time; returns the vote record; event VotesRevealed."""
+    """silo; {trial_id, round, findings: {peer msp_id: {score_micro, norm_milli,
+    similarity_micro, problem}}, salt}: one finding per peer candidate (``VoteBallot``); in
+    VOTE_REVEAL, on time; returns the vote record; event VotesRevealed.
+
+    score_micro: how much the candidate's update alone, applied to the base model, lowers the
+    voter's validation log-loss (micro-units, +-MAX_SCORE_MICRO); norm_milli: ceil(1000 * L2
+    norm of the decrypted update / its sample weight); similarity_micro: round(1e6 * the largest
+    cosine similarity of that delta with every update revealed in an earlier round or attempt
+    of the trial and every earlier aggregate delta), 0 when there is none; problem: null or one
+    of PROBLEMS (then norm and similarity are null)."""
     return VOTES.reveal(tx, caller, a)

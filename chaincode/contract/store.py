@@ -9,9 +9,11 @@ dicts: the TypedDicts only let mypy check every access.
 record          key
 ==============  ==========================================
 consortium      ("consortium", [])
+dataset         ("dataset", [msp_id, dataset_id])
 trial           ("trial", [trial_id])
 encryption_key  ("encryption_key", [trial_id, msp_id])
 enrolment       ("enrolment", [trial_id, msp_id])
+dp_schedule     ("dp_schedule", [trial_id])
 trial_keys      ("trial_keys", [trial_id])
 round           ("round", [trial_id, r, a])
 update          ("update", [trial_id, r, a, msp_id])
@@ -30,12 +32,14 @@ from __future__ import annotations
 from typing import Any
 
 from bcfl_common.records import (
+    DpSchedule,
     Enrolment,
     ModelRef,
     PrivacyAccount,
     Round,
     RoundHalt,
     RoundRewards,
+    ScheduleEntry,
     Trial,
 )
 from bcfl_common.vocabulary import DONE_PHASES, PHASE_DURATION, PHASES, Phase, TrialState
@@ -48,6 +52,7 @@ MAX_ROUNDS = 1000
 MAX_ATTEMPTS = 10**6
 MAX_SILOS = 1000
 MAX_SAMPLE_WEIGHT = 10**12
+MAX_DATASET_RECORDS = 10**9  # also bounds training_records, hence every sample weight
 MAX_SCORE_MICRO = 10**12
 MAX_EPSILON_MICRO = 10**12
 MAX_PHASE_SECONDS = 30 * 24 * 3600
@@ -69,6 +74,14 @@ def trial_key(trial_id: str) -> str:
 
 def enrolment_key(trial_id: str, msp_id: str) -> str:
     return create_composite_key("enrolment", [trial_id, msp_id])
+
+
+def dataset_key(msp_id: str, dataset_id: str) -> str:
+    return create_composite_key("dataset", [msp_id, dataset_id])
+
+
+def dp_schedule_key(trial_id: str) -> str:
+    return create_composite_key("dp_schedule", [trial_id])
 
 
 def key_registration_key(trial_id: str, msp_id: str) -> str:
@@ -181,24 +194,40 @@ def model_ref(a: Args, name: str) -> ModelRef:
     return value
 
 
+def schedule_entry(tx: Tx, trial: Trial, msp_id: str) -> ScheduleEntry | None:
+    """The hospital's DP schedule entry (None with DP off, before start_trial, or if absent)."""
+    if not trial["dp"]["enabled"]:
+        return None
+    schedule: DpSchedule | None = tx.get(dp_schedule_key(trial["trial_id"]))
+    return None if schedule is None else schedule["entries"].get(msp_id)
+
+
 def privacy_account(tx: Tx, trial: Trial, msp_id: str) -> PrivacyAccount:
-    """The hospital's privacy ledger entry; a fresh (unsaved) one if it never revealed."""
+    """The hospital's privacy ledger entry; a fresh (unsaved) one if it never revealed.
+
+    Its budget is the last cumulative epsilon of its DP schedule entry (the trial's target
+    before the schedule is recorded), null with DP off."""
     existing: PrivacyAccount | None = tx.get(per_org_key("privacy", trial["trial_id"], msp_id))
     if existing is not None:
         return existing
     dp = trial["dp"]
+    budget: int | None = None
+    if dp["enabled"]:
+        entry = schedule_entry(tx, trial, msp_id)
+        budget = dp["target_epsilon_micro"] if entry is None else entry["epsilon_micro"][-1]
     return {
         "trial_id": trial["trial_id"],
         "msp_id": msp_id,
-        "budget_micro": dp["target_epsilon_micro"] if dp["enabled"] else None,
+        "budget_micro": budget,
         "epsilon_spent_micro": 0,
         "entries": [],
     }
 
 
-def has_budget_left(account: PrivacyAccount) -> bool:
-    budget = account["budget_micro"]
-    return budget is None or account["epsilon_spent_micro"] < budget
+def has_budget_left(trial: Trial, account: PrivacyAccount) -> bool:
+    """DP on: the hospital has a reveal left in its schedule (fewer charged reveals than the
+    trial's rounds; halted attempts and rolled-back rounds count, their updates were disclosed)."""
+    return not trial["dp"]["enabled"] or len(account["entries"]) < trial["rounds"]
 
 
 # ---------------------------------------------------------------------------------------------

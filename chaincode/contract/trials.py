@@ -14,6 +14,7 @@ from bcfl_common.certificates import x25519_public_key_raw
 from bcfl_common.records import (
     ConsortiumRecord,
     DpPolicy,
+    DpSchedule,
     Enrolment,
     Evaluation,
     HePolicy,
@@ -25,19 +26,28 @@ from bcfl_common.records import (
     Trial,
     TrialKeys,
 )
-from bcfl_common.vocabulary import DONE_PHASES, LABEL, ORGANISATION_KINDS
+from bcfl_common.vocabulary import DONE_PHASES, LABEL, MICRO, ORGANISATION_KINDS
 from chaincode.args import Args, check_identifier_key
 from chaincode.contract.context import Caller, Tx, fail
+from chaincode.contract.datasets import (
+    enrol_dataset,
+    own_dataset,
+    parse_dp_schedule,
+    read_dp_schedule,
+)
 from chaincode.contract.dispatch import function
 from chaincode.contract.store import (
     CONSORTIUM_KEY,
+    MAX_DATASET_RECORDS,
     MAX_EPSILON_MICRO,
     MAX_PHASE_SECONDS,
     MAX_ROUNDS,
     MAX_SCORE_MICRO,
     MAX_SILOS,
+    dp_schedule_key,
     enrolled,
     enrolment_key,
+    enrolments,
     halt_round,
     key_registration_key,
     load_trial,
@@ -51,6 +61,7 @@ from chaincode.contract.store import (
     trial_key,
     trial_keys_key,
 )
+from chaincode.rules import MAX_NORM_MILLI
 
 # Mirrors privacy.dp.policy (ACCOUNTANTS, GRAD_SAMPLE_MODES) and privacy.he.presets.DEFAULT_PRESET;
 # the contract may not import them (stdlib and cryptography only), so silos re-check the names.
@@ -69,6 +80,13 @@ DEFAULT_EVALUATION = {
     "acceptance_threshold_micro": 10_000,
     "min_voters": 2,
     "reward_per_round": 1000,
+    "max_weight_share_micro": 500_000,
+    # A re-encrypted copy scores 1_000_000 (CKKS error ~1e-7); honest updates of consecutive
+    # rounds reached 0.997 with DP off on the demo data (0.89 with DP on), hence 0.99999.
+    "duplicate_similarity_micro": 999_990,
+    "max_norm_ratio_milli": 3000,
+    "max_update_norm_milli": None,
+    "voter_reward_share_micro": 200_000,
 }
 DEFAULT_PHASE_SECONDS = {"submit": 3600, "reveal": 900, "vote_commit": 1800, "vote_reveal": 900}
 
@@ -173,6 +191,12 @@ def parse_he(a: Args) -> HePolicy:
 
 
 def parse_evaluation(a: Args) -> Evaluation:
+    """The evaluation policy (``chaincode.rules.judge_round``), each field defaulted from
+    DEFAULT_EVALUATION: acceptance_threshold_micro (0..MAX_SCORE_MICRO: harmful below minus it),
+    min_voters (1..MAX_SILOS), reward_per_round (0..10**15), max_weight_share_micro
+    (1..10**6), duplicate_similarity_micro (0..10**6), max_norm_ratio_milli (1000..10**6),
+    max_update_norm_milli (null, or 1..MAX_NORM_MILLI: null takes each hospital's bound from
+    the DP schedule) and voter_reward_share_micro (0..10**6)."""
     ev = a.object("evaluation", default={})
     d = DEFAULT_EVALUATION
     policy: Evaluation = {
@@ -187,6 +211,30 @@ def parse_evaluation(a: Args) -> Evaluation:
         ),
         "reward_per_round": ev.integer(
             "reward_per_round", minimum=0, maximum=10**15, default=d["reward_per_round"]
+        ),
+        "max_weight_share_micro": ev.integer(
+            "max_weight_share_micro", minimum=1, maximum=MICRO, default=d["max_weight_share_micro"]
+        ),
+        "duplicate_similarity_micro": ev.integer(
+            "duplicate_similarity_micro",
+            minimum=0,
+            maximum=MICRO,
+            default=d["duplicate_similarity_micro"],
+        ),
+        "max_norm_ratio_milli": ev.integer(
+            "max_norm_ratio_milli", minimum=1000, maximum=10**6, default=d["max_norm_ratio_milli"]
+        ),
+        "max_update_norm_milli": ev.integer(
+            "max_update_norm_milli",
+            minimum=1,
+            maximum=MAX_NORM_MILLI,
+            default=d["max_update_norm_milli"],
+        ),
+        "voter_reward_share_micro": ev.integer(
+            "voter_reward_share_micro",
+            minimum=0,
+            maximum=MICRO,
+            default=d["voter_reward_share_micro"],
         ),
     }
     ev.done()
@@ -291,9 +339,11 @@ def x25519_public_key(a: Args, name: str) -> str:
 
 @function("register_encryption_key", "silo")
 def register_encryption_key(tx: Tx, caller: Caller, a: Args) -> KeyRegistration:
-    """silo; {trial_id, encryption_public_key}: the hospital's own X25519 key for the trial,
-    signed by itself, while DRAFT or ENROLLING and until it is enrolled; returns the
-    registration; event EncryptionKeyRegistered.
+    """silo; {trial_id, encryption_public_key, dataset_id, training_records}: the hospital's own
+    X25519 key for the trial, signed by itself, and the dataset it trains on: one of its own
+    registered datasets (NOT_FOUND otherwise) and 1..that dataset's records of it (which bound
+    every sample weight it reveals); while DRAFT or ENROLLING and until it is enrolled; returns
+    the registration; event EncryptionKeyRegistered.
 
     The trial's secret context is sealed to the enrolled keys, so they must come from the
     hospitals, not from the operator: ``enrol_hospital`` accepts only the key the hospital
@@ -302,6 +352,8 @@ def register_encryption_key(tx: Tx, caller: Caller, a: Args) -> KeyRegistration:
     trial = load_trial(tx, a.identifier("trial_id"))
     msp_id = own_organisation(a, caller)
     public_key = x25519_public_key(a, "encryption_public_key")
+    dataset_id = a.identifier("dataset_id")
+    training_records = a.integer("training_records", minimum=1, maximum=MAX_DATASET_RECORDS)
     a.done()
     require_trial_state(trial, "DRAFT", "ENROLLING")
     enrolment: Enrolment | None = tx.get(enrolment_key(trial["trial_id"], msp_id))
@@ -311,22 +363,36 @@ def register_encryption_key(tx: Tx, caller: Caller, a: Args) -> KeyRegistration:
             f"{msp_id} is already enrolled in trial {trial['trial_id']!r}; its key is fixed",
             msp_id=msp_id,
         )
+    dataset = own_dataset(tx, msp_id, dataset_id)
+    if training_records > dataset["records"]:
+        a.fail(
+            "training_records",
+            training_records,
+            f"an integer from 1 to {dataset['records']} (the records of dataset {dataset_id!r})",
+        )
     record: KeyRegistration = {
         "trial_id": trial["trial_id"],
         "msp_id": msp_id,
         "encryption_public_key": public_key,
         "registered_at": tx.now,
+        "dataset_id": dataset_id,
+        "training_records": training_records,
     }
     tx.put(key_registration_key(trial["trial_id"], msp_id), record)
-    tx.emit("EncryptionKeyRegistered", {"trial_id": trial["trial_id"], "msp_id": msp_id})
+    tx.emit(
+        "EncryptionKeyRegistered",
+        {"trial_id": trial["trial_id"], "msp_id": msp_id, "dataset_id": dataset_id},
+    )
     return record
 
 
 @function("enrol_hospital", "admin")
 def enrol_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
     """admin; {trial_id, msp_id, encryption_public_key (X25519, PEM or base64)}, which must equal
-    the key that hospital registered itself (KEY_MISMATCH); while ENROLLING; returns the
-    enrolment; event HospitalEnrolled."""
+    the key that hospital registered itself (KEY_MISMATCH); while ENROLLING; with DP on, refused
+    BUDGET_EXCEEDED when the registered dataset's remaining lifetime epsilon is below the trial's
+    target; lists the trial on the dataset; returns the enrolment (with the registered dataset
+    and training records); event HospitalEnrolled."""
     trial = load_trial(tx, a.identifier("trial_id"))
     msp_id = a.identifier("msp_id")
     public_key = x25519_public_key(a, "encryption_public_key")
@@ -372,6 +438,7 @@ def enrol_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
             field="encryption_public_key",
             msp_id=msp_id,
         )
+    enrol_dataset(tx, trial, own_dataset(tx, msp_id, registered["dataset_id"]))
     record: Enrolment = {
         "trial_id": trial["trial_id"],
         "msp_id": msp_id,
@@ -382,9 +449,14 @@ def enrol_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
         "removed_at": None,
         "removed_by": None,
         "removal_reason": None,
+        "dataset_id": registered["dataset_id"],
+        "training_records": registered["training_records"],
     }
     tx.put(key, record)
-    tx.emit("HospitalEnrolled", {"trial_id": trial["trial_id"], "msp_id": msp_id})
+    tx.emit(
+        "HospitalEnrolled",
+        {"trial_id": trial["trial_id"], "msp_id": msp_id, "dataset_id": record["dataset_id"]},
+    )
     return record
 
 
@@ -414,21 +486,39 @@ def remove_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
 
 @function("start_trial", "admin")
 def start_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
-    """admin; {trial_id}; ENROLLING -> RUNNING with at least min_silos enrolled
-    (INSUFFICIENT_SILOS); returns the trial; event TrialStarted."""
+    """admin; {trial_id, dp_schedule (required iff DP is on, refused otherwise): {msp_id:
+    ScheduleEntry} for exactly the enrolled hospitals}; ENROLLING -> RUNNING with at least
+    min_silos enrolled (INSUFFICIENT_SILOS); records the schedule (``DpSchedule``, checked by
+    ``datasets.parse_dp_schedule``: training_records as enrolled, ``rounds`` non-decreasing
+    cumulative epsilons each >= 1 and at most the target); returns the trial; event
+    TrialStarted."""
     trial = load_trial(tx, a.identifier("trial_id"))
-    a.done()
     require_trial_state(trial, "ENROLLING")
-    members = enrolled(tx, trial["trial_id"])
+    raw_schedule = read_dp_schedule(a, trial)
+    a.done()
+    trial_id = trial["trial_id"]
+    members = enrolled(tx, trial_id)
     if len(members) < trial["min_silos"]:
         fail(
             "INSUFFICIENT_SILOS",
-            f"trial {trial['trial_id']!r} has {len(members)} enrolled hospitals, expected at least min_silos={trial['min_silos']}",
+            f"trial {trial_id!r} has {len(members)} enrolled hospitals, expected at least min_silos={trial['min_silos']}",
             enrolled=members,
             min_silos=trial["min_silos"],
         )
+    if raw_schedule is not None:
+        current = {m: rec for m, rec in enrolments(tx, trial_id).items() if m in members}
+        schedule: DpSchedule = {
+            "trial_id": trial_id,
+            "entries": parse_dp_schedule(a, trial, raw_schedule, current),
+            "recorded_at": tx.now,
+            "recorded_by": caller.who(),
+        }
+        tx.put(dp_schedule_key(trial_id), schedule)
     trial = set_trial_state(tx, {**trial, "enrolled_at_start": members}, "RUNNING")
-    tx.emit("TrialStarted", {"trial_id": trial["trial_id"], "enrolled": members})
+    tx.emit(
+        "TrialStarted",
+        {"trial_id": trial_id, "enrolled": members, "dp_schedule": raw_schedule is not None},
+    )
     return trial
 
 

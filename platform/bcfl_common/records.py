@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from typing_extensions import TypedDict
 
-from bcfl_common.vocabulary import OrganisationKind, Phase, Role, TrialState
+from bcfl_common.vocabulary import OrganisationKind, Phase, Problem, Role, TrialState
 
 # ---------------------------------------------------------------------------------------------
 # Pieces
@@ -68,9 +68,16 @@ HePolicy = HeEnabled | Disabled
 
 
 class Evaluation(TypedDict):
-    acceptance_threshold_micro: int
+    """How peer votes decide a round (``chaincode.rules.judge_round``)."""
+
+    acceptance_threshold_micro: int  # harmful: a score below minus this
     min_voters: int
-    reward_per_round: int
+    reward_per_round: int  # the pool of each round
+    max_weight_share_micro: int  # cap on an accepted update's share of the aggregation weight
+    duplicate_similarity_micro: int  # cosine similarity at/above which an update is a duplicate
+    max_norm_ratio_milli: int  # outlier: a norm over this multiple of the round's reference norm
+    max_update_norm_milli: int | None  # absolute norm bound (null: from the DP schedule, or none)
+    voter_reward_share_micro: int  # the part of the pool paid to voters for agreement
 
 
 class PhaseSeconds(TypedDict):
@@ -178,16 +185,59 @@ class Enrolment(TypedDict):
     removed_at: int | None  # null while enrolled
     removed_by: Who | None
     removal_reason: str | None
+    dataset_id: str  # the hospital's own registered dataset it trains on (from its KeyRegistration)
+    training_records: int  # records it trains on: bounds every sample weight it reveals
 
 
 class KeyRegistration(TypedDict):
     """("encryption_key", [trial_id, msp_id]): the X25519 key a hospital registered itself (the
-    transaction is signed by the hospital, so the record names no one else)."""
+    transaction is signed by the hospital, so the record names no one else), with the dataset
+    it will train on and how many of its records."""
 
     trial_id: str
     msp_id: str
     encryption_public_key: str  # base64 of the raw 32-byte X25519 key
     registered_at: int
+    dataset_id: str  # one of the hospital's own datasets
+    training_records: int  # 1..that dataset's records
+
+
+class Dataset(TypedDict):
+    """("dataset", [msp_id, dataset_id]): a hospital's registered training data, once.
+
+    ``commitment`` is a salted sha256 of the data file (the hospital can later show which file it
+    was); ``records`` bounds the training_records of every enrolment on it; the epsilon that all
+    trials on it may spend together is ``lifetime_epsilon_micro`` (see DatasetBudget)."""
+
+    msp_id: str
+    dataset_id: str
+    commitment: str
+    records: int
+    lifetime_epsilon_micro: int
+    registered_at: int
+    trials: list[str]  # every trial it was enrolled in, in order of first enrolment
+
+
+class ScheduleEntry(TypedDict):
+    """One hospital's public DP schedule in a trial (``privacy.dp.schedule.schedule_entry``
+    computes it with Opacus; the contract checks only its shape and bounds)."""
+
+    training_records: int  # == the enrolment's
+    batches_per_epoch: int
+    steps_per_round: int
+    noise_multiplier_micro: int
+    epsilon_micro: list[int]  # cumulative epsilon after 1..rounds reveals, non-decreasing
+    max_update_norm_milli: int | None  # null: no bound follows from the policy
+
+
+class DpSchedule(TypedDict):
+    """("dp_schedule", [trial_id]): recorded by start_trial for a trial with DP on; each reveal
+    of hospital h is charged ``epsilon_micro[k] - epsilon_micro[k - 1]`` of h's entry."""
+
+    trial_id: str
+    entries: dict[str, ScheduleEntry]  # msp_id -> entry, exactly the hospitals enrolled at start
+    recorded_at: int
+    recorded_by: Who
 
 
 class TrialKeys(TypedDict):
@@ -219,16 +269,29 @@ class _RoundHaltFields(TypedDict):
 # Optional keys by ``total=False`` rather than ``NotRequired``: with postponed annotations the
 # runtime (pydantic, __required_keys__) cannot see a ``NotRequired`` and would demand the key.
 class RoundHalt(_RoundHaltFields, total=False):
-    """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_VOTES, NONE_ACCEPTED,
-    ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
+    """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_CANDIDATES (every revealed
+    update was excluded as duplicate content), NO_VOTES, NONE_ACCEPTED, ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
 
     attestations: dict[str, str]  # msp_id -> attested sha256 (ATTESTATION_MISMATCH only)
 
 
 class Dispute(TypedDict):
+    """An attestation of another hash than the one the round finalized with."""
+
     msp_id: str
     sha256: str
     at: int
+    against: str  # the finalized sha256
+
+
+class Exclusion(TypedDict):
+    """Why a revealed update is not a candidate of its round: the same bytes were revealed by
+    another hospital in the same attempt and ``owner`` committed to them first (null: the
+    earliest commitment time was shared, so nobody owns them)."""
+
+    reason: Literal["duplicate_content"]
+    sha256: str
+    owner: str | None
 
 
 class Round(TypedDict):
@@ -247,6 +310,7 @@ class Round(TypedDict):
     deadlines: dict[str, int]  # PhaseDuration -> deadline, set as each phase starts
     committed: list[str]
     candidates: list[str]
+    excluded: dict[str, Exclusion]  # msp_id -> why its revealed update is not a candidate
     vote_committed: list[str]
     accepted: list[str]
     accepted_sha256s: list[str]
@@ -273,14 +337,25 @@ class Update(TypedDict):
     revealed: bool
     content_id: str | None
     sha256: str | None
-    sample_weight: int | None
-    epsilon_spent_micro: int | None
+    sample_weight: int | None  # <= the enrolment's training_records
+    epsilon_spent_micro: int | None  # charged by the contract from the DP schedule (0: DP off)
     salt: str | None
     revealed_at: int | None
 
 
+class Finding(TypedDict):
+    """What one voter found about one peer's update (all four fields always present)."""
+
+    score_micro: int  # decrease of the voter's validation log-loss, micro-units
+    norm_milli: (
+        int | None
+    )  # ceil(1000 * L2 norm of the update's parameter delta); null with a problem
+    similarity_micro: int | None  # max cosine similarity with earlier updates/aggregates, 0..1e6
+    problem: Problem | None  # what made the update unusable, or null
+
+
 class Vote(TypedDict):
-    """("vote", [trial_id, r, a, msp_id]): a voter's commitment, then its scores."""
+    """("vote", [trial_id, r, a, msp_id]): a voter's commitment, then its findings."""
 
     trial_id: str
     round: int
@@ -289,26 +364,55 @@ class Vote(TypedDict):
     commitment: str
     committed_at: int
     revealed: bool
-    scores: dict[str, int] | None  # peer msp_id -> score_micro
+    findings: dict[str, Finding] | None  # peer msp_id -> finding
     salt: str | None
     revealed_at: int | None
 
 
-AcceptanceReason = Literal["accepted", "not_enrolled", "too_few_votes", "below_threshold"]
+AcceptanceReason = Literal[
+    "accepted",
+    "not_enrolled",
+    "too_few_votes",
+    "invalid",
+    "norm_exceeded",
+    "norm_outlier",
+    "duplicate",
+    "harmful",
+]
+
+
+class FindingCounts(TypedDict):
+    """How many of a candidate's voters reported each reason to reject it."""
+
+    problem: int
+    norm_exceeded: int
+    norm_outlier: int
+    duplicate: int
+    harmful: int
 
 
 class CandidateDecision(TypedDict):
     sha256: str
     sample_weight: int
-    scores: dict[str, int]  # voter -> score_micro
+    findings: dict[str, Finding]  # voter -> its finding (the counted voters only)
     votes: int
     required_votes: int
-    median_micro: int | None
+    counts: FindingCounts
+    problem: Problem | None  # the most reported problem when the reason is "invalid"
+    norm_bound_milli: int | None
+    norm_milli: int | None  # representative: upper median of the reported norms
     accepted: bool
     reason: AcceptanceReason
-    weight: int
-    contribution: int
-    reward: int
+    improvement_micro: int | None  # accepted only: upper median of the agreeing voters' scores
+    improves: bool
+    weight: int  # capped aggregation weight (0 unless accepted)
+    reward: int  # the update reward (voter rewards are in Acceptance.voters)
+
+
+class VoterRecord(TypedDict):
+    judged: int  # candidates it gave a finding for whose outcome the votes decided
+    agreed: int  # of those, how many its own verdict matched
+    reward: int  # its voter reward
 
 
 class Acceptance(TypedDict):
@@ -322,13 +426,18 @@ class Acceptance(TypedDict):
     computed_at: int
     voters_revealed: list[str]
     voters_missing: list[str]
+    policy: Evaluation  # the evaluation policy used
+    norm_bounds: dict[str, int | None]  # candidate -> norm bound used (null: none)
+    reference_norm_milli: int | None  # lower median of the representative norms (>= 3 of them)
     candidates: dict[str, CandidateDecision]
+    voters: dict[str, VoterRecord]
     accepted: list[str]
     rejected: list[str]
     accepted_sha256s: list[str]
-    total_weight: int
-    reward_pool: int
-    rewards: dict[str, int]
+    total_weight: int  # sum of the capped weights
+    reward_pool: int  # the policy's pool
+    paid: int  # what the rewards sum to (what nobody earned is not paid)
+    rewards: dict[str, int]  # msp_id -> update reward + voter reward
 
 
 class Attestation(TypedDict):
@@ -385,7 +494,9 @@ class PrivacyEntry(TypedDict):
 
 
 class PrivacyAccount(TypedDict):
-    """("privacy", [trial_id, msp_id]): cumulative epsilon on the ledger (budget null: DP off)."""
+    """("privacy", [trial_id, msp_id]): cumulative epsilon on the ledger, one entry per charged
+    reveal; budget: the last epsilon of the hospital's DP schedule entry (the trial's target
+    before the schedule is recorded), null with DP off."""
 
     trial_id: str
     msp_id: str
@@ -395,13 +506,18 @@ class PrivacyAccount(TypedDict):
 
 
 class ContentOwner(TypedDict):
-    """("content", [trial_id, sha256]): who first revealed these bytes in this trial."""
+    """("content", [trial_id, sha256]): the round attempt in which these bytes were first revealed
+    in the trial (no later attempt may reveal them again), who revealed them in it, and who owns
+    them: the earliest commitment, decided at close_update_reveals (null until then, or when the
+    earliest commitment time was shared)."""
 
     trial_id: str
     sha256: str
-    msp_id: str
     round: int
     attempt: int
+    revealed_by: list[str]  # by MSP id
+    msp_id: str | None  # the owner
+    decided_at: int | None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,6 +531,30 @@ class WhoAmI(TypedDict):
     role: Role
     organisation_kind: OrganisationKind | None
     member: bool
+
+
+class DatasetTrial(TypedDict):
+    """What one trial takes from a dataset's lifetime epsilon: ``planned`` is the most it may
+    spend (the hospital's schedule budget, the trial's target before the schedule; 0 with DP off
+    or when the enrolment no longer uses the dataset), ``counted`` is planned while the trial is
+    DRAFT, ENROLLING or RUNNING with the hospital enrolled, and what it spent otherwise."""
+
+    state: TrialState
+    dp_enabled: bool
+    planned_micro: int
+    spent_micro: int
+    counted_micro: int
+
+
+class DatasetBudget(TypedDict):
+    """get_dataset_budget: remaining = lifetime - committed, committed = sum of counted."""
+
+    msp_id: str
+    dataset_id: str
+    lifetime_epsilon_micro: int
+    committed_micro: int
+    remaining_micro: int
+    trials: dict[str, DatasetTrial]
 
 
 class Rewards(TypedDict):

@@ -58,3 +58,11 @@ CONTENT_ID: Final = re.compile(r"[\x21-\x7e]{1,256}")
 # At least 128 bits: a salt protects low-entropy committed values (scores) from guessing.
 SALT_HEX: Final = re.compile(r"[0-9a-f]{32,128}")
 ETH_TX_HASH: Final = re.compile(r"0x[0-9a-f]{64}")
+
+# What a voter found that makes a candidate update unusable (a vote finding's ``problem``):
+# the container could not be fetched or its sha256 did not match the ledger ("unavailable"),
+# it is not an update container ("wrong_kind": e.g. a copied aggregate), it has the wrong
+# parameter count or HE preset ("wrong_shape"), decryption failed ("undecryptable"), or it
+# decrypts to NaN or infinite values ("not_finite").
+Problem = Literal["unavailable", "wrong_kind", "wrong_shape", "undecryptable", "not_finite"]
+PROBLEMS: Final = ("unavailable", "wrong_kind", "wrong_shape", "undecryptable", "not_finite")

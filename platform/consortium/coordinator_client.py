@@ -151,6 +151,26 @@ class CoordinatorClient:
     def enrolments(self, trial_id: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/trials/{_seg(trial_id)}/enrolments")
 
+    def dp_schedule(self, trial_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/trials/{_seg(trial_id)}/dp-schedule")
+
+    def datasets(self, msp_id: str | None = None) -> list[dict[str, Any]]:
+        return self.request("GET", "/datasets", params={"msp_id": msp_id})
+
+    def dataset_budget(self, msp_id: str, dataset_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/datasets/{_seg(msp_id)}/{_seg(dataset_id)}/budget")
+
+    def audit_report(self, report: str, trial_id: str | None = None) -> dict[str, Any]:
+        """An auditor's report (admins and auditors): ``trials``, or ``trial``, ``privacy``,
+        ``rewards``, ``lineage`` of ``trial_id``."""
+        if report == "trials":
+            return self.request("GET", "/audit/trials")
+        suffix = "" if report == "trial" else f"/{_seg(report)}"
+        return self.request("GET", f"/audit/trials/{_seg(trial_id or '')}{suffix}")
+
+    def audit_verify(self, trial_id: str | None = None) -> dict[str, Any]:
+        return self.request("GET", "/audit/verify", params={"trial_id": trial_id})
+
     def trial_keys(self, trial_id: str) -> dict[str, Any]:
         return self.request("GET", f"/trials/{_seg(trial_id)}/keys")
 

@@ -10,7 +10,8 @@ Every ``/api/`` request is checked in this order, each failure answering JSON ``
    not reopen replays); a role not honoured from the caller's kind of organisation -> 403
    ``FORBIDDEN_ROLE``;
 3. role, from the certificate's bcfl OU: ``/api/v1/admin/*`` needs ``admin``, ``/api/v1/silo/*``
-   needs ``silo``, the ledger verification and the audit log ``admin`` or ``auditor``, everything
+   needs ``silo``, the ledger verification, the audit reports (``/api/v1/audit/*``) and the
+   audit log ``admin`` or ``auditor``, everything
    else any member -> 403 ``FORBIDDEN_ROLE``; a silo acting or reading for another organisation
    -> 403 ``WRONG_ORGANISATION``;
 4. body and parameters (pydantic, unknown fields refused) -> 422 ``INVALID_REQUEST`` naming the field;
@@ -29,7 +30,7 @@ from contextlib import asynccontextmanager
 import anyio
 from fastapi import FastAPI
 
-from coordinator.api import admin, auditor, public, silo
+from coordinator.api import admin, audit_reports, auditor, public, silo
 from coordinator.api.errors import ERROR_STATUSES, install_error_handlers
 from coordinator.api.middleware import SignedRequestMiddleware
 from coordinator.schemas import ErrorBody
@@ -63,6 +64,6 @@ def create_app(service: CoordinatorService, *, manage_service: bool = True) -> F
     app.add_middleware(SignedRequestMiddleware, service=service)  # type: ignore[arg-type]
     app.state.service = service
     install_error_handlers(app)
-    for router in (public.router, auditor.router, silo.router, admin.router):
+    for router in (public.router, auditor.router, audit_reports.router, silo.router, admin.router):
         app.include_router(router)
     return app

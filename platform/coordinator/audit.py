@@ -2,33 +2,28 @@
 
 Every report is a plain JSON-able dict with ``problems`` (a list of sentences, empty when every
 check passed) and ``checks`` (what was checked). ``bcfl audit`` (:mod:`coordinator.audit_cli`)
-renders them and exits non-zero when any report has a problem.
+and the auditor API render them; a report with a problem exits non-zero (or answers ok false).
 
-What is recomputed rather than read:
-
-* acceptance, weights, contributions and rewards of every round that closed its voting, from the
-  revealed votes and updates with :func:`chaincode.rules.judge_round`, with the hospitals that were
-  enrolled when the voting closed (replayed from the ledger's enrolment events);
-* the commit-reveal hashes of every revealed update and vote (:mod:`chaincode.commitments`);
-* privacy: each hospital's cumulative epsilon from its entries, against its budget and its
-  revealed updates;
-* reward accounts from the credited rounds; lineage from the finalized round records;
-* with a store: the aggregate of each round, by summing the accepted encrypted updates with the
-  trial's public context in sha256 order (:func:`privacy.he.aggregate`) and comparing sha256s;
-* with a settlement URL: each round's payment and anchor on Ethereum against the ledger's rewards
-  and :func:`coordinator.settlement_step.ledger_round_digest` (:mod:`coordinator.audit_settlement`).
+* trials / trial: the trials, and per round attempt each candidate's verdict and reason
+  (accepted, invalid:<problem>, norm_exceeded, norm_outlier, duplicate, harmful, ...), its
+  improvement, capped weight and reward, each voter's agreement and voter reward, and the
+  updates excluded as duplicate content;
+* privacy: per hospital its public DP schedule, what each reveal was charged (checked against
+  the schedule, :func:`coordinator.audit_protocol.charge_problems`) and its dataset's lifetime
+  budget (:mod:`coordinator.audit_datasets`);
+* rewards: update and voter rewards per round, cross-checked with the accounts;
+* lineage: the chain of finalized models;
+* verify (:mod:`coordinator.audit_verify`): every decision recomputed;
+* settlement (:mod:`coordinator.audit_settlement`): Ethereum against the ledger.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Iterable
 from typing import Any
 
 from bcfl_common.errors import BcflError, ContractError
 from chaincode import rules
-from chaincode.commitments import update_commitment, votes_commitment
 
 MICRO = 1_000_000
 
@@ -109,6 +104,70 @@ def trials_report(ledger: Any) -> dict[str, Any]:
     return _report(trials=rows)
 
 
+def shown_reason(decision: dict[str, Any]) -> str:
+    """A candidate's reason as the reports show it: ``invalid:<problem>`` names the problem."""
+    if decision["reason"] == "invalid" and decision.get("problem"):
+        return f"invalid:{decision['problem']}"
+    return str(decision["reason"])
+
+
+def candidate_rows(acceptance: dict[str, Any] | None, rnd: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per candidate: verdict and reason, improvement, representative norm against its bound,
+    capped weight and update reward; then the updates excluded as duplicate content."""
+    rows = []
+    for msp, v in sorted(((acceptance or {}).get("candidates") or {}).items()):
+        rows.append(
+            {
+                "msp_id": msp,
+                "accepted": v["accepted"],
+                "reason": shown_reason(v),
+                "problem": v.get("problem"),
+                "counts": v.get("counts"),
+                "improvement_micro": v.get("improvement_micro"),
+                "improves": v.get("improves"),
+                "norm_milli": v.get("norm_milli"),
+                "norm_bound_milli": v.get("norm_bound_milli"),
+                "votes": v["votes"],
+                "required_votes": v["required_votes"],
+                "sample_weight": v["sample_weight"],
+                "weight": v["weight"],
+                "reward": v["reward"],
+                "sha256": v["sha256"],
+            }
+        )
+    for msp, x in sorted((rnd.get("excluded") or {}).items()):
+        owner = x.get("owner")
+        rows.append(
+            {
+                "msp_id": msp,
+                "accepted": False,
+                "reason": f"{x['reason']} (owner {owner or 'nobody: commitments tied'})",
+                "problem": None,
+                "counts": None,
+                "improvement_micro": None,
+                "improves": False,
+                "norm_milli": None,
+                "norm_bound_milli": None,
+                "votes": 0,
+                "required_votes": None,
+                "sample_weight": None,
+                "weight": 0,
+                "reward": 0,
+                "sha256": x["sha256"],
+            }
+        )
+    return rows
+
+
+def voter_rows(acceptance: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Per voter: how many candidates it judged, on how many its verdict agreed with the
+    outcome, and the voter reward that earned it."""
+    return [
+        {"msp_id": msp, "judged": v["judged"], "agreed": v["agreed"], "reward": v["reward"]}
+        for msp, v in sorted(((acceptance or {}).get("voters") or {}).items())
+    ]
+
+
 def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
     """State, privacy switches (with reasons), enrolments, and every round attempt with its verdicts and rewards."""
     trial = ledger.evaluate("get_trial", {"trial_id": trial_id})
@@ -139,24 +198,7 @@ def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         acceptance = _maybe(
             ledger, "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a}
         )
-        candidates = []
-        if acceptance is not None:
-            for msp, v in sorted(acceptance["candidates"].items()):
-                candidates.append(
-                    {
-                        "msp_id": msp,
-                        "accepted": v["accepted"],
-                        "reason": v["reason"],
-                        "median_micro": v["median_micro"],
-                        "votes": v["votes"],
-                        "required_votes": v["required_votes"],
-                        "sample_weight": v["sample_weight"],
-                        "weight": v["weight"],
-                        "contribution": v["contribution"],
-                        "reward": v["reward"],
-                        "sha256": v["sha256"],
-                    }
-                )
+        candidates, voters = candidate_rows(acceptance, rnd), voter_rows(acceptance)
         rr = rewards.get((r, a))
         rounds.append(
             {
@@ -168,6 +210,11 @@ def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
                 "enrolled": rnd["enrolled"],
                 "committed": rnd["committed"],
                 "candidates": candidates,
+                "voters": voters,
+                "excluded": rnd.get("excluded", {}),
+                "reference_norm_milli": None
+                if acceptance is None
+                else acceptance.get("reference_norm_milli"),
                 "accepted": rnd["accepted"],
                 "total_weight": rnd["total_weight"],
                 "aggregate_sha256": (rnd["aggregate"] or {}).get("sha256"),
@@ -185,6 +232,8 @@ def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         {
             "msp_id": e["msp_id"],
             "status": e["status"],
+            "dataset_id": e.get("dataset_id"),
+            "training_records": e.get("training_records"),
             "enrolled_at": e["enrolled_at"],
             "removed_at": e["removed_at"],
             "removal_reason": e["removal_reason"],
@@ -217,88 +266,27 @@ def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# privacy
-# ---------------------------------------------------------------------------------------------
-
-
-def privacy_report(ledger: Any, trial_id: str) -> dict[str, Any]:
-    """Per hospital, epsilon spent in each round and cumulatively, against the trial's budget."""
-    trial = ledger.evaluate("get_trial", {"trial_id": trial_id})
-    revealed: dict[tuple[str, int, int], int] = {}
-    for rnd in _rounds(ledger, trial_id):
-        where = {"trial_id": trial_id, "round": rnd["round"], "attempt": rnd["attempt"]}
-        for u in ledger.evaluate("get_submissions", where):
-            if u["revealed"]:
-                revealed[(u["msp_id"], rnd["round"], rnd["attempt"])] = u["epsilon_spent_micro"]
-    problems: list[str] = []
-    hospitals = []
-    for account in ledger.evaluate("get_privacy_ledger", {"trial_id": trial_id}):
-        msp, budget = account["msp_id"], account["budget_micro"]
-        cumulative = 0
-        entries = []
-        for e in account["entries"]:
-            cumulative += e["epsilon_micro"]
-            entries.append(
-                {
-                    "round": e["round"],
-                    "attempt": e["attempt"],
-                    "epsilon_micro": e["epsilon_micro"],
-                    "cumulative_micro": cumulative,
-                    "at": e["at"],
-                }
-            )
-            update = revealed.get((msp, e["round"], e["attempt"]))
-            if update != e["epsilon_micro"]:
-                problems.append(
-                    f"{msp} {_label(e['round'], e['attempt'])}: privacy entry of {e['epsilon_micro']} micro-epsilon "
-                    f"but its revealed update declares {update}"
-                )
-        if cumulative != account["epsilon_spent_micro"]:
-            problems.append(
-                f"{msp}: entries sum to {cumulative} micro-epsilon, the account says {account['epsilon_spent_micro']}"
-            )
-        if budget is not None and cumulative > budget:
-            problems.append(f"{msp}: spent {cumulative} micro-epsilon, over its budget of {budget}")
-        listed = {(e["round"], e["attempt"]) for e in account["entries"]}
-        for (m, r, a), value in sorted(revealed.items()):
-            if m == msp and (r, a) not in listed:
-                problems.append(
-                    f"{msp} {_label(r, a)}: revealed an update spending {value} micro-epsilon with no privacy entry"
-                )
-        hospitals.append(
-            {
-                "msp_id": msp,
-                "budget_micro": budget,
-                "spent_micro": account["epsilon_spent_micro"],
-                "remaining_micro": None if budget is None else budget - cumulative,
-                "entries": entries,
-            }
-        )
-    dp = trial["dp"]
-    return _report(
-        trial_id=trial_id,
-        dp_enabled=dp["enabled"],
-        dp_reason=None if dp["enabled"] else dp.get("reason"),
-        budget_micro=dp.get("target_epsilon_micro"),
-        hospitals=hospitals,
-        checks=[
-            "entries sum to each hospital's cumulative epsilon",
-            "cumulative epsilon within the budget",
-            "every entry matches a revealed update and every revealed update has an entry",
-        ],
-        problems=problems,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
 # rewards
 # ---------------------------------------------------------------------------------------------
 
 _EXPECTED_STATUS = {"FINALIZED": "credited", "HALTED": "void"}
 
 
+def reward_split(acceptance: dict[str, Any] | None) -> dict[str, dict[str, int]]:
+    """msp -> {update, voter}: what its accepted, improving update and its votes earned."""
+    if acceptance is None:
+        return {}
+    split: dict[str, dict[str, int]] = defaultdict(lambda: {"update": 0, "voter": 0})
+    for msp, c in acceptance["candidates"].items():
+        split[msp]["update"] += c["reward"]
+    for msp, v in (acceptance.get("voters") or {}).items():
+        split[msp]["voter"] += v["reward"]
+    return {m: dict(x) for m, x in sorted(split.items())}
+
+
 def rewards_report(ledger: Any, trial_id: str) -> dict[str, Any]:
-    """Per-round rewards (status, pool, split, settlement) and the accounts, cross-checked."""
+    """Per-round rewards (status, pool, paid, update vs voter split, settlement) and the
+    accounts, cross-checked."""
     data = ledger.evaluate("get_rewards", {"trial_id": trial_id})
     rounds = {(r["round"], r["attempt"]): r for r in _rounds(ledger, trial_id)}
     problems: list[str] = []
@@ -324,10 +312,19 @@ def rewards_report(ledger: Any, trial_id: str) -> dict[str, Any]:
                 f"{_label(r, a)}: round_rewards {rr['rewards']} (pool {rr['pool']}) differ from the acceptance's "
                 f"{acceptance['rewards']} (pool {acceptance['reward_pool']})"
             )
-        if rr["status"] == "credited":
-            if sum(rr["rewards"].values()) != rr["pool"]:
+        split = reward_split(acceptance)
+        paid = rr["pool"] if acceptance is None else acceptance["paid"]
+        for msp, parts in sorted(split.items()):
+            if parts["update"] + parts["voter"] != rr["rewards"].get(msp, 0):
                 problems.append(
-                    f"{_label(r, a)}: rewards sum to {sum(rr['rewards'].values())}, not the pool {rr['pool']}"
+                    f"{_label(r, a)}: {msp} is paid {rr['rewards'].get(msp, 0)}, its update reward "
+                    f"{parts['update']} plus its voter reward {parts['voter']} make {parts['update'] + parts['voter']}"
+                )
+        if rr["status"] == "credited":
+            if sum(rr["rewards"].values()) != paid or paid > rr["pool"]:
+                problems.append(
+                    f"{_label(r, a)}: rewards sum to {sum(rr['rewards'].values())}, the acceptance pays {paid} "
+                    f"of the pool {rr['pool']}"
                 )
             for msp, amount in rr["rewards"].items():
                 expected_totals[msp] += amount
@@ -343,7 +340,9 @@ def rewards_report(ledger: Any, trial_id: str) -> dict[str, Any]:
                 "phase": phase,
                 "status": rr["status"],
                 "pool": rr["pool"],
+                "paid": paid,
                 "rewards": rr["rewards"],
+                "split": split,
                 "settlement": rr["settlement"],
             }
         )
@@ -381,7 +380,8 @@ def rewards_report(ledger: Any, trial_id: str) -> dict[str, Any]:
         checks=[
             "rewards status follows the round (credited/void/pending)",
             "round_rewards equal the acceptance's",
-            "credited rewards sum to the pool",
+            "each hospital's reward is its update reward plus its voter reward",
+            "credited rewards sum to what the acceptance pays (at most the pool)",
             "accounts equal the sum of credited rounds",
         ],
         problems=problems,
@@ -469,257 +469,5 @@ def lineage_report(ledger: Any, trial_id: str) -> dict[str, Any]:
             "each round trained from the previous model",
             "each finalized model attested by a quorum",
         ],
-        problems=problems,
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# verify: the ledger itself, commitments, acceptance recomputed, aggregates recomputed
-# ---------------------------------------------------------------------------------------------
-
-
-def enrolled_at_close(events: Iterable[Any]) -> dict[tuple[str, int, int], list[str]]:
-    """(trial, round, attempt) -> hospitals enrolled when its voting closed, replayed from the ledger's events."""
-    enrolled: dict[str, set[str]] = defaultdict(set)
-    at_close: dict[tuple[str, int, int], list[str]] = {}
-    for ev in events:
-        p = ev.payload
-        if ev.name == "HospitalEnrolled":
-            enrolled[p["trial_id"]].add(p["msp_id"])
-        elif ev.name == "HospitalRemoved":
-            enrolled[p["trial_id"]].discard(p["msp_id"])
-        elif ev.name == "VotingClosed" or (
-            ev.name == "RoundHalted" and p.get("code") == "NONE_ACCEPTED"
-        ):
-            at_close[(p["trial_id"], p["round"], p["attempt"])] = sorted(enrolled[p["trial_id"]])
-    return at_close
-
-
-_VERDICT_FIELDS = (
-    "candidates",
-    "accepted",
-    "rejected",
-    "accepted_sha256s",
-    "total_weight",
-    "reward_pool",
-    "rewards",
-)
-
-
-def verify_round(
-    ledger: Any,
-    trial: dict[str, Any],
-    rnd: dict[str, Any],
-    enrolled: list[str] | None,
-    store: Any | None = None,
-) -> dict[str, Any]:
-    """Recompute one round attempt from its revealed records (and its aggregate from the store)."""
-    trial_id, r, a = trial["trial_id"], rnd["round"], rnd["attempt"]
-    where = {"trial_id": trial_id, "round": r, "attempt": a}
-    problems: list[str] = []
-    checks: list[str] = []
-    updates = {u["msp_id"]: u for u in ledger.evaluate("get_submissions", where)}
-    votes = {v["msp_id"]: v for v in ledger.evaluate("get_votes", where)}
-    for u in updates.values():
-        if u["revealed"]:
-            again = update_commitment(
-                trial_id=trial_id,
-                round=r,
-                msp_id=u["msp_id"],
-                content_id=u["content_id"],
-                sha256=u["sha256"],
-                sample_weight=u["sample_weight"],
-                epsilon_spent_micro=u["epsilon_spent_micro"],
-                salt=u["salt"],
-            )
-            if again != u["commitment"]:
-                problems.append(
-                    f"update of {u['msp_id']}: revealed values hash to {again}, not its commitment {u['commitment']}"
-                )
-    for v in votes.values():
-        if v["revealed"]:
-            again = votes_commitment(
-                trial_id=trial_id, round=r, msp_id=v["msp_id"], scores=v["scores"], salt=v["salt"]
-            )
-            if again != v["commitment"]:
-                problems.append(
-                    f"votes of {v['msp_id']}: revealed scores hash to {again}, not their commitment {v['commitment']}"
-                )
-    checks.append("commitments of revealed updates and votes")
-
-    acceptance = _maybe(ledger, "get_acceptance", where)
-    if acceptance is not None:
-        if enrolled is None:
-            problems.append(
-                "no VotingClosed event for this round on the ledger: cannot tell who was enrolled at the close"
-            )
-        else:
-            policy = trial["evaluation"]
-            revealed = {m: v["scores"] for m, v in votes.items() if v["revealed"] and m in enrolled}
-            verdict = rules.judge_round(
-                candidates={m: updates[m] for m in rnd["candidates"]},
-                votes=revealed,
-                enrolled=enrolled,
-                threshold_micro=policy["acceptance_threshold_micro"],
-                min_voters=policy["min_voters"],
-                reward_pool=policy["reward_per_round"],
-            )
-            for name in _VERDICT_FIELDS:
-                if verdict[name] != acceptance[name]:
-                    problems.append(
-                        f"acceptance.{name}: the ledger records {acceptance[name]}, "
-                        f"recomputed from the revealed votes: {verdict[name]}"
-                    )
-            if sorted(revealed) != acceptance["voters_revealed"]:
-                problems.append(
-                    f"acceptance.voters_revealed: {acceptance['voters_revealed']}, revealed votes: {sorted(revealed)}"
-                )
-            if (acceptance["threshold_micro"], acceptance["min_voters"]) != (
-                policy["acceptance_threshold_micro"],
-                policy["min_voters"],
-            ):
-                problems.append(
-                    "acceptance used another threshold or min_voters than the trial's evaluation policy"
-                )
-            checks.append(
-                "acceptance, weights, contributions and rewards recomputed from the revealed votes"
-            )
-        for name in ("accepted", "accepted_sha256s", "total_weight"):
-            if rnd[name] != acceptance[name]:
-                problems.append(
-                    f"round.{name} {rnd[name]} differs from the acceptance's {acceptance[name]}"
-                )
-        if rnd["attestation_quorum"] is not None and rnd[
-            "attestation_quorum"
-        ] != rules.attestation_quorum(len(rnd["participants"])):
-            problems.append(
-                f"attestation quorum {rnd['attestation_quorum']} is not a majority of {len(rnd['participants'])} participants"
-            )
-    aggregate = rnd["aggregate"]
-    if aggregate is not None:
-        if aggregate["update_sha256s"] != rnd["accepted_sha256s"]:
-            problems.append(
-                f"the aggregate sums {aggregate['update_sha256s']}, the accepted updates are {rnd['accepted_sha256s']}"
-            )
-        checks.append("the aggregate sums exactly the accepted updates")
-        if store is not None:
-            problems.extend(recompute_aggregate(ledger, trial, rnd, updates, store))
-            checks.append("aggregate recomputed from the store (verifiable aggregation)")
-    return {
-        "round": r,
-        "attempt": a,
-        "phase": rnd["phase"],
-        "checks": checks,
-        "problems": problems,
-        "aggregate_sha256": None if aggregate is None else aggregate["sha256"],
-    }
-
-
-def recompute_aggregate(
-    ledger: Any,
-    trial: dict[str, Any],
-    rnd: dict[str, Any],
-    updates: dict[str, dict[str, Any]],
-    store: Any,
-) -> list[str]:
-    """Sum the accepted encrypted updates with the public context, in sha256 order; compare with the recorded aggregate."""
-    from privacy import he
-
-    aggregate = rnd["aggregate"]
-    if not trial["he"]["enabled"]:
-        return [
-            "the trial has homomorphic encryption off: there is no encrypted aggregate to recompute"
-        ]
-    by_sha = {u["sha256"]: u for u in updates.values() if u["revealed"]}
-
-    def fetch(ref: dict[str, Any], what: str, max_bytes: int) -> bytes:
-        data = store.get(ref["content_id"], max_bytes=max_bytes)
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != ref["sha256"]:
-            raise AuditFailed(
-                f"{what} ({ref['content_id']}) hashes to {digest}, the ledger records {ref['sha256']}"
-            )
-        return data
-
-    try:
-        keys = ledger.evaluate("get_trial_keys", {"trial_id": trial["trial_id"]})
-        context = he.load_public_context(
-            fetch(keys["public_context"], "the public context", 16 << 20), trial["he"]["preset"]
-        )
-        blobs = []
-        for sha in sorted(aggregate["update_sha256s"]):
-            if sha not in by_sha:
-                return [f"accepted update {sha} has no revealed submission"]
-            u = by_sha[sha]
-            blobs.append(
-                fetch(
-                    {"content_id": u["content_id"], "sha256": sha},
-                    f"the update of {u['msp_id']}",
-                    he.MAX_CONTAINER_BYTES,
-                )
-            )
-        recomputed = hashlib.sha256(he.aggregate(context, blobs)).hexdigest()
-    except BcflError as exc:
-        return [f"cannot recompute the aggregate: {exc.message}"]
-    problems = []
-    if recomputed != aggregate["sha256"]:
-        problems.append(
-            f"aggregate: the ledger records sha256 {aggregate['sha256']}, re-aggregating the accepted updates "
-            f"gives {recomputed}"
-        )
-    try:
-        fetch(aggregate, "the recorded aggregate", he.MAX_CONTAINER_BYTES)
-    except BcflError as exc:
-        problems.append(f"the recorded aggregate cannot be read back: {exc.message}")
-    return problems
-
-
-def verify_report(
-    ledger: Any,
-    *,
-    trial_id: str | None = None,
-    store: Any | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Ledger verification plus every round recomputed; ``progress(what, done, total)`` is called per round."""
-    ledger_report = ledger.verify().to_dict()
-    problems = [f"ledger: {p}" for p in ledger_report["problems"]]
-    at_close = enrolled_at_close(ledger.events(0))
-    trials = (
-        [ledger.evaluate("get_trial", {"trial_id": trial_id})]
-        if trial_id
-        else ledger.evaluate("list_trials", {})
-    )
-    work = [
-        (t, rnd)
-        for t in sorted(trials, key=lambda t: t["trial_id"])
-        for rnd in _rounds(ledger, t["trial_id"])
-    ]
-    results: dict[str, list[dict[str, Any]]] = {t["trial_id"]: [] for t in trials}
-    for i, (trial, rnd) in enumerate(work):
-        if progress is not None:
-            progress(f"{trial['trial_id']} {_label(rnd['round'], rnd['attempt'])}", i, len(work))
-        result = verify_round(
-            ledger,
-            trial,
-            rnd,
-            at_close.get((trial["trial_id"], rnd["round"], rnd["attempt"])),
-            store,
-        )
-        results[trial["trial_id"]].append(result)
-        problems.extend(
-            f"{trial['trial_id']} {_label(rnd['round'], rnd['attempt'])}: {p}"
-            for p in result["problems"]
-        )
-    if progress is not None:
-        progress("done", len(work), len(work))
-    return _report(
-        ledger=ledger_report,
-        trials=results,
-        store_checked=store is not None,
-        checks=["ledger blocks, signatures and state"]
-        + ledger_report["checks"]
-        + ["commitments", "acceptance recomputed"]
-        + (["aggregates recomputed"] if store is not None else []),
         problems=problems,
     )

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,92 +11,28 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from consortium.ledger.cli import identity_options, resolve_identity
-from coordinator import audit, audit_settlement
+from coordinator import audit_privacy, audit_settlement, audit_verify
+from coordinator.audit import (
+    AuditFailed,
+    lineage_report,
+    rewards_report,
+    trial_report,
+    trials_report,
+)
+from coordinator.audit_cli_support import (
+    MICRO,
+    _eps,
+    _finish,
+    _norm,
+    _run,
+    _short,
+    _time,
+    json_option,
+    ledger_option,
+)
 from coordinator.settlement_step import TOKEN_UNITS_PER_REWARD
 
-MICRO = audit.MICRO
-
-
-def ledger_option(func):  # type: ignore[no-untyped-def]
-    func = identity_options(func)
-    return click.option(
-        "--ledger",
-        "ledger_url",
-        required=True,
-        envvar="BCFL_LEDGER",
-        help="The consortium ledger: embedded:///path/ledger.db or fabric://...",
-    )(func)
-
-
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print the report as JSON (for scripts)."
-)
-
-
-def _open(
-    ledger_url: str, identity_dir: Path | None, consortium_dir: Path | None, member: str | None
-) -> Any:
-    from consortium.ledger import open_ledger
-
-    # Read-only: an auditor identity by default; the contract's queries are open to every member.
-    return open_ledger(
-        ledger_url, resolve_identity(identity_dir, consortium_dir, member, default="auditor")
-    )
-
-
-def _run(
-    ledger_url: str,
-    identity_dir: Path | None,
-    consortium_dir: Path | None,
-    member: str | None,
-    make: Callable[[Any], dict[str, Any]],
-) -> dict[str, Any]:
-    ledger = _open(ledger_url, identity_dir, consortium_dir, member)
-    try:
-        return make(ledger)
-    finally:
-        ledger.close()
-
-
-def _console() -> Console:
-    # Hashes must not be cut short in a file or a pipe: wide lines there, the terminal's width otherwise.
-    return Console() if sys.stdout.isatty() else Console(width=220)
-
-
-def _finish(
-    report: dict[str, Any], as_json: bool, render: Callable[[dict[str, Any], Console], None]
-) -> None:
-    """Print the report; raise AuditFailed (non-zero exit) if any check failed."""
-    if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
-    else:
-        console = _console()
-        render(report, console)
-        for warning in report.get("warnings", []):
-            console.print(f"[yellow]warning:[/] {warning}")
-        if report["problems"]:
-            console.print(f"[bold red]{len(report['problems'])} check(s) FAILED[/]")
-            for problem in report["problems"]:
-                console.print(f"  [red]✗[/] {problem}")
-        elif report.get("checks"):
-            console.print(f"[green]all checks passed[/] ({'; '.join(report['checks'])})")
-    if report["problems"]:
-        first = report["problems"][0]
-        more = f" (and {len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
-        raise audit.AuditFailed(f"{first}{more}", detail={"problems": report["problems"]})
-
-
-def _time(ts: int | float | None) -> str:
-    return "" if ts is None else dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _eps(micro: int | None) -> str:
-    return "-" if micro is None else f"{micro / MICRO:.6g}"
-
-
-def _short(value: str | None, n: int = 16) -> str:
-    return "" if not value else (value[:n] + "…" if len(value) > n else value)
+__all__ = ["AuditFailed", "audit_group"]
 
 
 @click.group("audit")
@@ -122,7 +55,7 @@ def trials_command(
     as_json: bool,
 ) -> None:
     """Every trial on the ledger."""
-    report = _run(ledger_url, identity_dir, consortium_dir, member, audit.trials_report)
+    report = _run(ledger_url, identity_dir, consortium_dir, member, trials_report)
 
     def render(r: dict[str, Any], console: Console) -> None:
         table = Table(title="trials on the ledger")
@@ -176,7 +109,7 @@ def trial_command(
         identity_dir,
         consortium_dir,
         member,
-        lambda ledger: audit.trial_report(ledger, trial_id),
+        lambda ledger: trial_report(ledger, trial_id),
     )
 
     def render(r: dict[str, Any], console: Console) -> None:
@@ -210,14 +143,19 @@ def trial_command(
             ),
             (
                 "evaluation",
-                f"threshold {ev['acceptance_threshold_micro'] / MICRO:g}, min voters {ev['min_voters']}, "
-                f"reward {ev['reward_per_round']} per round",
+                f"harm threshold {ev['acceptance_threshold_micro'] / MICRO:g}, min voters {ev['min_voters']}, "
+                f"reward {ev['reward_per_round']} per round "
+                f"({ev.get('voter_reward_share_micro', 0) / MICRO:.0%} to voters), "
+                f"weight share cap {ev.get('max_weight_share_micro', MICRO) / MICRO:.0%}, "
+                f"duplicate similarity {ev.get('duplicate_similarity_micro', MICRO) / MICRO:g}, "
+                f"norm outlier ratio {ev.get('max_norm_ratio_milli', 0) / 1000:g}, "
+                f"norm bound {_norm(ev.get('max_update_norm_milli')) if ev.get('max_update_norm_milli') else 'from the DP schedule'}",
             ),
             ("initial model", t["initial_model"]["sha256"]),
             (
                 "enrolled",
                 ", ".join(
-                    f"{e['msp_id']}"
+                    f"{e['msp_id']} ({e['training_records']} records of {e['dataset_id']})"
                     + ("" if e["status"] == "enrolled" else f" (removed: {e['removal_reason']})")
                     for e in r["enrolments"]
                 ),
@@ -227,24 +165,9 @@ def trial_command(
             table.add_row(key, value)
         console.print(table)
         rounds = Table(title="rounds")
-        for column in (
-            "round",
-            "phase",
-            "hospital",
-            "verdict",
-            "median",
-            "votes",
-            "weight",
-            "contribution",
-            "reward",
-            "model",
-        ):
-            rounds.add_column(
-                column,
-                justify="right"
-                if column in ("median", "votes", "weight", "contribution", "reward")
-                else "left",
-            )
+        numbers = ("improvement", "norm / bound", "votes", "weight", "reward")
+        for column in ("round", "phase", "hospital", "verdict", *numbers, "model"):
+            rounds.add_column(column, justify="right" if column in numbers else "left")
         for rnd in r["rounds"]:
             label = f"{rnd['round']}.{rnd['attempt']}"
             phase = rnd["phase"] + (
@@ -262,14 +185,29 @@ def trial_command(
                     phase if i == 0 else "",
                     c["msp_id"],
                     verdict,
-                    "-" if c["median_micro"] is None else f"{c['median_micro'] / MICRO:+.4f}",
-                    f"{c['votes']}/{c['required_votes']}",
-                    str(c["weight"]),
-                    str(c["contribution"]),
+                    "-"
+                    if c["improvement_micro"] is None
+                    else f"{c['improvement_micro'] / MICRO:+.4f}",
+                    f"{_norm(c['norm_milli'])} / {_norm(c['norm_bound_milli'])}",
+                    "-" if c["required_votes"] is None else f"{c['votes']}/{c['required_votes']}",
+                    "-" if c["sample_weight"] is None else f"{c['weight']} of {c['sample_weight']}",
                     str(c["reward"]),
                     model if i == 0 else "",
                 )
         console.print(rounds)
+        voters = Table(title="voters: agreement with the outcome and voter reward")
+        for column in ("round", "voter", "agreed / judged", "voter reward"):
+            voters.add_column(column, justify="left" if column in ("round", "voter") else "right")
+        for rnd in r["rounds"]:
+            for i, v in enumerate(rnd["voters"]):
+                voters.add_row(
+                    f"{rnd['round']}.{rnd['attempt']}" if i == 0 else "",
+                    v["msp_id"],
+                    f"{v['agreed']}/{v['judged']}",
+                    str(v["reward"]),
+                )
+        if any(rnd["voters"] for rnd in r["rounds"]):
+            console.print(voters)
 
     _finish(report, as_json, render)
 
@@ -292,7 +230,7 @@ def privacy_command(
         identity_dir,
         consortium_dir,
         member,
-        lambda ledger: audit.privacy_report(ledger, trial_id),
+        lambda ledger: audit_privacy.privacy_report(ledger, trial_id),
     )
 
     def render(r: dict[str, Any], console: Console) -> None:
@@ -300,13 +238,37 @@ def privacy_command(
             console.print(
                 f"[yellow]differential privacy is OFF for {trial_id}[/]: {r['dp_reason'] or '(no reason recorded)'}"
             )
-        table = Table(
-            title=f"privacy ledger of {trial_id} (epsilon; budget {_eps(r['budget_micro'])} per hospital)"
+        schedule = Table(
+            title=f"DP schedule of {trial_id} (target epsilon {_eps(r['budget_micro'])} per hospital)"
         )
         for column in (
             "hospital",
+            "records",
+            "noise multiplier",
+            "steps / round",
+            "epsilon per round",
+            "update norm bound",
+        ):
+            schedule.add_column(column, justify="left" if column == "hospital" else "right")
+        for h in r["hospitals"]:
+            entry = h["schedule"]
+            if entry is None:
+                schedule.add_row(h["msp_id"], str(h["training_records"]), "-", "-", "-", "-")
+                continue
+            schedule.add_row(
+                h["msp_id"],
+                str(h["training_records"]),
+                f"{entry['noise_multiplier_micro'] / MICRO:.4f}",
+                str(entry["steps_per_round"]),
+                " ".join(_eps(e) for e in entry["epsilon_per_round_micro"]),
+                _norm(entry["max_update_norm_milli"]),
+            )
+        console.print(schedule)
+        table = Table(title=f"epsilon charged in {trial_id}")
+        for column in (
+            "hospital",
             "round",
-            "epsilon this round",
+            "charged",
             "cumulative",
             "budget",
             "remaining",
@@ -328,6 +290,36 @@ def privacy_command(
                     _eps(h["remaining_micro"]) if last else "",
                 )
         console.print(table)
+        lifetime = Table(title="lifetime budgets of the hospitals' datasets (epsilon)")
+        for column in (
+            "hospital",
+            "dataset",
+            "records",
+            "lifetime",
+            "committed",
+            "remaining",
+            "trials",
+        ):
+            lifetime.add_column(
+                column, justify="left" if column in ("hospital", "dataset", "trials") else "right"
+            )
+        for h in r["hospitals"]:
+            d = h["dataset"]
+            if d is None:
+                continue
+            lifetime.add_row(
+                h["msp_id"],
+                d["dataset_id"],
+                str(d["records"]),
+                _eps(d["lifetime_epsilon_micro"]),
+                _eps(d["committed_micro"]),
+                _eps(d["remaining_micro"]),
+                ", ".join(
+                    f"{t} ({x['state'].lower()}, counts {_eps(x['counted_micro'])})"
+                    for t, x in d["trials"].items()
+                ),
+            )
+        console.print(lifetime)
 
     _finish(report, as_json, render)
 
@@ -350,7 +342,7 @@ def rewards_command(
         identity_dir,
         consortium_dir,
         member,
-        lambda ledger: audit.rewards_report(ledger, trial_id),
+        lambda ledger: rewards_report(ledger, trial_id),
     )
 
     def render(r: dict[str, Any], console: Console) -> None:
@@ -358,23 +350,37 @@ def rewards_command(
             {m for row in r["rounds"] for m in row["rewards"]}
             | {a["msp_id"] for a in r["accounts"]}
         )
-        table = Table(title=f"rewards of {trial_id}")
-        for column in ["round", "phase", "status", "pool", *hospitals, "settlement"]:
-            table.add_column(column, justify="right" if column in ["pool", *hospitals] else "left")
+        table = Table(title=f"rewards of {trial_id} (update + voter reward per hospital)")
+        for column in ["round", "phase", "status", "pool", "paid", *hospitals, "settlement"]:
+            table.add_column(
+                column, justify="right" if column in ["pool", "paid", *hospitals] else "left"
+            )
         for row in r["rounds"]:
             settled = row["settlement"]
+
+            def cell(m: str, row: dict[str, Any] = row) -> str:
+                if m not in row["rewards"]:
+                    return ""
+                parts = row["split"].get(m)
+                if parts is None:
+                    return str(row["rewards"][m])
+                return f"{row['rewards'][m]} ({parts['update']} + {parts['voter']})"
+
             table.add_row(
                 f"{row['round']}.{row['attempt']}",
                 row["phase"] or "",
                 row["status"],
                 str(row["pool"]),
-                *[str(row["rewards"].get(m, "")) for m in hospitals],
+                str(row["paid"]),
+                *[cell(m) for m in hospitals],
                 ""
                 if settled is None
                 else f"chain {settled['chain_id']} {_short(settled['tx_hash'], 12)}",
             )
         totals = {a["msp_id"]: a["total"] for a in r["accounts"]}
-        table.add_row("total", "", "", "", *[f"[bold]{totals.get(m, 0)}[/]" for m in hospitals], "")
+        table.add_row(
+            "total", "", "", "", "", *[f"[bold]{totals.get(m, 0)}[/]" for m in hospitals], ""
+        )
         console.print(table)
 
     _finish(report, as_json, render)
@@ -398,7 +404,7 @@ def lineage_command(
         identity_dir,
         consortium_dir,
         member,
-        lambda ledger: audit.lineage_report(ledger, trial_id),
+        lambda ledger: lineage_report(ledger, trial_id),
     )
 
     def render(r: dict[str, Any], console: Console) -> None:
@@ -469,7 +475,8 @@ def verify_command(
     store_url: str | None,
     as_json: bool,
 ) -> None:
-    """Verify the ledger and recompute every round: commitments, acceptance from the revealed votes, and (--store) the aggregates."""
+    """Verify the ledger and recompute every decision: DP schedules (Opacus), epsilon charges, sample
+    weights, duplicates, disputes, dataset budgets, commitments, acceptance, and (--store) the aggregates."""
     store = None
     if store_url:
         from consortium.storage import open_store
@@ -494,7 +501,7 @@ def verify_command(
             identity_dir,
             consortium_dir,
             member,
-            lambda ledger: audit.verify_report(
+            lambda ledger: audit_verify.verify_report(
                 ledger, trial_id=trial_id, store=store, progress=progress
             ),
         )
@@ -503,6 +510,23 @@ def verify_command(
         led = r["ledger"]
         state = "[green]verifies[/]" if led["ok"] else "[red]does NOT verify[/]"
         out.print(f"ledger {state}: {led['blocks']} blocks, {led['transactions']} transactions")
+
+        def verdict(problems: list[str]) -> str:
+            return "[green]ok[/]" if not problems else f"[red]{len(problems)} problem(s)[/]"
+
+        checks = Table(title="decisions recomputed from the ledger")
+        for column in ("trial", "check", "result"):
+            checks.add_column(column)
+        for tid, rows in r["trial_checks"].items():
+            for i, c in enumerate(rows):
+                checks.add_row(tid if i == 0 else "", c["check"], verdict(c["problems"]))
+        datasets = r["datasets"]
+        checks.add_row(
+            "(all)" if len(r["trials"]) != 1 else "",
+            f"{audit_verify.DATASETS} ({len(datasets['rows'])} datasets)",
+            verdict(datasets["problems"]),
+        )
+        out.print(checks)
         table = Table(
             title="rounds recomputed"
             + (" (aggregates re-summed from the store)" if r["store_checked"] else "")
@@ -511,11 +535,7 @@ def verify_command(
             table.add_column(column)
         for tid, rounds in r["trials"].items():
             for x in rounds:
-                result = (
-                    "[green]ok[/]"
-                    if not x["problems"]
-                    else f"[red]{len(x['problems'])} problem(s)[/]"
-                )
+                result = verdict(x["problems"])
                 table.add_row(
                     tid,
                     f"{x['round']}.{x['attempt']}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import tomllib
@@ -271,9 +272,50 @@ def trial_start(
     trial_id: str,
     as_json: bool,
 ) -> None:
-    """Start a trial (ENROLLING -> RUNNING); the scheduler then runs its rounds."""
+    """Start a trial (ENROLLING -> RUNNING); the scheduler then runs its rounds.
+
+    With DP on, the coordinator first computes every enrolled hospital's public DP schedule with
+    Opacus (about a second per distinct dataset size) and records it with the start."""
     with _client(url, identity_dir, consortium_dir, member) as client:
-        _emit(client.start_trial(trial_id), as_json, _show_trial)
+        console = Console(stderr=True)
+        with (
+            console.status(
+                f"starting {trial_id}: the coordinator computes each hospital's DP schedule (Opacus)",
+                spinner="dots",
+            )
+            if not as_json
+            else contextlib.nullcontext()
+        ):
+            trial = client.start_trial(trial_id)
+        if as_json or not trial["dp"]["enabled"]:
+            _emit(trial, as_json, _show_trial)
+            return
+        _show_trial(trial)
+        _show_schedule(client.dp_schedule(trial_id))
+
+
+def _show_schedule(schedule: dict[str, Any]) -> None:
+    table = Table(title=f"DP schedule of {schedule['trial_id']} (recorded on the ledger)")
+    for column in (
+        "hospital",
+        "records",
+        "noise multiplier",
+        "steps / round",
+        "cumulative epsilon after each round",
+        "update norm bound",
+    ):
+        table.add_column(column, justify="left" if column == "hospital" else "right")
+    for msp_id, entry in sorted(schedule["entries"].items()):
+        bound = entry["max_update_norm_milli"]
+        table.add_row(
+            msp_id,
+            str(entry["training_records"]),
+            f"{entry['noise_multiplier_micro'] / 1e6:.4f}",
+            str(entry["steps_per_round"]),
+            " ".join(f"{e / 1e6:.4g}" for e in entry["epsilon_micro"]),
+            "none" if bound is None else f"{bound / 1000:.6g}",
+        )
+    Console().print(table)
 
 
 @trial_group.command("halt")

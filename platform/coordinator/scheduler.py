@@ -7,8 +7,9 @@ progress, does the next thing the contract expects from the coordinator:
 * SUBMIT / REVEAL / VOTE_COMMIT / VOTE_REVEAL, once every expected hospital acted or the phase
   deadline passed -> ``close_update_commits`` / ``close_update_reveals`` / ``close_vote_commits`` /
   ``close_voting`` (checked from the round record first: no transaction that would be TOO_EARLY)
-* AGGREGATE -> fetch the accepted encrypted updates by content id, check their sha256, sum them
-  with the trial's *public* CKKS context in sha256 order (so anyone recomputes the same bytes),
+* AGGREGATE -> fetch the accepted encrypted updates by content id, check their sha256, sum them,
+  each times its aggregation weight from the contract's acceptance (capped, integer), with the
+  trial's *public* CKKS context in sha256 order (so anyone recomputes the same bytes),
   store the aggregate and ``record_aggregate``. Nothing is ever decrypted: the coordinator has no
   secret key.
 * ATTEST -> nothing: the contract finalizes the round when a quorum of hospitals attests.
@@ -274,6 +275,17 @@ class Scheduler:
                 "waiting",
                 reason="no trial keys yet: an enrolled hospital must record_trial_keys",
             )
+        spent = self._without_reveals_left(trial)
+        if spent:
+            # Nobody could commit: opening would only halt NO_COMMITMENTS, again and again.
+            return self._outcome(
+                trial,
+                rnd,
+                "open_round",
+                "waiting",
+                reason="every enrolled hospital has made all the reveals its DP schedule allows "
+                f"({', '.join(spent)}); the trial cannot train further",
+            )
         next_round = head["round"] + 1
         return self._submit(
             self.ledger,
@@ -283,6 +295,25 @@ class Scheduler:
             {"trial_id": trial_id, "round": next_round},
             round_number=next_round,
         )
+
+    def _without_reveals_left(self, trial: dict[str, Any]) -> list[str]:
+        """With DP on: the enrolled hospitals, if every one of them was charged all ``rounds``
+        reveals of its schedule (halted attempts and rolled-back rounds count); else []."""
+        if not trial["dp"]["enabled"]:
+            return []
+        trial_id = trial["trial_id"]
+        enrolled = sorted(
+            e["msp_id"]
+            for e in self._query("get_enrolments", {"trial_id": trial_id})
+            if e["status"] == "enrolled"
+        )
+        reveals = {
+            acc["msp_id"]: len(acc["entries"])
+            for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
+        }
+        if enrolled and all(reveals.get(m, 0) >= trial["rounds"] for m in enrolled):
+            return enrolled
+        return []
 
     # -- who is still expected ---------------------------------------------------------------
     def _waiting_for(self, trial: dict[str, Any], rnd: dict[str, Any]) -> list[str]:
@@ -299,12 +330,13 @@ class Scheduler:
                 acc["msp_id"]: acc
                 for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
             }
+            # A hospital with no reveal left in its DP schedule cannot commit (BUDGET_EXCEEDED).
             expected = {
                 m
                 for m in enrolled
-                if m not in accounts
-                or accounts[m]["budget_micro"] is None
-                or accounts[m]["epsilon_spent_micro"] < accounts[m]["budget_micro"]
+                if not trial["dp"]["enabled"]
+                or m not in accounts
+                or len(accounts[m]["entries"]) < trial["rounds"]
             }
             committed = {u["msp_id"] for u in self._query("get_submissions", where)}
             return sorted(expected - committed)
@@ -339,6 +371,9 @@ class Scheduler:
                 raise _Unusable(
                     "the trial has homomorphic encryption switched off; the coordinator aggregates only encrypted updates"
                 )
+            acceptance = self._query(
+                "get_acceptance", {"trial_id": trial_id, "round": r, "attempt": a}
+            )
             inputs = []
             for msp_id in rnd["accepted"]:
                 update = submissions.get(msp_id)
@@ -351,6 +386,9 @@ class Scheduler:
                         "msp_id": msp_id,
                         "content_id": update["content_id"],
                         "sha256": update["sha256"],
+                        # The contract's (capped) aggregation weight, applied here: silos
+                        # encrypt their plain parameter delta.
+                        "weight": acceptance["candidates"][msp_id]["weight"],
                     }
                 )
             # Sorted by sha256: the order every silo uses to recompute the same aggregate bytes.
@@ -431,7 +469,7 @@ class Scheduler:
                 yield blob
 
         try:
-            return he.aggregate(context, updates())
+            return he.aggregate(context, updates(), weights=[item["weight"] for item in inputs])
         except (UpdateFormatError, PrivacyError) as exc:
             raise _Unusable(
                 f"the accepted update of {current.get('msp_id')} ({current.get('content_id')}): {exc.message}"

@@ -54,9 +54,38 @@ class HEPolicy(_Strict):
 
 
 class EvaluationPolicy(_Strict):
-    acceptance_threshold_micro: int | None = Field(default=None, ge=0, le=10**12)
+    """How the hospitals' findings decide a round (``chaincode.rules.judge_round``); omitted keys
+    take the contract's defaults."""
+
+    acceptance_threshold_micro: int | None = Field(
+        default=None, ge=0, le=10**12, description="Harm threshold: score below -this is harmful."
+    )
     min_voters: int | None = Field(default=None, ge=1, le=1000)
     reward_per_round: int | None = Field(default=None, ge=0, le=10**15)
+    max_weight_share_micro: int | None = Field(
+        default=None, ge=1, le=1_000_000, description="Cap on an update's aggregation-weight share."
+    )
+    duplicate_similarity_micro: int | None = Field(
+        default=None,
+        ge=0,
+        le=1_000_000,
+        description="Cosine similarity at or above which a candidate duplicates an earlier update.",
+    )
+    max_norm_ratio_milli: int | None = Field(
+        default=None,
+        ge=1000,
+        le=10**6,
+        description="A norm over this multiple of the round's reference norm is an outlier.",
+    )
+    max_update_norm_milli: int | None = Field(
+        default=None,
+        ge=1,
+        le=10**12,
+        description="Explicit bound on an update's L2 norm per unit weight (default: each hospital's DP schedule).",
+    )
+    voter_reward_share_micro: int | None = Field(
+        default=None, ge=0, le=1_000_000, description="Part of each round's pool paid to voters."
+    )
 
 
 class PhaseSeconds(_Strict):
@@ -181,6 +210,21 @@ class RewardsRecord(records.Rewards):
 @with_config(_PASS_THROUGH)
 class LineageRecord(records.Lineage):
     """The trial's model lineage and rollbacks."""
+
+
+@with_config(_PASS_THROUGH)
+class DpScheduleRecord(records.DpSchedule):
+    """Every enrolled hospital's public DP schedule, recorded when the trial started."""
+
+
+@with_config(_PASS_THROUGH)
+class DatasetRecord(records.Dataset):
+    """A hospital's registered dataset: salted commitment, record count, lifetime epsilon, trials."""
+
+
+@with_config(_PASS_THROUGH)
+class DatasetBudgetRecord(records.DatasetBudget):
+    """A dataset's lifetime budget: committed by the trials it joined, and what remains."""
 
 
 @with_config(_PASS_THROUGH)
@@ -318,6 +362,15 @@ class TrialSettlement(_Answer):
     enabled: bool
     switch: SettlementSwitch | None
     halted: dict[str, Any] | None
+
+
+class AuditReport(_Answer):
+    """A report of ``bcfl audit`` (coordinator.audit*): ``ok`` false when a check failed, every
+    failed check a sentence in ``problems``; the rest of the report's keys pass through."""
+
+    ok: bool
+    checks: list[str]
+    problems: list[str]
 
 
 class AuditLogEntry(_Answer):

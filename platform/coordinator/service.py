@@ -25,6 +25,7 @@ from consortium.identity import Consortium, Identity, load_identity
 from consortium.storage import open_store
 from coordinator.config import CoordinatorConfig
 from coordinator.db import Database, EnrolmentRequest
+from coordinator.dp_schedule import Progress, start_trial_schedule
 from coordinator.ledgers import ThreadBoundLedger
 from coordinator.scheduler import Scheduler
 from coordinator.schemas import TrialSpec
@@ -272,8 +273,33 @@ class CoordinatorService:
     def open_enrolment(self, trial_id: str, principal: Principal | None = None) -> dict[str, Any]:
         return self._admin("open_enrolment", {"trial_id": trial_id}, principal)
 
-    def start_trial(self, trial_id: str, principal: Principal | None = None) -> dict[str, Any]:
-        return self._admin("start_trial", {"trial_id": trial_id}, principal)
+    def start_trial(
+        self,
+        trial_id: str,
+        principal: Principal | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """ENROLLING -> RUNNING; with DP on, with every enrolled hospital's DP schedule
+        (:mod:`coordinator.dp_schedule`, Opacus) for the contract to charge epsilon from."""
+        trial = self.trial(trial_id)
+        if trial["state"] != "ENROLLING":
+            # Refuse before spending seconds on a schedule the contract would refuse anyway.
+            raise ContractError(
+                f"trial {trial_id!r} is {trial['state']}, expected ENROLLING to start it",
+                code="WRONG_STATE",
+                detail={"trial_id": trial_id, "state": trial["state"], "expected": ["ENROLLING"]},
+            )
+        args: dict[str, Any] = {"trial_id": trial_id}
+        schedule = start_trial_schedule(
+            trial, self.query("get_enrolments", {"trial_id": trial_id}), progress=progress
+        )
+        if schedule is not None:
+            args["dp_schedule"] = schedule
+        return self._admin("start_trial", args, principal)
+
+    def dp_schedule(self, trial_id: str) -> dict[str, Any]:
+        """The DP schedule recorded when the trial started (NOT_FOUND before, or with DP off)."""
+        return self.query("get_dp_schedule", {"trial_id": trial_id})
 
     def halt_trial(
         self, trial_id: str, reason: str, principal: Principal | None = None

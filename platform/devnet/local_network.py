@@ -258,15 +258,18 @@ class LocalNetwork:
         return proc
 
     def request_enrolment(self, hospital: str, trial_id: str) -> dict[str, Any]:
-        """What `bcfl silo enroll` does: register the hospital's key on the ledger, then ask the coordinator."""
+        """What `bcfl silo enroll` does with the hospital's silo.toml (written first): register its
+        dataset (once) and its key with its training split's size, then ask the coordinator."""
         from consortium.ledger import open_ledger
+        from silo_agent.config import load_config
         from silo_agent.enrolment import request_enrolment
 
         identity = self.consortium.identity(hospital)
+        config = load_config(self.silo_config_path(hospital), environ={})
         ledger = open_ledger(self.ledger_url, identity)
         try:
             with CoordinatorClient(self.base_url, identity) as client:
-                return request_enrolment(ledger, client, identity, trial_id)
+                return request_enrolment(ledger, client, identity, config, trial_id)
         finally:
             ledger.close()
 

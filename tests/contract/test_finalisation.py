@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 from contract_flow import HOSPITALS, digest, refused
 
+from bcfl_common.canonical import canonical_json
+from chaincode.contract.context import Tx
+from chaincode.contract.finalisation import norm_bounds
+from chaincode.contract.store import dp_schedule_key
+
 
 @pytest.fixture
 def aggregating(flow):
@@ -65,8 +70,11 @@ def test_a_quorum_of_equal_attestations_finalizes_and_credits_rewards(aggregatin
     ]
     rewards = flow.client("auditor").evaluate("get_rewards", {"trial_id": flow.trial_id})
     assert rewards["rounds"][0]["status"] == "credited"
+    # update pool 800 in thirds (267, 267, 266), voter pool 200 in thirds (67, 67, 66)
     assert {a["msp_id"]: a["total"] for a in rewards["accounts"]} == {
-        flow.msp[n]: 333 + (n == "hospital1") for n in flow.members
+        flow.msp["hospital1"]: 334,
+        flow.msp["hospital2"]: 334,
+        flow.msp["hospital3"]: 332,
     }
     assert sum(a["total"] for a in rewards["accounts"]) == 1000
     # A late attestation that agrees is recorded; the next round starts from the attested model.
@@ -82,16 +90,43 @@ def test_a_quorum_of_equal_attestations_finalizes_and_credits_rewards(aggregatin
     )
 
 
-def test_a_mismatching_attestation_halts_the_round_and_voids_its_rewards(aggregating):
+def test_a_minority_dissent_becomes_a_dispute_and_the_round_finalizes(aggregating):
+    flow = aggregating
+    flow.aggregate()
+    odd = digest("a different model")
+    first = flow.attest("hospital1", odd, content_id="cid-odd")  # the dissent comes first
+    assert first["round"]["phase"] == "ATTEST"
+    second = flow.attest("hospital2", content_id="cid-model")
+    assert second["round"]["phase"] == "ATTEST"  # 1 : 1 of quorum 2, hospital3 still to attest
+    rnd = flow.attest("hospital3")["round"]
+    assert rnd["phase"] == "FINALIZED" and rnd["halt"] is None
+    # the model is the majority's, named by the first content id given for that hash
+    assert rnd["model"] == {"content_id": "cid-model", "sha256": flow.model_sha()}
+    assert rnd["disputes"] == [
+        {
+            "msp_id": flow.msp["hospital1"],
+            "sha256": odd,
+            "at": first["attestation"]["attested_at"],
+            "against": flow.model_sha(),
+        }
+    ]
+    assert flow.trial()["head"]["model"] == rnd["model"]
+    rewards = flow.admin.evaluate("get_rewards", {"trial_id": flow.trial_id})
+    assert rewards["rounds"][0]["status"] == "credited"
+
+
+def test_a_split_that_no_hash_can_win_halts_the_round_and_voids_its_rewards(aggregating):
     flow = aggregating
     flow.aggregate()
     flow.attest("hospital1")
-    result = flow.attest("hospital2", digest("a different model"))
+    assert flow.attest("hospital2", digest("model B"))["round"]["phase"] == "ATTEST"
+    result = flow.attest("hospital3", digest("model C"))  # 1 : 1 : 1, nobody left: quorum 2 lost
     rnd = result["round"]
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "ATTESTATION_MISMATCH"
     assert rnd["halt"]["attestations"] == {
         flow.msp["hospital1"]: flow.model_sha(),
-        flow.msp["hospital2"]: digest("a different model"),
+        flow.msp["hospital2"]: digest("model B"),
+        flow.msp["hospital3"]: digest("model C"),
     }
     refused("WRONG_STATE", flow.attest, "hospital3")
     rewards = flow.admin.evaluate("get_rewards", {"trial_id": flow.trial_id})
@@ -102,6 +137,40 @@ def test_a_mismatching_attestation_halts_the_round_and_voids_its_rewards(aggrega
     assert (again["round"], again["attempt"]) == (1, 2) and again["base"]["round"] == 0
 
 
+def test_a_split_halts_as_soon_as_no_hash_can_reach_the_quorum(flow):
+    flow.running(hospitals=HOSPITALS)
+    flow.to_attest(list(HOSPITALS))  # quorum 3 of 4
+    flow.attest("hospital1", digest("A"))
+    assert flow.attest("hospital2", digest("B"))["round"]["phase"] == "ATTEST"  # 1 + 2 left = 3
+    rnd = flow.attest("hospital3", digest("C"))["round"]  # 1 + 1 left < 3
+    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "ATTESTATION_MISMATCH"
+
+
+def test_only_participants_count_towards_the_quorum(flow):
+    flow.running(hospitals=HOSPITALS)
+    names = list(HOSPITALS[:3])  # hospital4 is enrolled but neither submits nor votes
+    flow.open_round()
+    updates = {n: flow.commit_update(n) for n in names}
+    flow.net.advance_time(3601)  # close_update_commits waits for hospital4 until the deadline
+    flow.close("close_update_commits")
+    for n in names:
+        flow.reveal_update(n, updates[n])
+    flow.close("close_update_reveals")
+    committed = {v: flow.commit_votes(v, flow.scores(names, names)[v]) for v in names}
+    flow.net.advance_time(1801)
+    flow.close("close_vote_commits")
+    for v, (by_msp, salt) in committed.items():
+        flow.reveal_votes(v, by_msp, salt)
+    flow.close("close_voting")
+    flow.aggregate()
+    rnd = flow.get_round()
+    assert rnd["participants"] == sorted(flow.msp[n] for n in names)
+    assert rnd["attestation_quorum"] == 2
+    assert flow.attest("hospital4")["round"]["phase"] == "ATTEST"  # recorded, not counted
+    assert flow.attest("hospital1")["round"]["phase"] == "ATTEST"
+    assert flow.attest("hospital2")["round"]["phase"] == "FINALIZED"
+
+
 def test_a_dissent_after_finalization_is_recorded_without_undoing_it(aggregating):
     flow = aggregating
     flow.aggregate()
@@ -109,7 +178,14 @@ def test_a_dissent_after_finalization_is_recorded_without_undoing_it(aggregating
     flow.attest("hospital2")
     result = flow.attest("hospital3", digest("odd model"))
     assert result["round"]["phase"] == "FINALIZED"
-    assert [d["msp_id"] for d in result["round"]["disputes"]] == [flow.msp["hospital3"]]
+    assert result["round"]["disputes"] == [
+        {
+            "msp_id": flow.msp["hospital3"],
+            "sha256": digest("odd model"),
+            "at": result["attestation"]["attested_at"],
+            "against": flow.model_sha(),
+        }
+    ]
 
 
 def test_quorum_is_a_majority_of_participants(flow):
@@ -200,7 +276,8 @@ def test_rollback_to_round_zero_restarts_from_the_initial_model(flow):
 
 
 def test_complete_needs_the_last_planned_round_finalized_in_the_current_lineage(flow):
-    flow.running(rounds=1)
+    # DP off: with DP on the one reveal its schedule allows would be spent by the first round.
+    flow.running(rounds=1, dp={"enabled": False, "reason": "re-runs a round"})
     flow.full_round()
     refused(
         "WRONG_STATE", flow.coordinator.submit, "open_round", {"trial_id": flow.trial_id}
@@ -264,3 +341,42 @@ def test_history_and_lineage_are_open_to_auditors(flow):
         "get_history",
         {"trial_id": flow.trial_id, "record": "round"},
     )
+
+
+class RecordsOnly:
+    """A state holding given records (what ``norm_bounds`` reads), at time 0."""
+
+    def __init__(self, records: dict[str, object]):
+        self.records = {key: canonical_json(value) for key, value in records.items()}
+
+    def get_state(self, key: str) -> bytes | None:
+        return self.records.get(key)
+
+    def get_tx_timestamp(self) -> int:
+        return 0
+
+
+def test_norm_bounds_come_from_the_policy_else_the_dp_schedule_else_none():
+    schedule = {
+        "trial_id": "t",
+        "entries": {
+            "A": {"max_update_norm_milli": 1500, "epsilon_micro": [1]},
+            "B": {"max_update_norm_milli": None, "epsilon_micro": [1]},
+        },
+    }
+    tx = Tx(RecordsOnly({dp_schedule_key("t"): schedule}))
+    trial = {
+        "trial_id": "t",
+        "dp": {"enabled": True},
+        "evaluation": {"max_update_norm_milli": None},
+    }
+    # the schedule's bound per hospital; none in the entry or no entry: no bound
+    assert norm_bounds(tx, trial, ["A", "B", "C"]) == {"A": 1500, "B": None, "C": None}
+    # an explicit policy bound wins for everyone
+    explicit = {**trial, "evaluation": {"max_update_norm_milli": 700}}
+    assert norm_bounds(tx, explicit, ["A", "C"]) == {"A": 700, "C": 700}
+    # DP off: a schedule (there should be none) is not read
+    off = {**trial, "dp": {"enabled": False, "reason": "synthetic data"}}
+    assert norm_bounds(tx, off, ["A"]) == {"A": None}
+    # DP on before the schedule is recorded: no bound
+    assert norm_bounds(Tx(RecordsOnly({})), trial, ["A"]) == {"A": None}

@@ -12,7 +12,7 @@ import json
 import re
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -310,9 +310,11 @@ def test_bootstrap_rules():
 
 
 def run_protocol(net: FakeNet, make_flow: Any) -> Any:
-    """Two rounds with a halted attempt, a rollback, settlement and completion: every function once or more."""
+    """Every function once or more: two rounds with a halted attempt, a rollback, settlement and
+    completion (DP off: re-run rounds need more reveals than a schedule allows), then a trial
+    with DP on whose round has an update copied and excluded."""
     flow = make_flow(net)
-    flow.running(hospitals=HOSPITALS, rounds=2)
+    flow.running(hospitals=HOSPITALS, rounds=2, dp={"enabled": False, "reason": "re-runs"})
     flow.full_round()
     flow.coordinator.submit(
         "record_settlement",
@@ -320,7 +322,8 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
     )
     flow.to_attest()
     flow.attest("hospital1")
-    flow.attest("hospital2", "0" * 64)  # mismatch: halts round 2
+    flow.attest("hospital2", "0" * 64)  # a dissent: the round goes on
+    flow.attest("hospital3", "1" * 64)  # no hash can reach 3 of 4 any more: halts round 2
     flow.full_round()
     flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 1})
     flow.open_round()
@@ -330,16 +333,43 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
         "remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital4"]}
     )
     flow.admin.submit("complete_trial", {"trial_id": flow.trial_id})
+    dp = make_flow(net, "trial-dp")
+    dp.running(hospitals=HOSPITALS, rounds=1)
+    copied_round(dp)
+    dp.vote(dp.scores(dp.members, ["hospital1", "hospital2", "hospital3"]))
+    dp.aggregate()
+    for name in HOSPITALS[:3]:
+        dp.attest(name)
     for function in sorted(READ_ONLY_FUNCTIONS):
         args: dict[str, Any] = (
             {}
-            if function in ("whoami", "get_consortium", "list_trials")
-            else {"trial_id": flow.trial_id}
+            if function in ("whoami", "get_consortium", "list_trials", "get_datasets")
+            else {"trial_id": dp.trial_id if function == "get_dp_schedule" else flow.trial_id}
         )
         if function in ("get_submissions", "get_votes", "get_attestations", "get_acceptance"):
             args["round"] = 1
+        if function == "get_dataset_budget":
+            args = {"msp_id": flow.msp["hospital1"], "dataset_id": dp.dataset_id()}
         flow.client("auditor").evaluate(function, args)
     return flow
+
+
+def copied_round(flow: Any, *, tie: bool = False) -> dict[str, Any]:
+    """Open a round in which hospital4 reveals hospital1's update, committed a second later
+    (or in the same second: ``tie``); returns the round after close_update_reveals."""
+    flow.open_round()
+    victim = flow.commit_update("hospital1")
+    if not tie:
+        flow.net.advance_time(1)
+    copied = replace(victim, content_id="cid-copy", salt="ee" * 32)
+    flow.commit_update("hospital4", copied)
+    others = {n: flow.commit_update(n) for n in ("hospital2", "hospital3")}
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital4", copied)
+    flow.reveal_update("hospital1", victim)
+    for name, u in others.items():
+        flow.reveal_update(name, u)
+    return flow.close("close_update_reveals")
 
 
 def test_every_transaction_emits_one_event_and_queries_write_nothing(make_flow):
@@ -433,6 +463,8 @@ RECORD_TYPES: dict[str, Any] = {
     "reward_account": records.RewardAccount,
     "privacy": records.PrivacyAccount,
     "content": records.ContentOwner,
+    "dataset": records.Dataset,
+    "dp_schedule": records.DpSchedule,
 }
 
 
@@ -478,19 +510,20 @@ def mismatches(value: Any, expected: Any, path: str) -> list[str]:
 
 
 def test_the_checker_sees_missing_extra_and_mistyped_fields():
-    good = {"msp_id": "Hospital1MSP", "sha256": "ab" * 32, "at": 5}
+    good = {"msp_id": "Hospital1MSP", "sha256": "ab" * 32, "at": 5, "against": "cd" * 32}
     assert mismatches(good, records.Dispute, "d") == []
     assert mismatches({**good, "extra": 1}, records.Dispute, "d") == ["d.extra: not in Dispute"]
-    assert mismatches({"msp_id": "x", "sha256": "y"}, records.Dispute, "d") == ["d.at: missing"]
+    assert mismatches({"msp_id": "x", "sha256": "y", "against": "z"}, records.Dispute, "d") == [
+        "d.at: missing"
+    ]
     assert mismatches({**good, "at": True}, records.Dispute, "d") == ["d.at: True is not an int"]
     off = {"enabled": False, "reason": None}
     assert mismatches(off, records.DpPolicy, "dp") == []
     assert mismatches({**off, "enabled": "no"}, records.DpPolicy, "dp")
 
 
-def test_every_stored_record_has_the_shape_of_its_typed_record(make_flow):
-    net = FakeNet()
-    run_protocol(net, make_flow)
+def stored_record_problems(net: FakeNet) -> tuple[set[str], list[str]]:
+    """(the record kinds stored, where a stored record differs from its TypedDict)."""
     seen: set[str] = set()
     problems: list[str] = []
     for key, raw in sorted(net.world.state.items()):
@@ -498,5 +531,102 @@ def test_every_stored_record_has_the_shape_of_its_typed_record(make_flow):
         assert kind in RECORD_TYPES, f"a stored record type without a TypedDict: {kind}"
         seen.add(kind)
         problems += mismatches(json.loads(raw), RECORD_TYPES[kind], f"{kind}{attributes}")
+    return seen, problems
+
+
+def test_every_stored_record_has_the_shape_of_its_typed_record(make_flow):
+    net = FakeNet()
+    flow = run_protocol(net, make_flow)
+    seen, problems = stored_record_problems(net)
     assert problems == []
     assert seen == set(RECORD_TYPES)  # the run leaves every kind of record
+    # The round with the copied update recorded a (typed) exclusion.
+    dp = make_flow(net, "trial-dp")
+    rnd = dp.admin.evaluate("get_round", {"trial_id": dp.trial_id, "round": 1})
+    assert list(rnd["excluded"]) == [flow.msp["hospital4"]]
+    # Query results that are not stored records have their TypedDicts too.
+    auditor = flow.client("auditor")
+    budget = auditor.evaluate(
+        "get_dataset_budget", {"msp_id": flow.msp["hospital1"], "dataset_id": dp.dataset_id()}
+    )
+    assert mismatches(budget, records.DatasetBudget, "budget") == []
+    assert budget["trials"][dp.trial_id]["counted_micro"] == 3_000_000  # still RUNNING
+
+
+# ---------------------------------------------------------------------------------------------
+# Duplicate content at a fixed transaction clock (the FakeNet's time moves only when told), and
+# the reveal-time schedule check behind the commit-time one.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_copy_committed_in_the_same_second_leaves_the_content_to_nobody(make_flow):
+    net = FakeNet()
+    flow = make_flow(net)
+    flow.running(hospitals=HOSPITALS)
+    rnd = copied_round(flow, tie=True)
+    h1, h4 = flow.msp["hospital1"], flow.msp["hospital4"]
+    victim_sha = rnd["excluded"][h1]["sha256"]
+    assert rnd["excluded"] == {
+        h1: {"reason": "duplicate_content", "sha256": victim_sha, "owner": None},
+        h4: {"reason": "duplicate_content", "sha256": victim_sha, "owner": None},
+    }
+    assert rnd["candidates"] == sorted(flow.msp[n] for n in ("hospital2", "hospital3"))
+    content = json.loads(
+        net.world.state[create_composite_key("content", [flow.trial_id, victim_sha])]
+    )
+    assert content["revealed_by"] == sorted([h1, h4]) and content["msp_id"] is None
+    assert stored_record_problems(net)[1] == []
+
+
+def test_a_copy_committed_later_is_excluded_and_the_owner_recorded(make_flow):
+    net = FakeNet()
+    flow = make_flow(net)
+    flow.running(hospitals=HOSPITALS)
+    rnd = copied_round(flow)
+    h1, h4 = flow.msp["hospital1"], flow.msp["hospital4"]
+    assert list(rnd["excluded"]) == [h4] and rnd["excluded"][h4]["owner"] == h1
+    sha = rnd["excluded"][h4]["sha256"]
+    content = json.loads(net.world.state[create_composite_key("content", [flow.trial_id, sha])])
+    assert (content["msp_id"], content["round"], content["attempt"]) == (h1, 1, 1)
+    assert content["decided_at"] == net.now
+
+
+def test_only_copies_revealed_halts_the_round_no_candidates(make_flow):
+    net = FakeNet()
+    flow = make_flow(net)
+    flow.running(hospitals=HOSPITALS[:2])
+    flow.open_round()
+    u = flow.commit_update("hospital1")
+    copy = replace(u, salt="ee" * 32)
+    flow.commit_update("hospital2", copy)  # the same second: nobody owns the bytes
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital1", u)
+    flow.reveal_update("hospital2", copy)
+    rnd = flow.close("close_update_reveals")
+    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "NO_CANDIDATES"
+    assert sorted(rnd["excluded"]) == sorted(flow.msp[n] for n in HOSPITALS[:2])
+
+
+def test_a_reveal_past_the_schedule_is_refused_even_if_its_commitment_got_through(make_flow):
+    """The commit check stops a hospital without a reveal left; the reveal checks again (its
+    commitment may predate a reveal that exhausted the schedule)."""
+    net = FakeNet()
+    flow = make_flow(net)
+    flow.running(rounds=1)
+    flow.open_round()
+    u = flow.commit_update("hospital1")
+    flow.net.advance_time(3601)
+    flow.close("close_update_commits")
+    # The ledger as it would be had hospital1 already made its one reveal.
+    key = create_composite_key("privacy", [flow.trial_id, flow.msp["hospital1"]])
+    entry = {"round": 1, "attempt": 1, "epsilon_micro": 3_000_000, "at": net.now}
+    account = {
+        "trial_id": flow.trial_id,
+        "msp_id": flow.msp["hospital1"],
+        "budget_micro": 3_000_000,
+        "epsilon_spent_micro": 3_000_000,
+        "entries": [entry],
+    }
+    net.world.state[key] = canonical_json(account)
+    error = refused("BUDGET_EXCEEDED", flow.reveal_update, "hospital1", u)
+    assert error.detail == {"reveals": 1, "spent_micro": 3_000_000, "budget_micro": 3_000_000}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 
 import pytest
 
-from bcfl_common.vocabulary import SALT_HEX
+from bcfl_common.vocabulary import PROBLEMS, SALT_HEX
 from chaincode import rules
 from chaincode.commitments import new_salt, update_commitment, votes_commitment
 
@@ -27,9 +28,33 @@ def test_lower_median(values, median):
     assert rules.lower_median(values) == median
 
 
+@pytest.mark.parametrize(
+    ("values", "median"),
+    [([5], 5), ([3, 1, 2], 2), ([4, 1, 3, 2], 3), ([-7, 10], 10), ([0, 0, 9, 9], 9)],
+)
+def test_upper_median(values, median):
+    assert rules.upper_median(values) == median
+
+
 def test_median_of_nothing_is_an_error():
     with pytest.raises(ValueError):
         rules.lower_median([])
+    with pytest.raises(ValueError):
+        rules.upper_median([])
+
+
+@pytest.mark.parametrize(
+    ("counts", "yet_to_attest", "quorum", "reachable"),
+    [
+        ([1, 1], 1, 2, True),
+        ([1, 1, 1], 0, 2, False),
+        ([1, 1, 1], 1, 3, False),
+        ([2, 1], 1, 3, True),
+        ([], 3, 2, True),
+    ],
+)
+def test_quorum_reachable(counts, yet_to_attest, quorum, reachable):
+    assert rules.quorum_reachable(counts, yet_to_attest, quorum) is reachable
 
 
 @pytest.mark.parametrize(
@@ -65,44 +90,13 @@ def test_split_rewards_is_exact_proportional_and_deterministic():
         assert all(abs(rewards[k] * total - pool * s) < total for k, s in shares.items())
 
 
-def test_judge_round_ignores_self_scores_removed_voters_and_rejects_removed_candidates():
-    candidates = {
-        m: {"sha256": m * 64, "sample_weight": w} for m, w in (("a", 10), ("b", 30), ("c", 5))
-    }
-    votes = {
-        "a": {"a": 10**9, "b": 100, "c": -10},  # the self-score is never counted
-        "b": {"a": 0, "c": 50},
-        "x": {"a": -(10**9), "b": -(10**9), "c": -(10**9)},  # removed voter
-    }
-    verdict = rules.judge_round(
-        candidates=candidates,
-        votes=votes,
-        enrolled={"a", "b"},
-        threshold_micro=20,
-        min_voters=2,
-        reward_pool=9,
-    )
-    c = verdict["candidates"]
-    assert c["a"]["scores"] == {"b": 0} and c["a"]["required_votes"] == 1 and c["a"]["accepted"]
-    assert c["b"]["scores"] == {"a": 100} and c["b"]["median_micro"] == 100
-    assert c["c"]["reason"] == "not_enrolled" and c["c"]["weight"] == 0
-    assert (c["a"]["contribution"], c["b"]["contribution"]) == (21, 121)
-    assert verdict["total_weight"] == 40
-    # shares 210 : 3630 of 9 tokens -> 0.49 : 8.51 -> floors 0 and 8; the spare token goes to
-    # the larger remainder (b's .51), not to whoever is lexically first
-    assert verdict["rewards"] == {"a": 0, "b": 9, "c": 0}
-    assert verdict["accepted_sha256s"] == sorted(["a" * 64, "b" * 64])
-
-
 def test_update_commitment_is_sha256_of_the_canonical_opening():
     opening = {
         "trial_id": "trial-1",
         "round": 3,
         "msp_id": "Hospital1MSP",
-        "content_id": "bafy-update",
         "sha256": "ab" * 32,
         "sample_weight": 1200,
-        "epsilon_spent_micro": 250_000,
         "salt": "cd" * 32,
     }
     canonical = json.dumps(opening, sort_keys=True, separators=(",", ":")).encode()
@@ -113,17 +107,379 @@ def test_update_commitment_is_sha256_of_the_canonical_opening():
 
 
 def test_votes_commitment_is_sha256_of_the_canonical_opening():
+    finding = {"score_micro": -5, "norm_milli": 1200, "similarity_micro": 10, "problem": None}
     opening = {
         "trial_id": "t",
         "round": 1,
         "msp_id": "Hospital1MSP",
-        "scores": {"Hospital2MSP": -5, "Hospital3MSP": 7},
+        "findings": {
+            "Hospital2MSP": finding,
+            "Hospital3MSP": {
+                "score_micro": 0,
+                "norm_milli": None,
+                "similarity_micro": None,
+                "problem": "wrong_kind",
+            },
+        },
         "salt": "ee" * 16,
     }
     canonical = json.dumps(opening, sort_keys=True, separators=(",", ":")).encode()
     assert votes_commitment(**opening) == hashlib.sha256(canonical).hexdigest()
+    # A null field left out hashes the same; any changed value does not.
+    short = {"Hospital2MSP": finding, "Hospital3MSP": {"score_micro": 0, "problem": "wrong_kind"}}
+    assert votes_commitment(**{**opening, "findings": short}) == votes_commitment(**opening)
+    moved = {**opening["findings"], "Hospital2MSP": {**finding, "norm_milli": 1201}}
+    assert votes_commitment(**{**opening, "findings": moved}) != votes_commitment(**opening)
 
 
 def test_new_salt_is_accepted_by_the_contract_and_fresh():
     salts = {new_salt() for _ in range(8)}
     assert len(salts) == 8 and all(SALT_HEX.fullmatch(s) for s in salts)
+
+
+# ---------------------------------------------------------------------------------------------
+# capped_weights
+# ---------------------------------------------------------------------------------------------
+
+
+def test_capped_weights_examples():
+    # 50% cap: 1000 of 1300 is capped to 300 (300 / 600 = 50%).
+    assert rules.capped_weights([1000, 200, 100], 500_000) == [300, 200, 100]
+    assert rules.capped_weights([100, 100, 100], 500_000) == [100, 100, 100]  # already fits
+    assert rules.capped_weights([5, 1], 500_000) == [1, 1]  # 2 * 50% = 100%: equal shares
+    assert rules.capped_weights([7], 500_000) == [7]  # one weight: nothing to cap against
+    assert rules.capped_weights([9, 3, 1], 1_000_000) == [9, 3, 1]  # no cap
+    assert rules.capped_weights([], 500_000) == []
+    with pytest.raises(ValueError):
+        rules.capped_weights([3, 0], 500_000)
+
+
+def test_capped_weights_properties_over_random_inputs():
+    rng = random.Random(20140)
+    for _ in range(2000):
+        n = rng.randint(1, 12)
+        weights = [rng.choice([1, rng.randint(1, 50), rng.randint(1, 10**9)]) for _ in range(n)]
+        share = rng.choice([1, rng.randint(1, 1_000_000), 500_000, 1_000_000])
+        capped = rules.capped_weights(weights, share)
+        assert capped == rules.capped_weights(list(weights), share)  # deterministic
+        assert all(type(c) is int and 1 <= c <= w for c, w in zip(capped, weights, strict=True))
+        total = sum(capped)
+        if n * share > 1_000_000:
+            # the cap holds for every weight ...
+            assert all(c * 1_000_000 <= share * total for c in capped)
+            # ... and the cap is the largest one that holds (one more would break it)
+            cap = max(capped)
+            if cap < max(weights):
+                bigger = [min(w, cap + 1) for w in weights]
+                assert max(bigger) * 1_000_000 > share * sum(bigger)
+            # weights under the cap are untouched, order and ranking are kept
+            assert all(c == w for c, w in zip(capped, weights, strict=True) if w <= cap)
+        else:
+            assert capped == [min(weights)] * n
+
+
+# ---------------------------------------------------------------------------------------------
+# judge_round
+# ---------------------------------------------------------------------------------------------
+
+POLICY = {
+    "acceptance_threshold_micro": 10_000,
+    "min_voters": 2,
+    "reward_per_round": 1000,
+    "max_weight_share_micro": 500_000,
+    "duplicate_similarity_micro": 999_000,
+    "max_norm_ratio_milli": 3000,
+    "max_update_norm_milli": None,
+    "voter_reward_share_micro": 200_000,
+}
+
+
+def finding(score=20_000, norm=1000, similarity=0, problem=None):
+    if problem is not None:
+        norm = similarity = None
+    return {
+        "score_micro": score,
+        "norm_milli": norm,
+        "similarity_micro": similarity,
+        "problem": problem,
+    }
+
+
+def candidates_of(weights):
+    return {m: {"sha256": m[0] * 64, "sample_weight": w} for m, w in weights.items()}
+
+
+def judge(weights, findings, *, enrolled=None, bounds=None, pool=1000, **policy):
+    return rules.judge_round(
+        candidates=candidates_of(weights),
+        findings=findings,
+        enrolled=set(weights) | set(findings) if enrolled is None else enrolled,
+        policy={**POLICY, **policy},
+        norm_bounds=bounds or {},
+        reward_pool=pool,
+    )
+
+
+def all_judge(voters, candidates, make=finding):
+    return {v: {c: make() for c in candidates if c != v} for v in voters}
+
+
+def test_judge_round_ignores_self_findings_and_removed_voters_and_rejects_removed_candidates():
+    findings = all_judge("abx", "abc")
+    findings["a"]["a"] = finding(-(10**9), problem="wrong_kind")  # a self-finding never counts
+    findings["x"] = {m: finding(-(10**9), problem="unavailable") for m in "abc"}  # removed voter
+    verdict = judge({"a": 10, "b": 30, "c": 5}, findings, enrolled={"a", "b"}, min_voters=2)
+    c = verdict["candidates"]
+    assert sorted(c["a"]["findings"]) == ["b"] and c["a"]["required_votes"] == 1
+    assert c["a"]["accepted"] and c["b"]["accepted"] and c["a"]["counts"]["problem"] == 0
+    assert c["c"]["reason"] == "not_enrolled" and c["c"]["weight"] == 0
+    assert sorted(verdict["voters"]) == ["a", "b"]  # x is not enrolled: no voter record, no reward
+    assert set(verdict["rewards"]) == {"a", "b", "c"}
+
+
+def test_each_rejection_reason_needs_a_strict_majority():
+    # 5 candidates judged by 4 voters each; two of the four report a fault: no majority.
+    names = "abcde"
+    two_of_four = all_judge(names, names)
+    two_of_four["a"]["b"] = finding(problem="wrong_kind")
+    two_of_four["c"]["b"] = finding(problem="wrong_kind")
+    two_of_four["a"]["c"] = finding(norm=10**6)
+    two_of_four["b"]["c"] = finding(norm=10**6)
+    two_of_four["a"]["d"] = finding(similarity=999_000)
+    two_of_four["b"]["d"] = finding(similarity=1_000_000)
+    two_of_four["a"]["e"] = finding(-10_001)
+    two_of_four["b"]["e"] = finding(-(10**9))
+    verdict = judge(dict.fromkeys(names, 100), two_of_four, bounds=dict.fromkeys(names, 5000))
+    assert verdict["accepted"] == list(names)
+    counts = {m: verdict["candidates"][m]["counts"] for m in names}
+    assert counts["b"]["problem"] == 2 and counts["c"]["norm_exceeded"] == 2
+    assert counts["d"]["duplicate"] == 2 and counts["e"]["harmful"] == 2
+    # A third voter reporting the same fault is a majority of four.
+    three = {v: dict(f) for v, f in two_of_four.items()}
+    three["d"]["b"] = finding(problem="undecryptable")
+    three["d"]["c"] = finding(norm=5001)
+    three["c"]["d"] = finding(similarity=999_500)
+    three["c"]["e"] = finding(-20_000)
+    verdict = judge(dict.fromkeys(names, 100), three, bounds=dict.fromkeys(names, 5000))
+    c = verdict["candidates"]
+    assert [c[m]["reason"] for m in names] == [
+        "accepted",
+        "invalid",
+        "norm_exceeded",
+        "duplicate",
+        "harmful",
+    ]
+    # the most reported problem, ties to the alphabetically first
+    assert c["b"]["problem"] == "wrong_kind" and c["b"]["counts"]["problem"] == 3
+    assert c["c"]["norm_bound_milli"] == 5000 and c["c"]["problem"] is None
+    assert verdict["accepted"] == ["a"] and verdict["rejected"] == list("bcde")
+
+
+def test_problem_ties_go_to_the_alphabetically_first():
+    findings = all_judge("abcde", "a")
+    findings["b"]["a"] = finding(problem="wrong_shape")
+    findings["c"]["a"] = finding(problem="unavailable")
+    findings["d"]["a"] = finding(problem="wrong_shape")
+    findings["e"]["a"] = finding(problem="unavailable")
+    verdict = judge({"a": 1}, findings)
+    assert verdict["candidates"]["a"]["reason"] == "invalid"
+    assert verdict["candidates"]["a"]["problem"] == "unavailable"
+
+
+def test_a_score_given_with_a_problem_is_not_a_harmful_report():
+    findings = all_judge("abcde", "a")
+    for v in "bc":
+        findings[v]["a"] = finding(-(10**9), problem="unavailable")
+    verdict = judge({"a": 1}, findings)
+    d = verdict["candidates"]["a"]
+    assert d["counts"] == {
+        "problem": 2,
+        "norm_exceeded": 0,
+        "norm_outlier": 0,
+        "duplicate": 0,
+        "harmful": 0,
+    }
+    assert d["accepted"] and d["improvement_micro"] == 20_000  # only the voters that accepted
+
+
+def test_norm_outlier_against_the_lower_median_reference():
+    names = "abcd"
+    findings = all_judge(names, names)
+    for v in "abc":
+        findings[v]["d"] = finding(norm=3001)  # just over 3 x the reference of 1000
+    verdict = judge(dict.fromkeys(names, 10), findings)
+    c = verdict["candidates"]
+    assert verdict["reference_norm_milli"] == 1000 and c["d"]["norm_milli"] == 3001
+    assert c["d"]["reason"] == "norm_outlier" and c["d"]["counts"]["norm_outlier"] == 3
+    # exactly the ratio is not an outlier
+    for v in "abc":
+        findings[v]["d"] = finding(norm=3000)
+    assert judge(dict.fromkeys(names, 10), findings)["candidates"]["d"]["accepted"]
+    # fewer than three candidates with a norm: no reference, no outlier
+    two = {v: {c: finding(norm=10**6 if c == "b" else 1) for c in "ab" if c != v} for v in "abc"}
+    verdict = judge({"a": 1, "b": 1}, two)
+    assert verdict["reference_norm_milli"] is None and verdict["accepted"] == ["a", "b"]
+
+
+def test_representative_norm_is_the_upper_median_and_reference_the_lower():
+    names = "abcd"
+    findings = all_judge(names, names)
+    findings["a"]["b"], findings["c"]["b"], findings["d"]["b"] = (
+        finding(norm=100),
+        finding(norm=900),
+        finding(norm=500),
+    )
+    findings["a"]["c"]["norm_milli"] = 700  # c: 700, 1000, 1000 -> 1000
+    verdict = judge(dict.fromkeys(names, 10), findings)
+    c = verdict["candidates"]
+    assert c["b"]["norm_milli"] == 500 and c["c"]["norm_milli"] == 1000
+    assert verdict["reference_norm_milli"] == sorted([1000, 500, 1000, 1000])[1] == 1000
+
+
+def test_improvement_is_the_upper_median_of_the_voters_that_did_not_reject():
+    findings = all_judge("abcde", "a")
+    findings["b"]["a"] = finding(5_000)
+    findings["c"]["a"] = finding(-9_000)  # within the threshold: accepts, low score
+    findings["d"]["a"] = finding(1_000)
+    findings["e"]["a"] = finding(-(10**6))  # rejects: not among the agreeing scores
+    verdict = judge({"a": 1}, findings)
+    d = verdict["candidates"]["a"]
+    assert d["accepted"] and d["improvement_micro"] == 1_000 and d["improves"]
+    zero = judge({"a": 1}, {v: {"a": finding(0)} for v in "bcd"})["candidates"]["a"]
+    assert zero["accepted"] and zero["improvement_micro"] == 0 and not zero["improves"]
+
+
+def test_rewards_update_pool_by_capped_weight_voter_pool_by_agreement():
+    names = "abcd"
+    findings = all_judge(names, names)
+    findings["b"]["d"] = finding(0)  # d improves nothing by b's score ...
+    for v in "abc":
+        findings[v]["d"] = finding(0)  # ... nor anyone's: accepted, no update reward
+    findings["d"]["a"] = finding(problem="wrong_kind")  # d disagrees on a
+    weights = {"a": 1000, "b": 100, "c": 100, "d": 100}
+    verdict = judge(weights, findings, pool=1000)
+    c = verdict["candidates"]
+    # capped: a's 1000 of 1300 is over 50%: M = 300 (300 of 600)
+    assert [c[m]["weight"] for m in names] == [300, 100, 100, 100]
+    assert verdict["total_weight"] == 600
+    # update pool 800 among the improving a, b, c by 300:100:100; d improves nothing
+    assert [c[m]["reward"] for m in names] == [480, 160, 160, 0]
+    # voter pool 200 by agreement: a, b, c agree on all 3 peers, d on 2 of 3 -> 3:3:3:2
+    assert {v: (r["judged"], r["agreed"]) for v, r in verdict["voters"].items()} == {
+        "a": (3, 3),
+        "b": (3, 3),
+        "c": (3, 3),
+        "d": (3, 2),
+    }
+    assert [verdict["voters"][v]["reward"] for v in names] == [55, 55, 54, 36]
+    assert verdict["rewards"] == {"a": 535, "b": 215, "c": 214, "d": 36}
+    assert verdict["paid"] == sum(verdict["rewards"].values()) == 1000
+    assert verdict["reward_pool"] == 1000
+
+
+def test_what_nobody_earns_is_not_paid():
+    # Nothing improves and every voter agrees: only the voter pool is paid.
+    findings = all_judge("abc", "abc", lambda: finding(0))
+    verdict = judge(dict.fromkeys("abc", 5), findings, pool=1000)
+    assert verdict["paid"] == 200 and sum(verdict["rewards"].values()) == 200
+    assert verdict["reward_pool"] == 1000
+    none = judge(dict.fromkeys("abc", 5), findings, pool=1000, voter_reward_share_micro=0)
+    assert none["paid"] == 0 and set(none["rewards"].values()) == {0}
+
+
+# ---------------------------------------------------------------------------------------------
+# The f < n/2 guarantee, over random mixes of honest and colluding hospitals
+# ---------------------------------------------------------------------------------------------
+
+BAD_KINDS = {
+    "problem": "invalid",
+    "boosted": "norm_exceeded",
+    "duplicate": "duplicate",
+    "harmful": "harmful",
+}
+
+
+def honest_finding(kind, truth):
+    """What an honest voter reports about a candidate of this kind (the same for every honest
+    voter: they decrypt the same bytes)."""
+    if kind == "problem":
+        return finding(0, problem="wrong_kind")
+    if kind == "boosted":
+        return finding(truth["score"], norm=truth["norm"] * 10)
+    if kind == "duplicate":
+        return finding(truth["score"], norm=truth["norm"], similarity=1_000_000)
+    if kind == "harmful":
+        return finding(-(10**6), norm=truth["norm"])
+    if kind == "zero":
+        return finding(0, norm=0)
+    return finding(truth["score"], norm=truth["norm"], similarity=truth["similarity"])
+
+
+def hostile_finding(rng):
+    """Anything a colluder may say about an honest update to get it rejected."""
+    return rng.choice(
+        [
+            finding(rng.randint(-(10**12), 10**12), problem=rng.choice(PROBLEMS)),
+            finding(-(10**9), norm=10**15, similarity=1_000_000),
+            finding(-10_001, norm=0, similarity=999_000),
+            finding(-(10**12), norm=rng.randint(0, 10**15), similarity=rng.randint(0, 10**6)),
+            finding(-10_000, norm=0, similarity=0),  # "accepts" with the lowest score it can
+            finding(-10_000, norm=10**15, similarity=0),  # inflates the norm to make an outlier
+        ]
+    )
+
+
+def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
+    rng = random.Random(14)
+    for case in range(400):
+        n = rng.randint(3, 9)
+        f = rng.randint(1, (n - 1) // 2)
+        names = [f"h{i:02d}" for i in range(n)]
+        bad = set(rng.sample(names, f))
+        kinds = {m: rng.choice([*BAD_KINDS, "fine", "zero"]) for m in bad}
+        truths = {
+            m: {
+                "score": rng.randint(1, 10**6),  # every fine update improves
+                "norm": rng.randint(1000, 3000),  # honest norms within the 3x ratio
+                "similarity": rng.randint(0, 998_999),
+            }
+            for m in names
+        }
+        bounds = {m: 3000 for m in names}
+        findings: dict[str, dict[str, dict]] = {}
+        for v in names:
+            findings[v] = {}
+            for c in names:
+                if c == v:
+                    continue
+                if v not in bad:
+                    findings[v][c] = honest_finding(kinds.get(c, "honest"), truths[c])
+                elif c in bad:  # colluders praise each other
+                    findings[v][c] = finding(10**12, norm=0, similarity=0)
+                else:
+                    findings[v][c] = hostile_finding(rng)
+        verdict = judge(dict.fromkeys(names, 100), findings, bounds=bounds, pool=10**6)
+        c = verdict["candidates"]
+        where = f"case {case}: n={n} f={f} kinds={kinds}"
+        for m in names:
+            if m not in bad:
+                assert c[m]["accepted"], f"{where}: honest {m} rejected as {c[m]['reason']}"
+                # bounded below by an honest score (all honest voters report the truth)
+                assert c[m]["improvement_micro"] >= truths[m]["score"], where
+            elif kinds[m] in BAD_KINDS:
+                assert c[m]["reason"] == BAD_KINDS[kinds[m]], f"{where}: {m} {c[m]['reason']}"
+            elif kinds[m] == "zero":
+                # boosting by colluders cannot make a zero update improve
+                assert c[m]["accepted"] and c[m]["improvement_micro"] == 0, where
+                assert not c[m]["improves"] and c[m]["reward"] == 0, where
+            else:
+                # praise from colluders does not move the upper median off the honest score
+                assert c[m]["accepted"], where
+                assert c[m]["improvement_micro"] == truths[m]["score"], where
+        honest_agreed = min(verdict["voters"][h]["agreed"] for h in names if h not in bad)
+        assert all(verdict["voters"][m]["agreed"] <= honest_agreed for m in bad), where
+        # same sample weights: a colluder earns at most what an honest hospital earns (up to
+        # the one largest-remainder token of each of the two splits)
+        honest_reward = min(verdict["rewards"][h] for h in names if h not in bad)
+        assert all(verdict["rewards"][m] <= honest_reward + 2 for m in bad), where
+        assert verdict["paid"] == sum(verdict["rewards"].values()) <= 10**6

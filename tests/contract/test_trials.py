@@ -22,6 +22,11 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
         "acceptance_threshold_micro": 10_000,
         "min_voters": 2,
         "reward_per_round": 1000,
+        "max_weight_share_micro": 500_000,
+        "duplicate_similarity_micro": 999_990,
+        "max_norm_ratio_milli": 3000,
+        "max_update_norm_milli": None,
+        "voter_reward_share_micro": 200_000,
     }
     assert trial["phase_seconds"] == {
         "submit": 3600,
@@ -117,7 +122,7 @@ def test_state_machine_draft_enrolling_running_completed(flow):
         flow.enrol(name)
     flow.members = list(HOSPITALS[:2])
     refused("WRONG_STATE", flow.coordinator.submit, "open_round", tid)  # not RUNNING
-    trial = flow.admin.submit("start_trial", tid)
+    trial = flow.start()
     assert trial["state"] == "RUNNING"
     assert trial["enrolled_at_start"] == sorted(flow.msp[n] for n in HOSPITALS[:2])
     refused("WRONG_STATE", flow.enrol, "hospital3")  # enrolment closed
@@ -132,12 +137,10 @@ def test_state_machine_draft_enrolling_running_completed(flow):
 
 def test_start_needs_min_silos(flow):
     flow.enrolling(hospitals=("hospital1",), min_silos=2)
-    error = refused(
-        "INSUFFICIENT_SILOS", flow.admin.submit, "start_trial", {"trial_id": flow.trial_id}
-    )
+    error = refused("INSUFFICIENT_SILOS", flow.admin.submit, "start_trial", flow.start_args())
     assert error.detail["min_silos"] == 2
     flow.enrol("hospital2")
-    assert flow.admin.submit("start_trial", {"trial_id": flow.trial_id})["state"] == "RUNNING"
+    assert flow.start()["state"] == "RUNNING"
 
 
 def test_enrolment_accepts_hospitals_only_with_a_valid_x25519_key(flow):
@@ -266,3 +269,225 @@ def test_trial_keys_cover_every_enrolled_hospital_once(flow):
     assert record["public_context"]["sha256"] == digest("context", flow.trial_id)
     refused("ALREADY_EXISTS", flow.record_keys, "hospital1")
     assert flow.client("hospital3").evaluate("get_trial_keys", tid) == record
+
+
+# ---------------------------------------------------------------------------------------------
+# Registered datasets and their lifetime epsilon
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_dataset_is_registered_once_by_its_own_hospital(flow):
+    record = flow.register_dataset("hospital1", "ward-a", records=800, lifetime_epsilon_micro=9)
+    assert record == {
+        "msp_id": flow.msp["hospital1"],
+        "dataset_id": "ward-a",
+        "commitment": digest("dataset", "hospital1", "ward-a"),
+        "records": 800,
+        "lifetime_epsilon_micro": 9,
+        "registered_at": record["registered_at"],
+        "trials": [],
+    }
+    # Registering again could reset its lifetime budget: refused, whatever the values.
+    error = refused(
+        "ALREADY_EXISTS", flow.register_dataset, "hospital1", "ward-a", lifetime_epsilon_micro=10**6
+    )
+    assert error.detail["field"] == "dataset_id"
+    # Another hospital's dataset of the same name is its own record.
+    flow.register_dataset("hospital2", "ward-a")
+    for name in ("admin", "coordinator", "auditor"):
+        refused("FORBIDDEN_ROLE", flow.register_dataset, name, "ward-b")
+    for bad in ({"records": 0}, {"records": 10**9 + 1}, {"lifetime_epsilon_micro": 0}):
+        refused("INVALID_ARGUMENT", flow.register_dataset, "hospital3", "ward-c", **bad)
+    mine = flow.client("auditor").evaluate("get_datasets", {"msp_id": flow.msp["hospital1"]})
+    assert mine == [record]
+    everyone = flow.client("hospital3").evaluate("get_datasets", {})
+    assert [(d["msp_id"], d["dataset_id"]) for d in everyone] == [
+        (flow.msp["hospital1"], "ward-a"),
+        (flow.msp["hospital2"], "ward-a"),
+    ]
+
+
+def test_a_hospital_trains_only_on_its_own_dataset_and_within_its_records(flow):
+    flow.enrolling(hospitals=())
+    flow.register_dataset("hospital2", "theirs")
+    # hospital1 names hospital2's dataset: not found among its own.
+    error = refused(
+        "NOT_FOUND", flow.register_key, "hospital1", dataset_id="theirs", training_records=10
+    )
+    assert error.detail == {"field": "dataset_id", "value": "theirs"}
+    flow.register_dataset("hospital1", "mine", records=500)
+    error = refused(
+        "INVALID_ARGUMENT", flow.register_key, "hospital1", dataset_id="mine", training_records=501
+    )
+    assert error.detail["field"] == "training_records" and "500" in error.detail["expected"]
+    refused(
+        "INVALID_ARGUMENT", flow.register_key, "hospital1", dataset_id="mine", training_records=0
+    )
+    enrolment = flow.enrol("hospital1", dataset_id="mine", training_records=500)
+    assert (enrolment["dataset_id"], enrolment["training_records"]) == ("mine", 500)
+    [dataset] = flow.admin.evaluate("get_datasets", {"msp_id": flow.msp["hospital1"]})
+    assert dataset["trials"] == [flow.trial_id]
+
+
+def budget(flow, name, dataset_id):
+    return flow.client("auditor").evaluate(
+        "get_dataset_budget", {"msp_id": flow.msp[name], "dataset_id": dataset_id}
+    )
+
+
+def test_enrolment_cannot_over_commit_a_datasets_lifetime_epsilon(flow):
+    flow.register_dataset("hospital1", "cohort", lifetime_epsilon_micro=5_000_000)
+    flow.trial_id = "first"
+    flow.create(rounds=2, dp={"target_epsilon_micro": 3_000_000})
+    flow.admin.submit("open_enrolment", {"trial_id": "first"})
+    flow.enrol("hospital1", dataset_id="cohort")
+    flow.enrol("hospital2")
+    flow.members = ["hospital1", "hospital2"]
+    # A second trial planning 3 more on the same data would reach 6 of its 5.
+    flow.trial_id = "second"
+    flow.create(dp={"target_epsilon_micro": 3_000_000})
+    flow.admin.submit("open_enrolment", {"trial_id": "second"})
+    error = refused("BUDGET_EXCEEDED", flow.enrol, "hospital1", dataset_id="cohort")
+    assert error.detail == {
+        "dataset_id": "cohort",
+        "lifetime_micro": 5_000_000,
+        "committed_micro": 3_000_000,
+        "remaining_micro": 2_000_000,
+        "planned_micro": 3_000_000,
+    }
+    assert "cohort" in error.message and "remaining 2000000" in error.message
+    # DP off is allowed on any dataset, and listed with nothing planned.
+    flow.trial_id = "public"
+    flow.create(dp={"enabled": False, "reason": "synthetic"})
+    flow.admin.submit("open_enrolment", {"trial_id": "public"})
+    flow.enrol("hospital1", dataset_id="cohort")
+    # The first trial runs one round with a schedule below its target, then halts.
+    flow.trial_id = "first"
+    flow.start(dp_schedule=flow.dp_schedule([1_000_000, 2_000_000]))
+    running = budget(flow, "hospital1", "cohort")
+    assert running["trials"]["first"] == {
+        "state": "RUNNING",
+        "dp_enabled": True,
+        "planned_micro": 2_000_000,  # its schedule's budget, not the trial's target
+        "spent_micro": 0,
+        "counted_micro": 2_000_000,
+    }
+    flow.record_keys("hospital1")
+    flow.full_round()
+    flow.admin.submit("halt_trial", {"trial_id": "first", "reason": "stopped early"})
+    # A halted trial counts only what it spent.
+    after = budget(flow, "hospital1", "cohort")
+    assert after == {
+        "msp_id": flow.msp["hospital1"],
+        "dataset_id": "cohort",
+        "lifetime_epsilon_micro": 5_000_000,
+        "committed_micro": 1_000_000,
+        "remaining_micro": 4_000_000,
+        "trials": {
+            "first": {
+                "state": "HALTED",
+                "dp_enabled": True,
+                "planned_micro": 2_000_000,
+                "spent_micro": 1_000_000,
+                "counted_micro": 1_000_000,
+            },
+            "public": {
+                "state": "ENROLLING",
+                "dp_enabled": False,
+                "planned_micro": 0,
+                "spent_micro": 0,
+                "counted_micro": 0,
+            },
+        },
+    }
+    flow.trial_id = "second"
+    assert flow.enrol("hospital1", dataset_id="cohort")["status"] == "enrolled"
+    assert budget(flow, "hospital1", "cohort")["remaining_micro"] == 1_000_000
+    refused("NOT_FOUND", budget, flow, "hospital1", "nope")
+
+
+def test_a_completed_trial_counts_what_it_spent_and_a_removed_hospital_frees_its_plan(flow):
+    flow.register_dataset("hospital1", "cohort", lifetime_epsilon_micro=3_000_000)
+    flow.create(rounds=1, dp={"target_epsilon_micro": 3_000_000})
+    flow.admin.submit("open_enrolment", {"trial_id": flow.trial_id})
+    flow.enrol("hospital1", dataset_id="cohort")
+    for name in ("hospital2", "hospital3"):
+        flow.enrol(name)
+    flow.members = ["hospital1", "hospital2", "hospital3"]
+    flow.start(dp_schedule=flow.dp_schedule([1_200_000]))
+    flow.record_keys("hospital1")
+    flow.full_round()
+    flow.admin.submit("complete_trial", {"trial_id": flow.trial_id})
+    spent = budget(flow, "hospital1", "cohort")
+    assert spent["trials"][flow.trial_id]["counted_micro"] == 1_200_000
+    assert spent["remaining_micro"] == 1_800_000
+    # Removal during enrolment: the trial no longer counts its plan against the dataset.
+    flow.register_dataset("hospital2", "small", lifetime_epsilon_micro=3_000_000)
+    flow.trial_id = "later"
+    flow.create(dp={"target_epsilon_micro": 3_000_000})
+    flow.admin.submit("open_enrolment", {"trial_id": "later"})
+    flow.enrol("hospital2", dataset_id="small")
+    who = {"trial_id": "later", "msp_id": flow.msp["hospital2"]}
+    flow.admin.submit("remove_hospital", who)
+    assert budget(flow, "hospital2", "small")["remaining_micro"] == 3_000_000
+    # ... and enrolling it again counts the plan once, not twice.
+    flow.enrol("hospital2", dataset_id="small")
+    small = budget(flow, "hospital2", "small")
+    assert small["remaining_micro"] == 0 and list(small["trials"]) == ["later"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The DP schedule recorded at start
+# ---------------------------------------------------------------------------------------------
+
+
+def test_start_records_a_well_formed_dp_schedule_and_refuses_anything_else(flow):
+    flow.enrolling(rounds=3, dp={"target_epsilon_micro": 3_000_000})
+    good = flow.dp_schedule([1_000_000, 1_000_000, 3_000_000])
+    h1, h4 = flow.msp["hospital1"], flow.msp["hospital4"]
+
+    def start_with(schedule, field):
+        error = refused("INVALID_ARGUMENT", flow.start, dp_schedule=schedule)
+        assert error.detail["field"] == field, error.message
+        return error
+
+    def with_entry(**changes):
+        return {**good, h1: {**good[h1], **changes}}
+
+    error = refused(
+        "INVALID_ARGUMENT", flow.admin.submit, "start_trial", {"trial_id": flow.trial_id}
+    )
+    assert error.detail["field"] == "dp_schedule" and "DP on" in error.message
+    without_h1 = {m: e for m, e in good.items() if m != h1}
+    assert f"missing [{h1!r}]" in start_with(without_h1, "dp_schedule").message
+    assert f"not enrolled [{h4!r}]" in start_with({**good, h4: good[h1]}, "dp_schedule").message
+    entry = f"dp_schedule.{h1}"
+    error = start_with(with_entry(epsilon_micro=[1, 2]), f"{entry}.epsilon_micro")
+    assert "exactly 3" in error.message
+    error = start_with(with_entry(epsilon_micro=[5, 4, 6]), f"{entry}.epsilon_micro[1]")
+    assert "never decrease" in error.message
+    error = start_with(with_entry(epsilon_micro=[1, 2, 3_000_001]), f"{entry}.epsilon_micro[2]")
+    assert "3000000" in error.message
+    start_with(with_entry(epsilon_micro=[0, 1, 2]), f"{entry}.epsilon_micro[0]")
+    start_with(with_entry(epsilon_micro=[1, 2.5, 3]), f"{entry}.epsilon_micro[1]")
+    error = start_with(with_entry(training_records=999), f"{entry}.training_records")
+    assert "1000" in error.message
+    start_with(with_entry(steps_per_round=0), f"{entry}.steps_per_round")
+    start_with(with_entry(noise_multiplier_micro=0), f"{entry}.noise_multiplier_micro")
+    start_with(with_entry(max_update_norm_milli=0), f"{entry}.max_update_norm_milli")
+    start_with(with_entry(epsilon_spent_micro=1), f"{entry}.epsilon_spent_micro")
+    missing = {k: v for k, v in good[h1].items() if k != "batches_per_epoch"}
+    start_with({**good, h1: missing}, f"{entry}.batches_per_epoch")
+    assert flow.trial()["state"] == "ENROLLING"  # nothing was recorded
+    refused("NOT_FOUND", flow.admin.evaluate, "get_dp_schedule", {"trial_id": flow.trial_id})
+    # No norm bound follows from some policies (weight decay): null is a valid bound.
+    accepted = with_entry(max_update_norm_milli=None)
+    assert flow.start(dp_schedule=accepted)["state"] == "RUNNING"
+    record = flow.client("hospital2").evaluate("get_dp_schedule", {"trial_id": flow.trial_id})
+    assert record["entries"] == accepted and record["trial_id"] == flow.trial_id
+    assert record["recorded_by"]["msp_id"] == flow.msp["admin"]
+    budgets = {
+        e["msp_id"]: e["budget_micro"]
+        for e in flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id})
+    }
+    assert budgets == {m: 3_000_000 for m in good}

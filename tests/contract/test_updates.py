@@ -1,9 +1,15 @@
-"""Opening rounds and the commit-reveal of updates: late, duplicate, stale, unenrolled, over-budget, mismatched, copied."""
+"""Opening rounds and the commit-reveal of updates: late, duplicate, stale, unenrolled, over-budget, mismatched, over-weight, copied.
+
+Epsilon is charged from the DP schedule recorded at start_trial (the Flow's schedule spreads the
+target evenly over the rounds: 1_500_000 then 3_000_000 cumulative for the default trial).
+"""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
-from contract_flow import digest, refused
+from contract_flow import TRAINING_RECORDS, digest, refused
 
 
 @pytest.fixture
@@ -58,6 +64,9 @@ def test_commit_and_reveal_record_the_update_and_the_privacy_ledger(running):
     )
     revealed = flow.reveal_update("hospital1", u)
     assert revealed["revealed"] is True and revealed["sha256"] == u.sha256
+    assert revealed["content_id"] == u.content_id and revealed["sample_weight"] == u.sample_weight
+    # The contract charges the schedule's first cumulative epsilon (3_000_000 over 2 rounds).
+    assert revealed["epsilon_spent_micro"] == 1_500_000
     ledger = flow.client("auditor").evaluate(
         "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]}
     )
@@ -66,9 +75,14 @@ def test_commit_and_reveal_record_the_update_and_the_privacy_ledger(running):
             "trial_id": flow.trial_id,
             "msp_id": flow.msp["hospital1"],
             "budget_micro": 3_000_000,
-            "epsilon_spent_micro": 500_000,
+            "epsilon_spent_micro": 1_500_000,
             "entries": [
-                {"round": 1, "attempt": 1, "epsilon_micro": 500_000, "at": revealed["revealed_at"]}
+                {
+                    "round": 1,
+                    "attempt": 1,
+                    "epsilon_micro": 1_500_000,
+                    "at": revealed["revealed_at"],
+                }
             ],
         }
     ]
@@ -151,12 +165,9 @@ def test_reveal_must_match_the_commitment(running):
     flow.commit_update("hospital3")
     flow.close("close_update_commits")
     for changed in (
-        u.__class__(u.content_id, u.sha256, u.sample_weight + 1, u.epsilon_spent_micro, u.salt),
-        u.__class__(u.content_id, u.sha256, u.sample_weight, 1, u.salt),  # under-reporting epsilon
-        u.__class__(u.content_id, digest("other"), u.sample_weight, u.epsilon_spent_micro, u.salt),
-        u.__class__(
-            u.content_id, u.sha256, u.sample_weight, u.epsilon_spent_micro, digest("other salt")
-        ),
+        replace(u, sample_weight=u.sample_weight + 1),  # over-reporting the weight
+        replace(u, sha256=digest("other")),
+        replace(u, salt=digest("other salt")),
     ):
         refused("COMMITMENT_MISMATCH", flow.reveal_update, "hospital1", changed)
     assert (
@@ -182,67 +193,6 @@ def test_a_reveal_by_an_org_other_than_the_committer_is_refused(running):
     # (the commitment binds the MSP id).
     refused("COMMITMENT_MISMATCH", flow.reveal_update, "hospital2", u1)
     refused("WRONG_ORGANISATION", flow.reveal_update, "hospital2", u1, msp_id=flow.msp["hospital1"])
-
-
-def test_the_same_content_revealed_by_two_hospitals_is_refused(running):
-    flow = running
-    flow.open_round()
-    u1 = flow.commit_update("hospital1")
-    # hospital2 learns hospital1's update after the fact and commits to the same bytes.
-    copied = u1.__class__(u1.content_id, u1.sha256, 100, 500_000, digest("hospital2 salt"))
-    flow.commit_update("hospital2", copied)
-    flow.commit_update("hospital3")
-    flow.close("close_update_commits")
-    flow.reveal_update("hospital1", u1)
-    error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital2", copied)
-    assert error.detail["first_revealed_by"] == flow.msp["hospital1"]
-    assert (
-        flow.admin.evaluate(
-            "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital2"]}
-        )[0]["epsilon_spent_micro"]
-        == 0
-    )
-
-
-def test_over_budget_reveal_is_refused_and_records_nothing(running):
-    flow = running
-    flow.open_round()
-    big = flow.make_update("hospital1", epsilon=3_000_001)  # the trial budget is 3_000_000
-    flow.commit_update("hospital1", big)
-    ok = flow.commit_update("hospital2", flow.make_update("hospital2", epsilon=3_000_000))
-    flow.commit_update("hospital3")
-    flow.close("close_update_commits")
-    error = refused("BUDGET_EXCEEDED", flow.reveal_update, "hospital1", big)
-    assert error.detail["budget_micro"] == 3_000_000
-    submission = next(
-        s
-        for s in flow.admin.evaluate("get_submissions", flow.at())
-        if s["msp_id"] == flow.msp["hospital1"]
-    )
-    assert submission["revealed"] is False and submission["sha256"] is None
-    ledgers = {
-        entry["msp_id"]: entry
-        for entry in flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id})
-    }
-    assert (
-        ledgers[flow.msp["hospital1"]]["epsilon_spent_micro"] == 0
-        and ledgers[flow.msp["hospital1"]]["entries"] == []
-    )
-    # Exactly the budget is allowed; after that the hospital cannot even commit.
-    flow.reveal_update("hospital2", ok)
-    flow.reveal_update("hospital3", flow.make_update("hospital3"))
-    flow.net.advance_time(901)  # hospital1's commitment stays unopened, so wait for the deadline
-    flow.close("close_update_reveals")
-    flow.vote(flow.scores(flow.members, ["hospital2", "hospital3"]))
-    flow.aggregate()
-    flow.attest("hospital1")
-    flow.attest("hospital2")
-    flow.open_round()
-    refused("BUDGET_EXCEEDED", flow.commit_update, "hospital2")
-    # ... and nobody waits for it when closing the commit phase.
-    flow.commit_update("hospital1")
-    flow.commit_update("hospital3")
-    assert flow.close("close_update_commits")["phase"] == "REVEAL"
 
 
 def test_late_reveal_and_reveal_of_an_unenrolled_hospital(running):
@@ -277,14 +227,189 @@ def test_a_round_without_reveals_halts(running):
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "NO_REVEALS"
 
 
-def test_with_dp_switched_off_reveals_are_not_budget_checked(flow):
-    flow.running(dp={"enabled": False, "reason": "public data"})
+def ledger_of(flow, name):
+    return flow.admin.evaluate(
+        "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp[name]}
+    )[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Copied updates: a hospital that got another's bytes cannot take them over
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("thief_reveals_first", [True, False])
+def test_a_copy_committed_after_the_victim_loses_whatever_the_reveal_order(
+    running, thief_reveals_first
+):
+    flow = running
     flow.open_round()
-    u = flow.commit_update("hospital1", flow.make_update("hospital1", epsilon=10**9))
+    victim = flow.commit_update("hospital1")
+    flow.net.advance_time(1)  # the copier commits later: it could not commit to unseen bytes
+    copied = replace(victim, content_id="cid-copy", sample_weight=900, salt=digest("copier salt"))
+    flow.commit_update("hospital2", copied)
+    own = flow.commit_update("hospital3")
+    flow.close("close_update_commits")
+    order = [("hospital2", copied), ("hospital1", victim)]
+    for name, u in order if thief_reveals_first else order[::-1]:
+        # Both reveals are recorded: who reveals first decides nothing.
+        assert flow.reveal_update(name, u)["revealed"] is True
+    flow.reveal_update("hospital3", own)
+    rnd = flow.close("close_update_reveals")
+    h1, h2, h3 = (flow.msp[n] for n in ("hospital1", "hospital2", "hospital3"))
+    assert rnd["phase"] == "VOTE_COMMIT"
+    assert rnd["candidates"] == sorted([h1, h3])  # the victim keeps its update
+    assert rnd["excluded"] == {
+        h2: {"reason": "duplicate_content", "sha256": victim.sha256, "owner": h1}
+    }
+    # The copier disclosed an update all the same: its reveal was charged.
+    assert ledger_of(flow, "hospital2")["epsilon_spent_micro"] == 1_500_000
+    # ... and it cannot vote itself into the candidates: it is not one.
+    scores = flow.scores(flow.members, ["hospital1", "hospital3"])
+    acceptance = flow.vote(scores)
+    assert sorted(acceptance["candidates"]) == sorted([h1, h3])
+
+
+def test_content_revealed_in_an_earlier_round_is_refused_for_anyone(running):
+    flow = running
+    flow.open_round()
+    first = flow.submit_updates(flow.members)
+    flow.vote(flow.scores(flow.members, flow.members))
+    flow.aggregate()
+    for name in flow.members[:2]:
+        flow.attest(name)
+    flow.open_round()
+    old = first["hospital1"]
+    replayed = replace(old, salt=digest("replay salt"))  # its own update, a round later
+    copied = replace(old, salt=digest("copy salt"))
+    flow.commit_update("hospital1", replayed)
+    flow.commit_update("hospital2", copied)
+    fresh = flow.commit_update("hospital3")
+    flow.close("close_update_commits")
+    for name, u in (("hospital1", replayed), ("hospital2", copied)):
+        error = refused("DUPLICATE_CONTENT", flow.reveal_update, name, u)
+        assert error.detail["round"] == 1 and error.detail["revealed_by"] == [flow.msp["hospital1"]]
+        assert len(ledger_of(flow, name)["entries"]) == 1  # nothing charged for the refusal
+    flow.reveal_update("hospital3", fresh)
+
+
+def test_content_revealed_in_an_earlier_attempt_of_the_round_is_refused(running):
+    flow = running
+    flow.open_round()
+    u = flow.commit_update("hospital1")
     flow.net.advance_time(3601)
     flow.close("close_update_commits")
     flow.reveal_update("hospital1", u)
-    ledger = flow.admin.evaluate(
-        "get_privacy_ledger", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital1"]}
-    )[0]
-    assert ledger["budget_micro"] is None and ledger["epsilon_spent_micro"] == 10**9
+    flow.admin.submit("abort_round", flow.at(reason="outage"))
+    flow.open_round()
+    assert flow.attempt == 2
+    again = replace(u, salt=digest("second attempt"))
+    flow.commit_update("hospital1", again)
+    flow.net.advance_time(3601)
+    flow.close("close_update_commits")
+    error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", again)
+    assert (error.detail["round"], error.detail["attempt"]) == (1, 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sample weights are bounded by the registered training records
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_weight_above_the_registered_training_records_is_refused(running):
+    flow = running
+    flow.open_round()
+    heavy = flow.commit_update(
+        "hospital1", flow.make_update("hospital1", weight=TRAINING_RECORDS + 1)
+    )
+    exact = flow.commit_update("hospital2", flow.make_update("hospital2", weight=TRAINING_RECORDS))
+    flow.net.advance_time(3601)
+    flow.close("close_update_commits")
+    error = refused("INVALID_ARGUMENT", flow.reveal_update, "hospital1", heavy)
+    assert (
+        error.detail["field"] == "sample_weight" and error.detail["value"] == TRAINING_RECORDS + 1
+    )
+    assert str(TRAINING_RECORDS) in error.message and "training_records" in error.message
+    assert ledger_of(flow, "hospital1")["entries"] == []
+    assert flow.reveal_update("hospital2", exact)["sample_weight"] == TRAINING_RECORDS
+
+
+# ---------------------------------------------------------------------------------------------
+# Epsilon is charged from the schedule, never from what a hospital says
+# ---------------------------------------------------------------------------------------------
+
+
+def test_epsilon_is_charged_from_the_schedule_and_a_reveal_past_it_is_refused(flow):
+    flow.enrolling(rounds=2)
+    schedule = flow.dp_schedule([700_000, 2_500_000])
+    schedule[flow.msp["hospital2"]]["epsilon_micro"] = [1, 1]  # a cheaper plan, equally honoured
+    flow.start(dp_schedule=schedule)
+    flow.record_keys("hospital1")
+    # There is no epsilon field to report any more.
+    flow.open_round()
+    u = flow.commit_update("hospital1")
+    for name in ("hospital2", "hospital3"):
+        flow.commit_update(name)
+    flow.close("close_update_commits")
+    error = refused("INVALID_ARGUMENT", flow.reveal_update, "hospital1", u, epsilon_spent_micro=1)
+    assert error.detail["field"] == "epsilon_spent_micro"
+    assert flow.reveal_update("hospital1", u)["epsilon_spent_micro"] == 700_000
+    flow.admin.submit("abort_round", flow.at(reason="start over"))
+    flow.full_round()  # attempt 2: hospital1's second reveal, the others' first
+    # Round 2 goes on without hospital1: its two reveals are all its schedule allows.
+    flow.open_round()
+    refused("BUDGET_EXCEEDED", flow.commit_update, "hospital1")
+    flow.submit_updates(["hospital2", "hospital3"])  # nobody waits for hospital1's commitment
+    flow.vote(flow.scores(flow.members, ["hospital2", "hospital3"]))
+    flow.aggregate()
+    flow.attest("hospital1")
+    flow.attest("hospital2")
+    spent = {
+        e["msp_id"]: (
+            e["epsilon_spent_micro"],
+            [x["epsilon_micro"] for x in e["entries"]],
+            e["budget_micro"],
+        )
+        for e in flow.admin.evaluate("get_privacy_ledger", {"trial_id": flow.trial_id})
+    }
+    h1, h2, h3 = (flow.msp[n] for n in ("hospital1", "hospital2", "hospital3"))
+    # hospital1's aborted reveal counted: cumulative epsilons are per reveal, not per round.
+    assert spent[h1] == (2_500_000, [700_000, 1_800_000], 2_500_000)
+    assert spent[h2] == (1, [1, 0], 1)
+    assert spent[h3] == (2_500_000, [700_000, 1_800_000], 2_500_000)
+    submissions = {s["msp_id"]: s for s in flow.admin.evaluate("get_submissions", flow.at())}
+    assert h1 not in submissions
+    assert submissions[h3]["epsilon_spent_micro"] == 1_800_000
+    # The (rounds + 1)-th disclosure is refused: after a rollback nobody has a reveal left.
+    flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 1})
+    flow.open_round()
+    for name in flow.members:
+        error = refused("BUDGET_EXCEEDED", flow.commit_update, name)
+        assert error.detail["reveals"] == 2
+    # ... and nobody waits for them: the commit phase closes at once, with nothing to reveal.
+    rnd = flow.close("close_update_commits")
+    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "NO_COMMITMENTS"
+
+
+def test_with_dp_switched_off_reveals_are_charged_nothing(flow):
+    flow.enrolling(dp={"enabled": False, "reason": "public data"})
+    error = refused(
+        "INVALID_ARGUMENT",
+        flow.admin.submit,
+        "start_trial",
+        {"trial_id": flow.trial_id, "dp_schedule": {}},
+    )
+    assert error.detail["field"] == "dp_schedule" and "DP off" in error.message
+    flow.start()
+    flow.record_keys("hospital1")
+    refused("NOT_FOUND", flow.admin.evaluate, "get_dp_schedule", {"trial_id": flow.trial_id})
+    for _ in range(3):  # more reveals than rounds: nothing bounds them with DP off
+        flow.open_round()
+        u = flow.commit_update("hospital1")
+        flow.net.advance_time(3601)
+        flow.close("close_update_commits")
+        assert flow.reveal_update("hospital1", u)["epsilon_spent_micro"] == 0
+        flow.admin.submit("abort_round", flow.at(reason="again"))
+    ledger = ledger_of(flow, "hospital1")
+    assert ledger["budget_micro"] is None and ledger["epsilon_spent_micro"] == 0
+    assert [e["epsilon_micro"] for e in ledger["entries"]] == [0, 0, 0]

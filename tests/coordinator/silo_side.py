@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
 from chaincode.commitments import new_salt, update_commitment, votes_commitment
@@ -16,6 +17,66 @@ from privacy import he
 from privacy.he import keyholder
 
 N_PARAMS = 10
+TRAINING_RECORDS = 100
+
+
+def register_for_trial(
+    ledger: Any,
+    identity: Any,
+    trial_id: str,
+    *,
+    dataset_id: str = "records-2026",
+    training_records: int = TRAINING_RECORDS,
+    records: int = 1000,
+    lifetime_epsilon_micro: int = 10_000_000,
+) -> str:
+    """What a hospital does on the ledger before it is enrolled: register its dataset (once)
+    and its encryption key for the trial on that dataset. Returns the key (base64 raw)."""
+    mine = {d["dataset_id"] for d in ledger.evaluate("get_datasets", {"msp_id": identity.msp_id})}
+    if dataset_id not in mine:
+        ledger.submit(
+            "register_dataset",
+            {
+                "dataset_id": dataset_id,
+                "commitment": hashlib.sha256(
+                    f"{identity.msp_id}/{dataset_id}".encode()
+                ).hexdigest(),
+                "records": records,
+                "lifetime_epsilon_micro": lifetime_epsilon_micro,
+            },
+        )
+    key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    encoded = base64.b64encode(raw).decode()
+    ledger.submit(
+        "register_encryption_key",
+        {
+            "trial_id": trial_id,
+            "encryption_public_key": encoded,
+            "dataset_id": dataset_id,
+            "training_records": training_records,
+        },
+    )
+    return encoded
+
+
+def finding(
+    score_micro: int = 20_000,
+    *,
+    norm_milli: int | None = 300,
+    similarity_micro: int | None = 0,
+    problem: str | None = None,
+) -> dict[str, Any]:
+    """A voter's finding on one peer's update: by default harmless (norm 0.3, within every
+    schedule bound here; nothing similar earlier). With a problem, norm and similarity are null."""
+    if problem is not None:
+        norm_milli = similarity_micro = None
+    return {
+        "score_micro": score_micro,
+        "norm_milli": norm_milli,
+        "similarity_micro": similarity_micro,
+        "problem": problem,
+    }
 
 
 @dataclass
@@ -23,7 +84,6 @@ class Submitted:
     content_id: str
     sha256: str
     sample_weight: int
-    epsilon_spent_micro: int
     salt: str
     delta: np.ndarray
 
@@ -41,7 +101,7 @@ class Hospitals:
         self.secret = secret
         self.msp = {name: net.client(name).evaluate("whoami", {})["msp_id"] for name in names}
         self.updates: dict[str, Submitted] = {}
-        self.votes: dict[str, tuple[dict[str, int], str]] = {}
+        self.votes: dict[str, tuple[dict[str, dict[str, Any]], str]] = {}
 
     def client(self, name: str) -> Any:
         return self.net.client(name)
@@ -86,18 +146,16 @@ class Hospitals:
         data = (
             payload
             if payload is not None
-            else keyholder.encrypt_update(self.secret, delta, weight=float(weight))
+            else keyholder.encrypt_update(self.secret, delta)  # the aggregator applies weights
         )
         stored = self.store.put(data)
-        update = Submitted(stored.content_id, stored.sha256, weight, 100_000, new_salt(), delta)
+        update = Submitted(stored.content_id, stored.sha256, weight, new_salt(), delta)
         commitment = update_commitment(
             trial_id=self.trial_id,
             round=rnd["round"],
             msp_id=self.msp[name],
-            content_id=update.content_id,
             sha256=update.sha256,
             sample_weight=weight,
-            epsilon_spent_micro=update.epsilon_spent_micro,
             salt=update.salt,
         )
         self.client(name).submit(
@@ -122,36 +180,40 @@ class Hospitals:
                 "content_id": u.content_id,
                 "sha256": u.sha256,
                 "sample_weight": u.sample_weight,
-                "epsilon_spent_micro": u.epsilon_spent_micro,
                 "salt": u.salt,
             },
         )
 
-    def commit_votes(self, name: str, score: int = 20_000) -> None:
+    def commit_votes(
+        self, name: str, score: int = 20_000, findings: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Commit ``findings`` (peer msp id -> Finding), by default a harmless finding with
+        ``score`` for every peer candidate."""
         rnd = self.round()
-        scores = {m: score for m in rnd["candidates"] if m != self.msp[name]}
+        if findings is None:
+            findings = {m: finding(score) for m in rnd["candidates"] if m != self.msp[name]}
         salt = new_salt()
         commitment = votes_commitment(
             trial_id=self.trial_id,
             round=rnd["round"],
             msp_id=self.msp[name],
-            scores=scores,
+            findings=findings,
             salt=salt,
         )
         self.client(name).submit(
             "commit_votes",
             {"trial_id": self.trial_id, "round": rnd["round"], "commitment": commitment},
         )
-        self.votes[name] = (scores, salt)
+        self.votes[name] = (findings, salt)
 
     def reveal_votes(self, name: str) -> None:
-        scores, salt = self.votes[name]
+        findings, salt = self.votes[name]
         self.client(name).submit(
             "reveal_votes",
             {
                 "trial_id": self.trial_id,
                 "round": self.round()["round"],
-                "scores": scores,
+                "findings": findings,
                 "salt": salt,
             },
         )

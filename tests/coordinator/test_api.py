@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
+from silo_side import register_for_trial
 
 from bcfl_common.errors import ContractError, SchemaError
 from consortium.ledger import open_ledger
 from consortium.storage import open_store
 from coordinator.cli import coordinator_group
 from privacy.he import DEFAULT_PRESET
-from silo_agent.enrolment import register_encryption_key
 
 DATA_SCHEMA = {
     "features": [
@@ -95,7 +95,7 @@ def test_create_enrol_start_through_the_api(
 
     for name in ("hospital1", "hospital2"):
         ledger = open_ledger(ledger_url, consortium.identity(name))
-        register_encryption_key(ledger, consortium.identity(name), "trial-1")
+        register_for_trial(ledger, consortium.identity(name), "trial-1")
         ledger.close()
     record = admin.enrol("trial-1", "Hospital1MSP")
     assert record["encryption_public_key"] == raw_key_b64(

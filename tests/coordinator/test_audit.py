@@ -17,6 +17,7 @@ from chaincode.state import create_composite_key
 from consortium.storage import open_store
 from coordinator.audit import AuditFailed
 from coordinator.audit_cli import audit_group
+from coordinator.audit_verify import TRIAL_CHECKS
 from coordinator.service import CoordinatorService
 from privacy import he
 from privacy.he import keyholder
@@ -66,9 +67,12 @@ def finished_trial(
     store_url: str,
     secret_context: he.HEContext,
 ) -> dict[str, Any]:
-    """Two finalized rounds (hospital3's round-1 update rejected by its peers), run by the coordinator's scheduler."""
+    """Two finalized rounds (hospital3's round-1 update found harmful by its peers), started
+    (with its DP schedule) and run by the coordinator."""
     service = make_service()
-    hospitals = create_running_trial(contract_net, open_store(store_url), secret_context, TRIAL)
+    hospitals = create_running_trial(
+        contract_net, open_store(store_url), secret_context, TRIAL, service=service
+    )
     first = finalize_round(hospitals, service.scheduler.tick)
     second = finalize_round(hospitals, service.scheduler.tick, low_scored=())
     service.scheduler.tick()  # completes the trial
@@ -91,26 +95,42 @@ def test_an_honest_trial_passes_every_audit(
     assert verdicts == {
         "Hospital1MSP": (True, "accepted"),
         "Hospital2MSP": (True, "accepted"),
-        "Hospital3MSP": (False, "below_threshold"),
+        "Hospital3MSP": (False, "harmful"),
     }
-    assert sum(c["reward"] for c in first["candidates"]) == 1000
     assert [c["weight"] for c in first["candidates"]] == [10, 10, 0]
+    assert all(c["improvement_micro"] > 0 for c in first["candidates"][:2])
+    update_rewards = sum(c["reward"] for c in first["candidates"])
+    voter_rewards = sum(v["reward"] for v in first["voters"])
+    assert update_rewards + voter_rewards == 1000 and voter_rewards == 200
+    assert {v["msp_id"]: (v["agreed"], v["judged"]) for v in first["voters"]} == {
+        m: (2, 2) for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")
+    }
     assert [r["model_sha256"] for r in report["rounds"]] == [
         r["model"]["sha256"] for r in finished_trial["rounds"]
     ]
 
     code, report = audit_json(consortium, ledger_url, "privacy", TRIAL)
     assert code == 0 and report["budget_micro"] == 1_000_000
+    schedule = finished_trial["service"].dp_schedule(TRIAL)["entries"]
     for h in report["hospitals"]:
+        eps = schedule[h["msp_id"]]["epsilon_micro"]
+        assert h["schedule"]["epsilon_per_round_micro"] == [eps[0], eps[1] - eps[0]]
         assert [(e["round"], e["epsilon_micro"], e["cumulative_micro"]) for e in h["entries"]] == [
-            (1, 100_000, 100_000),
-            (2, 100_000, 200_000),
+            (1, eps[0], eps[0]),
+            (2, eps[1] - eps[0], eps[1]),
         ]
-        assert h["remaining_micro"] == 800_000
+        assert h["budget_micro"] == eps[-1] and h["remaining_micro"] == 0
+        dataset = h["dataset"]
+        assert dataset["dataset_id"] == "records-2026"
+        assert dataset["trials"][TRIAL]["state"] == "COMPLETED"
+        assert dataset["committed_micro"] == eps[-1]  # what the completed trial spent
+        assert dataset["remaining_micro"] == dataset["lifetime_epsilon_micro"] - eps[-1]
 
     code, report = audit_json(consortium, ledger_url, "rewards", TRIAL)
     assert code == 0 and [r["status"] for r in report["rounds"]] == ["credited", "credited"]
     assert sum(a["total"] for a in report["accounts"]) == 2000
+    split = report["rounds"][0]["split"]
+    assert split["Hospital3MSP"]["update"] == 0 and split["Hospital3MSP"]["voter"] > 0
 
     code, report = audit_json(consortium, ledger_url, "lineage", TRIAL)
     assert code == 0 and [e["model_sha256"] for e in report["lineage"]] == [
@@ -122,6 +142,9 @@ def test_an_honest_trial_passes_every_audit(
     assert report["ledger"]["ok"] and report["store_checked"]
     assert [(x["round"], x["problems"]) for x in report["trials"][TRIAL]] == [(1, []), (2, [])]
     assert any("aggregate recomputed" in c for x in report["trials"][TRIAL] for c in x["checks"])
+    assert [c["check"] for c in report["trial_checks"][TRIAL]] == list(TRIAL_CHECKS)
+    assert all(c["problems"] == [] for c in report["trial_checks"][TRIAL])
+    assert len(report["datasets"]["rows"]) == 3 and report["datasets"]["problems"] == []
 
     # The tables a person reads.
     for args in (["privacy", TRIAL], ["rewards", TRIAL], ["lineage", TRIAL], ["verify"]):
@@ -130,7 +153,9 @@ def test_an_honest_trial_passes_every_audit(
     code, out = audit_cli(consortium, ledger_url, "trials")
     assert code == 0 and TRIAL in out and "COMPLETED" in out
     code, out = audit_cli(consortium, ledger_url, "trial", TRIAL)
-    assert code == 0 and "rejected: below_threshold" in out and "Hospital3MSP" in out
+    assert code == 0 and "rejected: harmful" in out and "Hospital3MSP" in out
+    code, out = audit_cli(consortium, ledger_url, "verify")
+    assert all(name in out for name in TRIAL_CHECKS), out
     code, out = audit_cli(consortium, ledger_url, "lineage", TRIAL)
     assert finished_trial["rounds"][1]["model"]["sha256"] in out  # full hashes, never cut short
 
@@ -153,7 +178,7 @@ def test_a_tampered_ledger_state_is_detected(
     assert code == AuditFailed.exit_code and not report["ok"]
     assert not report["ledger"]["ok"]  # the state no longer follows from the signed blocks
     assert any(
-        "acceptance.rewards" in p and "recomputed from the revealed votes" in p
+        "acceptance.rewards" in p and "recomputed from the revealed findings" in p
         for p in report["problems"]
     )
     code, report = audit_json(consortium, ledger_url, "rewards", TRIAL)

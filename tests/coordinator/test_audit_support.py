@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from silo_side import Hospitals
+from silo_side import Hospitals, finding, register_for_trial
 
-from chaincode.commitments import new_salt, votes_commitment
 from consortium.storage import ArtifactStore
+from coordinator.dp_schedule import start_trial_schedule
 from privacy import he
 
 HOSPITALS = ["hospital1", "hospital2", "hospital3"]
@@ -26,8 +24,12 @@ def create_running_trial(
     rounds: int = 2,
     reward_per_round: int = 1000,
     dp: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
+    service: Any | None = None,
 ) -> Hospitals:
-    """A RUNNING trial created by the admin on the ledger, three hospitals enrolled with their keys, trial keys recorded."""
+    """A RUNNING trial created by the admin on the ledger, three hospitals enrolled with their
+    registered datasets and keys, started with its DP schedule (by ``service`` when given, as
+    the admin API does), trial keys recorded."""
     admin = net.client("admin")
     initial = store.put(f"initial model of {trial_id}".encode())
     admin.submit(
@@ -44,50 +46,45 @@ def create_running_trial(
             "rounds": rounds,
             "min_silos": 2,
             "dp": dp if dp is not None else {"target_epsilon_micro": 1_000_000},
-            "evaluation": {"min_voters": 2, "reward_per_round": reward_per_round},
+            "evaluation": {"min_voters": 2, "reward_per_round": reward_per_round}
+            | (evaluation or {}),
             "phase_seconds": PHASE_SECONDS,
         },
     )
     admin.submit("open_enrolment", {"trial_id": trial_id})
     for name in HOSPITALS:
         identity = net.consortium.identity(name)
-        key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        net.client(name).submit(
-            "register_encryption_key",
-            {"trial_id": trial_id, "encryption_public_key": base64.b64encode(raw).decode()},
-        )
+        key = register_for_trial(net.client(name), identity, trial_id)
         admin.submit(
             "enrol_hospital",
-            {
-                "trial_id": trial_id,
-                "msp_id": identity.msp_id,
-                "encryption_public_key": base64.b64encode(raw).decode(),
-            },
+            {"trial_id": trial_id, "msp_id": identity.msp_id, "encryption_public_key": key},
         )
-    admin.submit("start_trial", {"trial_id": trial_id})
+    if service is not None:
+        service.start_trial(trial_id)  # the coordinator computes the DP schedule
+    else:
+        trial = admin.evaluate("get_trial", {"trial_id": trial_id})
+        schedule = start_trial_schedule(
+            trial, admin.evaluate("get_enrolments", {"trial_id": trial_id})
+        )
+        args: dict[str, Any] = {"trial_id": trial_id}
+        if schedule is not None:
+            args["dp_schedule"] = schedule
+        admin.submit("start_trial", args)
     hospitals = Hospitals(net, store, trial_id, HOSPITALS, secret)
     hospitals.record_keys("hospital1")
     return hospitals
 
 
 def _commit_votes(hospitals: Hospitals, name: str, low: set[str]) -> None:
+    """Harmless findings for every peer but those in ``low``, which it finds harmful."""
     rnd = hospitals.round()
     me = hospitals.msp[name]
-    scores = {
-        m: (-50_000 if m in low else 20_000 + 1000 * i)
+    findings = {
+        m: finding(-50_000 if m in low else 20_000 + 1000 * i)
         for i, m in enumerate(rnd["candidates"])
         if m != me
     }
-    salt = new_salt()
-    commitment = votes_commitment(
-        trial_id=hospitals.trial_id, round=rnd["round"], msp_id=me, scores=scores, salt=salt
-    )
-    hospitals.client(name).submit(
-        "commit_votes",
-        {"trial_id": hospitals.trial_id, "round": rnd["round"], "commitment": commitment},
-    )
-    hospitals.votes[name] = (scores, salt)
+    hospitals.commit_votes(name, findings=findings)
 
 
 def finalize_round(
@@ -96,13 +93,20 @@ def finalize_round(
     *,
     low_scored: tuple[str, ...] = ("hospital3",),
     seed: int = 0,
+    copies: dict[str, str] | None = None,
+    dissent: tuple[str, ...] = (),
+    clock: Any | None = None,
 ) -> dict[str, Any]:
     """Run the trial's next round through the coordinator's ticks until it is FINALIZED.
 
-    Every hospital submits; the hospitals in ``low_scored`` get scores below the acceptance
-    threshold from their peers (so their update is rejected, reason ``below_threshold``).
-    Returns the finalized round record. No tick runs after the final attestation.
+    Every hospital submits; the hospitals in ``low_scored`` are found harmful by their peers (a
+    score below the harm threshold: reason ``harmful``). ``copies`` {copier: victim}: the copier
+    commits to the victim's very bytes two seconds later (``clock`` moves), so the victim's
+    earlier commitment owns them. The hospitals in ``dissent`` attest another model hash first
+    (a dispute once the others finalize). Returns the finalized round record. No tick runs after
+    the final attestation.
     """
+    copies = copies or {}
 
     def phase() -> str | None:
         current = hospitals.client("auditor").evaluate(
@@ -113,8 +117,13 @@ def finalize_round(
     if phase() in (None, "FINALIZED", "HALTED"):
         tick()
     assert hospitals.round()["phase"] == "SUBMIT", hospitals.round()
-    for name in HOSPITALS:
+    for name in [n for n in HOSPITALS if n not in copies]:
         hospitals.commit(name, seed=seed)
+    for copier, victim in copies.items():
+        assert clock is not None, "copies need the ledger clock to order the commitments"
+        clock.advance(2)
+        stolen = hospitals.store.get(hospitals.updates[victim].content_id)
+        hospitals.commit(copier, payload=stolen)
     tick()
     for name in HOSPITALS:
         hospitals.reveal(name)
@@ -127,8 +136,10 @@ def finalize_round(
         hospitals.reveal_votes(name)
     tick()  # close_voting, record_aggregate
     assert hospitals.round()["phase"] == "ATTEST", hospitals.round()
+    for name in dissent:
+        hospitals.attest(name, sha256="0" * 64)
     result: dict[str, Any] = {}
-    for name in HOSPITALS:
+    for name in [n for n in HOSPITALS if n not in dissent]:
         result = hospitals.attest(name)["round"]
         if result["phase"] == "FINALIZED":
             break

@@ -29,7 +29,7 @@ def _concrete(path: str) -> str:
 def test_every_operation_documents_a_2xx_response_schema(server: Any) -> None:
     spec = httpx.get(server.base_url + "/openapi.json", timeout=30).json()
     operations = _operations(spec)
-    assert len(operations) == 38
+    assert len(operations) == 47
     for method, path, operation in operations:
         answers = {
             status: response
@@ -65,7 +65,12 @@ def test_each_router_refuses_other_roles(
 
 def test_reads_for_admins_and_auditors_only(server: Any, consortium: Any) -> None:
     hospital, auditor = consortium.identity("hospital1"), consortium.identity("auditor")
-    for target in ("/api/v1/ledger/verify", "/api/v1/audit-log"):
+    for target in (
+        "/api/v1/ledger/verify",
+        "/api/v1/audit-log",
+        "/api/v1/audit/trials",
+        "/api/v1/audit/verify",
+    ):
         response = httpx.get(
             server.base_url + target, headers=sign_request(hospital, "GET", target, b""), timeout=30
         )
@@ -94,7 +99,8 @@ def test_records_pass_through_unchanged() -> None:
         "deadline": None,
         "deadlines": {},
         "committed": [],
-        "candidates": [],
+        "candidates": ["h2"],
+        "excluded": {"h3": {"reason": "duplicate_content", "sha256": "cd", "owner": "h2"}},
         "vote_committed": [],
         "accepted": [],
         "accepted_sha256s": [],
@@ -105,7 +111,7 @@ def test_records_pass_through_unchanged() -> None:
         "model": None,
         "finalized_at": None,
         "halt": None,
-        "disputes": [],
+        "disputes": [{"msp_id": "h1", "sha256": "ef", "at": 2, "against": "ab"}],
         "later_field": {"x": [1, 2]},
     }
     adapter = TypeAdapter(RoundRecord)
@@ -140,3 +146,9 @@ def test_served_records_are_the_ledger_records(server: Any, client_as: Any) -> N
     ):
         args = {"trial_id": "trial-1"} | ({"record": "trial"} if function == "get_history" else {})
         assert auditor.request("GET", "/trials/trial-1" + path) == ledger.query(function, args)
+    assert auditor.datasets() == ledger.query("get_datasets", {})
+    # The audit reports are JSON with ok, checks and problems, and pass the rest through.
+    report = auditor.audit_report("trial", "trial-1")
+    assert report["ok"] and report["trial"]["trial_id"] == "trial-1"
+    assert auditor.audit_report("trials")["trials"][0]["trial_id"] == "trial-1"
+    assert auditor.audit_verify("trial-1")["ok"]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import collections
 import time
 from collections.abc import Callable
@@ -10,8 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
-from silo_side import Hospitals
+from silo_side import Hospitals, register_for_trial
 
 from bcfl_common.errors import LedgerError
 from consortium.ledger import open_ledger
@@ -59,19 +57,10 @@ def running_trial(
     admin = net.client("admin")
     for name in HOSPITALS:
         identity = net.consortium.identity(name)
-        key = serialization.load_pem_public_key(identity.encryption_public_key_pem())
-        raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        net.client(name).submit(
-            "register_encryption_key",
-            {"trial_id": TRIAL, "encryption_public_key": base64.b64encode(raw).decode()},
-        )
+        key = register_for_trial(net.client(name), identity, TRIAL)
         admin.submit(
             "enrol_hospital",
-            {
-                "trial_id": TRIAL,
-                "msp_id": identity.msp_id,
-                "encryption_public_key": base64.b64encode(raw).decode(),
-            },
+            {"trial_id": TRIAL, "msp_id": identity.msp_id, "encryption_public_key": key},
         )
     service.start_trial(TRIAL)
     hospitals = Hospitals(net, open_store(store_url), TRIAL, HOSPITALS, secret)
@@ -146,9 +135,16 @@ def test_scheduler_runs_a_trial_to_completion(
     public = he.load_public_context(
         store.get(keys["public_context"]["content_id"]), he.DEFAULT_PRESET
     )
-    by_sha = {u.sha256: u for u in hospitals.updates.values()}
+    by_sha = {u.sha256: (m, u) for m, u in hospitals.updates.items()}
+    acceptance = contract_net.client("auditor").evaluate(
+        "get_acceptance", {"trial_id": TRIAL, "round": 1}
+    )
+    shas = rnd["aggregate"]["update_sha256s"]
     recomputed = he.aggregate(
-        public, [store.get(by_sha[s].content_id) for s in rnd["aggregate"]["update_sha256s"]]
+        public,
+        [store.get(by_sha[s][1].content_id) for s in shas],
+        # Each update times the contract's (capped) weight: silos encrypt the plain delta.
+        weights=[acceptance["candidates"][hospitals.msp[by_sha[s][0]]]["weight"] for s in shas],
     )
     assert store.get(rnd["aggregate"]["content_id"]) == recomputed
 
@@ -325,12 +321,16 @@ def test_unusable_update_halts_the_round_and_the_schedule_waits_for_the_admin(
 def test_rollback_resumes_the_schedule(
     service: CoordinatorService, contract_net: Any, store_url: str, secret_context: he.HEContext
 ) -> None:
-    hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=1)
+    # Two rounds: the halted attempt's reveals stay charged, so retraining round 1 needs a
+    # second reveal in each hospital's DP schedule.
+    hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=2)
     tick = service.scheduler.tick
     tick()
     run_round_to_attest(hospitals, tick)
     hospitals.attest("hospital1")
-    hospitals.attest("hospital2", sha256="f" * 64)  # disagreement halts the round
+    hospitals.attest("hospital2", sha256="f" * 64)  # a dissent alone is no halt
+    assert hospitals.round()["phase"] == "ATTEST"
+    hospitals.attest("hospital3", sha256="e" * 64)  # no hash can reach the quorum any more
     assert hospitals.round()["phase"] == "HALTED"
     assert actions(tick()) == [("open_round", "waiting")]
     service.rollback(TRIAL, 0, "attestation mismatch investigated")

@@ -107,13 +107,16 @@ def test_finalized_rounds_are_settled_once_and_recorded_on_the_ledger(
         client.reconcile(chain_rewards(TRIAL, rnd, acceptance, rewards), eth_chain.payees).status
         == "settled"
     )
-    # One ledger reward point is one token; the rejected hospital got nothing.
-    assert acceptance["candidates"]["Hospital3MSP"]["reason"] == "below_threshold"
+    # One ledger reward point is one token; the rejected hospital got only its voter reward
+    # (its votes agreed with the outcome), nothing for its update.
+    assert acceptance["candidates"]["Hospital3MSP"]["reason"] == "harmful"
     balances = client.balances(eth_chain.payees)
     assert {m: balances[m] for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")} == {
         m: token_units(rr["rewards"][m]) for m in ("Hospital1MSP", "Hospital2MSP", "Hospital3MSP")
     }
-    assert balances["Hospital3MSP"] == 0 and sum(balances.values()) == token_units(1000)
+    assert acceptance["candidates"]["Hospital3MSP"]["reward"] == 0
+    assert balances["Hospital3MSP"] == token_units(acceptance["voters"]["Hospital3MSP"]["reward"])
+    assert sum(balances.values()) == token_units(1000)
 
     # Further passes pay nothing more.
     assert settles(tick()) == []
@@ -293,5 +296,7 @@ def test_a_round_finalized_again_after_a_rollback_is_settled_in_its_own_slot(
         (1, 1, False),
         (1, 2, True),
         (2, 1, False),
-        (2, 2, False),
-    ]  # round 2 opened again after the rollback
+    ]  # round 2 is not opened again: every hospital has made its schedule's 2 reveals
+    [outcome] = service.scheduler.run_trial(TRIAL)
+    assert (outcome.action, outcome.status) == ("open_round", "waiting")
+    assert "all the reveals its DP schedule allows" in outcome.detail["reason"]

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from bcfl_common.errors import PrivacyError
+from bcfl_common.errors import PrivacyError, UpdateFormatError
 from privacy import he
 from privacy.he import keyholder
 from privacy.he.presets import MAX_COEFF_BITS
@@ -155,6 +155,25 @@ def test_aggregate_bytes_are_identical_when_recomputed_in_another_process(
     assert (tmp_path / "aggregate.bin").read_bytes() == here
     # Addition is exact modular arithmetic: the order does not change a byte either.
     assert he.aggregate(public_ctx, updates[::-1]) == here
+
+
+def test_aggregate_applies_integer_weights_by_doubling_and_adding(secret_ctx, public_ctx, rng):
+    """The contract's (possibly capped) weights are applied by the aggregator: silos encrypt
+    their plain delta, so nobody's pre-multiplied sample weight can override a cap."""
+    deltas = [rng.normal(0, 0.05, 3000) for _ in range(3)]
+    weights = [1, 37, 1000]
+    blobs = [keyholder.encrypt_update(secret_ctx, d) for d in deltas]
+    total = he.aggregate(public_ctx, blobs, weights=weights)
+    got = keyholder.decrypt(secret_ctx, total, total_weight=float(sum(weights)))
+    exact = sum(w * d for w, d in zip(weights, deltas, strict=True)) / sum(weights)
+    assert np.max(np.abs(got - exact)) <= 1e-6
+    # Deterministic, and the same as adding the ciphertext w times.
+    assert he.aggregate(public_ctx, blobs, weights=weights) == total
+    repeated = keyholder.decrypt(secret_ctx, he.aggregate(public_ctx, [blobs[1]] * 37))
+    assert np.max(np.abs(repeated - 37 * deltas[1])) <= 37 * 1e-7  # error grows like k
+    for bad in ([1, 2], [1, 0, 1], [1, 2.5, 1], [1, True, 1]):
+        with pytest.raises(UpdateFormatError, match="weights"):
+            he.aggregate(public_ctx, blobs, weights=bad)
 
 
 def _x25519_pair() -> tuple[X25519PrivateKey, bytes, bytes]:

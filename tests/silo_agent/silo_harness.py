@@ -1,7 +1,9 @@
 """A coordinator driver for the silo agent tests: the coordinator's and admin's ledger steps by hand.
 
 The coordinator service is written elsewhere; ``CoordinatorDriver`` does its ledger steps
-directly (create and start the trial, open and close phases, aggregate with privacy.he).
+directly (create the trial, enrol the hospitals after each registered its dataset and key with
+``silo_agent.enrolment.enrol``, start the trial with the DP schedule, open and close phases,
+aggregate with privacy.he).
 """
 
 from __future__ import annotations
@@ -17,9 +19,12 @@ from cryptography.hazmat.primitives import serialization
 
 from bcfl_common.errors import ContractError
 from model_registry.artifact import initial_model
+from model_registry.training_settings import training_inputs
+from privacy import dp as privacy_dp
 from privacy import he
 from silo_agent.agent import SiloAgent
 from silo_agent.config import SiloConfig
+from silo_agent.enrolment import enrol
 
 HOSPITALS = ("hospital1", "hospital2", "hospital3", "hospital4")
 
@@ -50,6 +55,7 @@ class CoordinatorDriver:
 
     net: Any
     store: Any
+    config_for: Callable[[str], SiloConfig]
     trial_id: str = "trial-1"
     log: list[str] = field(default_factory=list)
 
@@ -68,6 +74,7 @@ class CoordinatorDriver:
         rounds: int = 2,
         dp: dict[str, Any] | None = None,
         hospitals: tuple[str, ...] = HOSPITALS,
+        start: bool = True,
         **overrides: Any,
     ) -> dict[str, Any]:
         model = overrides.pop("model", dataset.model)
@@ -88,24 +95,46 @@ class CoordinatorDriver:
         self.admin.submit("create_trial", args)
         self.admin.submit("open_enrolment", {"trial_id": self.trial_id})
         for name in hospitals:
-            identity = self.net.consortium.identity(name)
-            pem = identity.encryption_public_key_pem()
-            raw = serialization.load_pem_public_key(pem).public_bytes(
-                serialization.Encoding.Raw, serialization.PublicFormat.Raw
-            )
-            key = base64.b64encode(raw).decode()
-            self.net.client(name).submit(
-                "register_encryption_key", {"trial_id": self.trial_id, "encryption_public_key": key}
-            )
-            self.admin.submit(
-                "enrol_hospital",
-                {
-                    "trial_id": self.trial_id,
-                    "msp_id": identity.msp_id,
-                    "encryption_public_key": key,
-                },
-            )
-        return self.admin.submit("start_trial", {"trial_id": self.trial_id})
+            self.enrol(name)
+        return self.start_trial() if start else self.trial()
+
+    def enrol(self, name: str, **options: Any) -> dict[str, Any]:
+        """The hospital registers its dataset and key (its own transactions), the admin enrols it."""
+        identity = self.net.consortium.identity(name)
+        enrol(
+            self.net.client(name).ledger, identity, self.config_for(name), self.trial_id, **options
+        )
+        pem = identity.encryption_public_key_pem()
+        raw = serialization.load_pem_public_key(pem).public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return self.admin.submit(
+            "enrol_hospital",
+            {
+                "trial_id": self.trial_id,
+                "msp_id": identity.msp_id,
+                "encryption_public_key": base64.b64encode(raw).decode(),
+            },
+        )
+
+    def dp_schedule(self) -> dict[str, Any] | None:
+        """What the coordinator records at start: every enrolled hospital's DP schedule entry."""
+        trial = self.trial()
+        if not trial["dp"].get("enabled", True):
+            return None
+        records = {
+            e["msp_id"]: e["training_records"]
+            for e in self.admin.evaluate("get_enrolments", {"trial_id": self.trial_id})
+            if e["status"] == "enrolled"
+        }
+        return privacy_dp.dp_schedule(trial, records, training_inputs(trial))
+
+    def start_trial(self, dp_schedule: dict[str, Any] | None = None) -> dict[str, Any]:
+        schedule = self.dp_schedule() if dp_schedule is None else dp_schedule
+        args: dict[str, Any] = {"trial_id": self.trial_id}
+        if schedule is not None:
+            args["dp_schedule"] = schedule
+        return self.admin.submit("start_trial", args)
 
     def trial(self) -> dict[str, Any]:
         return self.coordinator.evaluate("get_trial", {"trial_id": self.trial_id})
@@ -166,11 +195,14 @@ class CoordinatorDriver:
                 "get_submissions", {"trial_id": self.trial_id, "round": rnd["round"]}
             )
         }
-        blobs = [
-            self.store.get(submissions[m]["content_id"])
-            for m in sorted(rnd["accepted"], key=lambda m: submissions[m]["sha256"])
-        ]
-        aggregate = he.aggregate(public, blobs)
+        acceptance = self.coordinator.evaluate(
+            "get_acceptance", {"trial_id": self.trial_id, "round": rnd["round"]}
+        )
+        order = sorted(rnd["accepted"], key=lambda m: submissions[m]["sha256"])
+        blobs = [self.store.get(submissions[m]["content_id"]) for m in order]
+        # Each update times the weight the contract decided (capped), summed.
+        weights = [acceptance["candidates"][m]["weight"] for m in order]
+        aggregate = he.aggregate(public, blobs, weights=weights)
         stored = self.store.put(aggregate)
         self.coordinator.submit(
             "record_aggregate",

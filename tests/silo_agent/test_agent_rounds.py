@@ -41,14 +41,27 @@ def test_full_round_finalizes_with_equal_attestations(
     for agent in agents:
         for entry in trial["lineage"]:
             assert agent.state.load_model("trial-1", entry["model"]["sha256"]) is not None
-    # Privacy: the ledger's cumulative epsilon equals each silo's accountant, within the budget.
+    # Privacy: the contract charged the public schedule, which equals each silo's accountant.
+    schedule = contract_net.client("admin").evaluate("get_dp_schedule", {"trial_id": "trial-1"})
     for agent in agents:
         account = contract_net.client("admin").evaluate(
             "get_privacy_ledger", {"trial_id": "trial-1", "msp_id": agent.msp_id}
         )[0]
         local = PrivacyAccountant.open(agent.state.accountant_path("trial-1"))
-        assert account["epsilon_spent_micro"] == local.spent_micro()
-        assert 0 < account["epsilon_spent_micro"] <= account["budget_micro"]
+        entry = schedule["entries"][agent.msp_id]
+        assert account["epsilon_spent_micro"] == entry["epsilon_micro"][1] == local.spent_micro()
+        assert account["budget_micro"] == entry["epsilon_micro"][-1]
+    # Every honest update was accepted on findings without a problem, of similarity < threshold.
+    for entry in trial["lineage"]:
+        acceptance = contract_net.client("admin").evaluate(
+            "get_acceptance", {"trial_id": "trial-1", "round": entry["round"]}
+        )
+        assert sorted(acceptance["accepted"]) == sorted(a.msp_id for a in agents)
+        for decision in acceptance["candidates"].values():
+            assert decision["reason"] == "accepted"
+            for finding in decision["findings"].values():
+                assert finding["problem"] is None and finding["norm_milli"] > 0
+                assert finding["similarity_micro"] < 999_990
     # Status shows rounds, epsilon, rewards and the per-round local accuracy.
     status = collect_status(agents[0])
     (t,) = status["trials"]
@@ -57,6 +70,11 @@ def test_full_round_finalizes_with_equal_attestations(
     assert t["rewards_total"] > 0
     finalized = [r for r in t["round_details"] if r["phase"] == "FINALIZED"]
     assert len(finalized) == 2 and all(r["test"]["accuracy"] > 0.6 for r in finalized)
+    for r in finalized:
+        assert set(r["findings"]) == {a.msp_id for a in agents[1:]}
+        assert r["decision"]["reason"] == "accepted" and r["epsilon_micro"] > 0
+    assert t["dataset"]["dataset_id"] == "train.csv" and t["dataset"]["lifetime_epsilon"] == 10.0
+    assert t["dataset"]["remaining_epsilon"] < 10.0
 
 
 def test_lost_models_are_rebuilt_from_the_lineage(
@@ -126,7 +144,7 @@ def test_restart_mid_round_resumes_without_double_submission(
         )
     }
     assert submissions[msp]["commitment"] == prepared["commitment"]
-    assert submissions[msp]["content_id"] == prepared["content_id"]
+    assert submissions[msp]["sha256"] == prepared["sha256"]
     votes = {
         v["msp_id"]: v
         for v in contract_net.client("admin").evaluate(
@@ -155,7 +173,8 @@ def test_sign_flip_attacker_is_rejected_by_votes(
     )
     attacker = _msp(contract_net, "hospital4")
     assert attacker in acceptance["rejected"]
-    assert acceptance["candidates"][attacker]["reason"] == "below_threshold"
+    # 10x the honest norm: over the bound its DP schedule entry derives (about 3x).
+    assert acceptance["candidates"][attacker]["reason"] == "norm_exceeded"
     assert sorted(acceptance["accepted"]) == sorted(_msp(contract_net, n) for n in HOSPITALS[:3])
 
 

@@ -13,7 +13,9 @@ from fastapi import APIRouter, Depends, Query
 from coordinator.api.dependencies import (
     API_PREFIX,
     Attempt,
+    DatasetId,
     MspFilter,
+    MspId,
     RoundNo,
     Service,
     TrialId,
@@ -26,6 +28,9 @@ from coordinator.schemas import (
     AttestationRecord,
     AuditLogEntry,
     Caller,
+    DatasetBudgetRecord,
+    DatasetRecord,
+    DpScheduleRecord,
     EnrolmentRecord,
     EventsPage,
     HistoryRecord,
@@ -76,6 +81,29 @@ def get_trial(trial_id: TrialId, service: Service) -> dict[str, Any]:
 )
 def get_enrolments(trial_id: TrialId, service: Service) -> list[dict[str, Any]]:
     return service.query("get_enrolments", {"trial_id": trial_id})
+
+
+@router.get(
+    TRIAL + "/dp-schedule",
+    response_model=DpScheduleRecord,
+    summary="Every enrolled hospital's public DP schedule, recorded when the trial started (404 with DP off)",
+)
+def get_dp_schedule(trial_id: TrialId, service: Service) -> dict[str, Any]:
+    return service.dp_schedule(trial_id)
+
+
+@router.get("/datasets", response_model=list[DatasetRecord], summary="Registered datasets")
+def get_datasets(service: Service, msp_id: MspFilter = None) -> list[dict[str, Any]]:
+    return service.query("get_datasets", {"msp_id": msp_id} if msp_id else {})
+
+
+@router.get(
+    "/datasets/{msp_id}/{dataset_id}/budget",
+    response_model=DatasetBudgetRecord,
+    summary="A dataset's lifetime privacy budget: committed by its trials and remaining",
+)
+def get_dataset_budget(msp_id: MspId, dataset_id: DatasetId, service: Service) -> dict[str, Any]:
+    return service.query("get_dataset_budget", {"msp_id": msp_id, "dataset_id": dataset_id})
 
 
 @router.get(

@@ -34,6 +34,9 @@ Who = Annotated[Principal, Depends(_principal)]
 
 TrialId = Annotated[str, Path(pattern=IDENTIFIER, description="Trial id")]
 MspId = Annotated[str, Path(pattern=IDENTIFIER, description="MSP id of a hospital")]
+DatasetId = Annotated[
+    str, Path(pattern=IDENTIFIER, description="A hospital's registered dataset id")
+]
 RoundNo = Annotated[int, Path(ge=1, le=1000, description="Round number")]
 Attempt = Annotated[int | None, Query(ge=1, le=10**6, description="Attempt (default: the latest)")]
 MspFilter = Annotated[str | None, Query(pattern=IDENTIFIER, description="Only this organisation")]

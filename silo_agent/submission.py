@@ -1,0 +1,341 @@
+"""SUBMIT and REVEAL: train, encrypt and commit an update; upload and reveal it once committed.
+
+The encrypted update stays in the state directory until the REVEAL phase: only its sha256 (inside
+the salted commitment) reaches the ledger during SUBMIT, and the bytes reach the artifact store
+only after every commitment is fixed. A hospital that wants to pass a peer's update off as its
+own (update theft) therefore has nothing to copy while it could still commit to it, and a copy
+made later matches no commitment (and the contract refuses a sha256 revealed before).
+
+Seams (small, used by the honest path; ``devnet.red_team``'s attackers override them):
+:meth:`~UpdateSubmission.training_data`, :meth:`~UpdateSubmission.compute_delta`,
+:meth:`~UpdateSubmission.claimed_sample_weight`, :meth:`~UpdateSubmission.seal_update`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from bcfl_common.errors import ContractError, PrivacyBudgetExceeded, PrivacyError, StoreError
+from chaincode.commitments import new_salt, update_commitment
+from model_registry.training_settings import training_inputs
+from privacy import dp, he
+from privacy.he import keyholder
+from silo_agent.data import EncodedData
+from silo_agent.steps import Step, TrialContext
+from silo_agent.training import TrainingSettings, open_accountant, train_local
+
+if TYPE_CHECKING:
+    from silo_agent.agent import SiloAgent
+
+# Round indexes in the accountant: one per (round, attempt).
+ATTEMPTS_PER_ROUND = 1_000_000
+
+
+def check_schedule_entry(
+    trial_id: str,
+    msp_id: str,
+    recorded: Mapping[str, Any] | None,
+    recomputed: Mapping[str, Any],
+) -> None:
+    """Refuse (PrivacyError SCHEDULE_MISMATCH) a recorded DP schedule entry that is not what this
+    hospital's own Opacus computation gives: the contract charges epsilon and bounds update norms
+    from that entry, so a wrong one would misstate the hospital's privacy loss."""
+    if recorded is None:
+        raise PrivacyError(
+            f"trial {trial_id!r}: the ledger's DP schedule has no entry for {msp_id}; expected one "
+            "per enrolled hospital; refusing to train (nothing was sent)",
+            code="SCHEDULE_MISMATCH",
+            detail={"trial_id": trial_id, "msp_id": msp_id, "fields": ["entry"]},
+        )
+    differences = dp.schedule_differences(recorded, recomputed)
+    if differences:
+        raise PrivacyError(
+            f"trial {trial_id!r}: the ledger's DP schedule entry of {msp_id} is not this silo's "
+            f"own computation ({'; '.join(differences)}); refusing to train (nothing was sent)",
+            code="SCHEDULE_MISMATCH",
+            detail={
+                "trial_id": trial_id,
+                "msp_id": msp_id,
+                "fields": [d.split(":", 1)[0] for d in differences],
+            },
+        )
+
+
+def check_training_records(
+    trial_id: str, msp_id: str, registered: int | None, training_records: int
+) -> None:
+    """Refuse to train on a split of another size than the enrolment registered (the contract
+    bounds the sample weight, and the schedule was computed, by the registered count)."""
+    if registered != training_records:
+        raise PrivacyError(
+            f"trial {trial_id!r}: the local training split has {training_records} records, "
+            f"the enrolment of {msp_id} registered training_records = {registered}; expected "
+            "the data (and [data] validation_fraction) the hospital enrolled with; refusing to "
+            "train (nothing was sent)",
+            code="TRAINING_RECORDS_MISMATCH",
+            detail={
+                "trial_id": trial_id,
+                "field": "training_records",
+                "value": training_records,
+                "expected": registered,
+            },
+        )
+
+
+class UpdateSubmission:
+    """The SUBMIT and REVEAL steps of :class:`~silo_agent.agent.SiloAgent` (a mixin)."""
+
+    # -- seams ---------------------------------------------------------------------------------
+    def training_data(self: SiloAgent, ctx: TrialContext) -> EncodedData:
+        """The records this silo trains on in the trial: its local split's training part."""
+        return self._local_data(ctx).train
+
+    def compute_delta(self, base: np.ndarray, trained: np.ndarray) -> np.ndarray:
+        """The update this silo sends for a round: its trained parameters minus the base model's
+        (float64)."""
+        return np.asarray(trained, dtype=np.float64) - np.asarray(base, dtype=np.float64)
+
+    def claimed_sample_weight(self, ctx: TrialContext, training_records: int) -> int:
+        """The sample weight revealed with the update: the number of records trained on."""
+        return training_records
+
+    def seal_update(
+        self: SiloAgent, ctx: TrialContext, rnd: dict[str, Any], delta: np.ndarray, weight: int
+    ) -> bytes:
+        """The update container: the plain parameter ``delta`` encrypted under the trial's CKKS
+        key. ``weight`` (the sample weight it will reveal) is not applied here: the aggregator
+        multiplies each accepted update by the weight the contract decided (capped)."""
+        return keyholder.encrypt_update(ctx.secret, delta)
+
+    # -- ledger views --------------------------------------------------------------------------
+    def _submissions(self: SiloAgent, rnd: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        records = self._q(
+            "get_submissions", trial_id=rnd["trial_id"], round=rnd["round"], attempt=rnd["attempt"]
+        )
+        return {r["msp_id"]: r for r in records}
+
+    def _skip(
+        self: SiloAgent, steps: list[Step], rnd: dict[str, Any], reason: str, level: str = "warning"
+    ) -> None:
+        self.state.record(rnd["trial_id"], rnd["round"], rnd["attempt"], "skipped", reason)
+        self._emit(
+            steps,
+            Step(rnd["trial_id"], "skipped round", reason, rnd["round"], rnd["attempt"], level),
+        )
+
+    # -- SUBMIT --------------------------------------------------------------------------------
+    def _submit_update(
+        self: SiloAgent, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]
+    ) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        if self.msp_id not in rnd["enrolled"]:
+            return
+        entry = self.state.journal_entry(trial_id, r, a)
+        mine = self._submissions(rnd).get(self.msp_id)
+        if mine is not None or entry.get("skipped"):
+            return
+        update = entry.get("update")
+        if update is None:
+            update = self._prepare_update(ctx, rnd, steps)
+            if update is None:
+                return
+        try:
+            self._submit(
+                "commit_update",
+                trial_id=trial_id,
+                round=r,
+                base_model_sha256=update["base_model_sha256"],
+                commitment=update["commitment"],
+            )
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "STALE", "BUDGET_EXCEEDED", "NOT_ENROLLED"):
+                self._skip(steps, rnd, f"commit refused: {exc.code}: {exc.message}")
+                return
+            raise
+        self._emit(
+            steps,
+            Step(
+                trial_id,
+                "committed update",
+                f"weight {update['sample_weight']}, sha256 {update['sha256'][:16]} "
+                "(kept locally until REVEAL)",
+                r,
+                a,
+            ),
+        )
+
+    def _check_dp_schedule(self: SiloAgent, ctx: TrialContext, training_records: int) -> None:
+        """This hospital's entry of the trial's DP schedule, recomputed (once per context)."""
+        if ctx.extras.get("schedule_checked") == training_records:
+            return
+        trial = ctx.trial
+        record = self._q("get_dp_schedule", trial_id=trial["trial_id"])
+        recomputed = dp.schedule_entry(
+            trial, training_records=training_records, **training_inputs(trial)
+        )
+        check_schedule_entry(
+            trial["trial_id"], self.msp_id, record["entries"].get(self.msp_id), recomputed
+        )
+        ctx.extras["schedule_checked"] = training_records
+
+    def _prepare_update(
+        self: SiloAgent, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]
+    ) -> dict[str, Any] | None:
+        trial, trial_id, r, a = ctx.trial, rnd["trial_id"], rnd["round"], rnd["attempt"]
+        train = self.training_data(ctx)
+        enrolment = self.enrolment(trial_id) or {}
+        check_training_records(trial_id, self.msp_id, enrolment.get("training_records"), len(train))
+        settings = TrainingSettings.from_hyperparameters(trial["model"].get("hyperparameters"))
+        if trial["dp"].get("enabled", True):
+            self._check_dp_schedule(ctx, len(train))
+        accountant = open_accountant(
+            self.state.accountant_path(trial_id), trial, settings, len(train)
+        )
+        index = r * ATTEMPTS_PER_ROUND + a
+        budget = None
+        if accountant is not None:
+            # The local accountant is authoritative for this hospital's own budget.
+            ledger_account = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]
+            limit = ledger_account["budget_micro"]
+            if self.config.epsilon_budget is not None:
+                limit = min(limit, dp.to_micro_epsilon(self.config.epsilon_budget, round_up=False))
+            budget = dp.PrivacyBudget(limit)
+            if not any(e["round"] == index for e in accountant.rounds):
+                try:
+                    accountant.check_round(budget)
+                except PrivacyBudgetExceeded as exc:
+                    self._skip(steps, rnd, f"privacy budget: {exc.message}")
+                    return None
+        self._emit(
+            steps,
+            Step(
+                trial_id,
+                "training",
+                f"{len(train)} samples, DP {'on' if accountant else 'off'}",
+                r,
+                a,
+            ),
+        )
+        base = self._params(ctx, rnd["base"])
+        started = time.perf_counter()
+        result = train_local(
+            trial["model"], trial["data_schema"], base, train, accountant=accountant
+        )
+        train_seconds = time.perf_counter() - started
+        if accountant is not None and not any(e["round"] == index for e in accountant.rounds):
+            try:
+                accountant.charge_round(index, budget=budget, steps=result.steps)
+            except PrivacyBudgetExceeded as exc:
+                self._skip(steps, rnd, f"privacy budget: {exc.message}")
+                return None
+        weight = self.claimed_sample_weight(ctx, len(train))
+        delta = self._clip_to_he_range(
+            ctx, rnd, self.compute_delta(base, result.params), weight, steps
+        )
+        blob = self.seal_update(ctx, rnd, delta, weight)
+        sha = self.state.save_update(trial_id, blob)  # kept here until REVEAL
+        salt = new_salt()
+        update = {
+            "base_model_sha256": rnd["base"]["model"]["sha256"],
+            "sha256": sha,
+            "sample_weight": weight,
+            "salt": salt,
+            "commitment": update_commitment(
+                trial_id=trial_id,
+                round=r,
+                msp_id=self.msp_id,
+                sha256=sha,
+                sample_weight=weight,
+                salt=salt,
+            ),
+            "train_loss": result.train_loss if math.isfinite(result.train_loss) else None,
+            "steps": result.steps,
+            "train_seconds": round(train_seconds, 4),  # local only: the round-overhead benchmark
+        }
+        self.state.record(trial_id, r, a, "update", update)  # before commit_update is sent
+        return update
+
+    def _clip_to_he_range(
+        self: SiloAgent,
+        ctx: TrialContext,
+        rnd: dict[str, Any],
+        delta: np.ndarray,
+        weight: int,
+        steps: list[Step],
+    ) -> np.ndarray:
+        """CKKS wraps around silently beyond the preset's range: the delta is clipped so that
+        ``weight * delta`` fits one summand's share of it (the aggregate multiplies the delta by
+        a weight of at most the sample weight; no honest update of a sensible model comes near
+        the cap)."""
+        cap = he.get_preset(ctx.preset).max_abs_value * 0.999 / max(1, weight)
+        if float(np.max(np.abs(delta))) <= cap:
+            return delta
+        self._emit(
+            steps,
+            Step(
+                rnd["trial_id"],
+                "clipped update",
+                f"|delta| capped at {cap:.4g} for the HE range",
+                rnd["round"],
+                rnd["attempt"],
+                "warning",
+            ),
+        )
+        return np.clip(delta, -cap, cap)
+
+    # -- REVEAL --------------------------------------------------------------------------------
+    def _reveal_update(
+        self: SiloAgent, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]
+    ) -> None:
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        mine = self._submissions(rnd).get(self.msp_id)
+        if mine is None or mine["revealed"]:
+            return
+        update = self.state.journal_entry(trial_id, r, a).get("update")
+        blob = None if update is None else self.state.load_update(trial_id, update["sha256"])
+        if update is None or update["commitment"] != mine["commitment"] or blob is None:
+            what = (
+                "the journal holds no update matching the ledger's commitment"
+                if update is None or update["commitment"] != mine["commitment"]
+                else f"the committed update {update['sha256'][:16]} is missing from the state directory"
+            )
+            self._emit(
+                steps,
+                Step(trial_id, "cannot reveal", f"{what} (state directory lost?)", r, a, "error"),
+            )
+            return
+        if update.get("content_id") is None:
+            stored = self.store.put(blob)  # the commitments are fixed: now the bytes may go out
+            if stored.sha256 != update["sha256"]:
+                raise StoreError(
+                    f"artifact store returned sha256 {stored.sha256} for the update, expected "
+                    f"{update['sha256']} (the committed one)",
+                    code="STORE_INTEGRITY",
+                )
+            update = {**update, "content_id": stored.content_id}
+            self.state.record(trial_id, r, a, "update", update)  # before reveal_update is sent
+        try:
+            self._submit(
+                "reveal_update",
+                trial_id=trial_id,
+                round=r,
+                content_id=update["content_id"],
+                sha256=update["sha256"],
+                sample_weight=update["sample_weight"],
+                salt=update["salt"],
+            )
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":
+                return
+            if exc.code in ("LATE", "BUDGET_EXCEEDED", "DUPLICATE_CONTENT", "NOT_ENROLLED"):
+                self._skip(steps, rnd, f"reveal refused: {exc.code}: {exc.message}")
+                return
+            raise
+        self._emit(steps, Step(trial_id, "revealed update", update["content_id"], r, a))

@@ -1,0 +1,217 @@
+"""The auditor's recomputations of the protocol's decisions, on ledger-shaped records: the
+attacks a hostile hospital (or a colluding pair, or a coordinator writing the records) would try."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from coordinator.audit_protocol import (
+    Timeline,
+    attestation_problems,
+    charge_problems,
+    duplicate_problems,
+    excluded_duplicates,
+    expected_charges,
+    weight_problems,
+)
+
+T = "trial-x"
+DP_ON = {"trial_id": T, "rounds": 3, "dp": {"enabled": True}}
+ENTRY = {"epsilon_micro": [400_000, 700_000, 900_000]}
+SCHEDULE = {"trial_id": T, "entries": {"A": ENTRY, "B": ENTRY}}
+
+
+def update(msp: str, r: int, a: int = 1, **fields: Any) -> dict[str, Any]:
+    return {
+        "trial_id": T,
+        "round": r,
+        "attempt": a,
+        "msp_id": msp,
+        "committed_at": 100,
+        "revealed": True,
+        "revealed_at": 200 + r,
+        "sha256": f"{msp}-{r}-{a}",
+        "sample_weight": 10,
+        "epsilon_spent_micro": 0,
+        **fields,
+    }
+
+
+def account(
+    msp: str, charges: list[tuple[int, int]], budget: int | None = 900_000
+) -> dict[str, Any]:
+    return {
+        "trial_id": T,
+        "msp_id": msp,
+        "budget_micro": budget,
+        "epsilon_spent_micro": sum(e for _, e in charges),
+        "entries": [{"round": r, "attempt": 1, "epsilon_micro": e, "at": 0} for r, e in charges],
+    }
+
+
+def test_each_reveal_costs_the_schedule_difference_for_its_position() -> None:
+    assert expected_charges(ENTRY, 4) == [400_000, 300_000, 200_000, None]
+    assert expected_charges(None, 2) == [0, 0]  # DP off
+    honest = {
+        "A": [
+            update("A", 1, epsilon_spent_micro=400_000),
+            update("A", 2, epsilon_spent_micro=300_000),
+        ]
+    }
+    accounts = {"A": account("A", [(1, 400_000), (2, 300_000)])}
+    assert charge_problems(DP_ON, SCHEDULE, accounts, honest) == []
+
+    # A charge that differs from the schedule (an understated second reveal).
+    cheap = {"A": [honest["A"][0], update("A", 2, epsilon_spent_micro=1)]}
+    cheap_account = {"A": account("A", [(1, 400_000), (2, 1)])}
+    problems = charge_problems(DP_ON, SCHEDULE, cheap_account, cheap)
+    assert any(
+        "A round 2: charged epsilon_spent_micro 1, the schedule's reveal number 2 costs 300000" in p
+        for p in problems
+    ), problems
+    assert any("privacy account entries" in p for p in problems)
+
+    # A privacy account whose cumulative is not the sum of its entries, or with another budget.
+    wrong = {"A": dict(accounts["A"], epsilon_spent_micro=400_000, budget_micro=10**6)}
+    problems = charge_problems(DP_ON, SCHEDULE, wrong, honest)
+    assert any("cumulative 400000 micro-epsilon, its entries sum to 700000" in p for p in problems)
+    assert any("budget_micro 1000000, expected 900000" in p for p in problems)
+
+
+def test_a_reveal_past_the_schedule_and_a_hospital_without_an_entry_are_named() -> None:
+    four = [
+        update("A", r, epsilon_spent_micro=c)
+        for r, c in zip(range(1, 5), [400_000, 300_000, 200_000, 0], strict=True)
+    ]
+    problems = charge_problems(DP_ON, SCHEDULE, {}, {"A": four, "C": [update("C", 1)]})
+    assert any("reveal number 4 but the schedule plans only 3" in p for p in problems)
+    assert any("C: 1 revealed update(s) but no schedule entry" in p for p in problems)
+
+
+def test_dp_off_charges_nothing() -> None:
+    trial = {"trial_id": T, "rounds": 2, "dp": {"enabled": False}}
+    revealed = {"A": [update("A", 1, epsilon_spent_micro=5)]}
+    problems = charge_problems(trial, None, {"A": account("A", [(1, 5)], budget=None)}, revealed)
+    assert any(
+        "charged epsilon_spent_micro 5, the schedule's reveal number 1 costs 0" in p
+        for p in problems
+    )
+
+
+def test_a_weight_over_the_registered_records_is_named() -> None:
+    enrolments = {"A": {"training_records": 10}, "B": {"training_records": 500}}
+    revealed = {"A": [update("A", 1, sample_weight=10)], "B": [update("B", 1, sample_weight=501)]}
+    assert weight_problems(enrolments, revealed) == [
+        "B round 1: sample_weight 501 is over its registered training_records 500"
+    ]
+
+
+def test_duplicates_go_to_the_earliest_commitment_never_the_first_reveal() -> None:
+    owner = update("A", 1, sha256="s", committed_at=100, revealed_at=300)
+    thief = update("B", 1, sha256="s", committed_at=101, revealed_at=250)  # revealed first
+    other = update("C", 1, sha256="t")
+    assert excluded_duplicates([owner, thief, other]) == {
+        "B": {"reason": "duplicate_content", "sha256": "s", "owner": "A"}
+    }
+    # A colluding pair committing in the same second: the content goes to nobody.
+    twin = update("B", 1, sha256="s", committed_at=100)
+    assert excluded_duplicates([owner, twin]) == {
+        "A": {"reason": "duplicate_content", "sha256": "s", "owner": None},
+        "B": {"reason": "duplicate_content", "sha256": "s", "owner": None},
+    }
+
+
+def round_record(r: int, a: int = 1, **fields: Any) -> dict[str, Any]:
+    return {
+        "trial_id": T,
+        "round": r,
+        "attempt": a,
+        "phase": "FINALIZED",
+        "candidates": [],
+        "excluded": {},
+        "accepted_sha256s": [],
+        "participants": [],
+        "disputes": [],
+        "model": None,
+        "halt": None,
+        **fields,
+    }
+
+
+def test_a_wrong_excluded_set_and_content_revealed_again_are_named() -> None:
+    owner = update("A", 1, sha256="s", committed_at=100)
+    thief = update("B", 1, sha256="s", committed_at=101)
+    timeline = Timeline()
+    timeline.enrolled_at_reveal_close[(T, 1, 1)] = ["A", "B"]
+    timeline.opened[(T, 1, 1)] = 1
+    honest = round_record(
+        1,
+        candidates=["A"],
+        excluded={"B": {"reason": "duplicate_content", "sha256": "s", "owner": "A"}},
+    )
+    updates = {(1, 1): {"A": owner, "B": thief}}
+    assert duplicate_problems(T, [honest], updates, timeline) == []
+    # The thief gets the content instead (as if decided by who revealed first).
+    forged = round_record(
+        1,
+        candidates=["B"],
+        excluded={"A": {"reason": "duplicate_content", "sha256": "s", "owner": "B"}},
+    )
+    problems = duplicate_problems(T, [forged], updates, timeline)
+    assert any(
+        "round.excluded" in p and "earliest commitment owns the content" in p for p in problems
+    )
+    assert any("round.candidates ['B'], recomputed: ['A']" in p for p in problems)
+
+    # Round 2: B reveals A's round-1 bytes again and they are accepted.
+    timeline.enrolled_at_reveal_close[(T, 2, 1)] = ["A", "B"]
+    timeline.opened[(T, 2, 1)] = 2
+    replay = update("B", 2, sha256="s")
+    second = round_record(2, candidates=["B"], accepted_sha256s=["s"])
+    problems = duplicate_problems(T, [honest, second], {**updates, (2, 1): {"B": replay}}, timeline)
+    assert problems == [
+        "round 2: B revealed sha256 s, already revealed by A in round 1: revealed accepted again "
+        "(DUPLICATE_CONTENT)"
+    ]
+
+
+def attestation(msp: str, sha256: str, at: int) -> dict[str, Any]:
+    return {"msp_id": msp, "sha256": sha256, "attested_at": at}
+
+
+def test_disputes_are_recomputed_from_the_attestations() -> None:
+    attestations = [
+        attestation("A", "good", 10),
+        attestation("B", "bad", 11),
+        attestation("C", "good", 12),
+        attestation("D", "good", 13),
+    ]
+    dispute = {"msp_id": "B", "sha256": "bad", "at": 11, "against": "good"}
+    rnd = round_record(
+        1, participants=["A", "B", "C", "D"], model={"sha256": "good"}, disputes=[dispute]
+    )
+    assert attestation_problems(rnd, attestations) == []
+    # A missing dispute (the dissent of B hidden).
+    problems = attestation_problems(dict(rnd, disputes=[]), attestations)
+    assert (
+        len(problems) == 1 and "round.disputes []" in problems[0] and "'msp_id': 'B'" in problems[0]
+    )
+    # Finalized without a quorum (3 of 4 needed).
+    problems = attestation_problems(rnd, attestations[:3])
+    assert any("attested by 2, the quorum is 3" in p for p in problems)
+
+
+def test_a_minority_dissent_is_no_reason_to_halt() -> None:
+    halted = round_record(
+        1,
+        phase="HALTED",
+        participants=["A", "B", "C"],
+        halt={"code": "ATTESTATION_MISMATCH"},
+    )
+    # "good" has 1 attestation and C has not attested: 1 + 1 reaches the quorum of 2.
+    problems = attestation_problems(
+        halted, [attestation("A", "good", 1), attestation("B", "bad", 2)]
+    )
+    assert any("a minority dissent is a dispute, not a halt" in p for p in problems)
+    three = [attestation("A", "x", 1), attestation("B", "y", 2), attestation("C", "z", 3)]
+    assert attestation_problems(halted, three) == []
