@@ -269,6 +269,12 @@ class LocalNetwork:
         ledger = open_ledger(self.ledger_url, identity)
         try:
             with CoordinatorClient(self.base_url, identity) as client:
+                if hospital in self.attacks:  # a malicious hospital claims what its attack needs
+                    from devnet.red_team.enrolment import enrol_attacker
+
+                    attack, _, flags = self.attacks[hospital]
+                    enrol_attacker(ledger, identity, config, trial_id, attack, flags)
+                    return client.request_enrolment(trial_id, identity.encryption_public_key_pem())
                 return request_enrolment(ledger, client, identity, config, trial_id)
         finally:
             ledger.close()

@@ -6,8 +6,8 @@ import secrets
 from typing import Any
 
 from devnet.red_team.base import AttackingSilo, option_error
-from silo_agent.steps import TrialContext
 from silo_agent.findings import MAX_SCORE_MICRO
+from silo_agent.steps import TrialContext
 
 # A norm far over any bound and a similarity at the top of the scale.
 FAKE_NORM_MILLI = 10**9
