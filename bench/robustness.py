@@ -41,7 +41,6 @@ from consortium.identity import Consortium  # noqa: E402
 from consortium.ledger import open_ledger  # noqa: E402
 from devnet.local_network import bcfl_command  # noqa: E402
 
-HEART = Path(__file__).resolve().parents[2] / "shared" / "data" / "heart_disease"
 HOSPITALS = {"breast-cancer": 5, "heart-disease": 4}
 # The backdoor trigger per data set: an encoded feature column the honest model barely uses,
 # set far outside the data's range (12 standard deviations).
@@ -123,8 +122,11 @@ def configs(args: argparse.Namespace) -> Iterator[Config]:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_trial(config: Config, seed: int, workdir: Path) -> dict[str, Any]:
-    """Run one trial as the demo does and measure it; a trial that fails is a result too."""
+def run_trial(
+    config: Config, seed: int, workdir: Path, data_dir: Path | None = None
+) -> dict[str, Any]:
+    """Run one trial as the demo does and measure it; a trial that fails is a result too.
+    ``data_dir``: the UCI heart disease files (default: silo_agent.datasets' folder)."""
     from devnet.demo import run_demo
 
     row = config.row
@@ -136,7 +138,7 @@ def run_trial(config: Config, seed: int, workdir: Path) -> dict[str, Any]:
         summary = run_demo(
             workdir=workdir,
             dataset_name=config.dataset,
-            data_dir=HEART if config.dataset == "heart-disease" else None,
+            data_dir=data_dir if config.dataset == "heart-disease" else None,
             hospitals=HOSPITALS[config.dataset],
             rounds=config.rounds,
             malicious=row.malicious,
@@ -152,17 +154,19 @@ def run_trial(config: Config, seed: int, workdir: Path) -> dict[str, Any]:
     except BcflError as exc:
         return {"seed": seed, "state": f"ERROR {exc.code}", "error": exc.message[-2000:]}
     result = {"seed": seed, "seconds": round(time.monotonic() - started, 1)}
-    result.update(measure(config, summary, options))
+    result.update(measure(config, summary, data_dir))
     return result
 
 
-def measure(config: Config, summary: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+def measure(config: Config, summary: dict[str, Any], data_dir: Path | None) -> dict[str, Any]:
     """Accuracy and trigger success of the final model, rewards and rejections from the ledger."""
     root = Path(summary["workdir"])
     trial_id = summary["trial_id"]
     bad = set(summary["malicious"])
     out: dict[str, Any] = {"state": summary["state"], "malicious": sorted(bad)}
-    out.update(final_model_metrics(root, trial_id, config.dataset, TRIGGERS[config.dataset]))
+    out.update(
+        final_model_metrics(root, trial_id, config.dataset, TRIGGERS[config.dataset], data_dir)
+    )
     out.update(ledger_outcome(root, trial_id, bad, config.row.free_rides_from))
     verify = subprocess.run(
         bcfl_command(
@@ -189,7 +193,7 @@ def measure(config: Config, summary: dict[str, Any], options: dict[str, Any]) ->
 
 
 def final_model_metrics(
-    root: Path, trial_id: str, dataset_name: str, trigger: dict[str, Any]
+    root: Path, trial_id: str, dataset_name: str, trigger: dict[str, Any], data_dir: Path | None
 ) -> dict[str, Any]:
     """The trial's head model, rebuilt by hospital1's (honest) agent, on the pooled test rows;
     trigger success = share of triggered test rows whose true label is 0 predicted 1."""
@@ -216,7 +220,7 @@ def final_model_metrics(
     dataset = load_demo_dataset(
         dataset_name,
         hospitals=HOSPITALS[dataset_name],
-        data_dir=HEART if dataset_name == "heart-disease" else None,
+        data_dir=data_dir if dataset_name == "heart-disease" else None,
     )
     test = encode(dataset.pooled_test(), dataset.schema)
     negative = test.y == 0
@@ -455,6 +459,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--fresh", action="store_true", help="ignore finished trials in the JSON")
     parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the four UCI heart disease files (default: silo_agent.datasets' folder)",
+    )
+    parser.add_argument(
         "--keep",
         type=Path,
         default=None,
@@ -494,15 +504,17 @@ def main(argv: list[str] | None = None) -> None:
         for seed in range(args.seeds):
             done += 1
             finished = trials.setdefault(config.key, {})
-            if str(seed) in finished:
-                continue
+            if not str(finished.get(str(seed), {}).get("state", "ERROR")).startswith("ERROR"):
+                continue  # done in an earlier run (a trial that failed is tried again)
             if args.keep is not None:
                 slug = "".join(c if c.isalnum() else "-" for c in config.key)
-                result = run_trial(config, seed, args.keep.resolve() / f"{slug}-s{seed}")
+                result = run_trial(
+                    config, seed, args.keep.resolve() / f"{slug}-s{seed}", args.data_dir
+                )
             else:
                 workdir = Path(tempfile.mkdtemp(prefix="bcfl-robustness-"))
                 try:
-                    result = run_trial(config, seed, workdir / "trial")
+                    result = run_trial(config, seed, workdir / "trial", args.data_dir)
                 finally:
                     shutil.rmtree(workdir, ignore_errors=True)
             finished[str(seed)] = result
