@@ -53,6 +53,25 @@ def trial_spec(
     }
 
 
+def red_team_flags(
+    attack: str, options: dict[str, Any] | None, malicious_msp_ids: list[str]
+) -> list[str]:
+    """The ``devnet.red_team`` options of the demo's attackers (colluders learn the ring)."""
+    from devnet.red_team import OPTION_FLAGS, attack_class
+
+    values = dict(options or {})
+    if "colluders" in attack_class(attack).OPTIONS and "colluders" not in values:
+        values["colluders"] = ",".join(malicious_msp_ids)
+    flags: list[str] = []
+    for name, value in values.items():
+        if value is not None:
+            flags += [
+                OPTION_FLAGS[name][0],
+                f"{value:g}" if isinstance(value, float) else str(value),
+            ]
+    return flags
+
+
 def run_demo(
     *,
     workdir: Path,
@@ -69,20 +88,31 @@ def run_demo(
     console: Console,
     ledger: str = "embedded",
     settlement: str = "none",
+    attack: str = "sign_flip",
+    attack_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Run the whole demo; return the summary (also written to WORKDIR/summary.json)."""
+    """Run the whole demo; return the summary (also written to WORKDIR/summary.json).
+
+    The last ``malicious`` hospitals run ``devnet.red_team``'s ``attack`` with ``attack_options``
+    (its own options, e.g. ``{"scale": 10}``); a ring of colluders (``vote_down``) is told who
+    its members are."""
     from silo_agent.datasets import load_demo_dataset, write_demo_dataset
 
     if malicious < 0 or malicious >= hospitals:
         raise ConfigError(
             f"--malicious={malicious}: expected 0 to {hospitals - 1} (at least one honest hospital)"
         )
+    if malicious:
+        from devnet.red_team import attacker
+
+        attacker(attack, **(attack_options or {}))  # refuses an unknown attack or option now
     dataset = load_demo_dataset(dataset_name, hospitals=hospitals, data_dir=data_dir)
     rounds = rounds or dataset.rounds
     trial_id = f"demo-{dataset_name}"
     console.rule(
         f"[bold]bcfl demo[/bold]: {dataset.name}, {hospitals} hospitals, {rounds} rounds, "
         f"DP {'on' if dp else 'OFF'}, HE on, {malicious} malicious"
+        + (f" ({attack})" if malicious else "")
     )
     net = LocalNetwork.create(
         workdir,
@@ -98,6 +128,7 @@ def run_demo(
         "hospitals": hospitals,
         "rounds": rounds,
         "malicious": [],
+        "attack": attack if malicious else None,
         "dp": dp,
         "ledger": ledger,
         "settlement": settlement,
@@ -118,11 +149,13 @@ def run_demo(
         files = write_demo_dataset(dataset, net.root / "data")
         bad = set(net.hospital_names()[hospitals - malicious :])
         summary["malicious"] = sorted(net.msp_id(h) for h in bad)
+        flags = red_team_flags(attack, attack_options, summary["malicious"]) if bad else []
         for hospital, paths in zip(net.hospital_names(), files, strict=True):
             net.write_silo_config(
                 hospital,
                 {"path": paths["train"], "test_path": paths["test"]},
-                attack="sign_flip" if hospital in bad else "none",
+                attack=attack if hospital in bad else "none",
+                attack_options=flags,
             )
         net.write_coordinator_config(coordinator_extra)
         net.start_coordinator()
@@ -560,7 +593,15 @@ def _fmt_pooled(value: float | None) -> str:
     type=int,
     default=0,
     show_default=True,
-    help="Hospitals that send poisoned updates.",
+    help="Hospitals (the last ones) that run --attack.",
+)
+@click.option(
+    "--attack",
+    default="sign_flip",
+    show_default=True,
+    help="What the malicious hospitals do: an attack of devnet.red_team (sign_flip, backdoor, "
+    "label_flip, zero, inflated_weight, reencrypted_copy, aggregate_copy, aggregate_reencrypted, "
+    "thief, vote_down, wrong_attestation).",
 )
 @click.option(
     "--no-dp", is_flag=True, help="Switch differential privacy off (recorded on the ledger)."
@@ -613,6 +654,7 @@ def demo_command(
     hospitals: int,
     rounds: int | None,
     malicious: int,
+    attack: str,
     no_dp: bool,
     epsilon: float | None,
     seed: int,
@@ -634,6 +676,7 @@ def demo_command(
         hospitals=hospitals,
         rounds=rounds,
         malicious=malicious,
+        attack=attack,
         dp=not no_dp,
         epsilon=epsilon,
         seed=seed,

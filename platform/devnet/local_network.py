@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,17 +36,21 @@ def bcfl_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "bcfl_cli", *args]
 
 
-def red_team_command(attack: str, scale: float, *silo_run_args: str) -> list[str]:
+def red_team_command(
+    attack: str, scale: float | None, *silo_run_args: str, options: Sequence[str] = ()
+) -> list[str]:
     """A malicious hospital: ``devnet.red_team`` runs the silo agent (the arguments of
-    `bcfl silo run`) with an agent that poisons its updates (``attack``, scaled by ``scale``)."""
+    `bcfl silo run`) with an attacking agent (``attack``; ``scale`` for the attacks that scale
+    their update, None for the attack's default; ``options``: more of the harness's options)."""
+    scaled = [] if scale is None else ["--scale", f"{scale:g}"]
     return [
         sys.executable,
         "-m",
         "devnet.red_team",
         "--attack",
         attack,
-        "--scale",
-        f"{scale:g}",
+        *scaled,
+        *options,
         *silo_run_args,
     ]
 
@@ -78,8 +83,9 @@ class LocalNetwork:
     processes: dict[str, Supervised] = field(default_factory=dict)
     poll_interval: float = 0.3
     fabric: FabricNetwork | None = None  # when the ledger is a real Fabric network
-    # the hospitals that run devnet.red_team instead of the honest agent: name -> (attack, scale)
-    attacks: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # the hospitals that run devnet.red_team instead of the honest agent:
+    # name -> (attack, scale or None, more red-team options)
+    attacks: dict[str, tuple[str, float | None, tuple[str, ...]]] = field(default_factory=dict)
 
     # -- creation ---------------------------------------------------------------------------
     @classmethod
@@ -206,7 +212,8 @@ class LocalNetwork:
         data: dict[str, Any],
         *,
         attack: str = "none",
-        attack_scale: float = 10.0,
+        attack_scale: float | None = None,
+        attack_options: Sequence[str] = (),
         epsilon_budget: float | None = None,
         poll_seconds: float = 0.3,
     ) -> Path:
@@ -216,7 +223,7 @@ class LocalNetwork:
         if attack == "none":
             self.attacks.pop(hospital, None)
         else:
-            self.attacks[hospital] = (attack, attack_scale)
+            self.attacks[hospital] = (attack, attack_scale, tuple(attack_options))
         folder = self.root / "silos" / hospital
         sections: dict[str, dict[str, Any]] = {
             "": {
@@ -240,7 +247,8 @@ class LocalNetwork:
         if trial_id:
             args += ["--trial", trial_id]
         if hospital in self.attacks:
-            command = red_team_command(*self.attacks[hospital], *args)
+            attack, scale, options = self.attacks[hospital]
+            command = red_team_command(attack, scale, *args, options=options)
         else:
             command = bcfl_command("silo", "run", *args)
         proc = Supervised(
@@ -261,6 +269,12 @@ class LocalNetwork:
         ledger = open_ledger(self.ledger_url, identity)
         try:
             with CoordinatorClient(self.base_url, identity) as client:
+                if hospital in self.attacks:  # a malicious hospital claims what its attack needs
+                    from devnet.red_team.enrolment import enrol_attacker
+
+                    attack, _, flags = self.attacks[hospital]
+                    enrol_attacker(ledger, identity, config, trial_id, attack, flags)
+                    return client.request_enrolment(trial_id, identity.encryption_public_key_pem())
                 return request_enrolment(ledger, client, identity, config, trial_id)
         finally:
             ledger.close()
