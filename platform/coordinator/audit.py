@@ -68,6 +68,28 @@ def _maybe(ledger: Any, function: str, args: dict[str, Any]) -> Any:
         raise
 
 
+def trial_protocol_records(
+    ledger: Any, trial_id: str, rounds: list[dict[str, Any]]
+) -> tuple[dict[str, Any], Any, dict[str, Any], dict[tuple[int, int], dict[str, Any]]]:
+    """What the privacy report and the protocol checks both read: the enrolments, the DP
+    schedule (None without one), the privacy accounts by MSP id, and every round attempt's
+    submissions by (round, attempt) and MSP id."""
+    at = {"trial_id": trial_id}
+    enrolments = {e["msp_id"]: e for e in ledger.evaluate("get_enrolments", at)}
+    schedule = _maybe(ledger, "get_dp_schedule", at)
+    accounts = {acc["msp_id"]: acc for acc in ledger.evaluate("get_privacy_ledger", at)}
+    updates = {
+        (x["round"], x["attempt"]): {
+            u["msp_id"]: u
+            for u in ledger.evaluate(
+                "get_submissions", {**at, "round": x["round"], "attempt": x["attempt"]}
+            )
+        }
+        for x in rounds
+    }
+    return enrolments, schedule, accounts, updates
+
+
 def _switch(policy: dict[str, Any], on: str) -> dict[str, Any]:
     if policy["enabled"]:
         return {"enabled": True, "summary": on, "reason": None}

@@ -13,29 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from coordinator import audit_protocol as protocol
-from coordinator.audit import _maybe, _report, _rounds
+from coordinator.audit import _report, _rounds, trial_protocol_records
 from coordinator.audit_datasets import DatasetAudit
 
 
 def privacy_report(ledger: Any, trial_id: str) -> dict[str, Any]:
     trial = ledger.evaluate("get_trial", {"trial_id": trial_id})
     rounds = _rounds(ledger, trial_id)
-    enrolments = {e["msp_id"]: e for e in ledger.evaluate("get_enrolments", {"trial_id": trial_id})}
-    schedule = _maybe(ledger, "get_dp_schedule", {"trial_id": trial_id})
+    enrolments, schedule, accounts, updates = trial_protocol_records(ledger, trial_id, rounds)
     entries = (schedule or {}).get("entries", {})
-    accounts = {
-        acc["msp_id"]: acc for acc in ledger.evaluate("get_privacy_ledger", {"trial_id": trial_id})
-    }
-    updates = {
-        (x["round"], x["attempt"]): {
-            u["msp_id"]: u
-            for u in ledger.evaluate(
-                "get_submissions",
-                {"trial_id": trial_id, "round": x["round"], "attempt": x["attempt"]},
-            )
-        }
-        for x in rounds
-    }
     timeline = protocol.replay(ledger.events(0))
     revealed = protocol.revealed_in_order(trial_id, updates, timeline)
     problems = protocol.charge_problems(trial, schedule, accounts, revealed)

@@ -19,7 +19,7 @@ from bcfl_common.errors import BcflError
 from chaincode import rules
 from chaincode.commitments import update_commitment, votes_commitment
 from coordinator import audit_protocol as protocol
-from coordinator.audit import AuditFailed, _label, _maybe, _report, _rounds
+from coordinator.audit import AuditFailed, _label, _maybe, _report, _rounds, trial_protocol_records
 from coordinator.audit_datasets import DatasetAudit
 
 # The per-trial checks, by the name each has in the report.
@@ -256,21 +256,7 @@ def verify_trial(
 ) -> list[dict[str, Any]]:
     """The trial-level checks of the protocol, one ``{check, problems}`` per name in TRIAL_CHECKS."""
     trial_id = trial["trial_id"]
-    enrolments = {e["msp_id"]: e for e in ledger.evaluate("get_enrolments", {"trial_id": trial_id})}
-    schedule = _maybe(ledger, "get_dp_schedule", {"trial_id": trial_id})
-    accounts = {
-        acc["msp_id"]: acc for acc in ledger.evaluate("get_privacy_ledger", {"trial_id": trial_id})
-    }
-    updates = {
-        (x["round"], x["attempt"]): {
-            u["msp_id"]: u
-            for u in ledger.evaluate(
-                "get_submissions",
-                {"trial_id": trial_id, "round": x["round"], "attempt": x["attempt"]},
-            )
-        }
-        for x in rounds
-    }
+    enrolments, schedule, accounts, updates = trial_protocol_records(ledger, trial_id, rounds)
     revealed = protocol.revealed_in_order(trial_id, updates, timeline)
     disputes: list[str] = []
     for x in rounds:

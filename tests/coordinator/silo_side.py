@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from contract_flow import finding as contract_finding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
 
@@ -60,23 +61,10 @@ def register_for_trial(
     return encoded
 
 
-def finding(
-    score_micro: int = 20_000,
-    *,
-    norm_milli: int | None = 300,
-    similarity_micro: int | None = 0,
-    problem: str | None = None,
-) -> dict[str, Any]:
-    """A voter's finding on one peer's update: by default harmless (norm 0.3, within every
-    schedule bound here; nothing similar earlier). With a problem, norm and similarity are null."""
-    if problem is not None:
-        norm_milli = similarity_micro = None
-    return {
-        "score_micro": score_micro,
-        "norm_milli": norm_milli,
-        "similarity_micro": similarity_micro,
-        "problem": problem,
-    }
+def finding(score_micro: int = 20_000, **fields: Any) -> dict[str, Any]:
+    """A voter's finding on one peer's update (``contract_flow.finding``): by default harmless,
+    with norm 0.3, within every schedule bound here."""
+    return contract_finding(score_micro, **{"norm_milli": 300, **fields})
 
 
 @dataclass
