@@ -21,11 +21,21 @@ not c; m = |V_c|; "a majority" = strictly more than m/2 of V_c.
    candidates' representative norms (each the UPPER median, ``sorted(s)[len(s) // 2]``, of the
    non-null norms reported for it), applied only when at least 3 candidates have one;
 6. ``duplicate`` if a majority report ``similarity_micro >= duplicate_similarity_micro``;
-7. ``harmful`` if a majority report no problem and ``score_micro < -acceptance_threshold_micro``;
+7. ``harmful`` if a majority report no problem and ``score_micro`` under their harm floor;
 otherwise ``accepted``.
 
+* A voter's harm floor: ``min(0, reference) - acceptance_threshold_micro``, where reference =
+  the UPPER median of the scores it gave, without a problem, to the round's candidates (itself
+  excluded), when it gave at least 2 such scores (else 0). Differential privacy noise makes
+  every honest update score below 0 on a peer's validation data (one DP update applied alone
+  carries all its noise, the aggregate a fraction of it): the floor measures that level in the
+  round itself, so an honest noisy update is compared with its noisy peers, not with an
+  unreachable "no loss" bar; a voter with a single problem-free score to compare (3 hospitals,
+  one peer invalid; or a lone candidate) keeps the fixed bar. It never rises above the fixed ``-threshold`` (updates better than
+  the base model cannot raise the bar), and an honest voter's reference is at least its lowest
+  score of an honest candidate (below).
 * A voter's own verdict on c REJECTS iff its finding has a problem, a norm over c's bound, a
-  similarity at/over the threshold, or (without a problem) a score under -threshold. Outliers
+  similarity at/over the threshold, or (without a problem) a score under its harm floor. Outliers
   are a round-level judgement: not part of a verdict, and a candidate decided by step 5 (or 1-2)
   counts for nobody's agreement. On a candidate decided by steps 3, 4, 6, 7 or accepted, a voter
   of V_c has ``judged`` it, and ``agreed`` when its verdict matches (rejects iff not accepted).
@@ -47,7 +57,12 @@ Why it holds against f < n/2 colluding hospitals (n = enrolled hospitals that al
 an honest candidate has n - 1 voters of which at most f <= (n - 1)/2 are malicious, never a
 strict majority, so malicious reports alone can reject it by none of steps 3-7 (honest voters
 report the truth: no problem, its real norm within its bound, a low similarity, a score not
-under -threshold). Step 5 needs a majority too, and the reference cannot be pushed down by
+under their harm floor). The floor cannot be raised by colluders (it is at most -threshold), and
+lowering it needs more than half of an honest voter's problem-free scores below its lowest
+honest one: of the k <= f malicious candidates it scores and the h >= n - 1 - f >= f honest
+ones (c among them), the upper median (index (k + h) // 2 >= k) is an honest score. So a
+malicious update is harmful to an honest voter whenever it scores more than the threshold below
+min(0, that voter's worst honest score). Step 5 needs a majority too, and the reference cannot be pushed down by
 them: an UPPER median of reports with at most half malicious is at least an honest report, and
 with the at most f < n/2 malicious candidates below that, the LOWER median over the n
 candidates is still an honest candidate's honest norm; so an honest update is never an outlier
@@ -171,15 +186,41 @@ def over_bound(norm_milli: int | None, bound_milli: int | None) -> bool:
     return norm_milli is not None and bound_milli is not None and norm_milli > bound_milli
 
 
-def rejects(finding: Mapping[str, Any], bound_milli: int | None, policy: Mapping[str, Any]) -> bool:
+def harm_floor(
+    voter: str,
+    findings: Mapping[str, Mapping[str, Any]],
+    candidates: Collection[str],
+    threshold_micro: int,
+) -> int:
+    """The score under which ``voter`` judges a candidate harmful (the module's rules):
+    ``min(0, upper median of its problem-free scores of the candidates) - threshold``."""
+    scores = [
+        f["score_micro"]
+        for c, f in findings.items()
+        if c != voter and c in candidates and f["problem"] is None
+    ]
+    reference = upper_median(scores) if len(scores) >= 2 else 0
+    return min(0, reference) - threshold_micro
+
+
+def harmful(finding: Mapping[str, Any], floor_micro: int) -> bool:
+    return finding["problem"] is None and finding["score_micro"] < floor_micro
+
+
+def rejects(
+    finding: Mapping[str, Any],
+    bound_milli: int | None,
+    policy: Mapping[str, Any],
+    floor_micro: int,
+) -> bool:
     """A voter's own verdict on a candidate: a problem, a norm over the bound, a duplicate or a
-    harmful score (outliers are judged for the round, not by one voter)."""
+    score under its harm floor (outliers are judged for the round, not by one voter)."""
     similarity = finding["similarity_micro"]
     return (
         finding["problem"] is not None
         or over_bound(finding["norm_milli"], bound_milli)
         or (similarity is not None and similarity >= policy["duplicate_similarity_micro"])
-        or finding["score_micro"] < -policy["acceptance_threshold_micro"]
+        or harmful(finding, floor_micro)
     )
 
 
@@ -207,6 +248,7 @@ def judge_round(
     reports = {
         c: {v: dict(findings[v][c]) for v in voters if v != c and c in findings[v]} for c in order
     }
+    floors = {v: harm_floor(v, findings[v], candidates, threshold) for v in voters}
     representative: dict[str, int | None] = {}
     for c in order:
         norms = [f["norm_milli"] for f in reports[c].values() if f["norm_milli"] is not None]
@@ -232,9 +274,7 @@ def judge_round(
                 and f["similarity_micro"] >= policy["duplicate_similarity_micro"]
                 for f in found.values()
             ),
-            "harmful": sum(
-                f["problem"] is None and f["score_micro"] < -threshold for f in found.values()
-            ),
+            "harmful": sum(harmful(f, floors[v]) for v, f in found.items()),
         }
         required = required_votes(policy["min_voters"], len(enrolled_set - {c}))
         if c not in enrolled_set:
@@ -249,7 +289,11 @@ def judge_round(
         accepted = reason == "accepted"
         improvement = None
         if accepted:
-            agreeing = [f["score_micro"] for f in found.values() if not rejects(f, bound, policy)]
+            agreeing = [
+                f["score_micro"]
+                for v, f in found.items()
+                if not rejects(f, bound, policy, floors[v])
+            ]
             improvement = upper_median(agreeing) if agreeing else None
         decisions[c] = {
             "sha256": candidates[c]["sha256"],
@@ -285,7 +329,7 @@ def judge_round(
             continue
         for v, f in reports[c].items():
             judged[v] += 1
-            agreed[v] += rejects(f, bounds[c], policy) != decisions[c]["accepted"]
+            agreed[v] += rejects(f, bounds[c], policy, floors[v]) != decisions[c]["accepted"]
 
     voter_pool = reward_pool * policy["voter_reward_share_micro"] // MICRO
     update_rewards = split_rewards(
@@ -302,7 +346,12 @@ def judge_round(
     return {
         "candidates": decisions,
         "voters": {
-            v: {"judged": judged[v], "agreed": agreed[v], "reward": voter_rewards.get(v, 0)}
+            v: {
+                "judged": judged[v],
+                "agreed": agreed[v],
+                "reward": voter_rewards.get(v, 0),
+                "harm_floor_micro": floors[v],
+            }
             for v in voters
         },
         "reference_norm_milli": reference,

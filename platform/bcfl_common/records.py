@@ -413,6 +413,7 @@ class VoterRecord(TypedDict):
     judged: int  # candidates it gave a finding for whose outcome the votes decided
     agreed: int  # of those, how many its own verdict matched
     reward: int  # its voter reward
+    harm_floor_micro: int  # a score under this is harmful in its eyes (rules.harm_floor)
 
 
 class Acceptance(TypedDict):

@@ -417,14 +417,16 @@ def collect_results(net: LocalNetwork, trial_id: str) -> dict[str, Any]:
                     ),
                     {},
                 )
+                decision = (acceptance or {}).get("candidates", {}).get(msp_id) or {}
+                voter = (acceptance or {}).get("voters", {}).get(msp_id) or {}
                 per_hospital[msp_id] = {
                     "test": detail.get("test"),
                     "epsilon_micro": detail.get("epsilon_micro"),
                     "accepted": msp_id in rnd.get("accepted", []),
                     "reward": (acceptance or {}).get("rewards", {}).get(msp_id, 0),
-                    "reason": ((acceptance or {}).get("candidates", {}).get(msp_id) or {}).get(
-                        "reason"
-                    ),
+                    "update_reward": decision.get("reward", 0),
+                    "voter_reward": voter.get("reward", 0),
+                    "reason": decision.get("reason"),
                 }
             rounds_out.append(
                 {

@@ -349,6 +349,64 @@ def test_improvement_is_the_upper_median_of_the_voters_that_did_not_reject():
     assert zero["accepted"] and zero["improvement_micro"] == 0 and not zero["improves"]
 
 
+def test_the_harm_floor_follows_the_rounds_dp_noise_and_never_rises_above_the_fixed_bar():
+    # DP noise: every honest update scores about -40,000 applied alone (threshold 10,000). A
+    # fixed -threshold bar would reject all of them; each voter's floor is its own upper
+    # median score minus the threshold, so only the update far below its noisy peers is harmful.
+    names = "abcde"
+    noisy = {"a": -42_000, "b": -38_000, "c": -45_000, "d": -40_000, "e": -400_000}
+    findings = {v: {c: finding(noisy[c] + 100 * ord(v)) for c in names if c != v} for v in names}
+    verdict = judge(dict.fromkeys(names, 10), findings)
+    c = verdict["candidates"]
+    assert verdict["accepted"] == list("abcd") and c["e"]["reason"] == "harmful"
+    # a scores b, c, d, e: -38k, -45k, -40k, -400k (+9,700) -> upper median -30,300
+    assert verdict["voters"]["a"]["harm_floor_micro"] == -40_000 + 9_700 - 10_000
+    assert c["e"]["counts"]["harmful"] == 4
+    assert not any(c[m]["improves"] for m in "abcd")  # nothing improves alone: no update reward
+    # Scores at or above 0 never raise the floor above -threshold: the rule is the fixed one.
+    better = {v: {c: finding(50_000) for c in names if c != v} for v in names}
+    better["a"]["b"] = finding(-10_001)
+    verdict = judge(dict.fromkeys(names, 10), better)
+    assert {r["harm_floor_micro"] for r in verdict["voters"].values()} == {-10_000}
+    assert verdict["candidates"]["b"]["counts"]["harmful"] == 1
+    # fewer than two problem-free scores: the floor is the fixed one
+    one = judge({"a": 1}, {v: {"a": finding(-10_001)} for v in "bcd"})
+    assert one["candidates"]["a"]["reason"] == "harmful"
+    assert {r["harm_floor_micro"] for r in one["voters"].values()} == {-10_000}
+    with_problem = {v: {"a": finding(-5_000), "b": finding(problem="wrong_kind")} for v in "cde"}
+    assert judge({"a": 1, "b": 1}, with_problem)["voters"]["c"]["harm_floor_micro"] == -10_000
+
+
+def test_colluders_cannot_lower_an_honest_voters_floor_below_its_worst_honest_score():
+    # 2 of 5 submit updates far worse than the DP noise and praise each other: the upper
+    # median of an honest voter's four scores (two honest, two malicious) is an honest one.
+    names = "abcde"
+    scores = {"a": -40_000, "b": -41_000, "c": -39_000, "d": -900_000, "e": -950_000}
+    findings = {v: {c: finding(scores[c]) for c in names if c != v} for v in "abc"}
+    for v in "de":
+        findings[v] = {c: finding(10**9 if c in "de" else -(10**9)) for c in names if c != v}
+    verdict = judge(dict.fromkeys(names, 10), findings)
+    c = verdict["candidates"]
+    assert verdict["accepted"] == list("abc")
+    assert c["d"]["reason"] == c["e"]["reason"] == "harmful"
+    assert verdict["voters"]["a"]["harm_floor_micro"] == -41_000 - 10_000
+    # What they can do at f = (n - 1) / 2: updates that beat the base model (scores >= 0) lift
+    # the floor back to the fixed -threshold, and honest DP-noised updates under it are harmful
+    # again. The floor never goes above that bar (documented in chaincode.rules).
+    for v in "abc":
+        findings[v]["d"] = finding(5_000)
+        findings[v]["e"] = finding(6_000)
+    # (a colluder's own floor is the upper median of what it reports: of its four scores at most
+    # two can be under it, so the two split the honest ones between them)
+    low, high = finding(-(10**9)), finding(10**9)
+    findings["d"] = {"a": low, "b": low, "c": high, "e": high}
+    findings["e"] = {"a": high, "b": low, "c": low, "d": high}
+    verdict = judge(dict.fromkeys(names, 10), findings)
+    assert verdict["voters"]["a"]["harm_floor_micro"] == -10_000
+    assert verdict["accepted"] == ["d", "e"]
+    assert all(verdict["candidates"][m]["reason"] == "harmful" for m in "abc")
+
+
 def test_rewards_update_pool_by_capped_weight_voter_pool_by_agreement():
     names = "abcd"
     findings = all_judge(names, names)
@@ -483,3 +541,52 @@ def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
         honest_reward = min(verdict["rewards"][h] for h in names if h not in bad)
         assert all(verdict["rewards"][m] <= honest_reward + 2 for m in bad), where
         assert verdict["paid"] == sum(verdict["rewards"].values()) <= 10**6
+
+
+def test_under_dp_noise_a_colluding_minority_still_cannot_reject_honest_updates_nor_pass_bad_ones():
+    """The same guarantee when DP noise makes every honest update score below -threshold: each
+    honest voter sees its honest peers within the threshold of one another (level L_v, the
+    voter's own validation data), the bad updates at least the threshold under the worst. From
+    4 hospitals up: with 3, an honest voter whose other peer is invalid has one score to compare
+    and falls back to the fixed bar (chaincode.rules)."""
+    rng = random.Random(1414)
+    threshold = POLICY["acceptance_threshold_micro"]
+    for case in range(300):
+        n = rng.randint(4, 9)
+        f = rng.randint(1, (n - 1) // 2)
+        names = [f"h{i:02d}" for i in range(n)]
+        bad = set(rng.sample(names, f))
+        kinds = {m: rng.choice([*BAD_KINDS, "fine"]) for m in bad}
+        level = {v: rng.randint(-200_000, 0) for v in names}
+        norms = {m: rng.randint(1000, 3000) for m in names}
+        findings: dict[str, dict[str, dict]] = {}
+        for v in names:
+            findings[v] = {}
+            for c in names:
+                if c == v:
+                    continue
+                noisy = level[v] + rng.randint(0, threshold // 2)
+                kind = kinds.get(c, "honest")
+                if v in bad:
+                    findings[v][c] = (
+                        finding(10**12, norm=0, similarity=0) if c in bad else hostile_finding(rng)
+                    )
+                elif kind == "harmful":
+                    findings[v][c] = finding(level[v] - threshold - rng.randint(1, 10**6))
+                else:
+                    findings[v][c] = honest_finding(
+                        kind, {"score": noisy, "norm": norms[c], "similarity": 0}
+                    )
+        verdict = judge(
+            dict.fromkeys(names, 100), findings, bounds=dict.fromkeys(names, 3000), pool=10**6
+        )
+        c = verdict["candidates"]
+        where = f"case {case}: n={n} f={f} kinds={kinds}"
+        for m in names:
+            if m not in bad or kinds[m] == "fine":
+                assert c[m]["accepted"], f"{where}: {m} rejected as {c[m]['reason']}"
+            else:
+                assert c[m]["reason"] == BAD_KINDS[kinds[m]], f"{where}: {m} {c[m]['reason']}"
+        for v in names:
+            if v not in bad:
+                assert verdict["voters"][v]["harm_floor_micro"] >= level[v] - threshold, where

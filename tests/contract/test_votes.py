@@ -321,7 +321,15 @@ def test_too_few_voters_rejects_and_nothing_accepted_halts_the_round(flow):
     assert {v["reason"] for v in acceptance["candidates"].values()} == {"too_few_votes"}
     assert acceptance["accepted"] == [] and acceptance["voters_missing"] == []
     # nothing decided by the votes: no agreement to reward either
-    assert acceptance["voters"] == {flow.msp["hospital1"]: {"judged": 0, "agreed": 0, "reward": 0}}
+    # (scores 10 and 10: the upper median 10 > 0, so its floor is the fixed -threshold)
+    assert acceptance["voters"] == {
+        flow.msp["hospital1"]: {
+            "judged": 0,
+            "agreed": 0,
+            "reward": 0,
+            "harm_floor_micro": -acceptance["policy"]["acceptance_threshold_micro"],
+        }
+    }
     assert acceptance["paid"] == 0 and acceptance["reward_pool"] == 10
     rnd = flow.get_round()
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "NONE_ACCEPTED"
