@@ -12,8 +12,10 @@ from devnet.local_network import LocalNetwork
 from devnet.supervisor import wait_for
 from silo_agent.datasets import load_demo_dataset, write_demo_dataset
 
-# Short phases: a silo that is down or late makes the round wait only this long.
-FAST_PHASES = {"submit": 20, "reveal": 20, "vote_commit": 20, "vote_reveal": 20}
+# Phase windows: a phase closes as soon as every expected party acted, so a silo that is down or
+# late makes the round wait this long. Round 1's submit window must hold cold silo starts and the
+# DP schedule check on a loaded machine (20 s once closed it before anyone committed).
+FAST_PHASES = {"submit": 120, "reveal": 30, "vote_commit": 30, "vote_reveal": 30}
 
 
 class Trial:

@@ -40,7 +40,7 @@ def test_bad_data_file_is_refused_with_nothing_sent(local_network, problem: str)
     log = bad.log_tail(60)
     assert column in log, log
     # the other hospitals finish the trial; nothing of hospital2's reached the ledger
-    final = trial.wait_end(timeout=300)
+    final = trial.wait_end(timeout=900)  # round 1 waits out the phases hospital2 misses
     assert final["state"] == "COMPLETED"
     assert "Hospital2MSP" not in trial.submissions(1)
     assert all(v["msp_id"] != "Hospital2MSP" for v in trial.auditor.votes(trial.trial_id, 1))
