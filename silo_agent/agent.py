@@ -133,6 +133,31 @@ class SiloAgent(UpdateSubmission, PeerVoting):
                 out.append(trial)
         return out
 
+    def check_followed_trials(self) -> None:
+        """ConfigError when a trial named in the configuration (``trials``, ``--trial``) does not
+        exist on the ledger, or this hospital is not enrolled in it and can no longer be (the
+        trial left ENROLLING): waiting would be waiting forever. A trial still in DRAFT or
+        ENROLLING may yet enrol it, so that is waited for."""
+        if not self.config.trials:
+            return
+        trials = {t["trial_id"]: t for t in self._q("list_trials")}
+        for trial_id in self.config.trials:
+            trial = trials.get(trial_id)
+            if trial is None:
+                raise ConfigError(
+                    f"trial {trial_id!r}: no such trial on the ledger {self.config.ledger_url}; "
+                    f"its trials are {sorted(trials) or 'none yet'}",
+                    code="TRIAL_NOT_FOUND",
+                    detail={"field": "trials", "value": trial_id},
+                )
+            if trial["state"] not in ("DRAFT", "ENROLLING") and self.enrolment(trial_id) is None:
+                raise ConfigError(
+                    f"trial {trial_id!r} is {trial['state']} and {self.msp_id} is not enrolled in "
+                    "it; enrolment is closed (ask the consortium admin about the next trial)",
+                    code="NOT_ENROLLED",
+                    detail={"field": "trials", "value": trial_id},
+                )
+
     def enrolment(self, trial_id: str) -> dict[str, Any] | None:
         for record in self._q("get_enrolments", trial_id=trial_id):
             if record["msp_id"] == self.msp_id:

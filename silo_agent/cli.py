@@ -120,6 +120,7 @@ def run_silo(
     )
     cursor = agent.state.cursor()
     try:
+        agent.check_followed_trials()
         with console.status("waiting for the ledger...", spinner="dots") as status:
             while True:
                 agent.tick()

@@ -141,3 +141,45 @@ def test_run_once_and_status_json(
     assert trial["round_details"][0]["test"]["accuracy"] > 0.6
     table = runner.invoke(silo_group, ["status", "--config", str(config)])
     assert table.exit_code == 0 and "trial-1" in table.output
+
+
+def _bcfl(capsys: Any, *argv: str) -> tuple[int, str]:
+    """`bcfl ARGV` as a program: its exit code and what it printed."""
+    from bcfl_cli.main import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return int(exited.value.code or 0), out.out + out.err
+
+
+def test_run_for_a_trial_that_does_not_exist_or_closed_without_it_exits_non_zero(
+    driver: Any,
+    demo_files: dict[str, Any],
+    tmp_path: Path,
+    consortium: Any,
+    ledger_url: str,
+    store_url: str,
+    capsys: Any,
+) -> None:
+    # hospital4 is left out of a trial that has started: it can no longer be enrolled
+    driver.create_trial(demo_files["dataset"], rounds=1, hospitals=HOSPITALS[:3])
+    config = str(
+        _toml(tmp_path, consortium, ledger_url, store_url, demo_files["paths"][3], "hospital4")
+    )
+    for flags in (["--once"], ["--until-complete", "--poll", "0.01"]):
+        code, out = _bcfl(capsys, "silo", "run", "--config", config, "--trial", "heart-99", *flags)
+        assert code == ConfigError.exit_code, out
+        assert "'heart-99': no such trial" in out and "trial-1" in out, out
+        code, out = _bcfl(capsys, "silo", "run", "--config", config, "--trial", "trial-1", *flags)
+        assert code == ConfigError.exit_code, out
+        assert "Hospital4MSP is not enrolled" in out, out
+    # an enrolled hospital runs as before
+    enrolled = _toml(
+        tmp_path, consortium, ledger_url, store_url, demo_files["paths"][0], "hospital1"
+    )
+    code, out = _bcfl(
+        capsys, "silo", "run", "--config", str(enrolled), "--trial", "trial-1", "--once"
+    )
+    assert code == 0, out
