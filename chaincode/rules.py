@@ -31,9 +31,9 @@ otherwise ``accepted``.
   carries all its noise, the aggregate a fraction of it): the floor measures that level in the
   round itself, so an honest noisy update is compared with its noisy peers, not with an
   unreachable "no loss" bar; a voter with a single problem-free score to compare (3 hospitals,
-  one peer invalid; or a lone candidate) keeps the fixed bar. It never rises above the fixed ``-threshold`` (updates better than
-  the base model cannot raise the bar), and an honest voter's reference is at least its lowest
-  score of an honest candidate (below).
+  one peer invalid; or a lone candidate) keeps the fixed bar. It never rises above the fixed
+  ``-threshold`` (updates better than the base model cannot raise the bar), and an honest
+  voter's reference is at least its lowest score of an honest candidate (below).
 * A voter's own verdict on c REJECTS iff its finding has a problem, a norm over c's bound, a
   similarity at/over the threshold, or (without a problem) a score under its harm floor. Outliers
   are a round-level judgement: not part of a verdict, and a candidate decided by step 5 (or 1-2)
@@ -62,8 +62,8 @@ lowering it needs more than half of an honest voter's problem-free scores below 
 honest one: of the k <= f malicious candidates it scores and the h >= n - 1 - f >= f honest
 ones (c among them), the upper median (index (k + h) // 2 >= k) is an honest score. So a
 malicious update is harmful to an honest voter whenever it scores more than the threshold below
-min(0, that voter's worst honest score). Step 5 needs a majority too, and the reference cannot be pushed down by
-them: an UPPER median of reports with at most half malicious is at least an honest report, and
+min(0, that voter's worst honest score). Step 5 needs a majority too, and the reference cannot
+be pushed down by them: an UPPER median of reports with at most half malicious is at least an honest report, and
 with the at most f < n/2 malicious candidates below that, the LOWER median over the n
 candidates is still an honest candidate's honest norm; so an honest update is never an outlier
 while honest norms are within ``max_norm_ratio_milli`` of one another. Its improvement is the
