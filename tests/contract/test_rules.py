@@ -487,6 +487,24 @@ def hostile_finding(rng):
     )
 
 
+def round_findings(names, bad, rng, honest):
+    """Every voter's findings on its peers: an honest voter reports ``honest(voter, candidate)``;
+    colluders praise each other and say anything hostile about everyone else."""
+    findings: dict[str, dict[str, dict]] = {}
+    for v in names:
+        findings[v] = {}
+        for c in names:
+            if c == v:
+                continue
+            if v not in bad:
+                findings[v][c] = honest(v, c)
+            elif c in bad:
+                findings[v][c] = finding(10**12, norm=0, similarity=0)
+            else:
+                findings[v][c] = hostile_finding(rng)
+    return findings
+
+
 def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
     rng = random.Random(14)
     for case in range(400):
@@ -504,18 +522,14 @@ def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
             for m in names
         }
         bounds = {m: 3000 for m in names}
-        findings: dict[str, dict[str, dict]] = {}
-        for v in names:
-            findings[v] = {}
-            for c in names:
-                if c == v:
-                    continue
-                if v not in bad:
-                    findings[v][c] = honest_finding(kinds.get(c, "honest"), truths[c])
-                elif c in bad:  # colluders praise each other
-                    findings[v][c] = finding(10**12, norm=0, similarity=0)
-                else:
-                    findings[v][c] = hostile_finding(rng)
+        findings = round_findings(
+            names,
+            bad,
+            rng,
+            lambda v, c, kinds=kinds, truths=truths: honest_finding(
+                kinds.get(c, "honest"), truths[c]
+            ),
+        )
         verdict = judge(dict.fromkeys(names, 100), findings, bounds=bounds, pool=10**6)
         c = verdict["candidates"]
         where = f"case {case}: n={n} f={f} kinds={kinds}"
@@ -559,24 +573,15 @@ def test_under_dp_noise_a_colluding_minority_still_cannot_reject_honest_updates_
         kinds = {m: rng.choice([*BAD_KINDS, "fine"]) for m in bad}
         level = {v: rng.randint(-200_000, 0) for v in names}
         norms = {m: rng.randint(1000, 3000) for m in names}
-        findings: dict[str, dict[str, dict]] = {}
-        for v in names:
-            findings[v] = {}
-            for c in names:
-                if c == v:
-                    continue
-                noisy = level[v] + rng.randint(0, threshold // 2)
-                kind = kinds.get(c, "honest")
-                if v in bad:
-                    findings[v][c] = (
-                        finding(10**12, norm=0, similarity=0) if c in bad else hostile_finding(rng)
-                    )
-                elif kind == "harmful":
-                    findings[v][c] = finding(level[v] - threshold - rng.randint(1, 10**6))
-                else:
-                    findings[v][c] = honest_finding(
-                        kind, {"score": noisy, "norm": norms[c], "similarity": 0}
-                    )
+
+        def honest(v: str, c: str, kinds=kinds, level=level, norms=norms) -> dict:
+            kind = kinds.get(c, "honest")
+            if kind == "harmful":
+                return finding(level[v] - threshold - rng.randint(1, 10**6))
+            noisy = level[v] + rng.randint(0, threshold // 2)
+            return honest_finding(kind, {"score": noisy, "norm": norms[c], "similarity": 0})
+
+        findings = round_findings(names, bad, rng, honest)
         verdict = judge(
             dict.fromkeys(names, 100), findings, bounds=dict.fromkeys(names, 3000), pool=10**6
         )
