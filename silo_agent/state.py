@@ -153,6 +153,10 @@ class SiloState:
         write_atomic(self.update_path(trial_id, sha), data)
         return sha
 
+    def delete_update(self, trial_id: str, sha256: str) -> None:
+        """Destroy a kept update that will never be revealed (its charge is then withdrawn)."""
+        self.update_path(trial_id, sha256).unlink(missing_ok=True)
+
     def load_update(self, trial_id: str, sha256: str) -> bytes | None:
         """The kept update with this sha256; None when it is missing or its bytes changed."""
         try:

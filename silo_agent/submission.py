@@ -141,7 +141,22 @@ class UpdateSubmission:
             return
         update = entry.get("update")
         if update is None:
-            update = self._prepare_update(ctx, rnd, steps)
+            update = self._unrevealed_update(rnd)
+            if update is not None:
+                self.state.record(trial_id, r, a, "update", update)  # before commit_update
+                self._emit(
+                    steps,
+                    Step(
+                        trial_id,
+                        "reusing update",
+                        f"attempt {update['reused_from_attempt']}'s update was never revealed: "
+                        "committed again, no new training and no new epsilon",
+                        r,
+                        a,
+                    ),
+                )
+            else:
+                update = self._prepare_update(ctx, rnd, steps)
             if update is None:
                 return
         try:
@@ -170,6 +185,107 @@ class UpdateSubmission:
                 a,
             ),
         )
+
+    def _unrevealed_update(self: SiloAgent, rnd: dict[str, Any]) -> dict[str, Any] | None:
+        """An earlier attempt's update of this round, trained on the same base model and never
+        revealed: nobody saw its bytes, so a retry commits it again under a fresh salt instead
+        of training again (which would spend epsilon twice for one disclosure, and after a few
+        retries refuse the round locally)."""
+        trial_id, r, a = rnd["trial_id"], rnd["round"], rnd["attempt"]
+        base = rnd["base"]["model"]["sha256"]
+        journal = self.state.journal(trial_id)["rounds"]
+        by_sha = self._updates_by_sha(trial_id)
+        for earlier_attempt in range(a - 1, 0, -1):
+            entry = journal.get(f"{r}.{earlier_attempt}", {})
+            earlier = entry.get("update")
+            if earlier is None or earlier["base_model_sha256"] != base or entry.get("withdrawn"):
+                continue
+            # Uploaded but never revealed is fine to commit again: the same bytes, no new epsilon.
+            if self._revealed(rnd, by_sha[earlier["sha256"]], uploads=False):
+                continue  # disclosed: its epsilon is spent and its bytes may not be revealed twice
+            if self.state.load_update(trial_id, earlier["sha256"]) is None:
+                continue
+            salt = new_salt()
+            commitment = update_commitment(
+                trial_id=trial_id,
+                round=r,
+                msp_id=self.msp_id,
+                sha256=earlier["sha256"],
+                sample_weight=earlier["sample_weight"],
+                salt=salt,
+            )
+            return {
+                **earlier,
+                "salt": salt,
+                "commitment": commitment,
+                "reused_from_attempt": earlier.get("reused_from_attempt", earlier_attempt),
+            }
+        return None
+
+    def _revealed(
+        self: SiloAgent, rnd: dict[str, Any], entries: list[dict[str, Any]], uploads: bool = True
+    ) -> bool:
+        """Whether this hospital revealed, in any of these journal entries' attempts, its update,
+        or began to upload it (a reveal refused LATE after the upload still left the bytes in the
+        shared store: disclosed, as far as this hospital's budget is concerned; ``uploads``
+        false: only ledger reveals count)."""
+        for entry in entries:
+            if entry.get("disclosed"):
+                return True
+            if uploads and (entry.get("uploading") or entry["update"].get("content_id")):
+                return True  # its bytes went to the shared store
+            where = {**rnd, "round": entry["round"], "attempt": entry["attempt"]}
+            mine = self._submissions(where).get(self.msp_id)
+            if mine is not None and mine["revealed"]:
+                return True
+        return False
+
+    def _updates_by_sha(self: SiloAgent, trial_id: str) -> dict[str, list[dict[str, Any]]]:
+        """The journal's attempts by the sha256 of the update they committed (a reused update
+        is the same bytes under several attempts)."""
+        by_sha: dict[str, list[dict[str, Any]]] = {}
+        for entry in self.state.journal(trial_id)["rounds"].values():
+            if entry.get("update") is not None:
+                by_sha.setdefault(entry["update"]["sha256"], []).append(entry)
+        return by_sha
+
+    def _withdraw_undisclosed(
+        self: SiloAgent, rnd: dict[str, Any], accountant: Any, steps: list[Step]
+    ) -> None:
+        """Before training for attempt (r, a): every earlier update that was never revealed can
+        no longer be (its attempts are over) and is not reused (else no training would happen):
+        destroy it and take back its local charge, so that halted, aborted and rolled-back
+        attempts cost the hospital nothing locally, as on the ledger."""
+        trial_id, now = rnd["trial_id"], (rnd["round"], rnd["attempt"])
+        for sha, entries in self._updates_by_sha(trial_id).items():
+            if any(e.get("withdrawn") or e.get("disclosed") for e in entries):
+                continue
+            if any((e["round"], e["attempt"]) == now for e in entries):
+                continue
+            if self._revealed(rnd, entries):
+                for e in entries:
+                    self.state.record(trial_id, e["round"], e["attempt"], "disclosed", True)
+                continue
+            self.state.delete_update(trial_id, sha)
+            for e in entries:
+                r, a = e["round"], e["attempt"]
+                if e["update"].get("reused_from_attempt") is None:  # the one that was charged
+                    accountant.withdraw_round(
+                        r * ATTEMPTS_PER_ROUND + a, f"round {r} attempt {a} ended unrevealed"
+                    )
+                self.state.record(trial_id, r, a, "withdrawn", True)
+            first = min((e["round"], e["attempt"]) for e in entries)
+            self._emit(
+                steps,
+                Step(
+                    trial_id,
+                    "withdrew update",
+                    f"the update of round {first[0]} attempt {first[1]} was never revealed: "
+                    "destroyed, and its local epsilon charge taken back",
+                    rnd["round"],
+                    rnd["attempt"],
+                ),
+            )
 
     def _check_dp_schedule(self: SiloAgent, ctx: TrialContext, training_records: int) -> None:
         """This hospital's entry of the trial's DP schedule, recomputed (once per context)."""
@@ -201,6 +317,7 @@ class UpdateSubmission:
         index = r * ATTEMPTS_PER_ROUND + a
         budget = None
         if accountant is not None:
+            self._withdraw_undisclosed(rnd, accountant, steps)
             # The local accountant is authoritative for this hospital's own budget.
             ledger_account = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]
             limit = ledger_account["budget_micro"]
@@ -312,6 +429,8 @@ class UpdateSubmission:
             )
             return
         if update.get("content_id") is None:
+            # From here on the bytes may be out (the store is shared): never withdrawn.
+            self.state.record(trial_id, r, a, "uploading", True)
             stored = self.store.put(blob)  # the commitments are fixed: now the bytes may go out
             if stored.sha256 != update["sha256"]:
                 raise StoreError(

@@ -240,6 +240,31 @@ class PrivacyAccountant:
             self._state = state
         return cost
 
+    def withdraw_round(self, round_index: int, reason: str) -> bool:
+        """Take back the charge of a training whose update was destroyed without ever being
+        disclosed (committed under a hiding commitment at most, never revealed, its bytes
+        deleted): DP bounds what is released, and nothing of it was. The history is rebuilt
+        from the remaining rounds; the withdrawal is kept in the file. False if not charged."""
+        with _locked(self.path):
+            self._state = _read(self.path)
+            kept = [r for r in self._state["rounds"] if r["round"] != round_index]
+            gone = [r for r in self._state["rounds"] if r["round"] == round_index]
+            if not gone:
+                return False
+            history: list[HistoryEntry] = []
+            for r in kept:
+                history = _merge(history, (r["noise_multiplier"], r["sample_rate"], r["steps"]))
+            state = dict(self._state)
+            state["history"] = [list(h) for h in history]
+            state["rounds"] = kept
+            state["withdrawn"] = [
+                *self._state.get("withdrawn", []),
+                *({**r, "reason": reason} for r in gone),
+            ]
+            _write_atomic(self.path, state)
+            self._state = state
+        return True
+
     def _entry(
         self, steps: int | None, noise_multiplier: float | None, sample_rate: float | None
     ) -> HistoryEntry:

@@ -235,3 +235,83 @@ def test_own_budget_refusal_skips_the_round_cleanly(
     )
     assert agents[3].msp_id not in {s["msp_id"] for s in submissions}
     assert driver.trial()["state"] == "COMPLETED"
+
+
+def test_a_retried_attempt_recommits_the_unrevealed_update_without_new_epsilon(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
+    # One round planned, so one reveal in each schedule: training again for attempt 2 would
+    # take each local accountant past its budget, and every hospital would skip the retry.
+    driver.create_trial(demo_files["dataset"], rounds=1)
+    agents = [make_agent(name) for name in HOSPITALS]
+    while driver.trial()["current"] is None:
+        for agent in agents:
+            agent.tick()
+        driver.advance()
+    for agent in agents:
+        agent.tick()  # each trains, charges its accountant once and commits
+    committed = contract_net.client("admin").evaluate(
+        "get_submissions", {"trial_id": "trial-1", "round": 1, "attempt": 1}
+    )
+    assert len(committed) == 4
+    driver.admin.submit(
+        "abort_round", {"trial_id": "trial-1", "round": 1, "reason": "store outage"}
+    )
+    drive(driver, agents)
+    trial = driver.trial()
+    assert trial["state"] == "COMPLETED" and trial["head"]["attempt"] == 2
+    again = contract_net.client("admin").evaluate(
+        "get_submissions", {"trial_id": "trial-1", "round": 1, "attempt": 2}
+    )
+    schedule = contract_net.client("admin").evaluate("get_dp_schedule", {"trial_id": "trial-1"})
+    for agent in agents:
+        first = agent.state.journal_entry("trial-1", 1, 1)["update"]
+        second = agent.state.journal_entry("trial-1", 1, 2)["update"]
+        assert second["sha256"] == first["sha256"] and second["salt"] != first["salt"]
+        assert second["reused_from_attempt"] == 1
+        mine = next(s for s in again if s["msp_id"] == agent.msp_id)
+        assert mine["revealed"] and mine["sha256"] == first["sha256"]
+        local = PrivacyAccountant.open(agent.state.accountant_path("trial-1"))
+        assert len(local.rounds) == 1  # trained once
+        account = contract_net.client("admin").evaluate(
+            "get_privacy_ledger", {"trial_id": "trial-1", "msp_id": agent.msp_id}
+        )[0]
+        assert (
+            account["epsilon_spent_micro"] == schedule["entries"][agent.msp_id]["epsilon_micro"][0]
+        )
+
+
+def test_an_aborted_attempt_rolled_back_over_costs_no_local_epsilon(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
+    # Two rounds planned. Round 2's first attempt is committed and aborted, then the trial is
+    # rolled back to round 0 with the plan cut to one round: each hospital's third training
+    # fits its two-round budget only because the aborted, never revealed update is destroyed
+    # and its local charge taken back.
+    driver.create_trial(demo_files["dataset"], rounds=2)
+    agents = [make_agent(name) for name in HOSPITALS]
+    drive(driver, agents, until=lambda: driver.trial()["head"]["round"] == 1)
+    while driver.trial()["current"]["round"] != 2:
+        driver.advance()
+    for agent in agents:
+        agent.tick()  # train for round 2 and commit
+    admin = driver.admin
+    admin.submit("abort_round", {"trial_id": "trial-1", "round": 2, "reason": "bad batch"})
+    admin.submit("rollback", {"trial_id": "trial-1", "to_round": 0, "final_round": 1})
+    drive(driver, agents)
+    trial = driver.trial()
+    assert trial["state"] == "COMPLETED" and trial["head"] == {**trial["head"], "round": 1}
+    assert trial["head"]["attempt"] == 2
+    for agent in agents:
+        aborted = agent.state.journal_entry("trial-1", 2, 1)
+        assert aborted["withdrawn"] is True
+        assert agent.state.load_update("trial-1", aborted["update"]["sha256"]) is None
+        local = PrivacyAccountant.open(agent.state.accountant_path("trial-1"))
+        assert len(local.rounds) == 2  # rounds 1.1 and 1.2; 2.1 withdrawn
+        account = contract_net.client("admin").evaluate(
+            "get_privacy_ledger", {"trial_id": "trial-1", "msp_id": agent.msp_id}
+        )[0]
+        assert (
+            len(account["entries"]) == 2
+            and account["epsilon_spent_micro"] <= local.spent_micro() + 1
+        )
