@@ -1,4 +1,4 @@
-"""The consortium contract: datasets, trials, enrolment, trial keys, rounds (commit-reveal updates and votes), acceptance, attestation, rewards, rollback.
+"""The consortium contract: datasets, trials, enrolment, trial keys, rounds (commit-reveal updates and votes), acceptance, attestation, rewards, retries, rollback, resume.
 
 Entry point: ``invoke(state, function, args) -> bytes`` (``dispatch``): one JSON object in,
 canonical JSON out, a ``ContractError`` with a code of ``CODES`` for a refusal, exactly one event
@@ -19,14 +19,23 @@ The package follows the protocol:
 ``datasets``      registered datasets, their lifetime epsilon, a trial's DP schedule
 ``rounds``        open_round, the update exchange, the vote exchange
 ``ballots``       the one commit / close / reveal mechanism both exchanges use
-``finalisation``  close_voting, aggregate, attestation, rewards, settlement, abort, rollback
+``finalisation``  close_voting, aggregate, attestation, rewards, settlement
+``liveness``      failed rounds retried a bounded number of times, trials that cannot go on halted
+``recovery``      the admin's abort_round, rollback and resume_trial
 ``queries``       everything read-only
 """
 
 from __future__ import annotations
 
 # Importing the function modules registers their functions in the table.
-from chaincode.contract import datasets, finalisation, queries, rounds, trials  # noqa: F401
+from chaincode.contract import (  # noqa: F401
+    datasets,
+    finalisation,
+    queries,
+    recovery,
+    rounds,
+    trials,
+)
 from chaincode.contract.dispatch import CODES, MAX_ARGS_BYTES, TABLE, invoke
 
 READ_ONLY_FUNCTIONS: frozenset[str] = frozenset(

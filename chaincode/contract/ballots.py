@@ -8,8 +8,9 @@ Each exchange runs the same three steps, and the protocol-specific checks are ho
                    enrolled, wrong phase (LATE once it moved on), after the deadline (LATE), a
                    second commitment (DUPLICATE), then ``check_commit``.
 ``close_commits``  admin|coordinator, in ``commit_phase``: TOO_EARLY while someone in
-                   ``expected_committers`` has not committed and the deadline has not passed; halts
-                   the round (``no_commitments``) when nobody committed; otherwise moves to
+                   ``expected_committers`` has not committed and the deadline has not passed; fails
+                   the round (``liveness.round_failed``: ``no_commitments`` when nobody
+                   committed, ``too_few`` when too few did); otherwise moves to
                    ``reveal_phase`` with the committers in the round's ``committed_field``.
 ``reveal``         silo, in ``reveal_phase`` and on time: ``check_reveal_args`` first, then
                    NOT_COMMITTED without a commitment, DUPLICATE for a second reveal,
@@ -31,11 +32,10 @@ from bcfl_common.records import Round, Trial, Update, Vote
 from bcfl_common.vocabulary import Phase
 from chaincode.args import Args
 from chaincode.contract.context import Caller, Tx, fail
+from chaincode.contract.liveness import round_failed
 from chaincode.contract.store import (
     current_round_in,
-    emit_halted,
     enrolled,
-    halt_round,
     next_phase,
     own_organisation,
     per_round_key,
@@ -86,6 +86,12 @@ class Ballot(Generic[R]):
     def expected_committers(self, tx: Tx, trial: Trial, members: list[str]) -> list[str]:
         """Who is waited for before the deadline when closing the commit phase."""
         return members
+
+    def too_few(
+        self, tx: Tx, trial: Trial, rnd: Round, committed: list[str], members: list[str]
+    ) -> tuple[str, str] | None:
+        """Halt code and reason when the committers cannot carry the round (None: enough)."""
+        return None
 
     def parse_reveal(self, a: Args) -> dict[str, Any]:
         """The revealed values, ``salt`` included, as stored in the record."""
@@ -149,11 +155,15 @@ class Ballot(Generic[R]):
         )
         waiting = set(self.expected_committers(tx, trial, members)) - set(committed)
         require_closable(tx, rnd, sorted(waiting))
-        if not committed:
-            code, reason = self.no_commitments
-            rnd = halt_round(tx, caller, rnd, code, reason)
-            emit_halted(tx, rnd)
-            return rnd
+        failure = (
+            self.no_commitments
+            if not committed
+            else self.too_few(tx, trial, rnd, committed, members)
+        )
+        if failure is not None:
+            # The failed attempt keeps who did commit: whom the shortfall was short of is seen.
+            short = cast(Round, {**rnd, self.committed_field: committed})
+            return round_failed(tx, caller, trial, short, *failure)
         moved = next_phase(tx, trial, rnd, self.reveal_phase)
         rnd = cast(Round, {**moved, self.committed_field: committed})
         save_round(tx, rnd)

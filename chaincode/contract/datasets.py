@@ -43,6 +43,7 @@ from chaincode.contract.store import (
     own_organisation,
     privacy_account,
     trial_key,
+    with_defaults,
 )
 
 MAX_BATCHES_PER_EPOCH = 10**9
@@ -132,7 +133,7 @@ def dataset_budget(tx: Tx, dataset: Dataset) -> DatasetBudget:
     """The dataset's lifetime epsilon, what its trials count against it, and what remains."""
     trials: dict[str, DatasetTrial] = {}
     for trial_id in dataset["trials"]:
-        trial: Trial = tx.get(trial_key(trial_id))
+        trial: Trial = with_defaults(tx.get(trial_key(trial_id)))
         trials[trial_id] = dataset_trial(tx, dataset, trial)
     committed = sum(entry["counted_micro"] for entry in trials.values())
     return {

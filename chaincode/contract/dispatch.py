@@ -55,6 +55,7 @@ CODES: dict[str, str] = {
     "WRONG_STATE": "the trial or round is not in a state that allows this (too early, or halted)",
     "TOO_EARLY": "a phase cannot close yet: someone is still expected and its deadline has not passed",
     "INSUFFICIENT_SILOS": "fewer hospitals are enrolled than the trial's min_silos",
+    "INFEASIBLE": "the hospitals' remaining DP reveals cannot carry the rounds a rollback or resume asks for (the message says what would fit)",
     "NOT_ENROLLED": "the hospital is not (or no longer) enrolled in the trial",
     "NO_SUCH_ROUND": "the round was never opened, or is not a finalized round of the current lineage",
     "LATE": "the deadline passed or the phase (or round) moved on",

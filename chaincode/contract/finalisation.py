@@ -1,4 +1,4 @@
-"""The end of a round: close voting, aggregate, attest, rewards, settlement; abort and rollback.
+"""The end of a round: close voting, aggregate, attest, rewards, settlement.
 
 Acceptance, weights, rewards, quorum: see ``chaincode.rules`` (each candidate is rejected only
 by a strict majority of its peers' findings: a problem, a norm over its bound, a norm outlier,
@@ -8,9 +8,9 @@ to voters by agreement with the outcome; quorum = majority of participants). Rew
 at ``close_voting`` are credited to the hospitals' accounts when the round finalizes, and
 voided if it halts. An attestation of another hash than a quorum's is a dispute, not a halt.
 
-Rollback: every finalized round's model stays in the lineage's history; ``rollback`` moves the
-head back to an earlier finalized round (0 = the initial model), and the next ``open_round``
-opens the round after it again as a new attempt.
+A round that cannot finalize (NONE_ACCEPTED, fewer accepted than min_silos: TOO_FEW_HOSPITALS,
+ATTESTATION_MISMATCH) fails through ``liveness.round_failed``: retried, or the trial halts.
+Abort, rollback and resume: ``chaincode.contract.recovery``.
 """
 
 from __future__ import annotations
@@ -28,37 +28,31 @@ from bcfl_common.records import (
     ModelRef,
     RewardAccount,
     RewardEntry,
-    Rollback,
     Round,
     RoundRewards,
     Trial,
 )
-from bcfl_common.vocabulary import DONE_PHASES, ETH_TX_HASH
+from bcfl_common.vocabulary import ETH_TX_HASH
 from chaincode import rules
 from chaincode.args import Args
 from chaincode.contract.ballots import closing
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
+from chaincode.contract.liveness import round_failed
 from chaincode.contract.rounds import UPDATES, VOTES
 from chaincode.contract.store import (
     MAX_ATTEMPTS,
-    MAX_ROUNDS,
     MAX_SILOS,
     current_round,
     current_round_in,
-    emit_halted,
     enrolled,
     find_round,
-    halt_round,
-    load_trial,
     next_phase,
     own_organisation,
     per_org_key,
     per_round_key,
     require_enrolled_in_running,
-    require_no_round_in_progress,
     require_phase,
-    require_trial_state,
     round_args,
     round_event,
     round_label,
@@ -137,7 +131,8 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
         "attempt": attempt,
         "pool": acceptance["paid"],
         "rewards": acceptance["rewards"],
-        "status": "pending" if accepted else "void",
+        # Void unless the round can go on (enough accepted: see below).
+        "status": "pending" if len(accepted) >= trial["min_silos"] else "void",
         "settlement": None,
     }
     tx.put(per_round_key("round_rewards", trial_id, r, attempt), rewards)
@@ -149,11 +144,19 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
         "participants": participants,
         "attestation_quorum": quorum,
     }
-    if not accepted:
-        rnd = halt_round(
-            tx, caller, rnd, "NONE_ACCEPTED", "no update was accepted by the peer votes"
+    if len(accepted) < trial["min_silos"]:
+        # The aggregate every hospital decrypts is the sum of the accepted updates: fewer than
+        # min_silos would expose too few hospitals' updates inside it.
+        code, reason = (
+            (
+                "TOO_FEW_HOSPITALS",
+                f"{len(accepted)} updates accepted ({', '.join(accepted)}), fewer than "
+                f"min_silos={trial['min_silos']}: an aggregate of fewer would expose them",
+            )
+            if accepted
+            else ("NONE_ACCEPTED", "no update was accepted by the peer votes")
         )
-        emit_halted(tx, rnd)
+        round_failed(tx, caller, trial, rnd, code, reason)
         return acceptance
     rnd = next_phase(tx, trial, rnd, "AGGREGATE")
     save_round(tx, rnd)
@@ -322,8 +325,15 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
         yet_to_attest = (participants & set(enrolled(tx, trial_id))) - set(attestations)
         if not rules.quorum_reachable(tally.values(), len(yet_to_attest), quorum):
             reason = f"no attested model hash can reach the quorum of {quorum}: {attestations}"
-            rnd = halt_round(
-                tx, caller, rnd, "ATTESTATION_MISMATCH", reason, attestations=attestations
+            rnd = round_failed(
+                tx,
+                caller,
+                trial,
+                rnd,
+                "ATTESTATION_MISMATCH",
+                reason,
+                attestations=attestations,
+                emit=False,
             )
             phase = "HALTED"
         else:
@@ -338,6 +348,11 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
                     phase=phase,
                     attestations=attestations,
                     quorum=quorum,
+                    retry=None if rnd["halt"] is None else rnd["halt"].get("retry"),
+                    # The trial may halt with the round: one event per transaction.
+                    trial_halt=None
+                    if rnd["halt"] is None or "trial_halted" not in rnd["halt"]
+                    else {"code": rnd["halt"]["trial_halted"]},
                 ),
             )
         else:
@@ -382,7 +397,12 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
         "model": finalized,
         "finalized_at": tx.now,
     }
-    advanced: Trial = {**trial, "head": head, "lineage": trial["lineage"] + [entry]}
+    advanced: Trial = {
+        **trial,
+        "head": head,
+        "lineage": trial["lineage"] + [entry],
+        "failed_attempts": 0,
+    }
     tx.put(trial_key(trial_id), advanced)
     rewards = credit_rewards(tx, rnd)
     tx.emit(
@@ -393,81 +413,10 @@ def attest_model(tx: Tx, caller: Caller, a: Args) -> dict[str, Any]:
             attesters=sorted(m for m, h in attestations.items() if h == winner),
             disputes=disputes,
             rewards=rewards,
-            last_round=r == trial["rounds"],
+            last_round=r == trial["final_round"],
         ),
     )
     return {"attestation": record, "round": rnd}
-
-
-@function("abort_round", "admin")
-def abort_round(tx: Tx, caller: Caller, a: Args) -> Round:
-    """admin; {trial_id, round, reason}; halts the current round by hand (halt code ABORTED);
-    returns the round; event RoundHalted."""
-    trial, r = round_args(tx, a)
-    reason = a.string("reason")
-    a.done()
-    require_trial_state(trial, "RUNNING")
-    rnd = current_round(tx, trial, r)
-    if rnd["phase"] in DONE_PHASES:
-        fail("WRONG_STATE", f"{round_label(rnd)} is already {rnd['phase']}", phase=rnd["phase"])
-    rnd = halt_round(tx, caller, rnd, "ABORTED", reason)
-    emit_halted(tx, rnd)
-    return rnd
-
-
-@function("rollback", "admin")
-def rollback(tx: Tx, caller: Caller, a: Args) -> Trial:
-    """admin; {trial_id, to_round (0 = initial model), [reason]}; no round in progress; the head
-    and lineage go back to ``to_round`` (a finalized round of the current lineage) and the
-    rollback is recorded; returns the trial; event RolledBack."""
-    trial = load_trial(tx, a.identifier("trial_id"))
-    to_round = a.integer("to_round", minimum=0, maximum=MAX_ROUNDS)
-    reason = a.string("reason", default=None)
-    a.done()
-    require_trial_state(trial, "RUNNING")
-    require_no_round_in_progress(tx, trial)
-    head = trial["head"]
-    if to_round > head["round"]:
-        fail(
-            "NO_SUCH_ROUND",
-            f"to_round: {to_round} is not a finalized round of trial {trial['trial_id']!r} "
-            f"(its lineage holds rounds 0 to {head['round']})",
-            field="to_round",
-            value=to_round,
-            head=head["round"],
-        )
-    lineage = trial["lineage"][:to_round]
-    new_head: Head
-    if to_round == 0:
-        new_head = {"round": 0, "attempt": 0, "model": trial["initial_model"]}
-    else:
-        last = lineage[-1]
-        new_head = {"round": last["round"], "attempt": last["attempt"], "model": last["model"]}
-    record: Rollback = {
-        "from_round": head["round"],
-        "from_attempt": head["attempt"],
-        "to_round": to_round,
-        "to_attempt": new_head["attempt"],
-        "reason": reason,
-        "at": tx.now,
-        "by": caller.who(),
-    }
-    trial = {
-        **trial,
-        "head": new_head,
-        "lineage": lineage,
-        "rollbacks": trial["rollbacks"] + [record],
-    }
-    tx.put(trial_key(trial["trial_id"]), trial)
-    tx.emit(
-        "RolledBack",
-        {
-            "trial_id": trial["trial_id"],
-            **{k: v for k, v in record.items() if k != "by"},
-            "model": new_head["model"],
-        },
-    )
-    return trial
 
 
 @function("record_settlement", "coordinator")

@@ -48,6 +48,7 @@ from chaincode.contract.store import (
     round_label,
     round_records,
     trial_keys_key,
+    with_defaults,
 )
 from chaincode.state import create_composite_key
 
@@ -88,7 +89,7 @@ def list_trials(tx: Tx, caller: Caller, a: Args) -> list[Trial]:
     """{[state]} -> the trials (in that state), by trial id."""
     state = a.choice("state", TRIAL_STATES, default=None)
     a.done()
-    trials: list[Trial] = tx.scan("trial", [])
+    trials: list[Trial] = [with_defaults(t) for t in tx.scan("trial", [])]
     return [t for t in trials if state is None or t["state"] == state]
 
 

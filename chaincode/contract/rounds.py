@@ -74,16 +74,15 @@ from chaincode.commitments import update_commitment, votes_commitment
 from chaincode.contract.ballots import Accepted, Ballot, closing
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
+from chaincode.contract.liveness import deadline_factor, round_failed
 from chaincode.contract.store import (
     MAX_ROUNDS,
     MAX_SAMPLE_WEIGHT,
     MAX_SCORE_MICRO,
     MAX_SILOS,
     content_key,
-    emit_halted,
     enrolled,
     enrolment_key,
-    halt_round,
     has_budget_left,
     load_trial,
     next_phase,
@@ -94,6 +93,7 @@ from chaincode.contract.store import (
     round_event,
     round_key,
     round_label,
+    round_records,
     save_round,
     schedule_entry,
     trial_key,
@@ -119,10 +119,11 @@ def open_round(tx: Tx, caller: Caller, a: Args) -> Round:
     require_no_round_in_progress(tx, trial)
     head = trial["head"]
     r = head["round"] + 1
-    if r > trial["rounds"]:
+    if r > trial["final_round"]:
         fail(
             "WRONG_STATE",
-            f"trial {trial_id!r} has finalized all {trial['rounds']} rounds; complete it (or roll back)",
+            f"trial {trial_id!r} has finalized all {trial['final_round']} rounds of its plan; "
+            "complete it (or roll back)",
         )
     if expected_round is not None and expected_round != r:
         fail(
@@ -131,7 +132,7 @@ def open_round(tx: Tx, caller: Caller, a: Args) -> Round:
             round=r,
         )
     attempt = trial["attempts"].get(str(r), 0) + 1
-    deadline = tx.now + trial["phase_seconds"]["submit"]
+    deadline = tx.now + trial["phase_seconds"]["submit"] * deadline_factor(trial)
     rnd: Round = {
         "trial_id": trial_id,
         "round": r,
@@ -217,10 +218,10 @@ class UpdateBallot(Ballot[Update]):
                 expected=expected,
             )
         account = privacy_account(tx, trial, msp_id)
-        if not has_budget_left(trial, account):
+        if not has_budget_left(tx, trial, account):
             fail(
                 "BUDGET_EXCEEDED",
-                f"{msp_id} has made all {trial['rounds']} reveals its DP schedule allows in trial "
+                f"{msp_id} has made all {len(account['entries'])} reveals its DP schedule allows in trial "
                 f"{trial['trial_id']!r} ({account['epsilon_spent_micro']} of "
                 f"{account['budget_micro']} micro-epsilon spent)",
                 reveals=len(account["entries"]),
@@ -230,7 +231,26 @@ class UpdateBallot(Ballot[Update]):
 
     def expected_committers(self, tx: Tx, trial: Trial, members: list[str]) -> list[str]:
         # A hospital whose budget is spent cannot commit, so nobody waits for it.
-        return [m for m in members if has_budget_left(trial, privacy_account(tx, trial, m))]
+        return [m for m in members if has_budget_left(tx, trial, privacy_account(tx, trial, m))]
+
+    def too_few(
+        self, tx: Tx, trial: Trial, rnd: Round, committed: list[str], members: list[str]
+    ) -> tuple[str, str] | None:
+        """Fewer than min_silos enrolled committers, not counting those who withheld a reveal
+        in an earlier failed attempt of this streak: a hospital that commits and never reveals
+        would otherwise make the honest ones reveal (and be charged) again and again for a
+        round that then fails short of candidates."""
+        withheld = withheld_reveals(tx, trial, rnd)
+        counted = [m for m in committed if m in members and m not in withheld]
+        if len(counted) < trial["min_silos"]:
+            unheld = sorted(set(committed) & withheld)
+            return (
+                "TOO_FEW_HOSPITALS",
+                f"{len(counted)} enrolled hospitals committed an update ({', '.join(counted)})"
+                + (f", not counting {', '.join(unheld)} (withheld a reveal)" if unheld else "")
+                + f", fewer than min_silos={trial['min_silos']}",
+            )
+        return None
 
     def parse_reveal(self, a: Args) -> dict[str, Any]:
         return {
@@ -317,6 +337,24 @@ class UpdateBallot(Ballot[Update]):
             "epsilon_cumulative_micro": total,
         }
         return writes, event
+
+
+def withheld_reveals(tx: Tx, trial: Trial, rnd: Round) -> set[str]:
+    """Hospitals that committed but did not reveal in the attempts of this round that failed in
+    a row just before ``rnd`` (after their commit phase had closed)."""
+    withheld: set[str] = set()
+    r, a = rnd["round"], rnd["attempt"]
+    for earlier in range(max(1, a - trial.get("failed_attempts", 0)), a):
+        before: Round | None = tx.get(round_key(trial["trial_id"], r, earlier))
+        halt = None if before is None else before["halt"]
+        if halt is None or halt.get("phase", "SUBMIT") == "SUBMIT":
+            continue
+        withheld |= {
+            u["msp_id"]
+            for u in round_records(tx, "update", trial["trial_id"], r, earlier)
+            if not u["revealed"]
+        }
+    return withheld
 
 
 def scheduled_charge(tx: Tx, trial: Trial, account: PrivacyAccount) -> int:
@@ -414,16 +452,20 @@ def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
         content: ContentOwner = tx.get(content_key(trial_id, sha256))
         tx.put(content_key(trial_id, sha256), {**content, "msp_id": owner, "decided_at": tx.now})
     candidates = sorted(u["msp_id"] for u in revealed if u["msp_id"] not in excluded)
-    rnd = {**rnd, "excluded": excluded}
-    if not candidates:
+    rnd = {**rnd, "excluded": excluded, "candidates": candidates}
+    if len(candidates) < trial["min_silos"]:
         code, reason = (
-            ("NO_CANDIDATES", "every revealed update was excluded as duplicate content")
+            (
+                "TOO_FEW_HOSPITALS",
+                f"{len(candidates)} candidate updates ({', '.join(candidates)}), fewer than "
+                f"min_silos={trial['min_silos']}",
+            )
+            if candidates
+            else ("NO_CANDIDATES", "every revealed update was excluded as duplicate content")
             if revealed
             else ("NO_REVEALS", "no committed update was revealed before the deadline")
         )
-        rnd = halt_round(tx, caller, rnd, code, reason)
-        emit_halted(tx, rnd)
-        return rnd
+        return round_failed(tx, caller, trial, rnd, code, reason)
     rnd = {**next_phase(tx, trial, rnd, "VOTE_COMMIT"), "candidates": candidates}
     save_round(tx, rnd)
     tx.emit(

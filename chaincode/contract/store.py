@@ -41,6 +41,7 @@ from bcfl_common.records import (
     RoundRewards,
     ScheduleEntry,
     Trial,
+    TrialHalt,
 )
 from bcfl_common.vocabulary import DONE_PHASES, PHASE_DURATION, PHASES, Phase, TrialState
 from chaincode.args import Args
@@ -121,11 +122,33 @@ def round_records(tx: Tx, kind: str, trial_id: str, r: int, a: int) -> list[Any]
 # ---------------------------------------------------------------------------------------------
 
 
+DEFAULT_MAX_RETRIES = 2  # create_trial's default: a round may fail twice in a row, then halts
+
+
+def with_defaults(trial: Trial) -> Trial:
+    """A trial record written before the liveness fields existed, read as its defaults say:
+    the plan is every round, no failure counted, no resume, the trial's halt by the admin."""
+    filled: Trial = {
+        "final_round": trial["rounds"],
+        "max_retries": DEFAULT_MAX_RETRIES,
+        "failed_attempts": 0,
+        "resumes": [],
+        **trial,
+    }
+    filled["rollbacks"] = [
+        {"rounds_before": trial["rounds"], "rounds_after": trial["rounds"], **rb}
+        for rb in trial["rollbacks"]
+    ]
+    if filled["halt"] is not None:
+        filled["halt"] = {"code": "HALTED_BY_ADMIN", **filled["halt"]}
+    return filled
+
+
 def load_trial(tx: Tx, trial_id: str) -> Trial:
     trial: Trial | None = tx.get(trial_key(trial_id))
     if trial is None:
         fail("NOT_FOUND", f"trial {trial_id!r} does not exist", trial_id=trial_id)
-    return trial
+    return with_defaults(trial)
 
 
 def require_trial_state(trial: Trial, *states: TrialState) -> None:
@@ -224,10 +247,15 @@ def privacy_account(tx: Tx, trial: Trial, msp_id: str) -> PrivacyAccount:
     }
 
 
-def has_budget_left(trial: Trial, account: PrivacyAccount) -> bool:
-    """DP on: the hospital has a reveal left in its schedule (fewer charged reveals than the
-    trial's rounds; halted attempts and rolled-back rounds count, their updates were disclosed)."""
-    return not trial["dp"]["enabled"] or len(account["entries"]) < trial["rounds"]
+def has_budget_left(tx: Tx, trial: Trial, account: PrivacyAccount) -> bool:
+    """DP on: the hospital has a reveal left in its schedule (fewer charged reveals than its
+    schedule entry has epsilons, ``rounds`` before the schedule; halted attempts and rolled-back
+    rounds count, their updates were disclosed)."""
+    if not trial["dp"]["enabled"]:
+        return True
+    entry = schedule_entry(tx, trial, account["msp_id"])
+    planned = trial["rounds"] if entry is None else len(entry["epsilon_micro"])
+    return len(account["entries"]) < planned
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +389,9 @@ def next_phase(tx: Tx, trial: Trial, rnd: Round, phase: Phase) -> Round:
     changed: Round = {**rnd, "phase": phase, "phase_changed_at": tx.now, "deadline": None}
     if phase in PHASE_DURATION:
         name = PHASE_DURATION[phase]
-        deadline = tx.now + trial["phase_seconds"][name]
+        # Each failed attempt in a row doubles the phases of the next (at most 8x): see liveness.
+        factor = min(8, 2 ** trial.get("failed_attempts", 0))
+        deadline = tx.now + trial["phase_seconds"][name] * factor
         changed["deadline"] = deadline
         changed["deadlines"] = {**rnd["deadlines"], name: deadline}
     return changed
@@ -378,15 +408,26 @@ def halt_round(
     code: str,
     reason: str,
     attestations: dict[str, str] | None = None,
+    *,
+    retry: bool = False,
+    failed_attempts: int | None = None,
+    trial_halted: str | None = None,
 ) -> Round:
-    """Halt a round (record only; the caller emits the event). Pending rewards become void."""
+    """Halt a round (record only; the caller emits the event). Pending rewards become void.
+    A failure the coordinator retries goes through ``liveness.round_failed``, which counts it."""
     rewards_key = per_round_key("round_rewards", rnd["trial_id"], rnd["round"], rnd["attempt"])
     rewards: RoundRewards | None = tx.get(rewards_key)
     if rewards is not None and rewards["status"] == "pending":
         tx.put(rewards_key, {**rewards, "status": "void"})
     halt: RoundHalt = {"code": code, "reason": reason, "at": tx.now, "by": caller.who()}
+    halt["phase"] = rnd["phase"]
     if attestations is not None:
         halt["attestations"] = attestations
+    halt["retry"] = retry
+    if failed_attempts is not None:
+        halt["failed_attempts"] = failed_attempts
+    if trial_halted is not None:
+        halt["trial_halted"] = trial_halted
     halted: Round = {
         **rnd,
         "phase": "HALTED",
@@ -408,8 +449,24 @@ def round_event(rnd: Round, **payload: Any) -> dict[str, Any]:
     }
 
 
-def emit_halted(tx: Tx, rnd: Round) -> None:
-    """The RoundHalted event of a round ``halt_round`` just halted."""
+def emit_halted_payload(rnd: Round, trial_halt: TrialHalt | None = None) -> dict[str, Any]:
+    """The RoundHalted payload of a round ``halt_round`` just halted; ``trial_halt`` when the
+    trial halted with it (one event per transaction: it rides on the round's)."""
     halt = rnd["halt"]
     assert halt is not None
-    tx.emit("RoundHalted", round_event(rnd, code=halt["code"], reason=halt["reason"]))
+    return round_event(
+        rnd,
+        code=halt["code"],
+        reason=halt["reason"],
+        phase=halt.get("phase"),
+        retry=halt.get("retry", False),
+        failed_attempts=halt.get("failed_attempts"),
+        trial_halt=None
+        if trial_halt is None
+        else {"code": trial_halt["code"], "reason": trial_halt["reason"]},
+    )
+
+
+def emit_halted(tx: Tx, rnd: Round) -> None:
+    """The RoundHalted event of a round ``halt_round`` just halted (not retried)."""
+    tx.emit("RoundHalted", emit_halted_payload(rnd))

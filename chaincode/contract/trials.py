@@ -24,6 +24,7 @@ from bcfl_common.records import (
     PhaseSeconds,
     Round,
     Trial,
+    TrialHalt,
     TrialKeys,
 )
 from bcfl_common.vocabulary import DONE_PHASES, LABEL, MICRO, ORGANISATION_KINDS
@@ -36,6 +37,7 @@ from chaincode.contract.datasets import (
     read_dp_schedule,
 )
 from chaincode.contract.dispatch import function
+from chaincode.contract.liveness import DEFAULT_MAX_RETRIES, MAX_RETRIES
 from chaincode.contract.store import (
     CONSORTIUM_KEY,
     MAX_DATASET_RECORDS,
@@ -261,7 +263,7 @@ def parse_phase_seconds(a: Args) -> PhaseSeconds:
 @function("create_trial", "admin")
 def create_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
     """admin; {trial_id, task, data_schema, model: {name, [hyperparameters]}, initial_model: ref,
-    rounds, min_silos (>= 2), [dp], [he], [evaluation], [phase_seconds]}; returns the trial in
+    rounds, min_silos (>= 2), [max_retries], [dp], [he], [evaluation], [phase_seconds]}; returns the trial in
     DRAFT; event TrialCreated. Omitted fields take DEFAULT_DP, DEFAULT_HE_PRESET,
     DEFAULT_EVALUATION and DEFAULT_PHASE_SECONDS; DP and HE are on unless
     ``{"enabled": false, ["reason"]}`` is given."""
@@ -297,7 +299,14 @@ def create_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
         "head": {"round": 0, "attempt": 0, "model": initial_model},
         "lineage": [],
         "rollbacks": [],
+        "final_round": 0,  # set below to rounds
+        "max_retries": a.integer(
+            "max_retries", minimum=0, maximum=MAX_RETRIES, default=DEFAULT_MAX_RETRIES
+        ),
+        "failed_attempts": 0,
+        "resumes": [],
     }
+    trial["final_round"] = trial["rounds"]
     a.done()
     if tx.get(trial_key(trial_id)) is not None:
         fail("ALREADY_EXISTS", f"trial {trial_id!r} already exists", trial_id=trial_id)
@@ -308,6 +317,7 @@ def create_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
             "trial_id": trial_id,
             "rounds": trial["rounds"],
             "min_silos": trial["min_silos"],
+            "max_retries": trial["max_retries"],
             "dp_enabled": trial["dp"]["enabled"],
             "he_enabled": trial["he"]["enabled"],
         },
@@ -462,13 +472,16 @@ def enrol_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
 
 @function("remove_hospital", "admin")
 def remove_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
-    """admin; {trial_id, msp_id, [reason]}; while ENROLLING or RUNNING; returns the enrolment,
-    now "removed"; event HospitalRemoved. Its records stay; it is no longer waited for."""
+    """admin; {trial_id, msp_id, [reason]}; while ENROLLING, RUNNING or HALTED (before a resume
+    that hospital's budgets could not carry); returns the enrolment,
+    now "removed"; event HospitalRemoved. Its records stay; it is no longer waited for. A RUNNING
+    trial left with fewer than min_silos hospitals halts with it (TOO_FEW_HOSPITALS; the event's
+    ``trial_halt`` says so), its open round too (TRIAL_HALTED)."""
     trial = load_trial(tx, a.identifier("trial_id"))
     msp_id = a.identifier("msp_id")
     reason = a.string("reason", default=None)
     a.done()
-    require_trial_state(trial, "ENROLLING", "RUNNING")
+    require_trial_state(trial, "ENROLLING", "RUNNING", "HALTED")
     require_enrolled(tx, trial["trial_id"], msp_id)
     key = enrolment_key(trial["trial_id"], msp_id)
     current: Enrolment = tx.get(key)
@@ -480,7 +493,30 @@ def remove_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
         "removal_reason": reason,
     }
     tx.put(key, record)
-    tx.emit("HospitalRemoved", {"trial_id": trial["trial_id"], "msp_id": msp_id, "reason": reason})
+    left = [m for m in enrolled(tx, trial["trial_id"]) if m != msp_id]
+    trial_halt: TrialHalt | None = None
+    if trial["state"] == "RUNNING" and len(left) < trial["min_silos"]:
+        # No round could ever reach min_silos again: the trial ends here, saying why.
+        trial_halt = {
+            "code": "TOO_FEW_HOSPITALS",
+            "reason": f"{msp_id} was removed: {len(left)} hospitals are enrolled "
+            f"({', '.join(left) or 'none'}), fewer than min_silos={trial['min_silos']}",
+            "at": tx.now,
+            "by": caller.who(),
+        }
+        halt_open_round(tx, caller, trial, trial_halt["reason"])
+        set_trial_state(tx, {**trial, "halt": trial_halt}, "HALTED")
+    tx.emit(
+        "HospitalRemoved",
+        {
+            "trial_id": trial["trial_id"],
+            "msp_id": msp_id,
+            "reason": reason,
+            "trial_halt": None
+            if trial_halt is None
+            else {"code": trial_halt["code"], "reason": trial_halt["reason"]},
+        },
+    )
     return record
 
 
@@ -522,40 +558,51 @@ def start_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
     return trial
 
 
-@function("halt_trial", "admin")
-def halt_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
-    """admin; {trial_id, reason}; ENROLLING | RUNNING -> HALTED, and an open round halts too
-    (halt code TRIAL_HALTED); returns the trial; event TrialHalted."""
-    trial = load_trial(tx, a.identifier("trial_id"))
-    reason = a.string("reason")
-    a.done()
-    require_trial_state(trial, "ENROLLING", "RUNNING")
+def halt_open_round(tx: Tx, caller: Caller, trial: Trial, reason: str) -> None:
+    """Leave no round looking open under a halted trial (halt code TRIAL_HALTED)."""
     current = trial["current"]
     if current is not None:
         rnd: Round = tx.get(round_key(trial["trial_id"], current["round"], current["attempt"]))
         if rnd["phase"] not in DONE_PHASES:
-            # Leave no round looking open under a halted trial.
             halt_round(tx, caller, rnd, "TRIAL_HALTED", reason)
-    halted: Trial = {**trial, "halt": {"reason": reason, "at": tx.now, "by": caller.who()}}
+
+
+@function("halt_trial", "admin")
+def halt_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
+    """admin; {trial_id, reason}; ENROLLING | RUNNING -> HALTED (code HALTED_BY_ADMIN), and an
+    open round halts too (halt code TRIAL_HALTED); a started trial can be resumed
+    (``recovery.resume_trial``); returns the trial; event TrialHalted."""
+    trial = load_trial(tx, a.identifier("trial_id"))
+    reason = a.string("reason")
+    a.done()
+    require_trial_state(trial, "ENROLLING", "RUNNING")
+    halt_open_round(tx, caller, trial, reason)
+    halted: Trial = {
+        **trial,
+        "halt": {"code": "HALTED_BY_ADMIN", "reason": reason, "at": tx.now, "by": caller.who()},
+    }
     trial = set_trial_state(tx, halted, "HALTED")
-    tx.emit("TrialHalted", {"trial_id": trial["trial_id"], "reason": reason})
+    tx.emit(
+        "TrialHalted", {"trial_id": trial["trial_id"], "code": "HALTED_BY_ADMIN", "reason": reason}
+    )
     return trial
 
 
 @function("complete_trial", "admin")
 def complete_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
-    """admin; {trial_id}; RUNNING -> COMPLETED once the head is the last planned round and no
+    """admin; {trial_id}; RUNNING -> COMPLETED once the head is the plan's ``final_round`` and no
     round is in progress; returns the trial; event TrialCompleted."""
     trial = load_trial(tx, a.identifier("trial_id"))
     a.done()
     require_trial_state(trial, "RUNNING")
     require_no_round_in_progress(tx, trial)
-    if trial["head"]["round"] != trial["rounds"]:
+    if trial["head"]["round"] != trial["final_round"]:
         fail(
             "WRONG_STATE",
-            f"trial {trial['trial_id']!r} has finalized {trial['head']['round']} of {trial['rounds']} rounds",
+            f"trial {trial['trial_id']!r} has finalized {trial['head']['round']} of "
+            f"{trial['final_round']} rounds",
             finalized=trial["head"]["round"],
-            rounds=trial["rounds"],
+            rounds=trial["final_round"],
         )
     trial = set_trial_state(tx, trial, "COMPLETED")
     tx.emit(

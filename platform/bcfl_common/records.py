@@ -120,12 +120,32 @@ class Rollback(TypedDict):
     reason: str | None
     at: int
     by: Who
+    rounds_before: int  # the plan before and after (a rollback may shorten it)
+    rounds_after: int
 
 
 class TrialHalt(TypedDict):
+    """Why a trial is HALTED. ``code``: HALTED_BY_ADMIN (halt_trial), TOO_FEW_HOSPITALS (fewer
+    than min_silos enrolled, or the last round fell short of min_silos and its retries ran out),
+    RETRIES_EXHAUSTED (a round failed more than ``max_retries`` times in a row), BUDGETS_SPENT
+    (too few hospitals have a reveal left in their DP schedules for the next round)."""
+
+    code: str
     reason: str
     at: int
     by: Who
+
+
+class Resume(TypedDict):
+    """A HALTED trial set RUNNING again by the admin (``resume_trial``), with the halt it
+    ended and the plan it allowed (``rounds`` before and after, when shortened)."""
+
+    reason: str
+    at: int
+    by: Who
+    halt: TrialHalt
+    rounds_before: int
+    rounds_after: int
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +191,10 @@ class Trial(TypedDict):
     head: Head
     lineage: list[LineageEntry]  # the current chain, round 1..head
     rollbacks: list[Rollback]
+    final_round: int  # the plan: the trial completes at this round (<= rounds, the DP horizon)
+    max_retries: int  # how many failed attempts in a row a round may have before the trial halts
+    failed_attempts: int  # failed attempts since the last finalized round, rollback or resume
+    resumes: list[Resume]
 
 
 class Enrolment(TypedDict):
@@ -270,9 +294,17 @@ class _RoundHaltFields(TypedDict):
 # runtime (pydantic, __required_keys__) cannot see a ``NotRequired`` and would demand the key.
 class RoundHalt(_RoundHaltFields, total=False):
     """Why a round halted: ``code`` is NO_COMMITMENTS, NO_REVEALS, NO_CANDIDATES (every revealed
-    update was excluded as duplicate content), NO_VOTES, NONE_ACCEPTED, ATTESTATION_MISMATCH (with the attested hashes), ABORTED or TRIAL_HALTED."""
+    update was excluded as duplicate content), TOO_FEW_HOSPITALS (fewer than min_silos committed,
+    were candidates or were accepted), NO_VOTES, NONE_ACCEPTED, ATTESTATION_MISMATCH (with the
+    attested hashes), ABORTED or TRIAL_HALTED. ``retry``: the coordinator opens the next attempt
+    (the failure counted against the trial's max_retries); false when the trial halted with it
+    or the admin must decide (ABORTED)."""
 
     attestations: dict[str, str]  # msp_id -> attested sha256 (ATTESTATION_MISMATCH only)
+    phase: Phase  # the phase the round halted in
+    retry: bool
+    failed_attempts: int  # the trial's failed attempts in a row, this one included
+    trial_halted: str  # the code the trial halted with, in the same transaction
 
 
 class Dispute(TypedDict):

@@ -148,6 +148,10 @@ class CoordinatorClient:
     def trial(self, trial_id: str) -> dict[str, Any]:
         return self.request("GET", f"/trials/{_seg(trial_id)}")
 
+    def progress(self, trial_id: str) -> dict[str, Any]:
+        """Where the trial stands, whom it waits for and why (GET /trials/{id}/progress)."""
+        return self.request("GET", f"/trials/{_seg(trial_id)}/progress")
+
     def enrolments(self, trial_id: str) -> list[dict[str, Any]]:
         return self.request("GET", f"/trials/{_seg(trial_id)}/enrolments")
 
@@ -328,11 +332,38 @@ class CoordinatorClient:
     def halt_trial(self, trial_id: str, reason: str) -> dict[str, Any]:
         return self.request("POST", f"/admin/trials/{_seg(trial_id)}/halt", json={"reason": reason})
 
-    def rollback(self, trial_id: str, to_round: int, reason: str | None = None) -> dict[str, Any]:
+    def rollback(
+        self,
+        trial_id: str,
+        to_round: int,
+        reason: str | None = None,
+        *,
+        final_round: int | None = None,
+        abort_current: bool = False,
+    ) -> dict[str, Any]:
         return self.request(
             "POST",
             f"/admin/trials/{_seg(trial_id)}/rollback",
-            json={"to_round": to_round, "reason": reason},
+            json={
+                "to_round": to_round,
+                "reason": reason,
+                "final_round": final_round,
+                "abort_current": abort_current,
+            },
+        )
+
+    def resume_trial(
+        self,
+        trial_id: str,
+        reason: str,
+        *,
+        to_round: int | None = None,
+        final_round: int | None = None,
+    ) -> dict[str, Any]:
+        return self.request(
+            "POST",
+            f"/admin/trials/{_seg(trial_id)}/resume",
+            json={"reason": reason, "to_round": to_round, "final_round": final_round},
         )
 
     def complete_trial(self, trial_id: str) -> dict[str, Any]:

@@ -119,12 +119,32 @@ def trial_command(
         table.add_column()
         ev = t["evaluation"]
         rows = [
-            ("state", t["state"] + (f" ({t['halt']['reason']})" if t["halt"] else "")),
+            (
+                "state",
+                t["state"]
+                + (
+                    f" ({t['halt'].get('code', 'HALTED_BY_ADMIN')}: {t['halt']['reason']})"
+                    if t["halt"]
+                    else ""
+                ),
+            ),
             (
                 "task / model",
                 f"{t['task']} / {t['model']['name']} {json.dumps(t['model']['hyperparameters'])}",
             ),
-            ("rounds", f"{t['finalized']} of {t['rounds']} finalized (min silos {t['min_silos']})"),
+            (
+                "rounds",
+                f"{t['finalized']} of {t.get('final_round', t['rounds'])} finalized (min silos "
+                f"{t['min_silos']}, at most {t.get('max_retries', 0)} retries in a row)",
+            ),
+            *(
+                (
+                    "resumed",
+                    f"at {x['at']} by {x['by']['name']}: {x['reason']} (was "
+                    f"{x['halt'].get('code', 'HALTED_BY_ADMIN')}: {x['halt']['reason']})",
+                )
+                for x in t.get("resumes", [])
+            ),
             (
                 "created",
                 f"{_time(t['created_at'])} by {t['created_by']['name']}@{t['created_by']['msp_id']}",

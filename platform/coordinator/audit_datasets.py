@@ -185,8 +185,14 @@ class DatasetAudit:
             t = p.get("trial_id")
             if t not in self.trials:
                 continue
+            if p.get("trial_halt"):
+                # A round's failure or a removal halted the trial with it (one event per
+                # transaction: the halt rides on RoundHalted or HospitalRemoved).
+                ended.add(t)
             if name in ("TrialCompleted", "TrialHalted"):
                 ended.add(t)
+            elif name == "TrialResumed":
+                ended.discard(t)
             elif name == "TrialStarted":
                 started.add(t)
             elif name == "HospitalRemoved":

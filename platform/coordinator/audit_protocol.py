@@ -65,12 +65,20 @@ def replay(events: Iterable[Any]) -> Timeline:
         elif ev.name == "UpdateRevealed":
             timeline.reveals[(p["trial_id"], p["msp_id"])].append((p["round"], p["attempt"]))
         elif ev.name == "UpdateRevealsClosed" or (
-            ev.name == "RoundHalted" and p.get("code") in ("NO_REVEALS", "NO_CANDIDATES")
+            ev.name == "RoundHalted"
+            and (
+                p.get("code") in ("NO_REVEALS", "NO_CANDIDATES")
+                or (p.get("code") == "TOO_FEW_HOSPITALS" and p.get("phase") == "REVEAL")
+            )
         ):
             key = (p["trial_id"], p["round"], p["attempt"])
             timeline.enrolled_at_reveal_close[key] = sorted(enrolled[p["trial_id"]])
         elif ev.name == "VotingClosed" or (
-            ev.name == "RoundHalted" and p.get("code") == "NONE_ACCEPTED"
+            ev.name == "RoundHalted"
+            and (
+                p.get("code") == "NONE_ACCEPTED"
+                or (p.get("code") == "TOO_FEW_HOSPITALS" and p.get("phase") == "VOTE_REVEAL")
+            )
         ):
             key = (p["trial_id"], p["round"], p["attempt"])
             timeline.enrolled_at_vote_close[key] = sorted(enrolled[p["trial_id"]])
@@ -400,4 +408,52 @@ def attestation_problems(
         problems.append(
             f"a hash has {top} attestations (quorum {quorum}) but the round is not finalized"
         )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# (f) liveness: min_silos, the count of failed attempts, the trial's end
+# ---------------------------------------------------------------------------------------------
+
+TRIAL_HALT_CODES = ("HALTED_BY_ADMIN", "TOO_FEW_HOSPITALS", "RETRIES_EXHAUSTED", "BUDGETS_SPENT")
+
+
+def liveness_problems(trial: Mapping[str, Any], rounds: list[Mapping[str, Any]]) -> list[str]:
+    """Every finalized round aggregated at least min_silos accepted updates; every failed
+    attempt's count (``halt.failed_attempts``), recomputed in the order the attempts were
+    opened (restarting at each finalized round, rollback and resume), matches the ledger, and
+    the trial halted with it exactly when the count passed max_retries; a HALTED trial has a
+    known code."""
+    problems: list[str] = []
+    min_silos, max_retries = trial["min_silos"], trial.get("max_retries", 0)
+    resets = sorted(x["at"] for x in [*trial["rollbacks"], *trial.get("resumes", [])])
+    count, last_end = 0, None
+    for rnd in sorted(rounds, key=lambda x: (x["opened_at"], x["round"], x["attempt"])):
+        where = label(rnd["round"], rnd["attempt"])
+        if last_end is not None and any(last_end <= at <= rnd["opened_at"] for at in resets):
+            count = 0
+        halt = rnd.get("halt") or {}
+        if rnd["phase"] == "FINALIZED":
+            if len(rnd["accepted"]) < min_silos:
+                problems.append(
+                    f"{where}: finalized with {len(rnd['accepted'])} accepted updates, fewer "
+                    f"than min_silos={min_silos}"
+                )
+            count, last_end = 0, rnd["finalized_at"]
+        elif rnd["phase"] == "HALTED":
+            last_end = halt.get("at", rnd["phase_changed_at"])
+            if "failed_attempts" not in halt:
+                continue  # ABORTED, TRIAL_HALTED (or a ledger from before retries): not counted
+            count += 1
+            if halt["failed_attempts"] != count:
+                problems.append(
+                    f"{where}: halt.failed_attempts {halt['failed_attempts']}, recomputed {count}"
+                )
+            if count > max_retries and halt.get("retry"):
+                problems.append(
+                    f"{where}: retried after {count} failures in a row, max_retries={max_retries}"
+                )
+    halt = trial.get("halt")
+    if trial["state"] == "HALTED" and (halt is None or halt.get("code") not in TRIAL_HALT_CODES):
+        problems.append(f"the trial is HALTED without a known code: {halt}")
     return problems

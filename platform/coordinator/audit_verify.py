@@ -2,7 +2,8 @@
 
 Per trial (:mod:`coordinator.audit_protocol`): the DP schedule (Opacus), the epsilon charged
 for every reveal, the sample weights against the registered training records, duplicates
-(``Round.excluded`` and content revealed twice across attempts) and the attestation disputes.
+(``Round.excluded`` and content revealed twice across attempts), the attestation disputes and
+liveness (min_silos accepted in every finalized round, the count of failed attempts in a row).
 Per round attempt: the commit-reveal hashes, the acceptance (:func:`chaincode.rules.judge_round`
 with the hospitals enrolled when the voting closed, replayed from the ledger's events) and, with
 a store, the aggregate re-summed from the accepted encrypted updates. Per registered dataset
@@ -28,8 +29,9 @@ CHARGES = "epsilon charged from the schedule"
 WEIGHTS = "sample weights within the registered training records"
 DUPLICATES = "duplicates recomputed (round.excluded, content revealed again)"
 DISPUTES = "attestation disputes recomputed"
+LIVENESS = "min_silos, failed attempts and retries recomputed"
 DATASETS = "dataset budgets within their lifetimes"
-TRIAL_CHECKS = (SCHEDULE, CHARGES, WEIGHTS, DUPLICATES, DISPUTES)
+TRIAL_CHECKS = (SCHEDULE, CHARGES, WEIGHTS, DUPLICATES, DISPUTES, LIVENESS)
 
 _VERDICT_FIELDS = (
     "candidates",
@@ -275,6 +277,7 @@ def verify_trial(
         WEIGHTS: protocol.weight_problems(enrolments, revealed),
         DUPLICATES: protocol.duplicate_problems(trial_id, rounds, updates, timeline),
         DISPUTES: disputes,
+        LIVENESS: protocol.liveness_problems(trial, rounds),
     }
     return [{"check": name, "problems": results[name]} for name in TRIAL_CHECKS]
 

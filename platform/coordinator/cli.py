@@ -129,18 +129,23 @@ def _show_trial(trial: dict[str, Any]) -> None:
         ("state", trial["state"]),
         ("task", trial["task"]),
         ("model", f"{trial['model']['name']} {json.dumps(trial['model']['hyperparameters'])}"),
-        ("rounds", f"{head['round']} of {trial['rounds']} finalized"),
+        ("rounds", f"{head['round']} of {trial.get('final_round', trial['rounds'])} finalized"),
         (
             "current round",
             "none" if current is None else f"{current['round']} (attempt {current['attempt']})",
         ),
         ("head model", head["model"]["sha256"][:16] + "…"),
         ("min silos", str(trial["min_silos"])),
+        (
+            "failed attempts",
+            f"{trial.get('failed_attempts', 0)} in a row (at most {trial.get('max_retries', 0)} retries)",
+        ),
         ("DP", "on" if trial["dp"]["enabled"] else "off"),
         ("HE", trial["he"].get("preset", "off") if trial["he"]["enabled"] else "off"),
     ]
     if trial.get("halt"):
-        rows.append(("halted", f"{trial['halt']['reason']}"))
+        halt = trial["halt"]
+        rows.append(("halted", f"{halt.get('code', 'HALTED_BY_ADMIN')}: {halt['reason']}"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -337,16 +342,30 @@ def trial_halt(
         _emit(client.halt_trial(trial_id, reason), as_json, _show_trial)
 
 
+FINAL_ROUND = click.option(
+    "--final-round",
+    type=click.IntRange(1, 1000),
+    default=None,
+    help="Shorten the plan: the trial completes after this round (at most its planned rounds).",
+)
+
+
 @trial_group.command("rollback")
 @api_options
 @click.argument("trial_id")
 @click.option(
     "--to-round",
-    type=int,
+    type=click.IntRange(0, 1000),
     required=True,
     help="The finalized round to reopen training from (0 = initial model).",
 )
 @click.option("--reason", default=None)
+@FINAL_ROUND
+@click.option(
+    "--abort-current",
+    is_flag=True,
+    help="Abort the round in progress in the same transaction (else a round in progress refuses).",
+)
 @click.option("--json", "as_json", is_flag=True)
 def trial_rollback(
     url: str,
@@ -356,11 +375,108 @@ def trial_rollback(
     trial_id: str,
     to_round: int,
     reason: str | None,
+    final_round: int | None,
+    abort_current: bool,
     as_json: bool,
 ) -> None:
-    """Roll a trial back to an earlier finalized round."""
+    """Roll a trial back to an earlier finalized round.
+
+    Refused up front (INFEASIBLE, naming each hospital's reveals left and the last
+    --final-round that would fit) when the hospitals' remaining DP budgets cannot carry the
+    rounds after TO_ROUND."""
     with _client(url, identity_dir, consortium_dir, member) as client:
-        _emit(client.rollback(trial_id, to_round, reason), as_json, _show_trial)
+        trial = client.rollback(
+            trial_id, to_round, reason, final_round=final_round, abort_current=abort_current
+        )
+        _emit(trial, as_json, _show_trial)
+
+
+@trial_group.command("resume")
+@api_options
+@click.argument("trial_id")
+@click.option("--reason", required=True, help="Why the trial may go on (recorded on the ledger).")
+@click.option(
+    "--to-round",
+    type=click.IntRange(0, 1000),
+    default=None,
+    help="Also roll back to this finalized round (default: go on from the head).",
+)
+@FINAL_ROUND
+@click.option("--json", "as_json", is_flag=True)
+def trial_resume(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    reason: str,
+    to_round: int | None,
+    final_round: int | None,
+    as_json: bool,
+) -> None:
+    """Set a HALTED trial RUNNING again.
+
+    Refused up front when fewer than min_silos hospitals are enrolled, when their remaining
+    DP reveals cannot carry the plan (the message says what would fit: pass --final-round to
+    shorten it), or when a hospital's dataset gave its epsilon to another trial meanwhile."""
+    with _client(url, identity_dir, consortium_dir, member) as client:
+        trial = client.resume_trial(trial_id, reason, to_round=to_round, final_round=final_round)
+        _emit(trial, as_json, _show_trial)
+
+
+@trial_group.command("abort")
+@api_options
+@click.argument("trial_id")
+@click.option("--round", "round_number", type=click.IntRange(1, 1000), required=True)
+@click.option("--reason", required=True, help="Why (recorded on the ledger).")
+@click.option("--json", "as_json", is_flag=True)
+def trial_abort(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    round_number: int,
+    reason: str,
+    as_json: bool,
+) -> None:
+    """Abort the current round (halt code ABORTED). The scheduler then waits for the admin:
+    `trial next`, `trial rollback` or `trial halt`."""
+    with _client(url, identity_dir, consortium_dir, member) as client:
+        rnd = client.abort_round(trial_id, round_number, reason)
+
+    def render(r: dict[str, Any]) -> None:
+        click.echo(
+            f"round {r['round']} attempt {r['attempt']} of {trial_id}: {r['phase']} "
+            f"({r['halt']['code']}: {r['halt']['reason']})"
+        )
+
+    _emit(rnd, as_json, render)
+
+
+@trial_group.command("next")
+@api_options
+@click.argument("trial_id")
+@click.option("--json", "as_json", is_flag=True)
+def trial_next(
+    url: str,
+    identity_dir: Path | None,
+    consortium_dir: Path | None,
+    member: str | None,
+    trial_id: str,
+    as_json: bool,
+) -> None:
+    """Open the next round (a new attempt after an aborted one) now."""
+    with _client(url, identity_dir, consortium_dir, member) as client:
+        rnd = client.open_round(trial_id)
+
+    def render(r: dict[str, Any]) -> None:
+        click.echo(
+            f"round {r['round']} attempt {r['attempt']} of {trial_id} opened: SUBMIT until "
+            f"{r['deadline']}, base model of round {r['base']['round']}"
+        )
+
+    _emit(rnd, as_json, render)
 
 
 @trial_group.command("complete")
@@ -403,11 +519,12 @@ def trial_status(
                     table.add_column(column)
                 for t in rows:
                     current = t.get("current")
+                    halt = t.get("halt")
                     table.add_row(
                         t["trial_id"],
-                        t["state"],
+                        t["state"] + (f" ({halt.get('code', 'HALTED_BY_ADMIN')})" if halt else ""),
                         t["task"],
-                        f"{t['head']['round']}/{t['rounds']}",
+                        f"{t['head']['round']}/{t.get('final_round', t['rounds'])}",
                         "" if current is None else f"{current['round']}.{current['attempt']}",
                     )
                 Console().print(table)
@@ -416,19 +533,31 @@ def trial_status(
             return
         data = {
             "trial": client.trial(trial_id),
+            "progress": client.progress(trial_id),
             "rounds": client.rounds(trial_id),
             "enrolments": client.enrolments(trial_id),
         }
 
     def render(d: dict[str, Any]) -> None:
         _show_trial(d["trial"])
+        progress = d["progress"]
+        who = ", ".join(progress["waiting_for"]) or "nobody"
+        click.echo(f"now: {progress['reason']}")
+        if progress["state"] == "RUNNING":
+            click.echo(f"waiting for: {who}")
         table = Table(title="rounds")
-        for column in ("round", "attempt", "phase", "accepted", "model"):
+        for column in ("round", "attempt", "phase", "accepted", "model", "halt"):
             table.add_column(column)
         for r in d["rounds"]:
             model = (r.get("model") or {}).get("sha256") or ""
+            halt = r.get("halt")
             table.add_row(
-                str(r["round"]), str(r["attempt"]), r["phase"], ", ".join(r["accepted"]), model[:16]
+                str(r["round"]),
+                str(r["attempt"]),
+                r["phase"],
+                ", ".join(r["accepted"]),
+                model[:16],
+                "" if not halt else f"{halt['code']}{' (retried)' if halt.get('retry') else ''}",
             )
         Console().print(table)
         enrolled = [e["msp_id"] for e in d["enrolments"] if e["status"] == "enrolled"]

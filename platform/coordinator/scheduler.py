@@ -13,16 +13,20 @@ progress, does the next thing the contract expects from the coordinator:
   store the aggregate and ``record_aggregate``. Nothing is ever decrypted: the coordinator has no
   secret key.
 * ATTEST -> nothing: the contract finalizes the round when a quorum of hospitals attests.
-* ``head.round == rounds`` and no round in progress -> ``complete_trial`` (admin identity).
+* ``head.round == final_round`` and no round in progress -> ``complete_trial`` (admin identity).
+* a round attempt that failed (HALTED with ``halt.retry``: the contract counted it against the
+  trial's ``max_retries``) -> ``open_round`` for the next attempt; when the retries run out, the
+  budgets are spent or too few hospitals are left, the contract halts the trial itself, with a
+  code, so nothing stays RUNNING that cannot move.
 * then, with settlement configured (``settlement``, a :class:`coordinator.settlement_step.SettlementStep`):
   every finalized round of an opted-in trial (any trial state) not yet settled is paid on
   Ethereum and its transaction recorded on the ledger; settlement never holds up training.
 
 State lives on the ledger only; the database keeps bookkeeping (which steps ran, with which
 transaction). A restart simply reads the ledger again: a step already committed is seen as done,
-and aggregation is deterministic, so re-storing gives the same content id. A round that HALTED
-is not retried automatically: the schedule pauses until the admin opens the next round or rolls
-back.
+and aggregation is deterministic, so re-storing gives the same content id. A round the admin
+ABORTED is not retried: the schedule pauses until the admin opens the next attempt, rolls back
+or halts (``coordinator.progress`` says so, naming the commands).
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from bcfl_common.errors import (
     StoreIntegrityError,
     UpdateFormatError,
 )
+from coordinator.progress import expected, resumed_after
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +243,13 @@ class Scheduler:
     # -- between rounds ----------------------------------------------------------------------
     def _between_rounds(self, trial: dict[str, Any], rnd: dict[str, Any] | None) -> StepOutcome:
         trial_id = trial["trial_id"]
-        if rnd is not None and rnd["phase"] == "HALTED" and not _resumed_after(trial, rnd):
-            halt = rnd["halt"] or {}
+        halt = (rnd or {}).get("halt") or {}
+        if (
+            rnd is not None
+            and rnd["phase"] == "HALTED"
+            and not halt.get("retry")
+            and not resumed_after(trial, rnd)
+        ):
             return self._outcome(
                 trial,
                 rnd,
@@ -247,11 +257,13 @@ class Scheduler:
                 "waiting",
                 phase="HALTED",
                 halt_code=halt.get("code"),
+                waiting_for=["admin"],
                 reason=f"round {rnd['round']} halted ({halt.get('code')}: {halt.get('reason')}); "
-                "waiting for the admin to open the next round or roll back",
+                "waiting for the admin: `bcfl coordinator trial next` opens the next attempt, "
+                "`trial rollback` goes back, `trial halt` ends the trial",
             )
         head = trial["head"]
-        if head["round"] >= trial["rounds"]:
+        if head["round"] >= trial.get("final_round", trial["rounds"]):
             if self.admin_ledger is None:
                 return self._outcome(
                     trial,
@@ -273,18 +285,8 @@ class Scheduler:
                 rnd,
                 "open_round",
                 "waiting",
+                waiting_for=["an enrolled hospital's silo agent"],
                 reason="no trial keys yet: an enrolled hospital must record_trial_keys",
-            )
-        spent = self._without_reveals_left(trial)
-        if spent:
-            # Nobody could commit: opening would only halt NO_COMMITMENTS, again and again.
-            return self._outcome(
-                trial,
-                rnd,
-                "open_round",
-                "waiting",
-                reason="every enrolled hospital has made all the reveals its DP schedule allows "
-                f"({', '.join(spent)}); the trial cannot train further",
             )
         next_round = head["round"] + 1
         return self._submit(
@@ -296,65 +298,9 @@ class Scheduler:
             round_number=next_round,
         )
 
-    def _without_reveals_left(self, trial: dict[str, Any]) -> list[str]:
-        """With DP on: the enrolled hospitals, if every one of them was charged all ``rounds``
-        reveals of its schedule (halted attempts and rolled-back rounds count); else []."""
-        if not trial["dp"]["enabled"]:
-            return []
-        trial_id = trial["trial_id"]
-        enrolled = sorted(
-            e["msp_id"]
-            for e in self._query("get_enrolments", {"trial_id": trial_id})
-            if e["status"] == "enrolled"
-        )
-        reveals = {
-            acc["msp_id"]: len(acc["entries"])
-            for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
-        }
-        if enrolled and all(reveals.get(m, 0) >= trial["rounds"] for m in enrolled):
-            return enrolled
-        return []
-
     # -- who is still expected ---------------------------------------------------------------
     def _waiting_for(self, trial: dict[str, Any], rnd: dict[str, Any]) -> list[str]:
-        trial_id, r, a = trial["trial_id"], rnd["round"], rnd["attempt"]
-        enrolled = {
-            e["msp_id"]
-            for e in self._query("get_enrolments", {"trial_id": trial_id})
-            if e["status"] == "enrolled"
-        }
-        where = {"trial_id": trial_id, "round": r, "attempt": a}
-        phase = rnd["phase"]
-        if phase == "SUBMIT":
-            accounts = {
-                acc["msp_id"]: acc
-                for acc in self._query("get_privacy_ledger", {"trial_id": trial_id})
-            }
-            # A hospital with no reveal left in its DP schedule cannot commit (BUDGET_EXCEEDED).
-            expected = {
-                m
-                for m in enrolled
-                if not trial["dp"]["enabled"]
-                or m not in accounts
-                or len(accounts[m]["entries"]) < trial["rounds"]
-            }
-            committed = {u["msp_id"] for u in self._query("get_submissions", where)}
-            return sorted(expected - committed)
-        if phase == "REVEAL":
-            return sorted(
-                u["msp_id"]
-                for u in self._query("get_submissions", where)
-                if u["msp_id"] in enrolled and not u["revealed"]
-            )
-        if phase == "VOTE_COMMIT":
-            return sorted(enrolled - {v["msp_id"] for v in self._query("get_votes", where)})
-        if phase == "VOTE_REVEAL":
-            return sorted(
-                v["msp_id"]
-                for v in self._query("get_votes", where)
-                if v["msp_id"] in enrolled and not v["revealed"]
-            )
-        return []
+        return expected(self._query, trial, rnd)
 
     # -- aggregation -------------------------------------------------------------------------
     def _aggregate(self, trial: dict[str, Any], rnd: dict[str, Any]) -> StepOutcome:
@@ -654,9 +600,3 @@ class Scheduler:
             if self.settlement is None
             else self.settlement.status(),
         }
-
-
-def _resumed_after(trial: dict[str, Any], rnd: dict[str, Any]) -> bool:
-    """Whether the admin rolled the trial back after this round halted (so the schedule resumes)."""
-    halted_at = (rnd.get("halt") or {}).get("at", rnd["phase_changed_at"])
-    return any(rb["at"] >= halted_at for rb in trial["rollbacks"])

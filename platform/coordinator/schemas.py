@@ -105,6 +105,12 @@ class TrialSpec(_Strict):
     model: ModelSpec
     rounds: int = Field(ge=1, le=1000)
     min_silos: int = Field(ge=2, le=1000)
+    max_retries: int = Field(
+        default=2,
+        ge=0,
+        le=20,
+        description="How many failed attempts in a row a round may have before the trial halts.",
+    )
     dp: DPPolicy = Field(default_factory=DPPolicy)
     he: HEPolicy = Field(default_factory=HEPolicy)
     evaluation: EvaluationPolicy = Field(default_factory=EvaluationPolicy)
@@ -140,6 +146,22 @@ class OptionalReasonBody(_Strict):
 class RollbackBody(_Strict):
     to_round: int = Field(ge=0, le=1000)
     reason: str | None = Field(default=None, max_length=MAX_REASON)
+    final_round: int | None = Field(
+        default=None, ge=1, le=1000, description="Shorten the plan: complete after this round."
+    )
+    abort_current: bool = Field(
+        default=False, description="Abort the round in progress in the same transaction."
+    )
+
+
+class ResumeBody(_Strict):
+    reason: str = Field(min_length=1, max_length=MAX_REASON)
+    to_round: int | None = Field(
+        default=None, ge=0, le=1000, description="Also roll back to this finalized round."
+    )
+    final_round: int | None = Field(
+        default=None, ge=1, le=1000, description="Shorten the plan: complete after this round."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -314,6 +336,26 @@ class SchedulerStep(_Answer):
     detail: dict[str, Any] | None
     started_at: float
     finished_at: float | None
+
+
+class TrialProgress(_Answer):
+    """Where a trial stands, whom it waits for and why (``coordinator.progress``)."""
+
+    trial_id: str
+    state: str
+    code: str | None = Field(
+        description="Why it ended: COMPLETED, HALTED_BY_ADMIN, TOO_FEW_HOSPITALS, RETRIES_EXHAUSTED, BUDGETS_SPENT"
+    )
+    round: int | None
+    attempt: int | None
+    phase: str | None
+    deadline: int | None
+    finalized: int
+    final_round: int
+    failed_attempts: int
+    max_retries: int
+    waiting_for: list[str]
+    reason: str
 
 
 class SchedulerStatus(_Answer):

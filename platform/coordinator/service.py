@@ -27,6 +27,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.db import Database, EnrolmentRequest
 from coordinator.dp_schedule import Progress, start_trial_schedule
 from coordinator.ledgers import ThreadBoundLedger
+from coordinator.progress import trial_progress
 from coordinator.scheduler import Scheduler
 from coordinator.schemas import TrialSpec
 from coordinator.settlement_step import SettlementStep
@@ -171,6 +172,10 @@ class CoordinatorService:
     def trial(self, trial_id: str) -> dict[str, Any]:
         return self.query("get_trial", {"trial_id": trial_id})
 
+    def progress(self, trial_id: str) -> dict[str, Any]:
+        """Where the trial stands and whom it waits for, from the ledger (``coordinator.progress``)."""
+        return trial_progress(self.query, self.trial(trial_id), now=int(time.time()))
+
     def events(self, trial_id: str, since_block: int, limit: int) -> dict[str, Any]:
         """Contract events of one trial from ``since_block`` on; ``next_block`` is where to continue."""
         self.trial(trial_id)  # 404 for an unknown trial
@@ -260,6 +265,7 @@ class CoordinatorService:
             "initial_model": {"content_id": artifact.content_id, "sha256": artifact.sha256},
             "rounds": spec.rounds,
             "min_silos": spec.min_silos,
+            "max_retries": spec.max_retries,
             "dp": spec.dp.model_dump(exclude_none=True),
             "he": he,
             "evaluation": spec.evaluation.model_dump(exclude_none=True),
@@ -310,12 +316,39 @@ class CoordinatorService:
         return self._admin("complete_trial", {"trial_id": trial_id}, principal)
 
     def rollback(
-        self, trial_id: str, to_round: int, reason: str | None, principal: Principal | None = None
+        self,
+        trial_id: str,
+        to_round: int,
+        reason: str | None,
+        principal: Principal | None = None,
+        *,
+        final_round: int | None = None,
+        abort_current: bool = False,
     ) -> dict[str, Any]:
         args: dict[str, Any] = {"trial_id": trial_id, "to_round": to_round}
         if reason is not None:
             args["reason"] = reason
+        if final_round is not None:
+            args["final_round"] = final_round
+        if abort_current:
+            args["abort_current"] = True
         return self._admin("rollback", args, principal)
+
+    def resume_trial(
+        self,
+        trial_id: str,
+        reason: str,
+        principal: Principal | None = None,
+        *,
+        to_round: int | None = None,
+        final_round: int | None = None,
+    ) -> dict[str, Any]:
+        args: dict[str, Any] = {"trial_id": trial_id, "reason": reason}
+        if to_round is not None:
+            args["to_round"] = to_round
+        if final_round is not None:
+            args["final_round"] = final_round
+        return self._admin("resume_trial", args, principal)
 
     def open_round(self, trial_id: str, principal: Principal | None = None) -> dict[str, Any]:
         return self._admin("open_round", {"trial_id": trial_id}, principal)

@@ -241,10 +241,19 @@ def test_rollback_reopens_training_from_an_earlier_round_and_keeps_history(flow)
         "WRONG_STATE", flow.admin.submit, "rollback", {**tid, "to_round": 1}
     )  # a round is in progress
     flow.admin.submit("abort_round", flow.at(reason="operator decided to roll back"))
-    trial = flow.admin.submit("rollback", {**tid, "to_round": 1, "reason": "round 2 model drifted"})
+    # Every hospital spent 2 of the 3 reveals its DP schedule plans: rounds 2 and 3 again would
+    # need 2 more each, so the full plan is refused up front, naming what would fit.
+    error = refused("INFEASIBLE", flow.admin.submit, "rollback", {**tid, "to_round": 1})
+    assert error.detail["feasible"] == 1 and "final_round=2 would fit" in error.message
+    assert error.detail["reveals_left"] == {m: 1 for m in flow.trial()["enrolled_at_start"]}
+    trial = flow.admin.submit(
+        "rollback", {**tid, "to_round": 1, "reason": "round 2 model drifted", "final_round": 2}
+    )
+    assert trial["final_round"] == 2 and trial["rounds"] == 3
     assert trial["head"] == {"round": 1, "attempt": 1, "model": model_1}
     assert [(e["round"], e["attempt"]) for e in trial["lineage"]] == [(1, 1)]
     assert trial["rollbacks"][0]["from_round"] == 2 and trial["rollbacks"][0]["to_round"] == 1
+    assert (trial["rollbacks"][0]["rounds_before"], trial["rollbacks"][0]["rounds_after"]) == (3, 2)
     rnd = flow.open_round()
     assert (rnd["round"], rnd["attempt"]) == (2, 2) and rnd["base"]["model"] == model_1
     # A stale update trained on the rolled-back round-2 model is refused.
@@ -270,7 +279,11 @@ def test_rollback_reopens_training_from_an_earlier_round_and_keeps_history(flow)
 def test_rollback_to_round_zero_restarts_from_the_initial_model(flow):
     flow.running()
     flow.full_round()
-    trial = flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 0})
+    # DP on: the one reveal left of each hospital carries one round, not the two planned.
+    refused("INFEASIBLE", flow.admin.submit, "rollback", {"trial_id": flow.trial_id, "to_round": 0})
+    trial = flow.admin.submit(
+        "rollback", {"trial_id": flow.trial_id, "to_round": 0, "final_round": 1}
+    )
     assert trial["head"] == {"round": 0, "attempt": 0, "model": flow.trial_args()["initial_model"]}
     assert flow.open_round()["base"]["round"] == 0
 

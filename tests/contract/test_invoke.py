@@ -333,6 +333,11 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
         "remove_hospital", {"trial_id": flow.trial_id, "msp_id": flow.msp["hospital4"]}
     )
     flow.admin.submit("complete_trial", {"trial_id": flow.trial_id})
+    paused = make_flow(net, "trial-paused")
+    paused.running(rounds=1, dp={"enabled": False, "reason": "halted and resumed"})
+    paused.admin.submit("halt_trial", {"trial_id": paused.trial_id, "reason": "ethics review"})
+    paused.admin.submit("resume_trial", {"trial_id": paused.trial_id, "reason": "approved"})
+    paused.full_round()
     dp = make_flow(net, "trial-dp")
     dp.running(hospitals=HOSPITALS, rounds=1)
     copied_round(dp)
@@ -400,9 +405,11 @@ def test_every_transaction_emits_one_event_and_queries_write_nothing(make_flow):
         "SettlementRecorded",
         "HospitalRemoved",
         "TrialCompleted",
+        "TrialHalted",
+        "TrialResumed",
     }
     submitted = {function for _, _, function, _ in net.world.transcript}
-    assert submitted | READ_ONLY_FUNCTIONS == chaincode.contract.FUNCTIONS - {"halt_trial"}
+    assert submitted | READ_ONLY_FUNCTIONS == chaincode.contract.FUNCTIONS
 
 
 def test_replaying_the_transcript_gives_the_same_bytes(make_flow):
@@ -615,6 +622,7 @@ def test_a_reveal_past_the_schedule_is_refused_even_if_its_commitment_got_throug
     flow.running(rounds=1)
     flow.open_round()
     u = flow.commit_update("hospital1")
+    flow.commit_update("hospital2")
     flow.net.advance_time(3601)
     flow.close("close_update_commits")
     # The ledger as it would be had hospital1 already made its one reveal.
@@ -630,3 +638,18 @@ def test_a_reveal_past_the_schedule_is_refused_even_if_its_commitment_got_throug
     net.world.state[key] = canonical_json(account)
     error = refused("BUDGET_EXCEEDED", flow.reveal_update, "hospital1", u)
     assert error.detail == {"reveals": 1, "spent_micro": 3_000_000, "budget_micro": 3_000_000}
+
+
+def test_a_trial_record_from_before_the_liveness_fields_reads_with_their_defaults(make_flow):
+    net = FakeNet()
+    flow = make_flow(net)
+    flow.running(dp={"enabled": False, "reason": "re-runs"})
+    key = create_composite_key("trial", [flow.trial_id])
+    record = json.loads(net.world.state[key])
+    for name in ("final_round", "max_retries", "failed_attempts", "resumes"):
+        del record[name]
+    net.world.state[key] = canonical_json(record)
+    trial = flow.trial()
+    assert (trial["final_round"], trial["max_retries"], trial["resumes"]) == (2, 2, [])
+    flow.full_round()
+    assert flow.trial()["head"]["round"] == 1 and flow.trial()["final_round"] == 2

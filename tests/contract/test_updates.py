@@ -120,8 +120,9 @@ def test_late_commit_after_the_deadline_or_after_the_phase_moved_on(running):
     flow = running
     flow.open_round()
     flow.commit_update("hospital1")
+    flow.commit_update("hospital2")
     flow.net.advance_time(3601)
-    refused("LATE", flow.commit_update, "hospital2")
+    refused("LATE", flow.commit_update, "hospital3")
     flow.close("close_update_commits")
     refused("LATE", flow.commit_update, "hospital3")
 
@@ -134,11 +135,31 @@ def test_closing_commits_waits_for_everyone_until_the_deadline(running):
     assert sorted(error.detail["waiting_for"]) == sorted(
         flow.msp[n] for n in ("hospital2", "hospital3")
     )
+    flow.commit_update("hospital2")
     refused("FORBIDDEN_ROLE", flow.close, "close_update_commits", "hospital1")
     flow.net.advance_time(3601)
     rnd = flow.close("close_update_commits", by="admin")
-    assert rnd["committed"] == [flow.msp["hospital1"]]
+    assert rnd["committed"] == sorted(flow.msp[n] for n in ("hospital1", "hospital2"))
     refused("LATE", flow.close, "close_update_commits")
+
+
+def test_commitments_short_of_min_silos_fail_the_attempt_and_the_next_gets_longer_phases(running):
+    flow = running
+    first = flow.open_round()
+    flow.commit_update("hospital1")
+    flow.net.advance_time(3601)
+    rnd = flow.close("close_update_commits")
+    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "TOO_FEW_HOSPITALS"
+    assert rnd["halt"]["retry"] is True and rnd["halt"]["failed_attempts"] == 1
+    assert (
+        "1 enrolled hospitals committed" in rnd["halt"]["reason"] and "min_silos=2" in rnd["halt"]["reason"]
+    )
+    assert flow.trial()["state"] == "RUNNING" and flow.trial()["failed_attempts"] == 1
+    second = flow.open_round()
+    assert second["attempt"] == 2
+    seconds = flow.trial()["phase_seconds"]["submit"]
+    assert first["deadline"] - first["opened_at"] == seconds
+    assert second["deadline"] - second["opened_at"] == 2 * seconds
 
 
 def test_a_round_without_commitments_halts_and_the_next_attempt_reopens_it(running):
@@ -211,15 +232,18 @@ def test_late_reveal_and_reveal_of_an_unenrolled_hospital(running):
     ]  # the removed hospital is not awaited
     flow.net.advance_time(901)
     refused("LATE", flow.reveal_update, "hospital2", updates["hospital2"])
+    # One candidate left, under min_silos=2: the attempt fails and will be retried.
     rnd = flow.close("close_update_reveals")
-    assert rnd["phase"] == "VOTE_COMMIT" and rnd["candidates"] == [flow.msp["hospital1"]]
-    refused("LATE", flow.reveal_update, "hospital2", updates["hospital2"])
+    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "TOO_FEW_HOSPITALS"
+    assert rnd["halt"]["retry"] is True
+    refused("WRONG_STATE", flow.reveal_update, "hospital2", updates["hospital2"])
 
 
 def test_a_round_without_reveals_halts(running):
     flow = running
     flow.open_round()
     flow.commit_update("hospital1")
+    flow.commit_update("hospital2")
     flow.net.advance_time(3601)
     flow.close("close_update_commits")
     flow.net.advance_time(901)
@@ -297,6 +321,7 @@ def test_content_revealed_in_an_earlier_attempt_of_the_round_is_refused(running)
     flow = running
     flow.open_round()
     u = flow.commit_update("hospital1")
+    flow.commit_update("hospital2")
     flow.net.advance_time(3601)
     flow.close("close_update_commits")
     flow.reveal_update("hospital1", u)
@@ -305,6 +330,7 @@ def test_content_revealed_in_an_earlier_attempt_of_the_round_is_refused(running)
     assert flow.attempt == 2
     again = replace(u, salt=digest("second attempt"))
     flow.commit_update("hospital1", again)
+    flow.commit_update("hospital2")
     flow.net.advance_time(3601)
     flow.close("close_update_commits")
     error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", again)
@@ -380,15 +406,14 @@ def test_epsilon_is_charged_from_the_schedule_and_a_reveal_past_it_is_refused(fl
     submissions = {s["msp_id"]: s for s in flow.admin.evaluate("get_submissions", flow.at())}
     assert h1 not in submissions
     assert submissions[h3]["epsilon_spent_micro"] == 1_800_000
-    # The (rounds + 1)-th disclosure is refused: after a rollback nobody has a reveal left.
-    flow.admin.submit("rollback", {"trial_id": flow.trial_id, "to_round": 1})
-    flow.open_round()
-    for name in flow.members:
-        error = refused("BUDGET_EXCEEDED", flow.commit_update, name)
-        assert error.detail["reveals"] == 2
-    # ... and nobody waits for them: the commit phase closes at once, with nothing to reveal.
-    rnd = flow.close("close_update_commits")
-    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "NO_COMMITMENTS"
+    # A rollback to round 1 would need a (rounds + 1)-th disclosure from everyone: refused up
+    # front, saying that no further round fits (the reveal itself is refused too: test_invoke).
+    error = refused(
+        "INFEASIBLE", flow.admin.submit, "rollback", {"trial_id": flow.trial_id, "to_round": 1}
+    )
+    assert error.detail["reveals_left"] == {h1: 0, h2: 0, h3: 0}
+    assert "no further round fits" in error.message
+    assert flow.trial()["head"]["round"] == 2  # nothing changed
 
 
 def test_with_dp_switched_off_reveals_are_charged_nothing(flow):
@@ -406,6 +431,7 @@ def test_with_dp_switched_off_reveals_are_charged_nothing(flow):
     for _ in range(3):  # more reveals than rounds: nothing bounds them with DP off
         flow.open_round()
         u = flow.commit_update("hospital1")
+        flow.commit_update("hospital2", flow.make_update("hospital2", tag=str(_)))
         flow.net.advance_time(3601)
         flow.close("close_update_commits")
         assert flow.reveal_update("hospital1", u)["epsilon_spent_micro"] == 0

@@ -157,11 +157,24 @@ def test_create_enrol_start_through_the_api(
         auditor.round("trial-1", 1)
     assert info.value.code == "NO_SUCH_ROUND" and info.value.http_status == 404
 
+    halted = admin.halt_trial("trial-1", "ethics review")
+    assert halted["state"] == "HALTED" and halted["halt"]["reason"] == "ethics review"
+    assert halted["halt"]["code"] == "HALTED_BY_ADMIN"
+    progress = auditor.progress("trial-1")
+    assert progress["code"] == "HALTED_BY_ADMIN" and "ethics review" in progress["reason"]
+    resumed = admin.resume_trial("trial-1", "ethics approved")
+    assert resumed["state"] == "RUNNING" and resumed["resumes"][0]["reason"] == "ethics approved"
+    assert auditor.progress("trial-1")["waiting_for"] == ["Hospital1MSP", "Hospital2MSP"]  # keys
+    # Removing one of the two hospitals leaves fewer than min_silos: the trial ends, saying so.
     removed = admin.remove_hospital("trial-1", "Hospital2MSP", "withdrew consent")
     assert removed["status"] == "removed"
     assert hospitals["hospital2"].enrolment_request("trial-1")["status"] == "removed"
-    halted = admin.halt_trial("trial-1", "ethics review")
-    assert halted["state"] == "HALTED" and halted["halt"]["reason"] == "ethics review"
+    trial = auditor.trial("trial-1")
+    assert trial["state"] == "HALTED" and trial["halt"]["code"] == "TOO_FEW_HOSPITALS"
+    assert auditor.progress("trial-1")["code"] == "TOO_FEW_HOSPITALS"
+    with pytest.raises(ContractError) as info:
+        admin.resume_trial("trial-1", "try anyway")
+    assert info.value.code == "INSUFFICIENT_SILOS" and info.value.http_status == 409
     with pytest.raises(ContractError) as info:
         admin.start_trial("trial-1")
     assert info.value.code == "WRONG_STATE"

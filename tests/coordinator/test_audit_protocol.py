@@ -215,3 +215,46 @@ def test_a_minority_dissent_is_no_reason_to_halt() -> None:
     assert any("a minority dissent is a dispute, not a halt" in p for p in problems)
     three = [attestation("A", "x", 1), attestation("B", "y", 2), attestation("C", "z", 3)]
     assert attestation_problems(halted, three) == []
+
+
+def _attempt(r: int, a: int, opened: int, **fields: Any) -> dict[str, Any]:
+    return {"round": r, "attempt": a, "opened_at": opened, "phase_changed_at": opened + 5, **fields}
+
+
+def test_liveness_recomputes_failed_attempts_retries_and_min_silos() -> None:
+    from coordinator.audit_protocol import liveness_problems
+
+    trial = {"min_silos": 2, "max_retries": 1, "rollbacks": [], "resumes": [], "state": "RUNNING"}
+    failed = {"code": "NO_REVEALS", "at": 5}
+    honest = [
+        _attempt(1, 1, 0, phase="HALTED", halt={**failed, "failed_attempts": 1, "retry": True}),
+        _attempt(1, 2, 10, phase="FINALIZED", accepted=["A", "B"], finalized_at=15),
+        _attempt(
+            2, 1, 20, phase="HALTED", halt={**failed, "at": 25, "failed_attempts": 1, "retry": True}
+        ),
+    ]
+    assert liveness_problems({**trial, "halt": None}, honest) == []
+    # A count that does not restart, a retry past max_retries, a thin finalized round, a
+    # halted trial without a code: each is named.
+    forged = [
+        _attempt(1, 1, 0, phase="HALTED", halt={**failed, "failed_attempts": 1, "retry": True}),
+        _attempt(
+            1, 2, 10, phase="HALTED", halt={**failed, "at": 15, "failed_attempts": 2, "retry": True}
+        ),
+        _attempt(1, 3, 20, phase="FINALIZED", accepted=["A"], finalized_at=25),
+        _attempt(2, 1, 30, phase="HALTED", halt={**failed, "at": 35, "failed_attempts": 3}),
+    ]
+    problems = liveness_problems({**trial, "state": "HALTED", "halt": {"reason": "?"}}, forged)
+    assert any("retried after 2 failures in a row, max_retries=1" in p for p in problems)
+    assert any("1 accepted updates, fewer than min_silos=2" in p for p in problems)
+    assert any("halt.failed_attempts 3, recomputed 1" in p for p in problems)
+    assert any("without a known code" in p for p in problems)
+    # A resume between two failures restarts the count.
+    resumed = {**trial, "halt": None, "resumes": [{"at": 7}]}
+    pair = [
+        _attempt(1, 1, 0, phase="HALTED", halt={**failed, "failed_attempts": 1, "retry": True}),
+        _attempt(
+            1, 2, 10, phase="HALTED", halt={**failed, "at": 15, "failed_attempts": 1, "retry": True}
+        ),
+    ]
+    assert liveness_problems(resumed, pair) == []

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from silo_side import Hospitals, register_for_trial
 
-from bcfl_common.errors import LedgerError
+from bcfl_common.errors import ContractError, LedgerError
 from consortium.ledger import open_ledger
 from consortium.storage import open_store
 from coordinator.scheduler import Scheduler
@@ -318,11 +318,11 @@ def test_unusable_update_halts_the_round_and_the_schedule_waits_for_the_admin(
     assert actions(tick()) == [("close_update_commits", "waiting")]
 
 
-def test_rollback_resumes_the_schedule(
+def test_a_failed_attempt_is_retried_and_an_aborted_one_waits_for_the_admin(
     service: CoordinatorService, contract_net: Any, store_url: str, secret_context: he.HEContext
 ) -> None:
-    # Two rounds: the halted attempt's reveals stay charged, so retraining round 1 needs a
-    # second reveal in each hospital's DP schedule.
+    # Two rounds: the failed attempt's reveals stay charged, so each hospital has one reveal
+    # of its DP schedule left for the retry.
     hospitals = running_trial(service, contract_net, store_url, secret_context, rounds=2)
     tick = service.scheduler.tick
     tick()
@@ -331,12 +331,31 @@ def test_rollback_resumes_the_schedule(
     hospitals.attest("hospital2", sha256="f" * 64)  # a dissent alone is no halt
     assert hospitals.round()["phase"] == "ATTEST"
     hospitals.attest("hospital3", sha256="e" * 64)  # no hash can reach the quorum any more
-    assert hospitals.round()["phase"] == "HALTED"
-    assert actions(tick()) == [("open_round", "waiting")]
-    service.rollback(TRIAL, 0, "attestation mismatch investigated")
+    halted = hospitals.round()
+    assert halted["phase"] == "HALTED" and halted["halt"]["retry"] is True
+    # The contract counted the failure; the scheduler opens the next attempt by itself.
     outcomes = tick()
     assert actions(outcomes)[0] == ("open_round", "done")
     assert (outcomes[0].round, outcomes[0].attempt) == (1, 2)
+    progress = service.progress(TRIAL)
+    assert progress["failed_attempts"] == 1 and progress["phase"] == "SUBMIT"
+    assert progress["waiting_for"] == ["Hospital1MSP", "Hospital2MSP", "Hospital3MSP"]
+    # An attempt the admin aborts is not retried: the scheduler says it waits for the admin.
+    service.abort_round(TRIAL, 1, "operator check")
+    outcomes = tick()
+    assert actions(outcomes) == [("open_round", "waiting")]
+    assert outcomes[0].detail["waiting_for"] == ["admin"]
+    progress = service.progress(TRIAL)
+    assert progress["waiting_for"] == ["admin"] and "trial next" in progress["reason"]
+    # Rolling back to round 0 would need 2 more reveals each: refused up front...
+    with pytest.raises(ContractError) as refused:
+        service.rollback(TRIAL, 0, "attestation mismatch investigated")
+    assert refused.value.code == "INFEASIBLE" and "final_round=1 would fit" in refused.value.message
+    # ...and accepted with the plan shortened to what the budgets carry.
+    service.rollback(TRIAL, 0, "attestation mismatch investigated", final_round=1)
+    outcomes = tick()
+    assert actions(outcomes)[0] == ("open_round", "done")
+    assert (outcomes[0].round, outcomes[0].attempt) == (1, 3)
 
 
 def test_background_scheduler_in_the_live_service(

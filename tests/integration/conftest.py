@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from devnet.local_network import LocalNetwork
+from devnet.local_network import LocalNetwork, bcfl_command
 from devnet.supervisor import wait_for
 from silo_agent.datasets import load_demo_dataset, write_demo_dataset
 
@@ -60,6 +61,27 @@ class Trial:
     def submissions(self, number: int, attempt: int | None = None) -> dict[str, dict[str, Any]]:
         return {s["msp_id"]: s for s in self.auditor.submissions(self.trial_id, number, attempt)}
 
+    def progress(self) -> dict[str, Any]:
+        return self.auditor.progress(self.trial_id)
+
+    def admin_cli(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """`bcfl coordinator trial ARGS...` as the consortium admin, against the live server;
+        ``ok``: the exit status must be 0 (else non-zero)."""
+        command = bcfl_command(
+            "coordinator",
+            "trial",
+            *args,
+            "--url",
+            self.net.base_url,
+            "--consortium",
+            str(self.net.consortium.directory),
+            "--as",
+            "admin",
+        )
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert (done.returncode == 0) == ok, (args, done.returncode, done.stdout, done.stderr)
+        return done
+
     def close(self) -> None:
         self.auditor.close()
 
@@ -78,6 +100,8 @@ def local_network(tmp_path: Path) -> Iterator[Callable[..., tuple[LocalNetwork, 
         attackers: tuple[str, ...] = (),
         phases: dict[str, int] | None = None,
         data_override: dict[str, dict[str, Any]] | None = None,
+        min_silos: int = 2,
+        max_retries: int = 2,
     ) -> tuple[LocalNetwork, Trial]:
         net = LocalNetwork.create(tmp_path / f"net{len(made)}", hospitals)
         dataset = load_demo_dataset("breast-cancer", hospitals=hospitals)
@@ -103,7 +127,8 @@ def local_network(tmp_path: Path) -> Iterator[Callable[..., tuple[LocalNetwork, 
                     "data_schema": dataset.schema,
                     "model": dataset.model,
                     "rounds": rounds,
-                    "min_silos": 2,
+                    "min_silos": min_silos,
+                    "max_retries": max_retries,
                     "dp": dp,
                     "he": {"enabled": True},
                     "evaluation": dataset.evaluation,

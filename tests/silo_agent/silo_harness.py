@@ -149,7 +149,7 @@ class CoordinatorDriver:
             return False
         current = trial["current"]
         if current is None or self.round()["phase"] in ("FINALIZED", "HALTED"):
-            if trial["head"]["round"] == trial["rounds"]:
+            if trial["head"]["round"] == trial["final_round"]:
                 self.admin.submit("complete_trial", {"trial_id": self.trial_id})
                 self.log.append("complete")
                 return True

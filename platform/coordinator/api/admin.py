@@ -25,6 +25,7 @@ from coordinator.schemas import (
     EnrolmentRequest,
     OptionalReasonBody,
     ReasonBody,
+    ResumeBody,
     RollbackBody,
     RoundRecord,
     SchedulerRun,
@@ -128,7 +129,25 @@ def halt(body: ReasonBody, trial_id: TrialId, who: Who, service: Service) -> dic
     summary="Reopen training from an earlier finalized round",
 )
 def rollback(body: RollbackBody, trial_id: TrialId, who: Who, service: Service) -> dict[str, Any]:
-    return service.rollback(trial_id, body.to_round, body.reason, who)
+    return service.rollback(
+        trial_id,
+        body.to_round,
+        body.reason,
+        who,
+        final_round=body.final_round,
+        abort_current=body.abort_current,
+    )
+
+
+@router.post(
+    TRIAL + "/resume",
+    response_model=TrialRecord,
+    summary="HALTED -> RUNNING, if the hospitals' remaining budgets carry the plan (409 otherwise)",
+)
+def resume(body: ResumeBody, trial_id: TrialId, who: Who, service: Service) -> dict[str, Any]:
+    return service.resume_trial(
+        trial_id, body.reason, who, to_round=body.to_round, final_round=body.final_round
+    )
 
 
 @router.post(

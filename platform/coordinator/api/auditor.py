@@ -42,6 +42,7 @@ from coordinator.schemas import (
     RoundRecord,
     SchedulerStatus,
     TrialKeysRecord,
+    TrialProgress,
     TrialRecord,
     TrialSettlement,
     UpdateRecord,
@@ -72,6 +73,15 @@ def list_trials(
 @router.get(TRIAL, response_model=TrialRecord, summary="One trial record")
 def get_trial(trial_id: TrialId, service: Service) -> dict[str, Any]:
     return service.trial(trial_id)
+
+
+@router.get(
+    TRIAL + "/progress",
+    response_model=TrialProgress,
+    summary="Where the trial stands: whom it waits for and why, or why it ended",
+)
+def get_progress(trial_id: TrialId, service: Service) -> dict[str, Any]:
+    return service.progress(trial_id)
 
 
 @router.get(
