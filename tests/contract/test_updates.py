@@ -152,7 +152,8 @@ def test_commitments_short_of_min_silos_fail_the_attempt_and_the_next_gets_longe
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "TOO_FEW_HOSPITALS"
     assert rnd["halt"]["retry"] is True and rnd["halt"]["failed_attempts"] == 1
     assert (
-        "1 enrolled hospitals committed" in rnd["halt"]["reason"] and "min_silos=2" in rnd["halt"]["reason"]
+        "1 enrolled hospitals committed" in rnd["halt"]["reason"]
+        and "min_silos=2" in rnd["halt"]["reason"]
     )
     assert flow.trial()["state"] == "RUNNING" and flow.trial()["failed_attempts"] == 1
     second = flow.open_round()
