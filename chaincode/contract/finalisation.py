@@ -38,7 +38,7 @@ from chaincode.args import Args
 from chaincode.contract.ballots import closing
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
-from chaincode.contract.liveness import round_failed
+from chaincode.contract.liveness import round_failed, shortfall
 from chaincode.contract.rounds import UPDATES, VOTES
 from chaincode.contract.store import (
     MAX_ATTEMPTS,
@@ -148,10 +148,8 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
         # The aggregate every hospital decrypts is the sum of the accepted updates: fewer than
         # min_silos would expose too few hospitals' updates inside it.
         code, reason = (
-            (
-                "TOO_FEW_HOSPITALS",
-                f"{len(accepted)} updates accepted ({', '.join(accepted)}), fewer than "
-                f"min_silos={trial['min_silos']}: an aggregate of fewer would expose them",
+            shortfall(
+                trial, "updates accepted", accepted, ": an aggregate of fewer would expose them"
             )
             if accepted
             else ("NONE_ACCEPTED", "no update was accepted by the peer votes")

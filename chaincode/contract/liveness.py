@@ -29,16 +29,15 @@ from __future__ import annotations
 
 from bcfl_common.records import Round, Trial, TrialHalt
 from chaincode.contract.context import Caller, Tx, fail
-from chaincode.contract.store import DEFAULT_MAX_RETRIES as DEFAULT_MAX_RETRIES
 from chaincode.contract.store import (
     emit_halted_payload,
     enrolled,
     halt_round,
     privacy_account,
-    schedule_entry,
     set_trial_state,
     trial_key,
 )
+from chaincode.contract.store import reveals_left as account_reveals_left
 
 RETRYABLE = frozenset(
     {
@@ -51,27 +50,15 @@ RETRYABLE = frozenset(
         "ATTESTATION_MISMATCH",
     }
 )
-MAX_DEADLINE_FACTOR = 8
 MAX_RETRIES = 20
-
-
-def deadline_factor(trial: Trial) -> int:
-    """How many times its phase seconds the trial's next phase lasts: 2 ** failed attempts, <= 8
-    (``store.next_phase`` applies the same to every later phase of the attempt)."""
-    return int(min(MAX_DEADLINE_FACTOR, 2 ** trial.get("failed_attempts", 0)))
 
 
 def reveals_left(tx: Tx, trial: Trial) -> dict[str, int | None]:
     """Each enrolled hospital's reveals left in its DP schedule (None: DP off, no limit)."""
-    members = enrolled(tx, trial["trial_id"])
-    if not trial["dp"]["enabled"]:
-        return {m: None for m in members}
-    left: dict[str, int | None] = {}
-    for m in members:
-        entry = schedule_entry(tx, trial, m)
-        planned = trial["rounds"] if entry is None else len(entry["epsilon_micro"])
-        left[m] = max(0, planned - len(privacy_account(tx, trial, m)["entries"]))
-    return left
+    return {
+        m: account_reveals_left(trial, privacy_account(tx, trial, m))
+        for m in enrolled(tx, trial["trial_id"])
+    }
 
 
 def feasible_rounds(left: dict[str, int | None], min_silos: int) -> int | None:
@@ -92,30 +79,44 @@ def describe_left(left: dict[str, int | None]) -> str:
     return ", ".join(f"{m} {'unlimited' if n is None else n}" for m, n in sorted(left.items()))
 
 
+def shortfall(trial: Trial, what: str, names: list[str], more: str = "") -> tuple[str, str]:
+    """The TOO_FEW_HOSPITALS halt code and reason of a phase close with only ``names``."""
+    return (
+        "TOO_FEW_HOSPITALS",
+        f"{len(names)} {what} ({', '.join(names) or 'none'}){more}, fewer than "
+        f"min_silos={trial['min_silos']}",
+    )
+
+
+def trial_halt(tx: Tx, caller: Caller, code: str, reason: str) -> TrialHalt:
+    """Why the trial halts, now, by the transaction's creator."""
+    return {"code": code, "reason": reason, "at": tx.now, "by": caller.who()}
+
+
 def trial_shortfall(tx: Tx, trial: Trial, caller: Caller) -> TrialHalt | None:
     """Why the trial cannot open its next round (None if it can, or has no round left)."""
     min_silos = trial["min_silos"]
     left = reveals_left(tx, trial)
     if len(left) < min_silos:
-        return {
-            "code": "TOO_FEW_HOSPITALS",
-            "reason": f"{len(left)} hospitals are enrolled ({', '.join(sorted(left)) or 'none'}), "
+        return trial_halt(
+            tx,
+            caller,
+            "TOO_FEW_HOSPITALS",
+            f"{len(left)} hospitals are enrolled ({', '.join(sorted(left)) or 'none'}), "
             f"fewer than min_silos={min_silos}",
-            "at": tx.now,
-            "by": caller.who(),
-        }
+        )
     if trial["head"]["round"] >= trial["final_round"]:
         return None
     n = feasible_rounds(left, min_silos)
     if n is not None and n < 1:
         able = sorted(m for m, k in left.items() if k)
-        return {
-            "code": "BUDGETS_SPENT",
-            "reason": f"only {len(able)} hospitals have a reveal left in their DP schedules "
+        return trial_halt(
+            tx,
+            caller,
+            "BUDGETS_SPENT",
+            f"only {len(able)} hospitals have a reveal left in their DP schedules "
             f"({describe_left(left)} reveals left), fewer than min_silos={min_silos}",
-            "at": tx.now,
-            "by": caller.who(),
-        }
+        )
     return None
 
 
@@ -134,19 +135,18 @@ def round_failed(
     retryable ``code``; count the failure, halt the trial if it cannot go on; event RoundHalted
     (unless ``emit`` is false: the caller emits its own)."""
     assert code in RETRYABLE, code
-    failed = trial.get("failed_attempts", 0) + 1
-    who = caller.who()
-    trial_halt: TrialHalt | None = None
-    if failed > trial.get("max_retries", 0):
-        trial_halt = {
-            "code": "TOO_FEW_HOSPITALS" if code == "TOO_FEW_HOSPITALS" else "RETRIES_EXHAUSTED",
-            "reason": f"round {rnd['round']} failed {failed} times in a row (max_retries="
-            f"{trial.get('max_retries', 0)}); the last attempt: {code}: {reason}",
-            "at": tx.now,
-            "by": who,
-        }
+    failed = trial["failed_attempts"] + 1
+    halt: TrialHalt | None
+    if failed > trial["max_retries"]:
+        halt = trial_halt(
+            tx,
+            caller,
+            "TOO_FEW_HOSPITALS" if code == "TOO_FEW_HOSPITALS" else "RETRIES_EXHAUSTED",
+            f"round {rnd['round']} failed {failed} times in a row (max_retries="
+            f"{trial['max_retries']}); the last attempt: {code}: {reason}",
+        )
     else:
-        trial_halt = trial_shortfall(tx, trial, caller)
+        halt = trial_shortfall(tx, trial, caller)
     halted = halt_round(
         tx,
         caller,
@@ -154,17 +154,17 @@ def round_failed(
         code,
         reason,
         attestations,
-        retry=trial_halt is None,
+        retry=halt is None,
         failed_attempts=failed,
-        trial_halted=None if trial_halt is None else trial_halt["code"],
+        trial_halted=None if halt is None else halt["code"],
     )
     counted: Trial = {**trial, "failed_attempts": failed}
-    if trial_halt is None:
+    if halt is None:
         tx.put(trial_key(trial["trial_id"]), counted)
     else:
-        set_trial_state(tx, {**counted, "halt": trial_halt}, "HALTED")
+        set_trial_state(tx, {**counted, "halt": halt}, "HALTED")
     if emit:
-        tx.emit("RoundHalted", emit_halted_payload(halted, trial_halt))
+        tx.emit("RoundHalted", emit_halted_payload(halted, halt))
     return halted
 
 

@@ -25,13 +25,13 @@ from chaincode.contract.store import (
     emit_halted,
     enrolled,
     enrolment_key,
+    halt_open_round,
     halt_round,
     load_trial,
     privacy_account,
     require_no_round_in_progress,
     require_trial_state,
     round_args,
-    round_key,
     round_label,
     set_trial_state,
     trial_key,
@@ -126,19 +126,12 @@ def rollback(tx: Tx, caller: Caller, a: Args) -> Trial:
     abort_current = a.boolean("abort_current", default=False)
     a.done()
     require_trial_state(trial, "RUNNING")
-    current = trial["current"]
-    open_round: Round | None = None
-    if current is not None:
-        rnd: Round = tx.get(round_key(trial["trial_id"], current["round"], current["attempt"]))
-        if rnd["phase"] not in DONE_PHASES:
-            open_round = rnd
-    if open_round is not None and not abort_current:
+    if not abort_current:
         require_no_round_in_progress(tx, trial)  # refuses, naming the round and its phase
+    why = f"rolled back to round {to_round}" + (f": {reason}" if reason else "")
+    aborted = halt_open_round(tx, caller, trial, "ABORTED", why)
     trial, record = rolled_back(tx, caller, trial, to_round, reason, final_round)
     require_plan(tx, trial, to_round, final_round, "rollback")
-    if open_round is not None:
-        why = f"rolled back to round {to_round}" + (f": {reason}" if reason else "")
-        halt_round(tx, caller, open_round, "ABORTED", why)
     tx.put(trial_key(trial["trial_id"]), trial)
     tx.emit(
         "RolledBack",
@@ -146,7 +139,7 @@ def rollback(tx: Tx, caller: Caller, a: Args) -> Trial:
             "trial_id": trial["trial_id"],
             **{k: v for k, v in record.items() if k != "by"},
             "model": trial["head"]["model"],
-            "aborted_round": None if open_round is None else open_round["round"],
+            "aborted_round": None if aborted is None else aborted["round"],
         },
     )
     return trial

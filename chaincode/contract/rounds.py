@@ -74,13 +74,14 @@ from chaincode.commitments import update_commitment, votes_commitment
 from chaincode.contract.ballots import Accepted, Ballot, closing
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
-from chaincode.contract.liveness import deadline_factor, round_failed
+from chaincode.contract.liveness import round_failed, shortfall
 from chaincode.contract.store import (
     MAX_ROUNDS,
     MAX_SAMPLE_WEIGHT,
     MAX_SCORE_MICRO,
     MAX_SILOS,
     content_key,
+    deadline_factor,
     enrolled,
     enrolment_key,
     has_budget_left,
@@ -218,7 +219,7 @@ class UpdateBallot(Ballot[Update]):
                 expected=expected,
             )
         account = privacy_account(tx, trial, msp_id)
-        if not has_budget_left(tx, trial, account):
+        if not has_budget_left(trial, account):
             fail(
                 "BUDGET_EXCEEDED",
                 f"{msp_id} has made all {len(account['entries'])} reveals its DP schedule allows in trial "
@@ -231,7 +232,7 @@ class UpdateBallot(Ballot[Update]):
 
     def expected_committers(self, tx: Tx, trial: Trial, members: list[str]) -> list[str]:
         # A hospital whose budget is spent cannot commit, so nobody waits for it.
-        return [m for m in members if has_budget_left(tx, trial, privacy_account(tx, trial, m))]
+        return [m for m in members if has_budget_left(trial, privacy_account(tx, trial, m))]
 
     def too_few(
         self, tx: Tx, trial: Trial, rnd: Round, committed: list[str], members: list[str]
@@ -244,11 +245,11 @@ class UpdateBallot(Ballot[Update]):
         counted = [m for m in committed if m in members and m not in withheld]
         if len(counted) < trial["min_silos"]:
             unheld = sorted(set(committed) & withheld)
-            return (
-                "TOO_FEW_HOSPITALS",
-                f"{len(counted)} enrolled hospitals committed an update ({', '.join(counted)})"
-                + (f", not counting {', '.join(unheld)} (withheld a reveal)" if unheld else "")
-                + f", fewer than min_silos={trial['min_silos']}",
+            return shortfall(
+                trial,
+                "enrolled hospitals committed an update",
+                counted,
+                f", not counting {', '.join(unheld)} (withheld a reveal)" if unheld else "",
             )
         return None
 
@@ -455,11 +456,7 @@ def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
     rnd = {**rnd, "excluded": excluded, "candidates": candidates}
     if len(candidates) < trial["min_silos"]:
         code, reason = (
-            (
-                "TOO_FEW_HOSPITALS",
-                f"{len(candidates)} candidate updates ({', '.join(candidates)}), fewer than "
-                f"min_silos={trial['min_silos']}",
-            )
+            shortfall(trial, "candidate updates", candidates)
             if candidates
             else ("NO_CANDIDATES", "every revealed update was excluded as duplicate content")
             if revealed

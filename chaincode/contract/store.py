@@ -247,15 +247,38 @@ def privacy_account(tx: Tx, trial: Trial, msp_id: str) -> PrivacyAccount:
     }
 
 
-def has_budget_left(tx: Tx, trial: Trial, account: PrivacyAccount) -> bool:
-    """DP on: the hospital has a reveal left in its schedule (fewer charged reveals than its
-    schedule entry has epsilons, ``rounds`` before the schedule; halted attempts and rolled-back
-    rounds count, their updates were disclosed)."""
+def reveals_left(trial: Trial, account: PrivacyAccount) -> int | None:
+    """DP on: the reveals left in the hospital's schedule (every entry has exactly ``rounds``
+    epsilons; halted attempts and rolled-back rounds count, their updates were disclosed);
+    None with DP off (no limit)."""
     if not trial["dp"]["enabled"]:
-        return True
-    entry = schedule_entry(tx, trial, account["msp_id"])
-    planned = trial["rounds"] if entry is None else len(entry["epsilon_micro"])
-    return len(account["entries"]) < planned
+        return None
+    return max(0, trial["rounds"] - len(account["entries"]))
+
+
+def has_budget_left(trial: Trial, account: PrivacyAccount) -> bool:
+    left = reveals_left(trial, account)
+    return left is None or left > 0
+
+
+MAX_DEADLINE_FACTOR = 8
+
+
+def deadline_factor(trial: Trial) -> int:
+    """How many times its phase seconds a phase lasts: 2 ** the trial's failed attempts in a
+    row, at most 8 (see ``liveness``)."""
+    return int(min(MAX_DEADLINE_FACTOR, 2 ** trial.get("failed_attempts", 0)))
+
+
+def halt_open_round(tx: Tx, caller: Caller, trial: Trial, code: str, reason: str) -> Round | None:
+    """Halt the trial's current round if it is still in progress (record only); returns it."""
+    current = trial["current"]
+    if current is None:
+        return None
+    rnd: Round = tx.get(round_key(trial["trial_id"], current["round"], current["attempt"]))
+    if rnd["phase"] in DONE_PHASES:
+        return None
+    return halt_round(tx, caller, rnd, code, reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -389,9 +412,7 @@ def next_phase(tx: Tx, trial: Trial, rnd: Round, phase: Phase) -> Round:
     changed: Round = {**rnd, "phase": phase, "phase_changed_at": tx.now, "deadline": None}
     if phase in PHASE_DURATION:
         name = PHASE_DURATION[phase]
-        # Each failed attempt in a row doubles the phases of the next (at most 8x): see liveness.
-        factor = min(8, 2 ** trial.get("failed_attempts", 0))
-        deadline = tx.now + trial["phase_seconds"][name] * factor
+        deadline = tx.now + trial["phase_seconds"][name] * deadline_factor(trial)
         changed["deadline"] = deadline
         changed["deadlines"] = {**rnd["deadlines"], name: deadline}
     return changed

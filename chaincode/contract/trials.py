@@ -22,12 +22,11 @@ from bcfl_common.records import (
     ModelSpec,
     OrganisationEntry,
     PhaseSeconds,
-    Round,
     Trial,
     TrialHalt,
     TrialKeys,
 )
-from bcfl_common.vocabulary import DONE_PHASES, LABEL, MICRO, ORGANISATION_KINDS
+from bcfl_common.vocabulary import LABEL, MICRO, ORGANISATION_KINDS
 from chaincode.args import Args, check_identifier_key
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.datasets import (
@@ -37,9 +36,11 @@ from chaincode.contract.datasets import (
     read_dp_schedule,
 )
 from chaincode.contract.dispatch import function
-from chaincode.contract.liveness import DEFAULT_MAX_RETRIES, MAX_RETRIES
+from chaincode.contract.liveness import MAX_RETRIES
+from chaincode.contract.liveness import trial_halt as halted_by
 from chaincode.contract.store import (
     CONSORTIUM_KEY,
+    DEFAULT_MAX_RETRIES,
     MAX_DATASET_RECORDS,
     MAX_EPSILON_MICRO,
     MAX_PHASE_SECONDS,
@@ -50,7 +51,7 @@ from chaincode.contract.store import (
     enrolled,
     enrolment_key,
     enrolments,
-    halt_round,
+    halt_open_round,
     key_registration_key,
     load_trial,
     model_ref,
@@ -58,7 +59,6 @@ from chaincode.contract.store import (
     require_enrolled,
     require_no_round_in_progress,
     require_trial_state,
-    round_key,
     set_trial_state,
     trial_key,
     trial_keys_key,
@@ -497,14 +497,14 @@ def remove_hospital(tx: Tx, caller: Caller, a: Args) -> Enrolment:
     trial_halt: TrialHalt | None = None
     if trial["state"] == "RUNNING" and len(left) < trial["min_silos"]:
         # No round could ever reach min_silos again: the trial ends here, saying why.
-        trial_halt = {
-            "code": "TOO_FEW_HOSPITALS",
-            "reason": f"{msp_id} was removed: {len(left)} hospitals are enrolled "
+        trial_halt = halted_by(
+            tx,
+            caller,
+            "TOO_FEW_HOSPITALS",
+            f"{msp_id} was removed: {len(left)} hospitals are enrolled "
             f"({', '.join(left) or 'none'}), fewer than min_silos={trial['min_silos']}",
-            "at": tx.now,
-            "by": caller.who(),
-        }
-        halt_open_round(tx, caller, trial, trial_halt["reason"])
+        )
+        halt_open_round(tx, caller, trial, "TRIAL_HALTED", trial_halt["reason"])
         set_trial_state(tx, {**trial, "halt": trial_halt}, "HALTED")
     tx.emit(
         "HospitalRemoved",
@@ -558,15 +558,6 @@ def start_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
     return trial
 
 
-def halt_open_round(tx: Tx, caller: Caller, trial: Trial, reason: str) -> None:
-    """Leave no round looking open under a halted trial (halt code TRIAL_HALTED)."""
-    current = trial["current"]
-    if current is not None:
-        rnd: Round = tx.get(round_key(trial["trial_id"], current["round"], current["attempt"]))
-        if rnd["phase"] not in DONE_PHASES:
-            halt_round(tx, caller, rnd, "TRIAL_HALTED", reason)
-
-
 @function("halt_trial", "admin")
 def halt_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
     """admin; {trial_id, reason}; ENROLLING | RUNNING -> HALTED (code HALTED_BY_ADMIN), and an
@@ -576,10 +567,11 @@ def halt_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
     reason = a.string("reason")
     a.done()
     require_trial_state(trial, "ENROLLING", "RUNNING")
-    halt_open_round(tx, caller, trial, reason)
+    # Leave no round looking open under a halted trial.
+    halt_open_round(tx, caller, trial, "TRIAL_HALTED", reason)
     halted: Trial = {
         **trial,
-        "halt": {"code": "HALTED_BY_ADMIN", "reason": reason, "at": tx.now, "by": caller.who()},
+        "halt": halted_by(tx, caller, "HALTED_BY_ADMIN", reason),
     }
     trial = set_trial_state(tx, halted, "HALTED")
     tx.emit(

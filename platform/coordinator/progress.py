@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from bcfl_common.errors import ContractError
+
 Query = Callable[[str, dict[str, Any]], Any]
 
 ADMIN_NEXT = (
@@ -34,24 +36,14 @@ def expected(query: Query, trial: dict[str, Any], rnd: dict[str, Any]) -> list[s
     where = {"trial_id": trial_id, "round": r, "attempt": a}
     phase = rnd["phase"]
     if phase == "SUBMIT":
-        accounts = {
-            acc["msp_id"]: acc for acc in query("get_privacy_ledger", {"trial_id": trial_id})
+        # A hospital with no reveal left in its DP schedule (``rounds`` of them) cannot commit.
+        spent = {
+            acc["msp_id"]
+            for acc in query("get_privacy_ledger", {"trial_id": trial_id})
+            if trial["dp"]["enabled"] and len(acc["entries"]) >= trial["rounds"]
         }
-        schedule = (
-            query("get_dp_schedule", {"trial_id": trial_id})["entries"]
-            if trial["dp"]["enabled"]
-            else {}
-        )
-
-        def has_reveal_left(m: str) -> bool:
-            # A hospital with no reveal left in its DP schedule cannot commit (BUDGET_EXCEEDED).
-            if not trial["dp"]["enabled"] or m not in accounts:
-                return True
-            planned = len(schedule[m]["epsilon_micro"]) if m in schedule else trial["rounds"]
-            return len(accounts[m]["entries"]) < planned
-
         committed = {u["msp_id"] for u in query("get_submissions", where)}
-        return sorted(m for m in enrolled - committed if has_reveal_left(m))
+        return sorted(enrolled - committed - spent)
     if phase == "REVEAL":
         return sorted(
             u["msp_id"]
@@ -173,8 +165,8 @@ def trial_progress(query: Query, trial: dict[str, Any], now: int | None = None) 
             )
         try:
             query("get_trial_keys", {"trial_id": trial_id})
-        except Exception as exc:  # NOT_FOUND: no keys recorded yet
-            if getattr(exc, "code", None) != "NOT_FOUND":
+        except ContractError as exc:
+            if exc.code != "NOT_FOUND":
                 raise
             members = enrolled_members(query, trial_id)
             return _progress(

@@ -47,7 +47,7 @@ from bcfl_common.errors import (
     StoreIntegrityError,
     UpdateFormatError,
 )
-from coordinator.progress import expected, resumed_after
+from coordinator.progress import ADMIN_NEXT, expected, resumed_after
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,7 @@ class Scheduler:
                 phase="HALTED",
                 halt_code=halt.get("code"),
                 waiting_for=["admin"],
-                reason=f"round {rnd['round']} halted ({halt.get('code')}: {halt.get('reason')}); "
-                "waiting for the admin: `bcfl coordinator trial next` opens the next attempt, "
-                "`trial rollback` goes back, `trial halt` ends the trial",
+                reason=f"round {rnd['round']} halted ({halt.get('code')}: {halt.get('reason')}); {ADMIN_NEXT}",
             )
         head = trial["head"]
         if head["round"] >= trial.get("final_round", trial["rounds"]):

@@ -8,11 +8,14 @@ from typing import Any
 from contract_flow import HOSPITALS, finding, refused
 
 
-def broken(flow: Any, names: list[str]) -> dict[str, Any]:
-    """Votes that flag every peer's update as undecryptable: nothing is accepted."""
-    return flow.vote(
-        {v: {c: finding(problem="undecryptable") for c in names if c != v} for v in names}
-    )
+def rejected_round(flow: Any) -> dict[str, Any]:
+    """A round every member submits to and votes in, flagging every peer's update as
+    undecryptable: nothing is accepted; returns the (halted) round."""
+    flow.open_round()
+    flow.submit_updates(flow.members)
+    names = flow.members
+    flow.vote({v: {c: finding(problem="undecryptable") for c in names if c != v} for v in names})
+    return flow.get_round()
 
 
 def short_round(flow: Any) -> dict[str, Any]:
@@ -51,10 +54,7 @@ def test_a_finalized_round_starts_the_count_again(flow):
 
 def test_other_failures_exhaust_the_retries_too(flow):
     flow.running(max_retries=0, dp={"enabled": False, "reason": "attempts re-run"})
-    flow.open_round()
-    flow.submit_updates(flow.members)
-    broken(flow, flow.members)
-    rnd = flow.get_round()
+    rnd = rejected_round(flow)
     assert rnd["halt"]["code"] == "NONE_ACCEPTED" and rnd["halt"]["retry"] is False
     trial = flow.trial()
     assert trial["state"] == "HALTED" and trial["halt"]["code"] == "RETRIES_EXHAUSTED"
@@ -83,10 +83,7 @@ def test_fewer_accepted_updates_than_min_silos_are_not_aggregated(flow):
 def test_budgets_spent_by_failed_attempts_halt_the_trial(flow):
     # DP on, one round planned: a fully revealed attempt that fails spends every schedule.
     flow.running(rounds=1)
-    flow.open_round()
-    flow.submit_updates(flow.members)
-    broken(flow, flow.members)
-    rnd = flow.get_round()
+    rnd = rejected_round(flow)
     assert rnd["halt"]["code"] == "NONE_ACCEPTED" and rnd["halt"]["retry"] is False
     trial = flow.trial()
     assert trial["state"] == "HALTED" and trial["halt"]["code"] == "BUDGETS_SPENT"

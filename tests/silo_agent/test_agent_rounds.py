@@ -315,3 +315,36 @@ def test_an_aborted_attempt_rolled_back_over_costs_no_local_epsilon(
             len(account["entries"]) == 2
             and account["epsilon_spent_micro"] <= local.spent_micro() + 1
         )
+
+
+def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
+    """The operator's laundering attempt: let a hospital upload its update, make its reveal
+    late (or abort right after), roll back, and have it train again as if the first update had
+    never left. The bytes are in the shared store, so the charge stays: the third training does
+    not fit the two-round budget and the hospital skips the round rather than overspend."""
+    driver.create_trial(demo_files["dataset"], rounds=2)
+    agents = [make_agent(name) for name in HOSPITALS]
+    drive(driver, agents, until=lambda: driver.trial()["head"]["round"] == 1)
+    while driver.trial()["current"]["round"] != 2:
+        driver.advance()
+    for agent in agents:
+        agent.tick()  # train for round 2 and commit
+    driver.advance()  # everyone committed: REVEAL
+    assert driver.round()["phase"] == "REVEAL"
+    contract_net.advance_time(10**5)  # past the reveal deadline
+    victim = agents[0]
+    victim.tick()  # uploads its update, then the reveal is refused LATE
+    entry = victim.state.journal_entry("trial-1", 2, 1)
+    assert entry["uploading"] is True and "LATE" in entry["skipped"]
+    driver.advance()  # NO_REVEALS
+    admin = driver.admin
+    admin.submit("rollback", {"trial_id": "trial-1", "to_round": 0, "final_round": 1})
+    driver.advance()  # round 1, attempt 2
+    victim.tick()
+    late = victim.state.journal_entry("trial-1", 2, 1)
+    assert not late.get("withdrawn") and late.get("disclosed") is True
+    assert "privacy budget" in victim.state.journal_entry("trial-1", 1, 2)["skipped"]
+    local = PrivacyAccountant.open(victim.state.accountant_path("trial-1"))
+    assert [r["round"] for r in local.rounds] == [1_000_001, 2_000_001]
