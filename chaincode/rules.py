@@ -172,6 +172,26 @@ def capped_weights(weights: Sequence[int], share_micro: int) -> list[int]:
     return [min(w, low) for w in weights]
 
 
+def content_owner(committed_at: Mapping[str, int], tolerance_seconds: int) -> str | None:
+    """Who owns bytes that several hospitals revealed in one attempt (``committed_at``: MSP id ->
+    the time of its commitment): the earliest commitment, when it is earlier than every other by
+    MORE than ``tolerance_seconds``; nobody otherwise. Never who revealed first.
+
+    The tolerance is how far a transaction's time can be from the truth: 0 where the ledger
+    stamps it (the embedded ledger), the peers' proposal time window on Fabric, where the client
+    sets the time and each endorsing peer only refuses one further than its window from its own
+    clock. Within it, a copier that backdates its commitment ties with its victim (nobody is paid
+    for the bytes) instead of taking them.
+    """
+    if not committed_at:
+        return None
+    order = sorted(committed_at.items(), key=lambda item: (item[1], item[0]))
+    if len(order) == 1:
+        return order[0][0]
+    (first, first_at), (_, second_at) = order[0], order[1]
+    return first if second_at - first_at > tolerance_seconds else None
+
+
 def attestation_quorum(participants: int) -> int:
     return participants // 2 + 1 if participants > 0 else 1
 

@@ -45,8 +45,10 @@ and never refunded (a halted round or a rollback does not un-disclose an update)
 
 Duplicates: a reveal of a sha256 revealed in an EARLIER round or attempt of the trial (by anyone,
 itself included) is DUPLICATE_CONTENT. Reveals of the same sha256 in the SAME attempt are all
-recorded; ``close_update_reveals`` gives the content to the earliest commitment (``committed_at``;
-if that time is shared, to nobody), and the others are not candidates: they are listed in the
+recorded; ``close_update_reveals`` gives the content to the earliest commitment (``committed_at``)
+when it is more than the trial's ``clock_tolerance_seconds`` earlier than every other, to nobody
+otherwise (on Fabric a commitment's time is its client's, within the peers' window), and the
+others are not candidates: they are listed in the
 round's ``excluded`` (reason ``duplicate_content``, the sha256, the owner). Who reveals first
 never matters; removed hospitals' reveals count when deciding the owner (a copier gains nothing
 from its victim's removal).
@@ -100,7 +102,7 @@ from chaincode.contract.store import (
     trial_key,
     trial_keys_key,
 )
-from chaincode.rules import MAX_NORM_MILLI
+from chaincode.rules import MAX_NORM_MILLI, content_owner
 
 
 @function("open_round", "admin", "coordinator")
@@ -388,10 +390,12 @@ def scheduled_charge(tx: Tx, trial: Trial, account: PrivacyAccount) -> int:
 
 
 def duplicate_content(
-    revealed: list[Update],
+    revealed: list[Update], tolerance_seconds: int
 ) -> tuple[dict[str, Exclusion], dict[str, str | None]]:
-    """(the excluded reveals by MSP id, the owner of each revealed sha256): the earliest
-    commitment owns content revealed by several hospitals in one attempt, nobody on a tie."""
+    """(the excluded reveals by MSP id, the owner of each revealed sha256): content revealed by
+    several hospitals in one attempt goes to the earliest commitment when it is earlier than the
+    others by more than the trial's clock tolerance, to nobody otherwise
+    (``chaincode.rules.content_owner``)."""
     by_sha256: dict[str, list[Update]] = {}
     for update in revealed:
         assert update["sha256"] is not None
@@ -399,9 +403,7 @@ def duplicate_content(
     excluded: dict[str, Exclusion] = {}
     owners: dict[str, str | None] = {}
     for sha256, group in sorted(by_sha256.items()):
-        earliest = min(u["committed_at"] for u in group)
-        first = [u["msp_id"] for u in group if u["committed_at"] == earliest]
-        owner = first[0] if len(first) == 1 else None
+        owner = content_owner({u["msp_id"]: u["committed_at"] for u in group}, tolerance_seconds)
         owners[sha256] = owner
         for update in group:
             if update["msp_id"] != owner:
@@ -448,7 +450,7 @@ def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
     members = enrolled(tx, trial_id)
     revealed, _ = UPDATES.revealed(tx, rnd, members)
     everyone = [u for u in UPDATES.records(tx, rnd) if u["revealed"]]
-    excluded, owners = duplicate_content(everyone)
+    excluded, owners = duplicate_content(everyone, trial["clock_tolerance_seconds"])
     for sha256, owner in owners.items():
         content: ContentOwner = tx.get(content_key(trial_id, sha256))
         tx.put(content_key(trial_id, sha256), {**content, "msp_id": owner, "decided_at": tx.now})

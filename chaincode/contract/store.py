@@ -123,16 +123,23 @@ def round_records(tx: Tx, kind: str, trial_id: str, r: int, a: int) -> list[Any]
 
 
 DEFAULT_MAX_RETRIES = 2  # create_trial's default: a round may fail twice in a row, then halts
+# create_trial's default: Fabric peers accept a proposal whose client-set time is within their
+# CORE_PEER_AUTHENTICATION_TIMEWINDOW (15 minutes by default) of their own clock.
+DEFAULT_CLOCK_TOLERANCE_SECONDS = 900
+MAX_CLOCK_TOLERANCE_SECONDS = 86_400
 
 
 def with_defaults(trial: Trial) -> Trial:
     """A trial record written before the liveness fields existed, read as its defaults say:
-    the plan is every round, no failure counted, no resume, the trial's halt by the admin."""
+    the plan is every round, no failure counted, no resume, the trial's halt by the admin, and
+    no clock tolerance."""
     filled: Trial = {
         "final_round": trial["rounds"],
         "max_retries": DEFAULT_MAX_RETRIES,
         "failed_attempts": 0,
         "resumes": [],
+        # the rule such trials were decided under: the strictly earliest commitment owns content
+        "clock_tolerance_seconds": 0,
         **trial,
     }
     filled["rollbacks"] = [

@@ -40,7 +40,9 @@ from chaincode.contract.liveness import MAX_RETRIES
 from chaincode.contract.liveness import trial_halt as halted_by
 from chaincode.contract.store import (
     CONSORTIUM_KEY,
+    DEFAULT_CLOCK_TOLERANCE_SECONDS,
     DEFAULT_MAX_RETRIES,
+    MAX_CLOCK_TOLERANCE_SECONDS,
     MAX_DATASET_RECORDS,
     MAX_EPSILON_MICRO,
     MAX_PHASE_SECONDS,
@@ -263,9 +265,11 @@ def parse_phase_seconds(a: Args) -> PhaseSeconds:
 @function("create_trial", "admin")
 def create_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
     """admin; {trial_id, task, data_schema, model: {name, [hyperparameters]}, initial_model: ref,
-    rounds, min_silos (>= 2), [max_retries], [dp], [he], [evaluation], [phase_seconds]}; returns the trial in
-    DRAFT; event TrialCreated. Omitted fields take DEFAULT_DP, DEFAULT_HE_PRESET,
-    DEFAULT_EVALUATION and DEFAULT_PHASE_SECONDS; DP and HE are on unless
+    rounds, min_silos (>= 2), [max_retries], [dp], [he], [evaluation], [phase_seconds],
+    [clock_tolerance_seconds]}; returns the trial in DRAFT; event TrialCreated. Omitted fields
+    take DEFAULT_DP, DEFAULT_HE_PRESET, DEFAULT_EVALUATION, DEFAULT_PHASE_SECONDS and
+    DEFAULT_CLOCK_TOLERANCE_SECONDS (how far apart two commitments must be for the earlier to own
+    content both revealed: ``chaincode.rules.content_owner``); DP and HE are on unless
     ``{"enabled": false, ["reason"]}`` is given."""
     trial_id = a.identifier("trial_id")
     model = a.object("model")
@@ -305,6 +309,12 @@ def create_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
         ),
         "failed_attempts": 0,
         "resumes": [],
+        "clock_tolerance_seconds": a.integer(
+            "clock_tolerance_seconds",
+            minimum=0,
+            maximum=MAX_CLOCK_TOLERANCE_SECONDS,
+            default=DEFAULT_CLOCK_TOLERANCE_SECONDS,
+        ),
     }
     trial["final_round"] = trial["rounds"]
     a.done()

@@ -195,6 +195,9 @@ class Trial(TypedDict):
     max_retries: int  # how many failed attempts in a row a round may have before the trial halts
     failed_attempts: int  # failed attempts since the last finalized round, rollback or resume
     resumes: list[Resume]
+    # two commitments to the same bytes closer than this in time are a tie (nobody owns them):
+    # on Fabric a transaction's time is its client's, within the peers' time window
+    clock_tolerance_seconds: int
 
 
 class Enrolment(TypedDict):

@@ -11,8 +11,8 @@ round and both values); :mod:`coordinator.audit_verify` runs them and lists each
   privacy account lists exactly those charges and its cumulative is their sum.
 * :func:`weight_problems`: no revealed ``sample_weight`` exceeds the registered ``training_records``.
 * :func:`duplicate_problems`: ``Round.excluded`` recomputed (the earliest commitment owns bytes
-  revealed twice in one attempt, removed hospitals' reveals included; a shared earliest time
-  gives them to nobody), the candidates are the enrolled hospitals' other revealed updates, and
+  revealed twice in one attempt when it is more than the trial's ``clock_tolerance_seconds``
+  earlier than the others, removed hospitals' reveals included; otherwise nobody does), the candidates are the enrolled hospitals' other revealed updates, and
   no sha256 revealed in an earlier attempt came back.
 * :func:`attestation_problems`: ``round.disputes`` recomputed from the attestations and the
   finalized model; a halt ATTESTATION_MISMATCH only when no hash can reach the quorum any more.
@@ -253,10 +253,12 @@ def weight_problems(
 # ---------------------------------------------------------------------------------------------
 
 
-def excluded_duplicates(updates: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def excluded_duplicates(
+    updates: Iterable[Mapping[str, Any]], tolerance_seconds: int
+) -> dict[str, dict[str, Any]]:
     """Round.excluded of one attempt: among revealed updates with the same sha256, the earliest
-    ``committed_at`` owns the content; if that time is shared, nobody does. Never by who revealed
-    first."""
+    ``committed_at`` owns the content when it is more than the trial's clock tolerance earlier
+    than every other (``rules.content_owner``); nobody otherwise. Never by who revealed first."""
     groups: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for u in updates:
         if u["revealed"]:
@@ -265,9 +267,9 @@ def excluded_duplicates(updates: Iterable[Mapping[str, Any]]) -> dict[str, dict[
     for sha256, group in groups.items():
         if len(group) < 2:
             continue
-        first = min(u["committed_at"] for u in group)
-        earliest = [u["msp_id"] for u in group if u["committed_at"] == first]
-        owner = earliest[0] if len(earliest) == 1 else None
+        owner = rules.content_owner(
+            {u["msp_id"]: u["committed_at"] for u in group}, tolerance_seconds
+        )
         for u in group:
             if u["msp_id"] != owner:
                 excluded[u["msp_id"]] = {
@@ -279,11 +281,13 @@ def excluded_duplicates(updates: Iterable[Mapping[str, Any]]) -> dict[str, dict[
 
 
 def duplicate_problems(
-    trial_id: str,
+    trial: Mapping[str, Any],
     rounds: list[Mapping[str, Any]],
     updates: Mapping[tuple[int, int], Mapping[str, Mapping[str, Any]]],
     timeline: Timeline,
 ) -> list[str]:
+    trial_id = trial["trial_id"]
+    tolerance = trial.get("clock_tolerance_seconds", 0)  # 0: trials recorded before it existed
     problems: list[str] = []
     for rnd in rounds:
         r, a = rnd["round"], rnd["attempt"]
@@ -293,7 +297,7 @@ def duplicate_problems(
         records = updates.get((r, a), {})
         # Removed hospitals' reveals count when deciding the owner: a copier gains nothing from
         # its victim's removal.
-        excluded = excluded_duplicates(records.values())
+        excluded = excluded_duplicates(records.values(), tolerance)
         if rnd.get("excluded", {}) != excluded:
             problems.append(
                 f"{label(r, a)}: round.excluded {rnd.get('excluded', {})}, recomputed from the update "

@@ -275,7 +275,7 @@ def verify_trial(
         SCHEDULE: protocol.schedule_problems(trial, enrolments, schedule),
         CHARGES: protocol.charge_problems(trial, schedule, accounts, revealed),
         WEIGHTS: protocol.weight_problems(enrolments, revealed),
-        DUPLICATES: protocol.duplicate_problems(trial_id, rounds, updates, timeline),
+        DUPLICATES: protocol.duplicate_problems(trial, rounds, updates, timeline),
         DISPUTES: disputes,
         LIVENESS: protocol.liveness_problems(trial, rounds),
     }

@@ -115,6 +115,15 @@ class TrialSpec(_Strict):
     he: HEPolicy = Field(default_factory=HEPolicy)
     evaluation: EvaluationPolicy = Field(default_factory=EvaluationPolicy)
     phase_seconds: PhaseSeconds = Field(default_factory=PhaseSeconds)
+    clock_tolerance_seconds: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="Two commitments to the same bytes closer than this in time are a tie that "
+        "gives the bytes to nobody (default 900: on Fabric a transaction's time is set by its "
+        "client and peers accept it within CORE_PEER_AUTHENTICATION_TIMEWINDOW, 15 minutes by "
+        "default; 0 suits a ledger that stamps time itself).",
+    )
     initial_model_seed: int = Field(default=0, ge=0, le=2**32 - 1)
     open_enrolment: bool = Field(
         default=True, description="Open enrolment right after creating the trial."

@@ -271,6 +271,8 @@ class CoordinatorService:
             "evaluation": spec.evaluation.model_dump(exclude_none=True),
             "phase_seconds": spec.phase_seconds.model_dump(exclude_none=True),
         }
+        if spec.clock_tolerance_seconds is not None:
+            args["clock_tolerance_seconds"] = spec.clock_tolerance_seconds
         trial = self._admin("create_trial", args, principal)
         if spec.open_enrolment:
             trial = self._admin("open_enrolment", {"trial_id": spec.trial_id}, principal)

@@ -14,6 +14,24 @@ from chaincode.commitments import new_salt, update_commitment, votes_commitment
 
 
 @pytest.mark.parametrize(
+    ("committed_at", "tolerance", "owner"),
+    [
+        ({"A": 100}, 900, "A"),  # revealed once: its author's
+        ({"A": 100, "B": 100}, 0, None),  # the same second
+        ({"A": 100, "B": 101}, 0, "A"),
+        ({"B": 101, "A": 100}, 1, None),  # one second apart is within a 1 s tolerance
+        ({"A": 100, "B": 1001, "C": 1002}, 900, "A"),  # earlier than every other by > 900
+        ({"A": 100, "B": 1001, "C": 1000}, 900, None),  # C is within 900 s of A
+        ({}, 0, None),
+    ],
+)
+def test_content_owner_is_the_earliest_commitment_beyond_the_tolerance(
+    committed_at, tolerance, owner
+):
+    assert rules.content_owner(committed_at, tolerance) == owner
+
+
+@pytest.mark.parametrize(
     ("values", "median"),
     [
         ([5], 5),

@@ -11,6 +11,8 @@ from dataclasses import replace
 import pytest
 from contract_flow import TRAINING_RECORDS, digest, refused
 
+from chaincode.contract.store import DEFAULT_CLOCK_TOLERANCE_SECONDS
+
 
 @pytest.fixture
 def running(flow):
@@ -270,7 +272,8 @@ def test_a_copy_committed_after_the_victim_loses_whatever_the_reveal_order(
     flow = running
     flow.open_round()
     victim = flow.commit_update("hospital1")
-    flow.net.advance_time(1)  # the copier commits later: it could not commit to unseen bytes
+    # the copier commits later (it could not commit to unseen bytes), past the clock tolerance
+    flow.net.advance_time(DEFAULT_CLOCK_TOLERANCE_SECONDS + 1)
     copied = replace(victim, content_id="cid-copy", sample_weight=900, salt=digest("copier salt"))
     flow.commit_update("hospital2", copied)
     own = flow.commit_update("hospital3")
@@ -293,6 +296,36 @@ def test_a_copy_committed_after_the_victim_loses_whatever_the_reveal_order(
     scores = flow.scores(flow.members, ["hospital1", "hospital3"])
     acceptance = flow.vote(scores)
     assert sorted(acceptance["candidates"]) == sorted([h1, h3])
+
+
+def test_a_backdated_copy_ties_with_its_victim_and_nobody_gets_the_bytes(running):
+    """A proposal's time is its client's, refused only beyond the host's window (Fabric peers:
+    CORE_PEER_AUTHENTICATION_TIMEWINDOW; the embedded ledger: 300 s): the copier commits after
+    its victim but dates its commitment 4 minutes earlier. Within the trial's clock tolerance the
+    two commitments are a tie: the copier takes nothing, and nor does the victim."""
+    flow = running
+    trial = flow.admin.evaluate("get_trial", {"trial_id": flow.trial_id})
+    assert trial["clock_tolerance_seconds"] == DEFAULT_CLOCK_TOLERANCE_SECONDS
+    flow.open_round()
+    victim = flow.commit_update("hospital1")
+    flow.net.advance_time(-240)  # the copier's clock, set back
+    copied = replace(victim, content_id="cid-copy", salt=digest("backdating copier"))
+    flow.commit_update("hospital2", copied)
+    flow.net.advance_time(240)
+    at = {s["msp_id"]: s["committed_at"] for s in flow.admin.evaluate("get_submissions", flow.at())}
+    assert at[flow.msp["hospital2"]] < at[flow.msp["hospital1"]]  # it looks earlier
+    own = flow.commit_update("hospital3")
+    flow.close("close_update_commits")
+    for name, u in (("hospital2", copied), ("hospital1", victim), ("hospital3", own)):
+        flow.reveal_update(name, u)
+    rnd = flow.close("close_update_reveals")
+    h1, h2, h3 = (flow.msp[n] for n in ("hospital1", "hospital2", "hospital3"))
+    assert rnd["excluded"] == {
+        h1: {"reason": "duplicate_content", "sha256": victim.sha256, "owner": None},
+        h2: {"reason": "duplicate_content", "sha256": victim.sha256, "owner": None},
+    }
+    assert rnd["candidates"] == [h3]  # below min_silos: the attempt fails, to be retried
+    assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "TOO_FEW_HOSPITALS"
 
 
 def test_content_revealed_in_an_earlier_round_is_refused_for_anyone(running):

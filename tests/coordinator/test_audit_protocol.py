@@ -110,15 +110,20 @@ def test_duplicates_go_to_the_earliest_commitment_never_the_first_reveal() -> No
     owner = update("A", 1, sha256="s", committed_at=100, revealed_at=300)
     thief = update("B", 1, sha256="s", committed_at=101, revealed_at=250)  # revealed first
     other = update("C", 1, sha256="t")
-    assert excluded_duplicates([owner, thief, other]) == {
+    assert excluded_duplicates([owner, thief, other], 0) == {
         "B": {"reason": "duplicate_content", "sha256": "s", "owner": "A"}
     }
     # A colluding pair committing in the same second: the content goes to nobody.
     twin = update("B", 1, sha256="s", committed_at=100)
-    assert excluded_duplicates([owner, twin]) == {
+    nobody = {
         "A": {"reason": "duplicate_content", "sha256": "s", "owner": None},
         "B": {"reason": "duplicate_content", "sha256": "s", "owner": None},
     }
+    assert excluded_duplicates([owner, twin], 0) == nobody
+    # Within the trial's clock tolerance, one second apart is a tie too; past it, the earliest.
+    assert excluded_duplicates([owner, thief], 1) == nobody
+    late = update("B", 1, sha256="s", committed_at=102)
+    assert excluded_duplicates([owner, late], 1)["B"]["owner"] == "A"
 
 
 def round_record(r: int, a: int = 1, **fields: Any) -> dict[str, Any]:
@@ -150,14 +155,20 @@ def test_a_wrong_excluded_set_and_content_revealed_again_are_named() -> None:
         excluded={"B": {"reason": "duplicate_content", "sha256": "s", "owner": "A"}},
     )
     updates = {(1, 1): {"A": owner, "B": thief}}
-    assert duplicate_problems(T, [honest], updates, timeline) == []
+    trial = {"trial_id": T, "clock_tolerance_seconds": 0}
+    assert duplicate_problems(trial, [honest], updates, timeline) == []
+    # With a tolerance the same commitments are a tie, and the recorded owner a mismatch.
+    tolerant = duplicate_problems(
+        {**trial, "clock_tolerance_seconds": 900}, [honest], updates, timeline
+    )
+    assert any("'owner': None" in p for p in tolerant)
     # The thief gets the content instead (as if decided by who revealed first).
     forged = round_record(
         1,
         candidates=["B"],
         excluded={"A": {"reason": "duplicate_content", "sha256": "s", "owner": "B"}},
     )
-    problems = duplicate_problems(T, [forged], updates, timeline)
+    problems = duplicate_problems(trial, [forged], updates, timeline)
     assert any(
         "round.excluded" in p and "earliest commitment owns the content" in p for p in problems
     )
@@ -168,7 +179,9 @@ def test_a_wrong_excluded_set_and_content_revealed_again_are_named() -> None:
     timeline.opened[(T, 2, 1)] = 2
     replay = update("B", 2, sha256="s")
     second = round_record(2, candidates=["B"], accepted_sha256s=["s"])
-    problems = duplicate_problems(T, [honest, second], {**updates, (2, 1): {"B": replay}}, timeline)
+    problems = duplicate_problems(
+        trial, [honest, second], {**updates, (2, 1): {"B": replay}}, timeline
+    )
     assert problems == [
         "round 2: B revealed sha256 s, already revealed by A in round 1: revealed accepted again "
         "(DUPLICATE_CONTENT)"

@@ -154,6 +154,34 @@ def test_a_replayed_transaction_is_refused(url: str, consortium_template: Path) 
         admin.close()
 
 
+@pytest.mark.parametrize("hours", [-49, 49])
+def test_a_proposal_dated_outside_the_peers_time_window_is_refused(
+    url: str, consortium_template: Path, hours: int
+) -> None:
+    """A client sets its proposal's time: a hospital backdating a commitment (or a coordinator
+    post-dating a phase close) past the peers' window (48 h on the test network, 15 min by
+    default) is refused by the endorsing peers; within it, ``clock_tolerance_seconds`` decides."""
+    consortium = Consortium.load(consortium_template)
+    admin = open_ledger(url, consortium.identity("admin"))
+    trial_id = f"dated{'-back' if hours < 0 else '-ahead'}"
+    try:
+        proposal = make_proposal(
+            admin.identity,
+            admin.target.channel,
+            admin.target.chaincode,
+            admin._args("create_trial", _trial(trial_id)),
+            now=time.time() + hours * 3600,
+        )
+        with pytest.raises(LedgerError) as info:
+            admin.endorse(proposal)
+        assert info.value.code == "ENDORSEMENT_FAILED"
+        assert "incorrect timestamp" in info.value.message
+        assert "peer.authentication.timewindow 48h" in info.value.message
+        assert trial_id not in [t["trial_id"] for t in admin.evaluate("list_trials", {})]
+    finally:
+        admin.close()
+
+
 def _trial(trial_id: str) -> dict:
     from contract_flow import Flow
 
