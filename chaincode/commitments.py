@@ -49,6 +49,13 @@ def update_commitment(
     )
 
 
+def _hashed(finding: Mapping[str, Any]) -> dict[str, Any]:
+    fields = {name: finding.get(name) for name in FINDING_FIELDS}
+    if finding.get("score_se_micro") is not None:  # absent (or null) hashes as before it existed
+        fields["score_se_micro"] = finding["score_se_micro"]
+    return fields
+
+
 def votes_commitment(
     *, trial_id: str, round: int, msp_id: str, findings: Mapping[str, Mapping[str, Any]], salt: str
 ) -> str:
@@ -56,7 +63,8 @@ def votes_commitment(
 
     Each finding is hashed with exactly its four fields (``score_micro``, ``norm_milli``,
     ``similarity_micro``, ``problem``; an absent one counts as null), so a silo that leaves out
-    a null field commits to the same bytes the contract recomputes.
+    a null field commits to the same bytes the contract recomputes, plus ``score_se_micro`` when
+    it is not null (so votes committed before that field existed still verify).
     """
     return sha256_hex(
         canonical_json(
@@ -64,10 +72,7 @@ def votes_commitment(
                 "trial_id": trial_id,
                 "round": round,
                 "msp_id": msp_id,
-                "findings": {
-                    peer: {name: finding.get(name) for name in FINDING_FIELDS}
-                    for peer, finding in findings.items()
-                },
+                "findings": {peer: _hashed(finding) for peer, finding in findings.items()},
                 "salt": salt,
             }
         )

@@ -21,7 +21,8 @@ not c; m = |V_c|; "a majority" = strictly more than m/2 of V_c.
    candidates' representative norms (each the UPPER median, ``sorted(s)[len(s) // 2]``, of the
    non-null norms reported for it), applied only when at least 3 candidates have one;
 6. ``duplicate`` if a majority report ``similarity_micro >= duplicate_similarity_micro``;
-7. ``harmful`` if a majority report no problem and ``score_micro`` under their harm floor;
+7. ``harmful`` if a majority report no problem and ``score_micro`` under their harm bar (the
+   harm floor, lowered by the finding's standard error: below);
 otherwise ``accepted``.
 
 * A voter's harm floor: ``min(0, reference) - acceptance_threshold_micro``, where reference =
@@ -34,8 +35,14 @@ otherwise ``accepted``.
   one peer invalid; or a lone candidate) keeps the fixed bar. It never rises above the fixed
   ``-threshold`` (updates better than the base model cannot raise the bar), and an honest
   voter's reference is at least its lowest score of an honest candidate (below).
+* A finding's harm bar: the voter's floor when the finding has no ``score_se_micro`` or the
+  policy no ``harm_se_milli``; otherwise ``min(0, reference) - max(threshold, ceil(harm_se_milli
+  * score_se_micro / 1000))``: harm must exceed both the threshold and that many standard errors
+  of the score over the voter's own validation rows (the spread of the per-row log-loss
+  decreases / sqrt(rows)), so a voter with six validation rows does not reject an honest noisy
+  update on chance alone. A voter's reported error only moves its own verdict.
 * A voter's own verdict on c REJECTS iff its finding has a problem, a norm over c's bound, a
-  similarity at/over the threshold, or (without a problem) a score under its harm floor. Outliers
+  similarity at/over the threshold, or (without a problem) a score under its harm bar. Outliers
   are a round-level judgement: not part of a verdict, and a candidate decided by step 5 (or 1-2)
   counts for nobody's agreement. On a candidate decided by steps 3, 4, 6, 7 or accepted, a voter
   of V_c has ``judged`` it, and ``agreed`` when its verdict matches (rejects iff not accepted).
@@ -61,8 +68,9 @@ under their harm floor). The floor cannot be raised by colluders (it is at most 
 lowering it needs more than half of an honest voter's problem-free scores below its lowest
 honest one: of the k <= f malicious candidates it scores and the h >= n - 1 - f >= f honest
 ones (c among them), the upper median (index (k + h) // 2 >= k) is an honest score. So a
-malicious update is harmful to an honest voter whenever it scores more than the threshold below
-min(0, that voter's worst honest score). Step 5 needs a majority too, and the reference cannot
+malicious update is harmful to an honest voter whenever it scores more than the threshold (and
+``harm_se_milli / 1000`` of that voter's standard errors of its score) below min(0, that
+voter's worst honest score); an error reported by a malicious voter moves only its own verdict. Step 5 needs a majority too, and the reference cannot
 be pushed down by them: an UPPER median of reports with at most half malicious is at least an honest report, and
 with the at most f < n/2 malicious candidates below that, the LOWER median over the n
 candidates is still an honest candidate's honest norm; so an honest update is never an outlier
@@ -223,8 +231,24 @@ def harm_floor(
     return min(0, reference) - threshold_micro
 
 
-def harmful(finding: Mapping[str, Any], floor_micro: int) -> bool:
-    return finding["problem"] is None and finding["score_micro"] < floor_micro
+def harm_bar(finding: Mapping[str, Any], floor_micro: int, policy: Mapping[str, Any]) -> int:
+    """The score under which this finding's candidate is harmful: the voter's floor, lowered
+    when ``harm_se_milli / 1000`` standard errors of the score exceed the threshold, i.e.
+    ``min(0, reference) - max(threshold, harm_se_milli * score_se_micro / 1000)``. A finding
+    without ``score_se_micro`` (or a policy without ``harm_se_milli``, as trials recorded before
+    it existed) keeps the floor."""
+    se = finding.get("score_se_micro")
+    sigmas = policy.get("harm_se_milli", 0)
+    if not se or not sigmas:
+        return floor_micro
+    excess = -(-sigmas * se // MILLI) - policy["acceptance_threshold_micro"]  # ceil division
+    return floor_micro - max(0, excess)
+
+
+def harmful(finding: Mapping[str, Any], floor_micro: int, policy: Mapping[str, Any]) -> bool:
+    return finding["problem"] is None and finding["score_micro"] < harm_bar(
+        finding, floor_micro, policy
+    )
 
 
 def rejects(
@@ -234,13 +258,13 @@ def rejects(
     floor_micro: int,
 ) -> bool:
     """A voter's own verdict on a candidate: a problem, a norm over the bound, a duplicate or a
-    score under its harm floor (outliers are judged for the round, not by one voter)."""
+    score under its harm bar (outliers are judged for the round, not by one voter)."""
     similarity = finding["similarity_micro"]
     return (
         finding["problem"] is not None
         or over_bound(finding["norm_milli"], bound_milli)
         or (similarity is not None and similarity >= policy["duplicate_similarity_micro"])
-        or harmful(finding, floor_micro)
+        or harmful(finding, floor_micro, policy)
     )
 
 
@@ -294,7 +318,7 @@ def judge_round(
                 and f["similarity_micro"] >= policy["duplicate_similarity_micro"]
                 for f in found.values()
             ),
-            "harmful": sum(harmful(f, floors[v]) for v, f in found.items()),
+            "harmful": sum(harmful(f, floors[v], policy) for v, f in found.items()),
         }
         required = required_votes(policy["min_voters"], len(enrolled_set - {c}))
         if c not in enrolled_set:

@@ -453,7 +453,8 @@ def _print_status(status: dict[str, Any]) -> None:
 
 
 def _findings_text(findings: dict[str, Any] | None) -> str:
-    """``peer: problem`` or ``peer: score (norm, similarity)`` per peer, for the rounds table."""
+    """``peer: problem`` or ``peer: score [+- error] (norm, similarity)`` per peer, for the
+    rounds table."""
     if not findings:
         return ""
     parts = []
@@ -461,8 +462,10 @@ def _findings_text(findings: dict[str, Any] | None) -> str:
         if f["problem"]:
             parts.append(f"{peer}: {f['problem']}")
         else:
+            se = f.get("score_se_micro")
+            error = f" +- {se / 1e6:.4f}" if se is not None else ""
             parts.append(
-                f"{peer}: {f['score_micro'] / 1e6:+.4f} (norm {f['norm_milli'] / 1000:.3f}, "
+                f"{peer}: {f['score_micro'] / 1e6:+.4f}{error} (norm {f['norm_milli'] / 1000:.3f}, "
                 f"similarity {f['similarity_micro'] / 1e6:.3f})"
             )
     return "; ".join(parts)

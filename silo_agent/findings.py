@@ -1,6 +1,6 @@
 """What a voter reports about one peer candidate: a Finding (the contract's ``reveal_votes``).
 
-``Finding = {score_micro, norm_milli, similarity_micro, problem}``:
+``Finding = {score_micro, score_se_micro, norm_milli, similarity_micro, problem}``:
 
 * ``problem``: what made the candidate unusable, checked first and in this order: its container
   is ``unavailable`` (no reveal, not in the store, or bytes that do not hash to the revealed
@@ -10,6 +10,9 @@
   similarity are null and the score is the lowest (:data:`REJECT_SCORE_MICRO`).
 * ``score_micro``: the decrease of the voter's validation log-loss when the update alone is
   applied to the base model, in micro-units, clamped to +-:data:`MAX_SCORE_MICRO`.
+* ``score_se_micro``: the score's standard error over the validation rows (the spread of the
+  per-row log-loss decreases / sqrt(rows)), in micro-units: the contract judges harm beyond both
+  the trial's threshold and ``harm_se_milli / 1000`` of these; null with a problem.
 * ``norm_milli``: ``ceil(1000 * ||delta||)`` of the decrypted update: an update container holds
   the hospital's plain parameter delta (``privacy.he.aggregate`` applies the contract's weights).
 * ``similarity_micro``: ``round(1e6 * max cosine similarity)`` of the delta with every update
@@ -52,6 +55,7 @@ def problem_finding(problem: str) -> dict[str, Any]:
         raise ValueError(f"problem: got {problem!r}, expected one of {PROBLEMS}")
     return {
         "score_micro": REJECT_SCORE_MICRO,
+        "score_se_micro": None,
         "norm_milli": None,
         "similarity_micro": None,
         "problem": problem,
@@ -59,11 +63,17 @@ def problem_finding(problem: str) -> dict[str, Any]:
 
 
 def finding(
-    delta: np.ndarray, *, base_loss: float, loss: float, history: Iterable[np.ndarray]
+    delta: np.ndarray,
+    *,
+    base_losses: np.ndarray,
+    losses: np.ndarray,
+    history: Iterable[np.ndarray],
 ) -> dict[str, Any]:
-    """The Finding of a usable candidate's (finite) delta."""
+    """The Finding of a usable candidate's (finite) delta, from the per-row validation
+    log-losses of the base model and of the base model plus the delta."""
     return {
-        "score_micro": score_micro(base_loss, loss),
+        "score_micro": score_micro(float(np.mean(base_losses)), float(np.mean(losses))),
+        "score_se_micro": score_se_micro(base_losses, losses),
         "norm_milli": norm_milli(delta),
         "similarity_micro": similarity_micro(delta, history),
         "problem": None,
@@ -76,6 +86,16 @@ def score_micro(base_loss: float, loss: float) -> int:
     if not math.isfinite(value):
         return REJECT_SCORE_MICRO
     return int(max(-MAX_SCORE_MICRO, min(MAX_SCORE_MICRO, round(value))))
+
+
+def score_se_micro(base_losses: np.ndarray, losses: np.ndarray) -> int | None:
+    """``ceil(1e6 * standard error)`` of the score: the sample standard deviation of the per-row
+    log-loss decreases over sqrt(rows); None with fewer than 2 rows or a non-finite value."""
+    decreases = np.asarray(base_losses, dtype=np.float64) - np.asarray(losses, dtype=np.float64)
+    if decreases.size < 2 or not np.all(np.isfinite(decreases)):
+        return None
+    value = float(np.std(decreases, ddof=1)) / math.sqrt(decreases.size) * 1e6
+    return int(min(MAX_SCORE_MICRO, math.ceil(value)))
 
 
 def norm_milli(delta: np.ndarray) -> int:

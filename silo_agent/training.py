@@ -178,6 +178,25 @@ def evaluate(
     return evaluate_module(model, data_schema, data)
 
 
+def row_losses(
+    model_spec: dict[str, Any], data_schema: dict[str, Any], params: np.ndarray, data: EncodedData
+) -> np.ndarray:
+    """Each row's log-loss (cross-entropy) under the model ``params``, float64; ``evaluate``'s
+    loss is their mean."""
+    model = load_flat(
+        build_from_spec(model_spec, data_schema), np.asarray(params, dtype=np.float32)
+    )
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(data.x))
+        y = _targets(data.y, data_schema)
+        if is_binary(data_schema):
+            rows = nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
+        else:
+            rows = nn.functional.cross_entropy(logits, y, reduction="none")
+    return rows.reshape(-1).double().numpy()
+
+
 def evaluate_module(
     model: nn.Module, data_schema: dict[str, Any], data: EncodedData
 ) -> dict[str, float]:

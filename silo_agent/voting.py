@@ -21,7 +21,7 @@ from silo_agent.findings import (
     problem_finding,
 )
 from silo_agent.steps import Step, TrialContext
-from silo_agent.training import evaluate
+from silo_agent.training import row_losses
 
 if TYPE_CHECKING:
     from silo_agent.agent import SiloAgent
@@ -44,7 +44,7 @@ class PeerVoting:
         local = self._local_data(ctx)
         spec, schema = ctx.trial["model"], ctx.trial["data_schema"]
         base = self._params(ctx, rnd["base"]).astype(np.float64)
-        base_loss = evaluate(spec, schema, base, local.validation)["loss"]
+        base_losses = row_losses(spec, schema, base, local.validation)
         submissions = self._submissions(rnd)
         history: list[np.ndarray] | None = None
         out: dict[str, dict] = {}
@@ -65,8 +65,8 @@ class PeerVoting:
                 continue
             if history is None:
                 history = self.similarity_history(ctx, rnd)
-            loss = evaluate(spec, schema, base + delta, local.validation)["loss"]
-            out[candidate] = finding(delta, base_loss=base_loss, loss=loss, history=history)
+            losses = row_losses(spec, schema, base + delta, local.validation)
+            out[candidate] = finding(delta, base_losses=base_losses, losses=losses, history=history)
         return out
 
     def candidate_delta(

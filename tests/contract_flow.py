@@ -40,13 +40,16 @@ def finding(
     norm_milli: int | None = 1000,
     similarity_micro: int | None = 0,
     problem: str | None = None,
+    score_se_micro: int | None = None,
 ) -> dict[str, Any]:
-    """A vote finding; by default a harmless one with this score (norm 1.0, nothing similar).
-    With a ``problem`` the norm and similarity are null, as the contract requires."""
+    """A vote finding; by default a harmless one with this score (norm 1.0, nothing similar,
+    no standard error). With a ``problem`` the norm and similarity are null, as the contract
+    requires."""
     if problem is not None:
         norm_milli = similarity_micro = None
     return {
         "score_micro": score_micro,
+        "score_se_micro": score_se_micro,
         "norm_milli": norm_milli,
         "similarity_micro": similarity_micro,
         "problem": problem,

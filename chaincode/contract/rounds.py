@@ -483,9 +483,9 @@ def close_update_reveals(tx: Tx, caller: Caller, a: Args) -> Round:
 
 class VoteBallot(Ballot[Vote]):
     """A voter reveals exactly one finding for each candidate but itself (SELF_VOTE for its
-    own): ``{score_micro, norm_milli, similarity_micro, problem}`` (``bcfl_common.records.
-    Finding``). With a ``problem`` (one of PROBLEMS) the norm and similarity are null; without
-    one both are required. Removed hospitals' commitments do not count when closing."""
+    own): ``{score_micro, [score_se_micro], norm_milli, similarity_micro, problem}``
+    (``bcfl_common.records.Finding``). With a ``problem`` (one of PROBLEMS) the error, norm and
+    similarity are null; without one the norm and similarity are required. Removed hospitals' commitments do not count when closing."""
 
     kind = "vote"
     commit_phase = "VOTE_COMMIT"
@@ -541,15 +541,25 @@ class VoteBallot(Ballot[Vote]):
 
 
 def parse_finding(f: Args) -> Finding:
-    """One finding, every field checked; stored with all four fields (null spelled out)."""
+    """One finding, every field checked; stored with every field (null spelled out);
+    ``score_se_micro`` is optional (null: the voter reports no standard error)."""
     finding: Finding = {
         "score_micro": f.integer("score_micro", minimum=-MAX_SCORE_MICRO, maximum=MAX_SCORE_MICRO),
+        "score_se_micro": f.integer(
+            "score_se_micro", minimum=0, maximum=MAX_SCORE_MICRO, default=None
+        ),
         "norm_milli": f.integer("norm_milli", minimum=0, maximum=MAX_NORM_MILLI, default=None),
         "similarity_micro": f.integer("similarity_micro", minimum=0, maximum=MICRO, default=None),
         "problem": f.choice("problem", PROBLEMS, default=None),
     }
     f.done()
     problem = finding["problem"]
+    if problem is not None and finding["score_se_micro"] is not None:
+        f.fail(
+            "score_se_micro",
+            finding["score_se_micro"],
+            f"null: the finding reports the problem {problem!r}",
+        )
     for name, value in (
         ("norm_milli", finding["norm_milli"]),
         ("similarity_micro", finding["similarity_micro"]),
@@ -584,13 +594,14 @@ def close_vote_commits(tx: Tx, caller: Caller, a: Args) -> Round:
 
 @function("reveal_votes", "silo")
 def reveal_votes(tx: Tx, caller: Caller, a: Args) -> Vote:
-    """silo; {trial_id, round, findings: {peer msp_id: {score_micro, norm_milli,
-    similarity_micro, problem}}, salt}: one finding per peer candidate (``VoteBallot``); in
-    VOTE_REVEAL, on time; returns the vote record; event VotesRevealed.
+    """silo; {trial_id, round, findings: {peer msp_id: {score_micro, [score_se_micro],
+    norm_milli, similarity_micro, problem}}, salt}: one finding per peer candidate
+    (``VoteBallot``); in VOTE_REVEAL, on time; returns the vote record; event VotesRevealed.
 
     score_micro: how much the candidate's update alone, applied to the base model, lowers the
-    voter's validation log-loss (micro-units, +-MAX_SCORE_MICRO); norm_milli: ceil(1000 * L2
-    norm of the decrypted update / its sample weight); similarity_micro: round(1e6 * the largest
+    voter's validation log-loss (micro-units, +-MAX_SCORE_MICRO); score_se_micro: its standard
+    error over the voter's validation rows (optional); norm_milli: ceil(1000 * L2 norm of the
+    decrypted update); similarity_micro: round(1e6 * the largest
     cosine similarity of that delta with every update revealed in an earlier round or attempt
     of the trial and every earlier aggregate delta), 0 when there is none; problem: null or one
     of PROBLEMS (then norm and similarity are null)."""

@@ -78,6 +78,8 @@ class Evaluation(TypedDict):
     max_norm_ratio_milli: int  # outlier: a norm over this multiple of the round's reference norm
     max_update_norm_milli: int | None  # absolute norm bound (null: from the DP schedule, or none)
     voter_reward_share_micro: int  # the part of the pool paid to voters for agreement
+    # harmful only beyond this many standard errors of the score (milli), when over the threshold
+    harm_se_milli: int
 
 
 class PhaseSeconds(TypedDict):
@@ -379,9 +381,12 @@ class Update(TypedDict):
 
 
 class Finding(TypedDict):
-    """What one voter found about one peer's update (all four fields always present)."""
+    """What one voter found about one peer's update (every field present, null spelled out)."""
 
     score_micro: int  # decrease of the voter's validation log-loss, micro-units
+    # its standard error over the voter's validation rows (sd of the per-row decreases /
+    # sqrt(rows)), micro-units; null with a problem, or when the voter does not report one
+    score_se_micro: int | None
     norm_milli: (
         int | None
     )  # ceil(1000 * L2 norm of the update's parameter delta); null with a problem

@@ -86,6 +86,13 @@ class EvaluationPolicy(_Strict):
     voter_reward_share_micro: int | None = Field(
         default=None, ge=0, le=1_000_000, description="Part of each round's pool paid to voters."
     )
+    harm_se_milli: int | None = Field(
+        default=None,
+        ge=0,
+        le=10_000,
+        description="Harm must also exceed this many thousandths of the standard error of the "
+        "voter's score over its validation rows (default 1500; 0: the threshold alone).",
+    )
 
 
 class PhaseSeconds(_Strict):

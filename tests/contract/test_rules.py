@@ -209,14 +209,16 @@ POLICY = {
     "max_norm_ratio_milli": 3000,
     "max_update_norm_milli": None,
     "voter_reward_share_micro": 200_000,
+    "harm_se_milli": 1500,
 }
 
 
-def finding(score=20_000, norm=1000, similarity=0, problem=None):
+def finding(score=20_000, norm=1000, similarity=0, problem=None, se=None):
     if problem is not None:
-        norm = similarity = None
+        norm = similarity = se = None
     return {
         "score_micro": score,
+        "score_se_micro": se,
         "norm_milli": norm,
         "similarity_micro": similarity,
         "problem": problem,
@@ -395,6 +397,27 @@ def test_the_harm_floor_follows_the_rounds_dp_noise_and_never_rises_above_the_fi
     assert judge({"a": 1, "b": 1}, with_problem)["voters"]["c"]["harm_floor_micro"] == -10_000
 
 
+def test_harm_must_exceed_the_threshold_and_the_voters_standard_errors():
+    # threshold 10,000; 1.5 standard errors of 10,000 = 15,000: the bar is 5,000 lower
+    assert rules.harm_bar(finding(-12_000, se=10_000), -10_000, POLICY) == -15_000
+    assert rules.harm_bar(finding(-12_000, se=6_000), -10_000, POLICY) == -10_000  # 9,000 < thr
+    assert rules.harm_bar(finding(-12_000), -10_000, POLICY) == -10_000  # no error reported
+    old = {k: v for k, v in POLICY.items() if k != "harm_se_milli"}  # a trial from before it
+    assert rules.harm_bar(finding(-12_000, se=10**6), -10_000, old) == -10_000
+    # Three voters of "a" see harm of 12,000; with 6 validation rows, one's error is 10,000:
+    # its verdict alone changes, and two of three still reject.
+    findings = {v: {"a": finding(-12_000, se=2_000), "b": finding()} for v in "cde"}
+    findings["c"]["a"] = finding(-12_000, se=10_000)
+    verdict = judge({"a": 1, "b": 1}, findings)
+    assert verdict["candidates"]["a"]["reason"] == "harmful"
+    assert verdict["candidates"]["a"]["counts"]["harmful"] == 2
+    findings["d"]["a"] = finding(-12_000, se=10_000)  # two of three cannot tell: accepted
+    assert judge({"a": 1, "b": 1}, findings)["candidates"]["a"]["accepted"]
+    # the same scores judged with the threshold alone: rejected by all three
+    again = judge({"a": 1, "b": 1}, findings, harm_se_milli=0)["candidates"]["a"]
+    assert again["reason"] == "harmful" and again["counts"]["harmful"] == 3
+
+
 def test_colluders_cannot_lower_an_honest_voters_floor_below_its_worst_honest_score():
     # 2 of 5 submit updates far worse than the DP noise and praise each other: the upper
     # median of an honest voter's four scores (two honest, two malicious) is an honest one.
@@ -501,6 +524,8 @@ def hostile_finding(rng):
             finding(-(10**12), norm=rng.randint(0, 10**15), similarity=rng.randint(0, 10**6)),
             finding(-10_000, norm=0, similarity=0),  # "accepts" with the lowest score it can
             finding(-10_000, norm=10**15, similarity=0),  # inflates the norm to make an outlier
+            finding(-(10**12), norm=1000, similarity=0, se=0),  # certain it is harmful
+            finding(-(10**12), norm=1000, similarity=0, se=10**12),
         ]
     )
 
@@ -594,10 +619,16 @@ def test_under_dp_noise_a_colluding_minority_still_cannot_reject_honest_updates_
 
         def honest(v: str, c: str, kinds=kinds, level=level, norms=norms) -> dict:
             kind = kinds.get(c, "honest")
+            # each honest voter's own standard error (small or large validation sets)
+            se = rng.choice([None, rng.randint(0, 4 * threshold)])
             if kind == "harmful":
-                return finding(level[v] - threshold - rng.randint(1, 10**6))
+                bar = max(threshold, -(-POLICY["harm_se_milli"] * (se or 0) // 1000))
+                return finding(level[v] - bar - rng.randint(1, 10**6), se=se)
             noisy = level[v] + rng.randint(0, threshold // 2)
-            return honest_finding(kind, {"score": noisy, "norm": norms[c], "similarity": 0})
+            honest_report = honest_finding(
+                kind, {"score": noisy, "norm": norms[c], "similarity": 0}
+            )
+            return {**honest_report, "score_se_micro": None if honest_report["problem"] else se}
 
         findings = round_findings(names, bad, rng, honest)
         verdict = judge(

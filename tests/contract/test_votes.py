@@ -101,6 +101,9 @@ def test_vote_commit_and_reveal_refusals(voting):
     error = bad({**finding(), "norm_milli": None}, ".norm_milli")
     assert "unless a problem" in error.message
     bad({**finding(), "similarity_micro": None}, ".similarity_micro")
+    bad({**finding(), "score_se_micro": -1}, ".score_se_micro")
+    error = bad({**finding(problem="wrong_kind"), "score_se_micro": 5}, ".score_se_micro")
+    assert "wrong_kind" in error.message
 
     revealed = flow.reveal_votes("hospital1", by_msp, salt)
     assert revealed["revealed"] is True and revealed["findings"] == by_msp
@@ -406,6 +409,8 @@ def test_no_vote_commitments_halts_the_round(voting):
         ("max_update_norm_milli", "5", "an integer from 1 to 1000000000000000"),
         ("voter_reward_share_micro", -1, "an integer from 0 to 1000000"),
         ("voter_reward_share_micro", 1_000_001, "an integer from 0 to 1000000"),
+        ("harm_se_milli", -1, "an integer from 0 to 10000"),
+        ("harm_se_milli", 10_001, "an integer from 0 to 10000"),
     ],
 )
 def test_evaluation_policy_bounds(flow, field, value, expected):
@@ -420,6 +425,7 @@ def test_evaluation_policy_takes_the_given_values(flow):
         "max_norm_ratio_milli": 1000,
         "max_update_norm_milli": 10**15,
         "voter_reward_share_micro": 1_000_000,
+        "harm_se_milli": 0,
     }
     trial = flow.create(evaluation=given)
     assert trial["evaluation"] == {

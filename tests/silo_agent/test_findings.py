@@ -25,7 +25,13 @@ from silo_agent import findings as f
 from silo_agent.data import encode, split
 from silo_agent.datasets import load_demo_dataset
 from silo_agent.steps import TrialContext
-from silo_agent.training import TrainingSettings, evaluate, open_accountant, train_local
+from silo_agent.training import (
+    TrainingSettings,
+    evaluate,
+    open_accountant,
+    row_losses,
+    train_local,
+)
 
 DUPLICATE_SIMILARITY_MICRO = 999_990  # the evaluation policy's default
 
@@ -170,6 +176,7 @@ def test_score_micro_is_clamped_and_non_finite_is_the_lowest() -> None:
 def test_problem_finding_shape() -> None:
     assert f.problem_finding(f.WRONG_KIND) == {
         "score_micro": f.REJECT_SCORE_MICRO,
+        "score_se_micro": None,
         "norm_milli": None,
         "similarity_micro": None,
         "problem": "wrong_kind",
@@ -236,16 +243,32 @@ def test_a_score_on_the_validation_split_rewards_an_honest_update(rounds: Rounds
         encode(ds.hospitals[2].train, ds.schema), trial_id="t", msp_id="H2", validation_fraction=0.2
     )
     base = decode_model(initial_model(ds.model, ds.schema, 1)).params.astype(np.float64)
-    base_loss = evaluate(ds.model, ds.schema, base, local.validation)["loss"]
+    base_losses = row_losses(ds.model, ds.schema, base, local.validation)
+    # evaluate's loss is the rows' mean
+    assert evaluate(ds.model, ds.schema, base, local.validation)["loss"] == pytest.approx(
+        float(base_losses.mean()), rel=1e-6
+    )
     delta = rounds.decrypted[1][0]
-    loss = evaluate(ds.model, ds.schema, base + delta, local.validation)["loss"]
-    finding = f.finding(delta, base_loss=base_loss, loss=loss, history=[])
+    losses = row_losses(ds.model, ds.schema, base + delta, local.validation)
+    finding = f.finding(delta, base_losses=base_losses, losses=losses, history=[])
     assert finding["problem"] is None and finding["similarity_micro"] == 0
     assert finding["score_micro"] > 0
+    decreases = base_losses - losses
+    expected_se = decreases.std(ddof=1) / np.sqrt(decreases.size)
+    assert finding["score_se_micro"] == pytest.approx(expected_se * 1e6, abs=1)
     flipped = f.finding(
         -10 * delta,
-        base_loss=base_loss,
-        loss=evaluate(ds.model, ds.schema, base - 10 * delta, local.validation)["loss"],
+        base_losses=base_losses,
+        losses=row_losses(ds.model, ds.schema, base - 10 * delta, local.validation),
         history=[delta],
     )
     assert flipped["score_micro"] < -30_000 and flipped["similarity_micro"] == 0
+
+
+def test_the_score_standard_error_needs_two_finite_rows() -> None:
+    assert f.score_se_micro(np.array([0.7]), np.array([0.6])) is None
+    assert f.score_se_micro(np.array([0.7, 0.7]), np.array([0.6, np.inf])) is None
+    # decreases 0.1 and 0.3: sd 0.1414, over sqrt(2): 0.1 -> 100_000 micro (rounded up)
+    assert f.score_se_micro(np.array([0.7, 0.9]), np.array([0.6, 0.6])) == pytest.approx(
+        100_000, abs=1
+    )

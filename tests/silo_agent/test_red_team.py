@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from silo_harness import HOSPITALS, drive
 
 from bcfl_common.errors import ConfigError
+from chaincode.contract.store import DEFAULT_CLOCK_TOLERANCE_SECONDS
 from devnet.red_team import (
     ATTACKS,
     BackdoorSilo,
@@ -333,9 +334,9 @@ def test_thief_that_finds_a_peers_bytes_in_the_store_is_excluded(
         if entry is None or driver.round()["phase"] != "SUBMIT":
             return False
         driver.store.put(honest[0].state.load_update(driver.trial_id, entry["sha256"]))
-        # the ledger records whole seconds: the thief commits in a later one (a tie in the
-        # same second gives the content to nobody, the victim included)
-        driver.net.clock.advance(2)
+        # the thief commits past the trial's clock tolerance (within it the commitments tie
+        # and the content goes to nobody, the victim included)
+        driver.net.clock.advance(DEFAULT_CLOCK_TOLERANCE_SECONDS + 1)
         return True
 
     drive(driver, honest, until=leaked)

@@ -21,12 +21,14 @@ def fake_finding(peer_index: int, round_number: int) -> dict[str, Any]:
     if (peer_index + round_number) % 2 == 0:
         return {
             "score_micro": -MAX_SCORE_MICRO,
+            "score_se_micro": None,
             "norm_milli": None,
             "similarity_micro": None,
             "problem": FAKE_PROBLEM,
         }
     return {
         "score_micro": -MAX_SCORE_MICRO,
+        "score_se_micro": 0,  # claims certainty: no error to widen its own harm bar
         "norm_milli": FAKE_NORM_MILLI,
         "similarity_micro": 1_000_000,
         "problem": None,
@@ -61,6 +63,7 @@ class VoteDownSilo(AttackingSilo):
             if peer in self.ring:
                 out[peer] = {
                     "score_micro": MAX_SCORE_MICRO,
+                    "score_se_micro": 0,
                     "norm_milli": finding.get("norm_milli") or 0,
                     "similarity_micro": 0,
                     "problem": None,
