@@ -21,11 +21,11 @@ not c; m = |V_c|; "a majority" = strictly more than m/2 of V_c.
    candidates' representative norms (each the UPPER median, ``sorted(s)[len(s) // 2]``, of the
    non-null norms reported for it), applied only when at least 3 candidates have one;
 6. ``duplicate`` if a majority report ``similarity_micro >= duplicate_similarity_micro``;
-7. ``harmful`` if a majority report no problem and ``score_micro`` under their harm bar (the
-   harm floor, lowered by the finding's standard error: below);
+7. ``harmful`` if a majority report no problem and ``score_micro`` under their harm floor;
 otherwise ``accepted``.
 
-* A voter's harm floor: ``min(0, reference) - acceptance_threshold_micro``, where reference =
+* A voter's harm floor: ``min(0, reference) - max(acceptance_threshold_micro, ceil(harm_se_milli
+  * error / 1000))``, where reference =
   the UPPER median of the scores it gave, without a problem, to the round's candidates (itself
   excluded), when it gave at least 2 such scores (else 0). Differential privacy noise makes
   every honest update score below 0 on a peer's validation data (one DP update applied alone
@@ -35,14 +35,18 @@ otherwise ``accepted``.
   one peer invalid; or a lone candidate) keeps the fixed bar. It never rises above the fixed
   ``-threshold`` (updates better than the base model cannot raise the bar), and an honest
   voter's reference is at least its lowest score of an honest candidate (below).
-* A finding's harm bar: the voter's floor when the finding has no ``score_se_micro`` or the
-  policy no ``harm_se_milli``; otherwise ``min(0, reference) - max(threshold, ceil(harm_se_milli
-  * score_se_micro / 1000))``: harm must exceed both the threshold and that many standard errors
-  of the score over the voter's own validation rows (the spread of the per-row log-loss
-  decreases / sqrt(rows)), so a voter with six validation rows does not reject an honest noisy
-  update on chance alone. A voter's reported error only moves its own verdict.
+  error = the LOWER median of the ``score_se_micro`` it reported without a problem for the
+  round's candidates (itself excluded), when it reported at least 2 (else 0; and 0 when the
+  policy has no ``harm_se_milli``, as trials recorded before it): a score's standard error over
+  the voter's own validation rows (the spread of the per-row log-loss decreases / sqrt(rows)),
+  so a voter with six validation rows does not reject an honest noisy update on chance alone.
+  It is the round's level, not the judged candidate's own error, which the candidate shapes
+  (an update that moves only the intercept spreads its rows' losses both ways and hides its
+  harm in its own error); a LOWER median cannot be raised above an honest candidate's error by
+  at most half of the candidates, and colluders who lower it (zero updates, error 0) only
+  restore the threshold alone.
 * A voter's own verdict on c REJECTS iff its finding has a problem, a norm over c's bound, a
-  similarity at/over the threshold, or (without a problem) a score under its harm bar. Outliers
+  similarity at/over the threshold, or (without a problem) a score under its harm floor. Outliers
   are a round-level judgement: not part of a verdict, and a candidate decided by step 5 (or 1-2)
   counts for nobody's agreement. On a candidate decided by steps 3, 4, 6, 7 or accepted, a voter
   of V_c has ``judged`` it, and ``agreed`` when its verdict matches (rejects iff not accepted).
@@ -68,9 +72,10 @@ under their harm floor). The floor cannot be raised by colluders (it is at most 
 lowering it needs more than half of an honest voter's problem-free scores below its lowest
 honest one: of the k <= f malicious candidates it scores and the h >= n - 1 - f >= f honest
 ones (c among them), the upper median (index (k + h) // 2 >= k) is an honest score. So a
-malicious update is harmful to an honest voter whenever it scores more than the threshold (and
-``harm_se_milli / 1000`` of that voter's standard errors of its score) below min(0, that
-voter's worst honest score); an error reported by a malicious voter moves only its own verdict. Step 5 needs a majority too, and the reference cannot
+malicious update is harmful to an honest voter whenever it scores more than max(threshold,
+``harm_se_milli / 1000`` times the largest error it reported for an honest candidate) below
+min(0, that voter's worst honest score); errors reported by a malicious voter move only its
+own verdicts. Step 5 needs a majority too, and the reference cannot
 be pushed down by them: an UPPER median of reports with at most half malicious is at least an honest report, and
 with the at most f < n/2 malicious candidates below that, the LOWER median over the n
 candidates is still an honest candidate's honest norm; so an honest update is never an outlier
@@ -214,41 +219,45 @@ def over_bound(norm_milli: int | None, bound_milli: int | None) -> bool:
     return norm_milli is not None and bound_milli is not None and norm_milli > bound_milli
 
 
+def error_scale(
+    voter: str, findings: Mapping[str, Mapping[str, Any]], candidates: Collection[str]
+) -> int:
+    """The LOWER median of the standard errors ``voter`` reported, without a problem, for the
+    round's candidates (itself excluded), when it reported at least 2 (else 0)."""
+    errors = [
+        f["score_se_micro"]
+        for c, f in findings.items()
+        if c != voter
+        and c in candidates
+        and f["problem"] is None
+        and f.get("score_se_micro") is not None
+    ]
+    return lower_median(errors) if len(errors) >= 2 else 0
+
+
 def harm_floor(
     voter: str,
     findings: Mapping[str, Mapping[str, Any]],
     candidates: Collection[str],
-    threshold_micro: int,
+    policy: Mapping[str, Any],
 ) -> int:
     """The score under which ``voter`` judges a candidate harmful (the module's rules):
-    ``min(0, upper median of its problem-free scores of the candidates) - threshold``."""
+    ``min(0, upper median of its problem-free scores of the candidates) - max(threshold,
+    ceil(harm_se_milli * error_scale / 1000))``; a policy without ``harm_se_milli`` (trials
+    recorded before it existed) or findings without errors give the threshold alone."""
     scores = [
         f["score_micro"]
         for c, f in findings.items()
         if c != voter and c in candidates and f["problem"] is None
     ]
     reference = upper_median(scores) if len(scores) >= 2 else 0
-    return min(0, reference) - threshold_micro
-
-
-def harm_bar(finding: Mapping[str, Any], floor_micro: int, policy: Mapping[str, Any]) -> int:
-    """The score under which this finding's candidate is harmful: the voter's floor, lowered
-    when ``harm_se_milli / 1000`` standard errors of the score exceed the threshold, i.e.
-    ``min(0, reference) - max(threshold, harm_se_milli * score_se_micro / 1000)``. A finding
-    without ``score_se_micro`` (or a policy without ``harm_se_milli``, as trials recorded before
-    it existed) keeps the floor."""
-    se = finding.get("score_se_micro")
     sigmas = policy.get("harm_se_milli", 0)
-    if not se or not sigmas:
-        return floor_micro
-    excess = -(-sigmas * se // MILLI) - policy["acceptance_threshold_micro"]  # ceil division
-    return floor_micro - max(0, excess)
+    by_error = -(-sigmas * error_scale(voter, findings, candidates) // MILLI)  # ceil division
+    return min(0, reference) - max(policy["acceptance_threshold_micro"], by_error)
 
 
-def harmful(finding: Mapping[str, Any], floor_micro: int, policy: Mapping[str, Any]) -> bool:
-    return finding["problem"] is None and finding["score_micro"] < harm_bar(
-        finding, floor_micro, policy
-    )
+def harmful(finding: Mapping[str, Any], floor_micro: int) -> bool:
+    return finding["problem"] is None and finding["score_micro"] < floor_micro
 
 
 def rejects(
@@ -258,13 +267,13 @@ def rejects(
     floor_micro: int,
 ) -> bool:
     """A voter's own verdict on a candidate: a problem, a norm over the bound, a duplicate or a
-    score under its harm bar (outliers are judged for the round, not by one voter)."""
+    score under its harm floor (outliers are judged for the round, not by one voter)."""
     similarity = finding["similarity_micro"]
     return (
         finding["problem"] is not None
         or over_bound(finding["norm_milli"], bound_milli)
         or (similarity is not None and similarity >= policy["duplicate_similarity_micro"])
-        or harmful(finding, floor_micro, policy)
+        or harmful(finding, floor_micro)
     )
 
 
@@ -284,7 +293,6 @@ def judge_round(
     ``rejected``, ``accepted_sha256s``, ``total_weight``, ``reward_pool``, ``paid``, ``rewards``.
     """
     enrolled_set = set(enrolled)
-    threshold = policy["acceptance_threshold_micro"]
     ratio = policy["max_norm_ratio_milli"]
     voters = sorted(v for v in findings if v in enrolled_set)
     order = sorted(candidates)
@@ -292,7 +300,7 @@ def judge_round(
     reports = {
         c: {v: dict(findings[v][c]) for v in voters if v != c and c in findings[v]} for c in order
     }
-    floors = {v: harm_floor(v, findings[v], candidates, threshold) for v in voters}
+    floors = {v: harm_floor(v, findings[v], candidates, policy) for v in voters}
     representative: dict[str, int | None] = {}
     for c in order:
         norms = [f["norm_milli"] for f in reports[c].values() if f["norm_milli"] is not None]
@@ -318,7 +326,7 @@ def judge_round(
                 and f["similarity_micro"] >= policy["duplicate_similarity_micro"]
                 for f in found.values()
             ),
-            "harmful": sum(harmful(f, floors[v], policy) for v, f in found.items()),
+            "harmful": sum(harmful(f, floors[v]) for v, f in found.items()),
         }
         required = required_votes(policy["min_voters"], len(enrolled_set - {c}))
         if c not in enrolled_set:

@@ -12,7 +12,8 @@
   applied to the base model, in micro-units, clamped to +-:data:`MAX_SCORE_MICRO`.
 * ``score_se_micro``: the score's standard error over the validation rows (the spread of the
   per-row log-loss decreases / sqrt(rows)), in micro-units: the contract judges harm beyond both
-  the trial's threshold and ``harm_se_milli / 1000`` of these; null with a problem.
+  the trial's threshold and ``harm_se_milli / 1000`` times the lower median of the errors this
+  voter reported in the round; null with a problem or a clamped score.
 * ``norm_milli``: ``ceil(1000 * ||delta||)`` of the decrypted update: an update container holds
   the hospital's plain parameter delta (``privacy.he.aggregate`` applies the contract's weights).
 * ``similarity_micro``: ``round(1e6 * max cosine similarity)`` of the delta with every update
@@ -71,9 +72,13 @@ def finding(
 ) -> dict[str, Any]:
     """The Finding of a usable candidate's (finite) delta, from the per-row validation
     log-losses of the base model and of the base model plus the delta."""
+    score = score_micro(float(np.mean(base_losses)), float(np.mean(losses)))
     return {
-        "score_micro": score_micro(float(np.mean(base_losses)), float(np.mean(losses))),
-        "score_se_micro": score_se_micro(base_losses, losses),
+        "score_micro": score,
+        # a clamped (or non-finite) score has no meaningful error
+        "score_se_micro": None
+        if abs(score) >= MAX_SCORE_MICRO
+        else score_se_micro(base_losses, losses),
         "norm_milli": norm_milli(delta),
         "similarity_micro": similarity_micro(delta, history),
         "problem": None,

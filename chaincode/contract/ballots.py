@@ -132,7 +132,9 @@ class Ballot(Generic[R]):
             "msp_id": msp_id,
             **fields,
             "commitment": commitment,
-            "committed_at": tx.now,
+            # a client dates its own transaction (within the ledger's window): a commitment
+            # dated before its phase started counts from the phase's start
+            "committed_at": max(tx.now, rnd["phase_changed_at"]),
             "revealed": False,
             **{name: None for name in self.reveal_fields},
             "salt": None,

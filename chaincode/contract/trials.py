@@ -91,10 +91,10 @@ DEFAULT_EVALUATION = {
     "max_norm_ratio_milli": 3000,
     "max_update_norm_milli": None,
     "voter_reward_share_micro": 200_000,
-    # Harm must exceed 1.5 standard errors of the voter's score: in 4-centre heart disease
-    # simulations this kept 95% of honest updates at epsilon 1 (86% with the threshold alone)
-    # and still rejected 25 of 30 label-flipped ones at epsilon 3 (ARCHITECTURE.md).
-    "harm_se_milli": 1500,
+    # Harm must exceed 2 standard errors (the round's level for the voter): in 4-centre heart
+    # disease simulations this kept 97.5% of honest updates at epsilon 1 (86% with the threshold
+    # alone) and still rejected 27 of 30 label-flipped ones at epsilon 3 (ARCHITECTURE.md).
+    "harm_se_milli": 2000,
 }
 DEFAULT_PHASE_SECONDS = {"submit": 3600, "reveal": 900, "vote_commit": 1800, "vote_reveal": 900}
 
@@ -205,8 +205,8 @@ def parse_evaluation(a: Args) -> Evaluation:
     (1..10**6), duplicate_similarity_micro (0..10**6), max_norm_ratio_milli (1000..10**6),
     max_update_norm_milli (null, or 1..MAX_NORM_MILLI: null takes each hospital's bound from
     the DP schedule), voter_reward_share_micro (0..10**6) and harm_se_milli (0..10_000: harm
-    must also exceed this many thousandths of standard errors of the voter's score; 0: the
-    threshold alone)."""
+    must also exceed this many thousandths of the voter's standard error of a score in the
+    round; 0: the threshold alone; ``chaincode.rules.harm_floor``)."""
     ev = a.object("evaluation", default={})
     d = DEFAULT_EVALUATION
     policy: Evaluation = {

@@ -90,8 +90,9 @@ class EvaluationPolicy(_Strict):
         default=None,
         ge=0,
         le=10_000,
-        description="Harm must also exceed this many thousandths of the standard error of the "
-        "voter's score over its validation rows (default 1500; 0: the threshold alone).",
+        description="Harm must also exceed this many thousandths of the voter's standard error "
+        "of a score over its validation rows, the lower median of those it reported in the "
+        "round (default 2000; 0: the threshold alone).",
     )
 
 

@@ -397,25 +397,35 @@ def test_the_harm_floor_follows_the_rounds_dp_noise_and_never_rises_above_the_fi
     assert judge({"a": 1, "b": 1}, with_problem)["voters"]["c"]["harm_floor_micro"] == -10_000
 
 
-def test_harm_must_exceed_the_threshold_and_the_voters_standard_errors():
-    # threshold 10,000; 1.5 standard errors of 10,000 = 15,000: the bar is 5,000 lower
-    assert rules.harm_bar(finding(-12_000, se=10_000), -10_000, POLICY) == -15_000
-    assert rules.harm_bar(finding(-12_000, se=6_000), -10_000, POLICY) == -10_000  # 9,000 < thr
-    assert rules.harm_bar(finding(-12_000), -10_000, POLICY) == -10_000  # no error reported
-    old = {k: v for k, v in POLICY.items() if k != "harm_se_milli"}  # a trial from before it
-    assert rules.harm_bar(finding(-12_000, se=10**6), -10_000, old) == -10_000
-    # Three voters of "a" see harm of 12,000; with 6 validation rows, one's error is 10,000:
-    # its verdict alone changes, and two of three still reject.
-    findings = {v: {"a": finding(-12_000, se=2_000), "b": finding()} for v in "cde"}
-    findings["c"]["a"] = finding(-12_000, se=10_000)
-    verdict = judge({"a": 1, "b": 1}, findings)
-    assert verdict["candidates"]["a"]["reason"] == "harmful"
+def test_harm_must_exceed_the_threshold_and_the_rounds_standard_error():
+    # threshold 10,000; each voter's error scale is the lower median of the errors it reported
+    # in the round, times 1.5. Three voters: "c" has six validation rows (errors 10,000).
+    def round_of(errors_c, score_a=-12_000):
+        findings = {
+            v: {m: finding(score_a if m == "a" else 0, se=2_000) for m in "ab" + "x"} for v in "cde"
+        }
+        findings["c"] = {m: finding(score_a if m == "a" else 0, se=e) for m, e in errors_c.items()}
+        return judge({"a": 1, "b": 1, "x": 1}, findings)
+
+    verdict = round_of({"a": 10_000, "b": 10_000, "x": 10_000})
+    assert verdict["voters"]["c"]["harm_floor_micro"] == -15_000  # 1.5 * 10,000 > threshold
+    assert verdict["voters"]["d"]["harm_floor_micro"] == -10_000  # 3,000 < threshold
+    assert verdict["candidates"]["a"]["reason"] == "harmful"  # d and e: two of three
     assert verdict["candidates"]["a"]["counts"]["harmful"] == 2
-    findings["d"]["a"] = finding(-12_000, se=10_000)  # two of three cannot tell: accepted
-    assert judge({"a": 1, "b": 1}, findings)["candidates"]["a"]["accepted"]
-    # the same scores judged with the threshold alone: rejected by all three
-    again = judge({"a": 1, "b": 1}, findings, harm_se_milli=0)["candidates"]["a"]
-    assert again["reason"] == "harmful" and again["counts"]["harmful"] == 3
+    # The candidate cannot widen the bar with its own error (an intercept shift spreads the
+    # rows' losses both ways): the round's lower median is the honest candidates' level.
+    shifted = round_of({"a": 10**9, "b": 2_000, "x": 2_000})
+    assert shifted["voters"]["c"]["harm_floor_micro"] == -10_000
+    assert shifted["candidates"]["a"]["counts"]["harmful"] == 3
+    # A policy without harm_se_milli (a trial recorded before it) or findings without errors:
+    # the threshold alone.
+    findings = {v: {m: finding(-12_000 if m == "a" else 0) for m in "abx"} for v in "cde"}
+    plain = judge({"a": 1, "b": 1, "x": 1}, findings)
+    assert {r["harm_floor_micro"] for r in plain["voters"].values()} == {-10_000}
+    old = {k: v for k, v in POLICY.items() if k != "harm_se_milli"}
+    assert rules.harm_floor("c", {m: finding(0, se=10**6) for m in "abx"}, "abx", old) == -10_000
+    # fewer than two errors: none
+    assert rules.error_scale("c", {"a": finding(0, se=10**6), "b": finding(0)}, "ab") == 0
 
 
 def test_colluders_cannot_lower_an_honest_voters_floor_below_its_worst_honest_score():
@@ -615,14 +625,22 @@ def test_under_dp_noise_a_colluding_minority_still_cannot_reject_honest_updates_
         bad = set(rng.sample(names, f))
         kinds = {m: rng.choice([*BAD_KINDS, "fine"]) for m in bad}
         level = {v: rng.randint(-200_000, 0) for v in names}
+        error = {v: rng.choice([0, rng.randint(0, 4 * threshold)]) for v in names}
         norms = {m: rng.randint(1000, 3000) for m in names}
 
-        def honest(v: str, c: str, kinds=kinds, level=level, norms=norms) -> dict:
+        def honest(
+            v: str, c: str, kinds=kinds, level=level, norms=norms, error=error, bad=bad
+        ) -> dict:
             kind = kinds.get(c, "honest")
-            # each honest voter's own standard error (small or large validation sets)
-            se = rng.choice([None, rng.randint(0, 4 * threshold)])
+            # the errors an honest voter measures: within its own level for honest updates
+            # (small or large validation sets), anything for a malicious candidate's update
+            se = (
+                rng.randint(0, error[v])
+                if c not in bad
+                else rng.choice([None, 0, rng.randint(0, 10**12)])
+            )
             if kind == "harmful":
-                bar = max(threshold, -(-POLICY["harm_se_milli"] * (se or 0) // 1000))
+                bar = max(threshold, -(-POLICY["harm_se_milli"] * error[v] // 1000))
                 return finding(level[v] - bar - rng.randint(1, 10**6), se=se)
             noisy = level[v] + rng.randint(0, threshold // 2)
             honest_report = honest_finding(
@@ -643,4 +661,5 @@ def test_under_dp_noise_a_colluding_minority_still_cannot_reject_honest_updates_
                 assert c[m]["reason"] == BAD_KINDS[kinds[m]], f"{where}: {m} {c[m]['reason']}"
         for v in names:
             if v not in bad:
-                assert verdict["voters"][v]["harm_floor_micro"] >= level[v] - threshold, where
+                widest = max(threshold, -(-POLICY["harm_se_milli"] * error[v] // 1000))
+                assert verdict["voters"][v]["harm_floor_micro"] >= level[v] - widest, where

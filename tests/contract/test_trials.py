@@ -27,7 +27,7 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
         "max_norm_ratio_milli": 3000,
         "max_update_norm_milli": None,
         "voter_reward_share_micro": 200_000,
-        "harm_se_milli": 1500,
+        "harm_se_milli": 2000,
     }
     assert trial["phase_seconds"] == {
         "submit": 3600,

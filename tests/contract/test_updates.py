@@ -307,8 +307,9 @@ def test_a_backdated_copy_ties_with_its_victim_and_nobody_gets_the_bytes(running
     trial = flow.admin.evaluate("get_trial", {"trial_id": flow.trial_id})
     assert trial["clock_tolerance_seconds"] == DEFAULT_CLOCK_TOLERANCE_SECONDS
     flow.open_round()
+    flow.net.advance_time(300)  # the victim commits 5 minutes into the phase
     victim = flow.commit_update("hospital1")
-    flow.net.advance_time(-240)  # the copier's clock, set back
+    flow.net.advance_time(-240)  # the copier's clock, set back (still inside the phase)
     copied = replace(victim, content_id="cid-copy", salt=digest("backdating copier"))
     flow.commit_update("hospital2", copied)
     flow.net.advance_time(240)
@@ -326,6 +327,20 @@ def test_a_backdated_copy_ties_with_its_victim_and_nobody_gets_the_bytes(running
     }
     assert rnd["candidates"] == [h3]  # below min_silos: the attempt fails, to be retried
     assert rnd["phase"] == "HALTED" and rnd["halt"]["code"] == "TOO_FEW_HOSPITALS"
+
+
+def test_a_commitment_dated_before_its_phase_started_counts_from_the_phase_start(running):
+    """A copier that got bytes left in the store by an earlier attempt dates its commitment
+    before the attempt opened, to be the earliest by more than the tolerance: it is recorded at
+    the phase's start, so an owner committing within the tolerance after it still ties."""
+    flow = running
+    flow.open_round()
+    opened = flow.admin.evaluate("get_round", flow.at())["phase_changed_at"]
+    flow.net.advance_time(-240)  # before the round opened
+    flow.commit_update("hospital2")
+    flow.net.advance_time(240)
+    at = {s["msp_id"]: s["committed_at"] for s in flow.admin.evaluate("get_submissions", flow.at())}
+    assert at[flow.msp["hospital2"]] == opened
 
 
 def test_content_revealed_in_an_earlier_round_is_refused_for_anyone(running):

@@ -265,6 +265,15 @@ def test_a_score_on_the_validation_split_rewards_an_honest_update(rounds: Rounds
     assert flipped["score_micro"] < -30_000 and flipped["similarity_micro"] == 0
 
 
+def test_a_clamped_score_has_no_standard_error() -> None:
+    """A hugely scaled update: its score is clamped, its error would be too, and would only
+    widen nothing but its own record."""
+    base = np.array([0.5, 0.6, 0.7])
+    wrecked = np.array([1e7, 2e7, 0.1])
+    out = f.finding(np.ones(3), base_losses=base, losses=wrecked, history=[])
+    assert out["score_micro"] == -f.MAX_SCORE_MICRO and out["score_se_micro"] is None
+
+
 def test_the_score_standard_error_needs_two_finite_rows() -> None:
     assert f.score_se_micro(np.array([0.7]), np.array([0.6])) is None
     assert f.score_se_micro(np.array([0.7, 0.7]), np.array([0.6, np.inf])) is None
