@@ -190,10 +190,9 @@ def content_owner(committed_at: Mapping[str, int], tolerance_seconds: int) -> st
     the time of its commitment): the earliest commitment, when it is earlier than every other by
     MORE than ``tolerance_seconds``; nobody otherwise. Never who revealed first.
 
-    The tolerance is how far a transaction's time can be from the truth: 0 where the ledger
-    stamps it (the embedded ledger), the peers' proposal time window on Fabric, where the client
-    sets the time and each endorsing peer only refuses one further than its window from its own
-    clock. Within it, a copier that backdates its commitment ties with its victim (nobody is paid
+    The tolerance is how far a transaction's time can be from the truth: 0 only where a trusted
+    clock stamps it; the client sets it on both ledgers, refused only further than 300 s from the
+    embedded ledger's clock, or than each endorsing peer's window from its own on Fabric. Within it, a copier that backdates its commitment ties with its victim (nobody is paid
     for the bytes) instead of taking them.
     """
     if not committed_at:

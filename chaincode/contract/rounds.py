@@ -485,7 +485,8 @@ class VoteBallot(Ballot[Vote]):
     """A voter reveals exactly one finding for each candidate but itself (SELF_VOTE for its
     own): ``{score_micro, [score_se_micro], norm_milli, similarity_micro, problem}``
     (``bcfl_common.records.Finding``). With a ``problem`` (one of PROBLEMS) the error, norm and
-    similarity are null; without one the norm and similarity are required. Removed hospitals' commitments do not count when closing."""
+    similarity are null; without one the norm and similarity are required. Removed hospitals'
+    commitments do not count when closing."""
 
     kind = "vote"
     commit_phase = "VOTE_COMMIT"
