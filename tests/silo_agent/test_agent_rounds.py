@@ -281,13 +281,9 @@ def test_a_retried_attempt_recommits_the_unrevealed_update_without_new_epsilon(
         )
 
 
-def test_an_aborted_attempt_rolled_back_over_costs_no_local_epsilon(
-    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
-) -> None:
-    # Two rounds planned. Round 2's first attempt is committed and aborted, then the trial is
-    # rolled back to round 0 with the plan cut to one round: each hospital's third training
-    # fits its two-round budget only because the aborted, never revealed update is destroyed
-    # and its local charge taken back.
+def committed_in_round_two(driver: Any, make_agent: Any, demo_files: dict[str, Any]) -> list:
+    """A two-round trial whose round 1 finalized and whose hospitals all trained for round 2
+    and committed; returns the agents."""
     driver.create_trial(demo_files["dataset"], rounds=2)
     agents = [make_agent(name) for name in HOSPITALS]
     drive(driver, agents, until=lambda: driver.trial()["head"]["round"] == 1)
@@ -295,6 +291,17 @@ def test_an_aborted_attempt_rolled_back_over_costs_no_local_epsilon(
         driver.advance()
     for agent in agents:
         agent.tick()  # train for round 2 and commit
+    return agents
+
+
+def test_an_aborted_attempt_rolled_back_over_costs_no_local_epsilon(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
+    # Two rounds planned. Round 2's first attempt is committed and aborted, then the trial is
+    # rolled back to round 0 with the plan cut to one round: each hospital's third training
+    # fits its two-round budget only because the aborted, never revealed update is destroyed
+    # and its local charge taken back.
+    agents = committed_in_round_two(driver, make_agent, demo_files)
     admin = driver.admin
     admin.submit("abort_round", {"trial_id": "trial-1", "round": 2, "reason": "bad batch"})
     admin.submit("rollback", {"trial_id": "trial-1", "to_round": 0, "final_round": 1})
@@ -324,13 +331,7 @@ def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
     late (or abort right after), roll back, and have it train again as if the first update had
     never left. The bytes are in the shared store, so the charge stays: the third training does
     not fit the two-round budget and the hospital skips the round rather than overspend."""
-    driver.create_trial(demo_files["dataset"], rounds=2)
-    agents = [make_agent(name) for name in HOSPITALS]
-    drive(driver, agents, until=lambda: driver.trial()["head"]["round"] == 1)
-    while driver.trial()["current"]["round"] != 2:
-        driver.advance()
-    for agent in agents:
-        agent.tick()  # train for round 2 and commit
+    agents = committed_in_round_two(driver, make_agent, demo_files)
     driver.advance()  # everyone committed: REVEAL
     assert driver.round()["phase"] == "REVEAL"
     contract_net.advance_time(10**5)  # past the reveal deadline
