@@ -16,10 +16,20 @@ not c; m = |V_c|; "a majority" = strictly more than m/2 of V_c.
 3. ``invalid`` if a majority report a ``problem`` (the decision names the most reported one,
    ties to the alphabetically first);
 4. ``norm_exceeded`` if a majority report ``norm_milli`` > c's norm bound (when it has one);
-5. ``norm_outlier`` if a majority report ``norm_milli * 1000 > max_norm_ratio_milli *
-   reference``, where reference = the LOWER median (``sorted(s)[(len(s) - 1) // 2]``) over the
-   candidates' representative norms (each the UPPER median, ``sorted(s)[len(s) // 2]``, of the
-   non-null norms reported for it), applied only when at least 3 candidates have one;
+5. ``norm_outlier`` if a majority report ``norm_milli / sqrt(w_c) * 1000 > max_norm_ratio_milli
+   * reference / sqrt(w_ref)``, where w is a candidate's sample weight when the policy's
+   ``norm_outlier_scaling`` is ``sqrt_sample_weight`` (else 1: trials recorded before it) and
+   reference = the representative norm of the candidate ref whose ``norm^2 / w`` is the LOWER
+   median (``sorted(s)[(len(s) - 1) // 2]``) over the candidates' representative norms (each
+   the UPPER median, ``sorted(s)[len(s) // 2]``, of the non-null norms reported for it),
+   applied only when at least 3 candidates have one (``norm_outlier``: exact integers).
+   An honest update's norm grows with its local steps, which grow with its data: a hospital
+   with twice the median's rows reached 2.95x the median norm in round 5 of the DP-off breast
+   cancer demo (over 3x in one seed, so rejected) while its per-sqrt-weight norm stayed within
+   1.5x. The square root is the growth of the DP noise's random walk over the steps (exact for
+   the noise, which dominates DP updates), and a compromise for DP-off drift (between
+   sqrt and linear): a small hospital is not made an outlier by a linear scale, and a large one
+   gains only sqrt(w) of headroom for a boost;
 6. ``duplicate`` if a majority report ``similarity_micro >= duplicate_similarity_micro``;
 7. ``harmful`` if a majority report no problem and ``score_micro`` under their harm floor;
 otherwise ``accepted``.
@@ -79,7 +89,9 @@ own verdicts. Step 5 needs a majority too, and the reference cannot
 be pushed down by them: an UPPER median of reports with at most half malicious is at least an honest report, and
 with the at most f < n/2 malicious candidates below that, the LOWER median over the n
 candidates is still an honest candidate's honest norm; so an honest update is never an outlier
-while honest norms are within ``max_norm_ratio_milli`` of one another. Its improvement is the
+while honest norms (per square root of weight, when scaled) are within ``max_norm_ratio_milli``
+of one another; a weight is bounded by the hospital's registered dataset, visible to every
+member, so a colluder that registers more rows gains sqrt of them in norm headroom. Its improvement is the
 upper median of the voters that did not reject it: every honest voter and at most as many
 malicious ones, so at least one honest score is at or below it; boosting a colluder's score
 moves nothing either (a malicious candidate's agreeing voters hold at most f - 1 malicious of
@@ -103,6 +115,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
+from fractions import Fraction
 from typing import Any
 
 MICRO = 1_000_000
@@ -135,6 +148,42 @@ def upper_median(values: Sequence[int]) -> int:
         raise ValueError("median of no values")
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
+
+
+def scales_norms(policy: Mapping[str, Any]) -> bool:
+    """Whether step 5 compares norms per square root of sample weight (trials recorded before
+    ``norm_outlier_scaling`` compare raw norms)."""
+    return policy.get("norm_outlier_scaling", "none") == "sqrt_sample_weight"
+
+
+def outlier_weights(
+    candidates: Mapping[str, Mapping[str, Any]], policy: Mapping[str, Any]
+) -> dict[str, int]:
+    """The weight each candidate's norm is scaled by in step 5: its sample weight, or 1."""
+    scaled = scales_norms(policy)
+    return {c: candidates[c]["sample_weight"] if scaled else 1 for c in candidates}
+
+
+def norm_reference(
+    representative: Mapping[str, int | None], weights: Mapping[str, int]
+) -> str | None:
+    """The candidate whose ``norm^2 / weight`` is the LOWER median over the candidates with a
+    representative norm (ties to the smaller MSP id), when at least 3 have one (else None)."""
+    ranked = sorted(
+        (Fraction(n * n, weights[c]), c) for c, n in representative.items() if n is not None
+    )
+    return ranked[(len(ranked) - 1) // 2][1] if len(ranked) >= 3 else None
+
+
+def norm_outlier(
+    norm_milli: int | None, weight: int, reference_milli: int, reference_weight: int, ratio: int
+) -> bool:
+    """A reported norm over ``ratio / 1000`` times the reference norm, both per square root of
+    their weights: ``(norm * 1000)^2 * reference_weight > ratio^2 * reference^2 * weight`` (with
+    weights 1, ``norm * 1000 > ratio * reference``); exact integers."""
+    if norm_milli is None:
+        return False
+    return (norm_milli * MILLI) ** 2 * reference_weight > (ratio * reference_milli) ** 2 * weight
 
 
 def required_votes(min_voters: int, available_peers: int) -> int:
@@ -288,7 +337,8 @@ def judge_round(
     """Decide a round from its candidates and the revealed findings (the module's rules).
 
     Returns the decided fields of ``bcfl_common.records.Acceptance``: ``candidates`` (each a
-    ``CandidateDecision``), ``voters``, ``reference_norm_milli``, ``norm_bounds``, ``accepted``,
+    ``CandidateDecision``), ``voters``, ``reference_norm_milli``, ``reference_sample_weight``,
+    ``norm_bounds``, ``accepted``,
     ``rejected``, ``accepted_sha256s``, ``total_weight``, ``reward_pool``, ``paid``, ``rewards``.
     """
     enrolled_set = set(enrolled)
@@ -304,8 +354,9 @@ def judge_round(
     for c in order:
         norms = [f["norm_milli"] for f in reports[c].values() if f["norm_milli"] is not None]
         representative[c] = upper_median(norms) if norms else None
-    with_norm = [n for n in representative.values() if n is not None]
-    reference = lower_median(with_norm) if len(with_norm) >= 3 else None
+    weighted = outlier_weights(candidates, policy)
+    reference_of = norm_reference(representative, weighted)
+    reference = None if reference_of is None else representative[reference_of]
 
     decisions: dict[str, dict[str, Any]] = {}
     for c in order:
@@ -315,9 +366,11 @@ def judge_round(
             "problem": sum(problems.values()),
             "norm_exceeded": sum(over_bound(f["norm_milli"], bound) for f in found.values()),
             "norm_outlier": sum(
-                reference is not None
-                and f["norm_milli"] is not None
-                and f["norm_milli"] * MILLI > ratio * reference
+                reference_of is not None
+                and reference is not None
+                and norm_outlier(
+                    f["norm_milli"], weighted[c], reference, weighted[reference_of], ratio
+                )
                 for f in found.values()
             ),
             "duplicate": sum(
@@ -406,6 +459,9 @@ def judge_round(
             for v in voters
         },
         "reference_norm_milli": reference,
+        "reference_sample_weight": weighted[reference_of]
+        if reference_of is not None and scales_norms(policy)
+        else None,
         "norm_bounds": bounds,
         "accepted": accepted_ids,
         "rejected": [c for c in order if c not in accepted_ids],

@@ -113,6 +113,7 @@ def close_voting(tx: Tx, caller: Caller, a: Args) -> Acceptance:
         "policy": policy,
         "norm_bounds": verdict["norm_bounds"],
         "reference_norm_milli": verdict["reference_norm_milli"],
+        "reference_sample_weight": verdict["reference_sample_weight"],
         "candidates": verdict["candidates"],
         "voters": verdict["voters"],
         "accepted": verdict["accepted"],

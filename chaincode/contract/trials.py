@@ -95,7 +95,10 @@ DEFAULT_EVALUATION = {
     # disease simulations this kept 97.5% of honest updates at epsilon 1 (86% with the threshold
     # alone) and still rejected 27 of 30 label-flipped ones at epsilon 3 (ARCHITECTURE.md).
     "harm_se_milli": 2000,
+    # Step 5 compares norms per square root of sample weight (chaincode.rules.norm_outlier).
+    "norm_outlier_scaling": "sqrt_sample_weight",
 }
+NORM_OUTLIER_SCALINGS = ("none", "sqrt_sample_weight")
 DEFAULT_PHASE_SECONDS = {"submit": 3600, "reveal": 900, "vote_commit": 1800, "vote_reveal": 900}
 
 _TASK = "a task name: 1-128 of letters, digits, space . _ : / + - starting with a letter or digit"
@@ -206,7 +209,9 @@ def parse_evaluation(a: Args) -> Evaluation:
     max_update_norm_milli (null, or 1..MAX_NORM_MILLI: null takes each hospital's bound from
     the DP schedule), voter_reward_share_micro (0..10**6) and harm_se_milli (0..10_000: harm
     must also exceed this many thousandths of the voter's standard error of a score in the
-    round; 0: the threshold alone; ``chaincode.rules.harm_floor``)."""
+    round; 0: the threshold alone; ``chaincode.rules.harm_floor``) and norm_outlier_scaling
+    (``sqrt_sample_weight``: outliers judged per square root of sample weight; ``none``: raw
+    norms; ``chaincode.rules.norm_outlier``)."""
     ev = a.object("evaluation", default={})
     d = DEFAULT_EVALUATION
     policy: Evaluation = {
@@ -248,6 +253,9 @@ def parse_evaluation(a: Args) -> Evaluation:
         ),
         "harm_se_milli": ev.integer(
             "harm_se_milli", minimum=0, maximum=10_000, default=d["harm_se_milli"]
+        ),
+        "norm_outlier_scaling": ev.choice(
+            "norm_outlier_scaling", NORM_OUTLIER_SCALINGS, default=d["norm_outlier_scaling"]
         ),
     }
     ev.done()

@@ -80,6 +80,8 @@ class Evaluation(TypedDict):
     voter_reward_share_micro: int  # the part of the pool paid to voters for agreement
     # harmful only beyond this many standard errors of the score (milli), when over the threshold
     harm_se_milli: int
+    # "sqrt_sample_weight": outliers judged per square root of sample weight; "none": raw norms
+    norm_outlier_scaling: str
 
 
 class PhaseSeconds(TypedDict):
@@ -469,7 +471,10 @@ class Acceptance(TypedDict):
     voters_missing: list[str]
     policy: Evaluation  # the evaluation policy used
     norm_bounds: dict[str, int | None]  # candidate -> norm bound used (null: none)
-    reference_norm_milli: int | None  # lower median of the representative norms (>= 3 of them)
+    reference_norm_milli: int | None  # the reference candidate's representative norm (>= 3)
+    # its sample weight when the policy scales norms (``chaincode.rules.norm_reference``), else
+    # null (absent from acceptances recorded before norm_outlier_scaling)
+    reference_sample_weight: int | None
     candidates: dict[str, CandidateDecision]
     voters: dict[str, VoterRecord]
     accepted: list[str]

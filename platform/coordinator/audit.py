@@ -237,6 +237,9 @@ def trial_report(ledger: Any, trial_id: str) -> dict[str, Any]:
                 "reference_norm_milli": None
                 if acceptance is None
                 else acceptance.get("reference_norm_milli"),
+                "reference_sample_weight": None
+                if acceptance is None
+                else acceptance.get("reference_sample_weight"),
                 "accepted": rnd["accepted"],
                 "total_weight": rnd["total_weight"],
                 "aggregate_sha256": (rnd["aggregate"] or {}).get("sha256"),

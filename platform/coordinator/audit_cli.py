@@ -168,7 +168,8 @@ def trial_command(
                 f"({ev.get('voter_reward_share_micro', 0) / MICRO:.0%} to voters), "
                 f"weight share cap {ev.get('max_weight_share_micro', MICRO) / MICRO:.0%}, "
                 f"duplicate similarity {ev.get('duplicate_similarity_micro', MICRO) / MICRO:g}, "
-                f"norm outlier ratio {ev.get('max_norm_ratio_milli', 0) / 1000:g}, "
+                f"norm outlier ratio {ev.get('max_norm_ratio_milli', 0) / 1000:g}"
+                f"{' per sqrt(sample weight)' if ev.get('norm_outlier_scaling') == 'sqrt_sample_weight' else ''}, "
                 f"norm bound {_norm(ev.get('max_update_norm_milli')) if ev.get('max_update_norm_milli') else 'from the DP schedule'}",
             ),
             ("initial model", t["initial_model"]["sha256"]),

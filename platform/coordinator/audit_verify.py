@@ -37,6 +37,7 @@ _VERDICT_FIELDS = (
     "candidates",
     "voters",
     "reference_norm_milli",
+    "reference_sample_weight",
     "norm_bounds",
     "accepted",
     "rejected",

@@ -9,7 +9,7 @@ likewise keep any further keys.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, with_config
 
@@ -93,6 +93,12 @@ class EvaluationPolicy(_Strict):
         description="Harm must also exceed this many thousandths of the voter's standard error "
         "of a score over its validation rows, the lower median of those it reported in the "
         "round (default 2000; 0: the threshold alone).",
+    )
+    norm_outlier_scaling: Literal["none", "sqrt_sample_weight"] | None = Field(
+        default=None,
+        description="How norms are compared with the round's reference to find outliers: per "
+        "square root of sample weight (default: a hospital with more rows takes more local "
+        "steps) or raw.",
     )
 
 

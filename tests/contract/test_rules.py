@@ -341,6 +341,54 @@ def test_norm_outlier_against_the_lower_median_reference():
     assert verdict["reference_norm_milli"] is None and verdict["accepted"] == ["a", "b"]
 
 
+# Round 5 of the DP-off breast cancer demo (bench/robustness.py, honest, seed 0): rows of
+# training data and update norms (milli); Hospital5, with about twice the median's rows, drifts
+# furthest from the model the others pull towards (215 here, over 3 x 73 in another run).
+DEMO_ROUND_5 = {"h1": (52, 66), "h2": (76, 85), "h3": (43, 72), "h4": (55, 73), "h5": (114, 225)}
+
+
+def demo_round(norm_of_h5=None, **policy):
+    weights = {m: w for m, (w, _) in DEMO_ROUND_5.items()}
+    norms = {m: n for m, (_, n) in DEMO_ROUND_5.items()}
+    if norm_of_h5 is not None:
+        norms["h5"] = norm_of_h5
+    findings = {v: {c: finding(norm=norms[c]) for c in norms if c != v} for v in norms}
+    return judge(weights, findings, **policy)
+
+
+def test_norms_per_square_root_of_weight_keep_a_large_honest_hospital_in():
+    raw = demo_round(norm_outlier_scaling="none")
+    assert raw["reference_norm_milli"] == 73 and raw["reference_sample_weight"] is None
+    assert raw["candidates"]["h5"]["reason"] == "norm_outlier"  # 225 > 3 x 73
+    scaled = demo_round(norm_outlier_scaling="sqrt_sample_weight")
+    # norm^2 / weight: h2 95.1, h4 96.9, h1 83.8, h3 120.6, h5 444: the lower median is h4's
+    assert scaled["reference_norm_milli"] == 73 and scaled["reference_sample_weight"] == 55
+    assert scaled["accepted"] == ["h1", "h2", "h3", "h4", "h5"]
+    # h5 may reach 3 x 73 x sqrt(114 / 55) = 315.3 per report; a x5 boost of it is far over
+    assert demo_round(315, norm_outlier_scaling="sqrt_sample_weight")["accepted"] == [
+        "h1",
+        "h2",
+        "h3",
+        "h4",
+        "h5",
+    ]
+    for boosted in (316, 5 * 225):
+        verdict = demo_round(boosted, norm_outlier_scaling="sqrt_sample_weight")
+        assert verdict["candidates"]["h5"]["reason"] == "norm_outlier", boosted
+    # a small hospital's bar is lower by the square root of its rows only: h3 (43 rows) may
+    # reach 3 x 73 x sqrt(43 / 55) = 193.6 (raw: 219; scaled by rows it would be 171)
+    findings = {
+        v: {
+            c: finding(norm=193 if c == "h3" else DEMO_ROUND_5[c][1])
+            for c in DEMO_ROUND_5
+            if c != v
+        }
+        for v in DEMO_ROUND_5
+    }
+    weights = {m: w for m, (w, _) in DEMO_ROUND_5.items()}
+    assert "h3" in judge(weights, findings, norm_outlier_scaling="sqrt_sample_weight")["accepted"]
+
+
 def test_representative_norm_is_the_upper_median_and_reference_the_lower():
     names = "abcd"
     findings = all_judge(names, names)
@@ -558,7 +606,10 @@ def round_findings(names, bad, rng, honest):
     return findings
 
 
-def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
+@pytest.mark.parametrize("scaling", ["none", "sqrt_sample_weight"])
+def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones(scaling):
+    """Without scaling every hospital has the same weight; with it, weights s^2 (s from 1 to 40)
+    and honest norms t * s: per square root of weight within the 3x ratio of one another."""
     rng = random.Random(14)
     for case in range(400):
         n = rng.randint(3, 9)
@@ -566,15 +617,16 @@ def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
         names = [f"h{i:02d}" for i in range(n)]
         bad = set(rng.sample(names, f))
         kinds = {m: rng.choice([*BAD_KINDS, "fine", "zero"]) for m in bad}
+        root = {m: 10 if scaling == "none" else rng.randint(1, 40) for m in names}
         truths = {
             m: {
                 "score": rng.randint(1, 10**6),  # every fine update improves
-                "norm": rng.randint(1000, 3000),  # honest norms within the 3x ratio
+                "norm": rng.randint(1000, 3000) * root[m],  # within the 3x ratio
                 "similarity": rng.randint(0, 998_999),
             }
             for m in names
         }
-        bounds = {m: 3000 for m in names}
+        bounds = {m: 3000 * root[m] for m in names}
         findings = round_findings(
             names,
             bad,
@@ -583,9 +635,10 @@ def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
                 kinds.get(c, "honest"), truths[c]
             ),
         )
-        verdict = judge(dict.fromkeys(names, 100), findings, bounds=bounds, pool=10**6)
+        weights = {m: root[m] ** 2 for m in names}
+        verdict = judge(weights, findings, bounds=bounds, pool=10**6, norm_outlier_scaling=scaling)
         c = verdict["candidates"]
-        where = f"case {case}: n={n} f={f} kinds={kinds}"
+        where = f"case {case}: n={n} f={f} kinds={kinds} weights={weights}"
         for m in names:
             if m not in bad:
                 assert c[m]["accepted"], f"{where}: honest {m} rejected as {c[m]['reason']}"
@@ -603,10 +656,11 @@ def test_a_colluding_minority_cannot_reject_honest_updates_nor_pass_bad_ones():
                 assert c[m]["improvement_micro"] == truths[m]["score"], where
         honest_agreed = min(verdict["voters"][h]["agreed"] for h in names if h not in bad)
         assert all(verdict["voters"][m]["agreed"] <= honest_agreed for m in bad), where
-        # same sample weights: a colluder earns at most what an honest hospital earns (up to
-        # the one largest-remainder token of each of the two splits)
-        honest_reward = min(verdict["rewards"][h] for h in names if h not in bad)
-        assert all(verdict["rewards"][m] <= honest_reward + 2 for m in bad), where
+        if scaling == "none":
+            # same sample weights: a colluder earns at most what an honest hospital earns (up
+            # to the one largest-remainder token of each of the two splits)
+            honest_reward = min(verdict["rewards"][h] for h in names if h not in bad)
+            assert all(verdict["rewards"][m] <= honest_reward + 2 for m in bad), where
         assert verdict["paid"] == sum(verdict["rewards"].values()) <= 10**6
 
 

@@ -28,6 +28,7 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
         "max_update_norm_milli": None,
         "voter_reward_share_micro": 200_000,
         "harm_se_milli": 2000,
+        "norm_outlier_scaling": "sqrt_sample_weight",
     }
     assert trial["phase_seconds"] == {
         "submit": 3600,

@@ -229,16 +229,36 @@ def test_a_boosted_update_is_rejected_as_norm_exceeded(flow):
     assert acceptance["norm_bounds"] == {flow.msp[n]: 2000 for n in HOSPITALS}
 
 
-def test_a_boosted_update_under_its_bound_is_rejected_as_a_norm_outlier(voting):
-    flow = voting
+@pytest.mark.parametrize(
+    ("scaling", "norm", "outlier"),
+    [
+        # every other norm 1000 at weights 100, 200, 300: the reference is hospital2's (the
+        # lower median of norm^2 / weight), so hospital4 (weight 400) may reach 3 * 1000 * sqrt(2)
+        ("sqrt_sample_weight", 4242, False),
+        ("sqrt_sample_weight", 4243, True),
+        # raw norms (trials recorded before the scaling): 3 times the median norm
+        ("none", 3000, False),
+        ("none", 3001, True),
+    ],
+)
+def test_a_boosted_update_under_its_bound_is_rejected_as_a_norm_outlier(
+    flow, scaling, norm, outlier
+):
+    flow.running(hospitals=HOSPITALS, evaluation={"norm_outlier_scaling": scaling})
+    to_vote(flow)
     by_voter = flow.scores(list(HOSPITALS), list(HOSPITALS))
     for v in HOSPITALS[:3]:
-        by_voter[v]["hospital4"] = finding(900_000, norm_milli=3001)
+        by_voter[v]["hospital4"] = finding(900_000, norm_milli=norm)
     acceptance = flow.vote(by_voter)
     c = acceptance["candidates"][flow.msp["hospital4"]]
     assert acceptance["reference_norm_milli"] == 1000
-    assert c["reason"] == "norm_outlier" and c["norm_bound_milli"] == 5000  # the schedule's
-    assert c["counts"]["norm_outlier"] == 3 and c["weight"] == 0
+    assert acceptance["reference_sample_weight"] == (200 if scaling != "none" else None)
+    assert c["norm_bound_milli"] == 5000  # the schedule's: the boost is under it
+    assert c["counts"]["norm_outlier"] == (3 if outlier else 0)
+    if not outlier:
+        assert c["accepted"]
+        return
+    assert c["reason"] == "norm_outlier" and c["weight"] == 0
     # an outlier is a round-level judgement: nobody's agreement counts it
     assert all(
         r["judged"] == 2 for m, r in acceptance["voters"].items() if m != flow.msp["hospital4"]
@@ -411,6 +431,7 @@ def test_no_vote_commitments_halts_the_round(voting):
         ("voter_reward_share_micro", 1_000_001, "an integer from 0 to 1000000"),
         ("harm_se_milli", -1, "an integer from 0 to 10000"),
         ("harm_se_milli", 10_001, "an integer from 0 to 10000"),
+        ("norm_outlier_scaling", "linear", "one of 'none', 'sqrt_sample_weight'"),
     ],
 )
 def test_evaluation_policy_bounds(flow, field, value, expected):
@@ -426,6 +447,7 @@ def test_evaluation_policy_takes_the_given_values(flow):
         "max_update_norm_milli": 10**15,
         "voter_reward_share_micro": 1_000_000,
         "harm_se_milli": 0,
+        "norm_outlier_scaling": "none",
     }
     trial = flow.create(evaluation=given)
     assert trial["evaluation"] == {
