@@ -95,7 +95,8 @@ DEFAULT_EVALUATION = {
     # disease simulations this kept 97.5% of honest updates at epsilon 1 (86% with the threshold
     # alone) and still rejected 27 of 30 label-flipped ones at epsilon 3 (ARCHITECTURE.md).
     "harm_se_milli": 2000,
-    # Step 5 compares norms per square root of sample weight (chaincode.rules.norm_outlier).
+    # With DP off, step 5 compares norms per square root of sample weight (with DP on: raw,
+    # parse_evaluation; chaincode.rules.norm_outlier).
     "norm_outlier_scaling": "sqrt_sample_weight",
 }
 NORM_OUTLIER_SCALINGS = ("none", "sqrt_sample_weight")
@@ -201,7 +202,7 @@ def parse_he(a: Args) -> HePolicy:
     return policy
 
 
-def parse_evaluation(a: Args) -> Evaluation:
+def parse_evaluation(a: Args, *, dp_enabled: bool = True) -> Evaluation:
     """The evaluation policy (``chaincode.rules.judge_round``), each field defaulted from
     DEFAULT_EVALUATION: acceptance_threshold_micro (0..MAX_SCORE_MICRO: harmful below minus it),
     min_voters (1..MAX_SILOS), reward_per_round (0..10**15), max_weight_share_micro
@@ -210,8 +211,10 @@ def parse_evaluation(a: Args) -> Evaluation:
     the DP schedule), voter_reward_share_micro (0..10**6) and harm_se_milli (0..10_000: harm
     must also exceed this many thousandths of the voter's standard error of a score in the
     round; 0: the threshold alone; ``chaincode.rules.harm_floor``) and norm_outlier_scaling
-    (``sqrt_sample_weight``: outliers judged per square root of sample weight; ``none``: raw
-    norms; ``chaincode.rules.norm_outlier``)."""
+    (``sqrt_sample_weight``: outliers judged per square root of sample weight, the default with
+    DP off; ``none``: raw norms, the default with DP on, where an update's norm is mostly its
+    noise, set by each hospital's noise multiplier rather than by its steps;
+    ``chaincode.rules.norm_outlier``)."""
     ev = a.object("evaluation", default={})
     d = DEFAULT_EVALUATION
     policy: Evaluation = {
@@ -255,7 +258,9 @@ def parse_evaluation(a: Args) -> Evaluation:
             "harm_se_milli", minimum=0, maximum=10_000, default=d["harm_se_milli"]
         ),
         "norm_outlier_scaling": ev.choice(
-            "norm_outlier_scaling", NORM_OUTLIER_SCALINGS, default=d["norm_outlier_scaling"]
+            "norm_outlier_scaling",
+            NORM_OUTLIER_SCALINGS,
+            default="none" if dp_enabled else d["norm_outlier_scaling"],
         ),
     }
     ev.done()
@@ -305,9 +310,9 @@ def create_trial(tx: Tx, caller: Caller, a: Args) -> Trial:
         "rounds": a.integer("rounds", minimum=1, maximum=MAX_ROUNDS),
         # Peer evaluation needs peers: one hospital alone cannot be judged by anyone.
         "min_silos": a.integer("min_silos", minimum=2, maximum=MAX_SILOS),
-        "dp": parse_dp(a),
+        "dp": (dp := parse_dp(a)),
         "he": parse_he(a),
-        "evaluation": parse_evaluation(a),
+        "evaluation": parse_evaluation(a, dp_enabled=dp["enabled"]),
         "phase_seconds": parse_phase_seconds(a),
         "state": "DRAFT",
         "created_at": tx.now,

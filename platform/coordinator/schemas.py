@@ -97,8 +97,8 @@ class EvaluationPolicy(_Strict):
     norm_outlier_scaling: Literal["none", "sqrt_sample_weight"] | None = Field(
         default=None,
         description="How norms are compared with the round's reference to find outliers: per "
-        "square root of sample weight (default: a hospital with more rows takes more local "
-        "steps) or raw.",
+        "square root of sample weight (the default with DP off: a hospital with more rows takes "
+        "more local steps) or raw (the default with DP on: an update's norm is mostly its noise).",
     )
 
 

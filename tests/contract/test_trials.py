@@ -28,7 +28,8 @@ def test_create_trial_records_resolved_policies_with_dp_and_he_on_by_default(flo
         "max_update_norm_milli": None,
         "voter_reward_share_micro": 200_000,
         "harm_se_milli": 2000,
-        "norm_outlier_scaling": "sqrt_sample_weight",
+        # DP on: an update's norm is mostly its noise, set by each hospital's noise multiplier
+        "norm_outlier_scaling": "none",
     }
     assert trial["phase_seconds"] == {
         "submit": 3600,
@@ -50,6 +51,9 @@ def test_switching_dp_or_he_off_must_be_explicit_and_is_recorded(flow):
     )
     assert trial["dp"] == {"enabled": False, "reason": "synthetic data only"}
     assert trial["he"] == {"enabled": False, "reason": "benchmark"}
+    # DP off: an update's norm grows with its local steps, so outliers are judged per square
+    # root of sample weight (chaincode.rules.norm_outlier)
+    assert trial["evaluation"]["norm_outlier_scaling"] == "sqrt_sample_weight"
     # DP parameters with DP off are a contradiction, not something to ignore.
     flow.trial_id = "trial-2"
     error = refused(
