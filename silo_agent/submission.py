@@ -200,8 +200,9 @@ class UpdateSubmission:
             earlier = entry.get("update")
             if earlier is None or earlier["base_model_sha256"] != base or entry.get("withdrawn"):
                 continue
-            # Uploaded but never revealed is fine to commit again: the same bytes, no new epsilon.
-            if self._revealed(rnd, by_sha[earlier["sha256"]], uploads=False):
+            # Uploaded bytes are out (and disclosed on the ledger, so a reveal of them would be
+            # refused): only an update nobody saw is committed again.
+            if self._revealed(rnd, by_sha[earlier["sha256"]]):
                 continue  # disclosed: its epsilon is spent and its bytes may not be revealed twice
             if self.state.load_update(trial_id, earlier["sha256"]) is None:
                 continue
@@ -236,7 +237,7 @@ class UpdateSubmission:
                 return True  # its bytes went to the shared store
             where = {**rnd, "round": entry["round"], "attempt": entry["attempt"]}
             mine = self._submissions(where).get(self.msp_id)
-            if mine is not None and mine["revealed"]:
+            if mine is not None and (mine["revealed"] or mine.get("disclosed_at") is not None):
                 return True
         return False
 
@@ -248,6 +249,36 @@ class UpdateSubmission:
             if entry.get("update") is not None:
                 by_sha.setdefault(entry["update"]["sha256"], []).append(entry)
         return by_sha
+
+    def _settle_uploaded(
+        self: SiloAgent, rnd: dict[str, Any], entries: list[dict[str, Any]], steps: list[Step]
+    ) -> None:
+        """Journal entries of one update whose bytes went out: disclosed on the ledger unless a
+        reveal of them landed (``_disclose``), then marked ``disclosed`` once that is settled."""
+        trial_id = rnd["trial_id"]
+        settled = True
+        if not self._revealed(rnd, entries, uploads=False):
+            uploaded = next(
+                (e for e in entries if e.get("uploading") or e["update"].get("content_id")),
+                None,
+            )
+            if uploaded is not None:
+                settled = self._disclose(
+                    trial_id, uploaded["round"], uploaded["attempt"], uploaded["update"], steps
+                )
+        if settled:
+            for e in entries:
+                self.state.record(trial_id, e["round"], e["attempt"], "disclosed", True)
+
+    def _disclose_stale_uploads(self: SiloAgent, rnd: dict[str, Any], steps: list[Step]) -> None:
+        """DP off (no local accountant to settle): disclose every earlier upload whose reveal
+        did not land, before training for attempt (r, a)."""
+        now = (rnd["round"], rnd["attempt"])
+        for entries in self._updates_by_sha(rnd["trial_id"]).values():
+            if any(e.get("disclosed") or (e["round"], e["attempt"]) == now for e in entries):
+                continue
+            if self._revealed(rnd, entries):
+                self._settle_uploaded(rnd, entries, steps)
 
     def _withdraw_undisclosed(
         self: SiloAgent, rnd: dict[str, Any], accountant: Any, steps: list[Step]
@@ -263,8 +294,7 @@ class UpdateSubmission:
             if any((e["round"], e["attempt"]) == now for e in entries):
                 continue
             if self._revealed(rnd, entries):
-                for e in entries:
-                    self.state.record(trial_id, e["round"], e["attempt"], "disclosed", True)
+                self._settle_uploaded(rnd, entries, steps)
                 continue
             self.state.delete_update(trial_id, sha)
             for e in entries:
@@ -316,7 +346,9 @@ class UpdateSubmission:
         )
         index = r * ATTEMPTS_PER_ROUND + a
         budget = None
-        if accountant is not None:
+        if accountant is None:
+            self._disclose_stale_uploads(rnd, steps)
+        else:
             self._withdraw_undisclosed(rnd, accountant, steps)
             # The local accountant is authoritative for this hospital's own budget.
             ledger_account = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]
@@ -455,6 +487,72 @@ class UpdateSubmission:
                 return
             if exc.code in ("LATE", "BUDGET_EXCEEDED", "DUPLICATE_CONTENT", "NOT_ENROLLED"):
                 self._skip(steps, rnd, f"reveal refused: {exc.code}: {exc.message}")
+                if exc.code == "LATE":
+                    self._disclose(trial_id, r, a, update, steps)
+                return
+            if exc.code == "WRONG_STATE":  # halted (aborted) between the upload and the reveal
+                self._skip(steps, rnd, f"reveal refused: {exc.code}: {exc.message}")
+                self._disclose(trial_id, r, a, update, steps)
                 return
             raise
         self._emit(steps, Step(trial_id, "revealed update", update["content_id"], r, a))
+
+    def _disclose(
+        self: SiloAgent, trial_id: str, r: int, a: int, update: dict[str, Any], steps: list[Step]
+    ) -> bool:
+        """Open the commitment of an update whose bytes went to the shared store but whose
+        reveal did not land (``disclose_update``): the ledger then holds the bytes as this
+        hospital's, so no peer can reveal them later as its own, and charges their epsilon.
+        True when that is settled: disclosed now or before, or refused for good (the bytes
+        revealed already, the budget spent); False when it may still work later."""
+        if update.get("content_id") is None:
+            return True  # the upload never completed: nothing of it is known to be out
+        try:
+            self._submit(
+                "disclose_update",
+                trial_id=trial_id,
+                round=r,
+                attempt=a,
+                content_id=update["content_id"],
+                sha256=update["sha256"],
+                sample_weight=update["sample_weight"],
+                salt=update["salt"],
+            )
+        except ContractError as exc:
+            if exc.code == "DUPLICATE":  # disclosed (or revealed) already
+                self.state.record(trial_id, r, a, "disclosed", True)
+                return True
+            if exc.code in (
+                "TOO_EARLY",
+                "DUPLICATE_CONTENT",
+                "BUDGET_EXCEEDED",
+                "NOT_COMMITTED",
+                "WRONG_STATE",
+                "NOT_ENROLLED",
+            ):
+                self._emit(
+                    steps,
+                    Step(
+                        trial_id,
+                        "cannot disclose",
+                        f"update {update['sha256'][:16]}: {exc.code}: {exc.message}",
+                        r,
+                        a,
+                        "warning",
+                    ),
+                )
+                return exc.code in ("DUPLICATE_CONTENT", "BUDGET_EXCEEDED", "NOT_COMMITTED")
+            raise
+        self.state.record(trial_id, r, a, "disclosed", True)
+        self._emit(
+            steps,
+            Step(
+                trial_id,
+                "disclosed update",
+                f"{update['sha256'][:16]}: uploaded but not revealed; the ledger now holds it "
+                "as this hospital's and charged its epsilon",
+                r,
+                a,
+            ),
+        )
+        return True

@@ -97,8 +97,9 @@ class PeerVoting:
             raise UnusableUpdate(UNDECRYPTABLE, f"{type(exc).__name__}: {exc}") from exc
 
     def similarity_history(self: SiloAgent, ctx: TrialContext, rnd: dict[str, Any]) -> list:
-        """The deltas a candidate of ``rnd`` must not repeat: every update revealed in another
-        (so earlier: ``rnd`` is the trial's latest) round attempt and every recorded aggregate
+        """The deltas a candidate of ``rnd`` must not repeat: every update revealed (or disclosed:
+        its bytes went out without a reveal) in another (so earlier: ``rnd`` is the trial's
+        latest) round attempt and every recorded aggregate
         divided by its total weight. Decrypted once, cached by sha256 (memory and state dir)."""
         trial_id = rnd["trial_id"]
         n_params = self._n_params(ctx)
@@ -110,7 +111,7 @@ class PeerVoting:
             items = [
                 (s["sha256"], s["content_id"], 1)
                 for s in self._submissions(other).values()
-                if s["revealed"]
+                if s["revealed"] or s.get("disclosed_at") is not None
             ]
             aggregate = other.get("aggregate")
             if aggregate is not None:

@@ -19,6 +19,7 @@ The package follows the protocol:
 ``datasets``      registered datasets, their lifetime epsilon, a trial's DP schedule
 ``rounds``        open_round, the update exchange, the vote exchange
 ``ballots``       the one commit / close / reveal mechanism both exchanges use
+``disclosure``    an update uploaded but never revealed: opened late, charged, owned
 ``finalisation``  close_voting, aggregate, attestation, rewards, settlement
 ``liveness``      failed rounds retried a bounded number of times, trials that cannot go on halted
 ``recovery``      the admin's abort_round, rollback and resume_trial
@@ -30,6 +31,7 @@ from __future__ import annotations
 # Importing the function modules registers their functions in the table.
 from chaincode.contract import (  # noqa: F401
     datasets,
+    disclosure,
     finalisation,
     queries,
     recovery,

@@ -192,10 +192,12 @@ class Ballot(Generic[R]):
                 f"{msp_id} made no {self.noun} commitment in {round_label(rnd)}",
                 msp_id=msp_id,
             )
-        if committed["revealed"]:
+        if committed["revealed"] or committed.get("disclosed_at") is not None:
+            # a disclosed update (``disclose_update``) was charged and is no candidate
             fail(
                 "DUPLICATE",
-                f"{msp_id} already revealed its {self.noun} in {round_label(rnd)}",
+                f"{msp_id} already {'revealed' if committed['revealed'] else 'disclosed'} its "
+                f"{self.noun} in {round_label(rnd)}",
                 msp_id=msp_id,
             )
         recomputed = self.commitment_of(rnd, msp_id, values)

@@ -363,9 +363,7 @@ class Round(TypedDict):
     disputes: list[Dispute]
 
 
-class Update(TypedDict):
-    """("update", [trial_id, r, a, msp_id]): a hospital's commitment, then its reveal."""
-
+class _UpdateFields(TypedDict):
     trial_id: str
     round: int
     attempt: int
@@ -380,6 +378,14 @@ class Update(TypedDict):
     epsilon_spent_micro: int | None  # charged by the contract from the DP schedule (0: DP off)
     salt: str | None
     revealed_at: int | None
+
+
+class Update(_UpdateFields, total=False):
+    """("update", [trial_id, r, a, msp_id]): a hospital's commitment, then its reveal; or, when
+    its bytes went out but the reveal did not land, its disclosure (``disclosed_at``: still not
+    revealed, no candidate, but charged and its content owned; ``chaincode.contract.disclosure``)."""
+
+    disclosed_at: int
 
 
 class Finding(TypedDict):
@@ -551,12 +557,7 @@ class PrivacyAccount(TypedDict):
     entries: list[PrivacyEntry]
 
 
-class ContentOwner(TypedDict):
-    """("content", [trial_id, sha256]): the round attempt in which these bytes were first revealed
-    in the trial (no later attempt may reveal them again), who revealed them in it, and who owns
-    them: the earliest commitment, decided at close_update_reveals (null until then, or when the
-    earliest commitment time was shared)."""
-
+class _ContentOwnerFields(TypedDict):
     trial_id: str
     sha256: str
     round: int
@@ -564,6 +565,16 @@ class ContentOwner(TypedDict):
     revealed_by: list[str]  # by MSP id
     msp_id: str | None  # the owner
     decided_at: int | None
+
+
+class ContentOwner(_ContentOwnerFields, total=False):
+    """("content", [trial_id, sha256]): the round attempt in which these bytes were first revealed
+    in the trial (no later attempt may reveal them again), who revealed them in it, and who owns
+    them: the earliest commitment, decided at close_update_reveals (null until then, or when the
+    earliest commitment time was shared). ``disclosed``: revealed by no one, but opened by its
+    author after the attempt's reveals (``chaincode.contract.disclosure``)."""
+
+    disclosed: bool
 
 
 # ---------------------------------------------------------------------------------------------

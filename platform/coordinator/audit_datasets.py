@@ -197,7 +197,7 @@ class DatasetAudit:
                 started.add(t)
             elif name == "HospitalRemoved":
                 removed.add((t, p["msp_id"]))
-            elif name == "UpdateRevealed":
+            elif name in ("UpdateRevealed", "UpdateDisclosed"):
                 spent[(t, p["msp_id"])] += charges.get(
                     (t, p["msp_id"], p["round"], p["attempt"]), 0
                 )

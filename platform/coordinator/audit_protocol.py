@@ -6,14 +6,14 @@ round and both values); :mod:`coordinator.audit_verify` runs them and lists each
 * :func:`schedule_problems`: every hospital's DP schedule entry, recomputed with Opacus
   (:func:`coordinator.dp_schedule.schedule_for`) from the trial record and the registered
   ``training_records``; a smaller epsilon than Opacus gives is an understated privacy cost.
-* :func:`charge_problems`: every revealed update is charged ``epsilon_micro[k] - epsilon_micro[k-1]``
+* :func:`charge_problems`: every revealed (or disclosed: ``disclose_update``) update is charged ``epsilon_micro[k] - epsilon_micro[k-1]``
   of its hospital's schedule, k its position among that hospital's reveals (ledger order); the
   privacy account lists exactly those charges and its cumulative is their sum.
 * :func:`weight_problems`: no revealed ``sample_weight`` exceeds the registered ``training_records``.
 * :func:`duplicate_problems`: ``Round.excluded`` recomputed (the earliest commitment owns bytes
   revealed twice in one attempt when it is more than the trial's ``clock_tolerance_seconds``
   earlier than the others, removed hospitals' reveals included; otherwise nobody does), the candidates are the enrolled hospitals' other revealed updates, and
-  no sha256 revealed in an earlier attempt came back.
+  no sha256 revealed or disclosed in an earlier attempt came back.
 * :func:`attestation_problems`: ``round.disputes`` recomputed from the attestations and the
   finalized model; a halt ATTESTATION_MISMATCH only when no hash can reach the quorum any more.
 """
@@ -62,7 +62,7 @@ def replay(events: Iterable[Any]) -> Timeline:
             enrolled[p["trial_id"]].add(p["msp_id"])
         elif ev.name == "HospitalRemoved":
             enrolled[p["trial_id"]].discard(p["msp_id"])
-        elif ev.name == "UpdateRevealed":
+        elif ev.name in ("UpdateRevealed", "UpdateDisclosed"):  # each charges the next epsilon
             timeline.reveals[(p["trial_id"], p["msp_id"])].append((p["round"], p["attempt"]))
         elif ev.name == "UpdateRevealsClosed" or (
             ev.name == "RoundHalted"
@@ -151,11 +151,11 @@ def revealed_in_order(
     updates: Mapping[tuple[int, int], Mapping[str, Mapping[str, Any]]],
     timeline: Timeline,
 ) -> dict[str, list[Mapping[str, Any]]]:
-    """msp -> its revealed update records in the order they were revealed (charged)."""
+    """msp -> its revealed (or disclosed) update records in the order they were charged."""
     by_msp: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for records in updates.values():
         for msp, u in records.items():
-            if u["revealed"]:
+            if u["revealed"] or u.get("disclosed_at") is not None:
                 by_msp[msp].append(u)
     ordered = {}
     for msp, records in by_msp.items():
@@ -164,7 +164,7 @@ def revealed_in_order(
             records,
             key=lambda u: (
                 order.get((u["round"], u["attempt"]), len(order)),
-                u["revealed_at"] or 0,
+                u["revealed_at"] or u.get("disclosed_at") or 0,
                 u["round"],
                 u["attempt"],
             ),
@@ -325,14 +325,16 @@ def duplicate_problems(
     for _, r, a in opened:
         fresh = []
         for msp, u in sorted(updates.get((r, a), {}).items()):
-            if not u["revealed"]:
+            disclosed = u.get("disclosed_at") is not None  # its author's, from this attempt on
+            if not u["revealed"] and not disclosed:
                 continue
             earlier = first_seen.get(u["sha256"])
-            if earlier is not None and earlier[1:] != (r, a):
+            if earlier is not None and (disclosed or earlier[1:] != (r, a)):
                 what = "accepted again" if u["sha256"] in accepted.get((r, a), set()) else "again"
+                verb = "disclosed" if disclosed else "revealed"
                 problems.append(
-                    f"{label(r, a)}: {msp} revealed sha256 {u['sha256']}, already revealed by {earlier[0]} "
-                    f"in {label(earlier[1], earlier[2])}: revealed {what} (DUPLICATE_CONTENT)"
+                    f"{label(r, a)}: {msp} {verb} sha256 {u['sha256']}, already revealed by {earlier[0]} "
+                    f"in {label(earlier[1], earlier[2])}: {verb} {what} (DUPLICATE_CONTENT)"
                 )
             else:
                 fresh.append((u["sha256"], msp))

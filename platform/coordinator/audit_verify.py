@@ -83,7 +83,7 @@ def verify_round(
     updates = {u["msp_id"]: u for u in ledger.evaluate("get_submissions", where)}
     votes = {v["msp_id"]: v for v in ledger.evaluate("get_votes", where)}
     for u in updates.values():
-        if u["revealed"]:
+        if u["revealed"] or u.get("disclosed_at") is not None:  # a disclosure opens it too
             again = update_commitment(
                 trial_id=trial_id,
                 round=r,

@@ -338,6 +338,22 @@ def run_protocol(net: FakeNet, make_flow: Any) -> Any:
     paused.running(rounds=1, dp={"enabled": False, "reason": "halted and resumed"})
     paused.admin.submit("halt_trial", {"trial_id": paused.trial_id, "reason": "ethics review"})
     paused.admin.submit("resume_trial", {"trial_id": paused.trial_id, "reason": "approved"})
+    # an attempt aborted after the commitments: hospital3's bytes went out, it discloses them
+    paused.open_round()
+    late = {n: paused.commit_update(n) for n in paused.members}
+    paused.close("close_update_commits")
+    paused.admin.submit("abort_round", paused.at(reason="store outage"))
+    u3 = late["hospital3"]
+    paused.client("hospital3").submit(
+        "disclose_update",
+        paused.at(
+            attempt=1,
+            content_id=u3.content_id,
+            sha256=u3.sha256,
+            sample_weight=u3.sample_weight,
+            salt=u3.salt,
+        ),
+    )
     paused.full_round()
     dp = make_flow(net, "trial-dp")
     dp.running(hospitals=HOSPITALS, rounds=1)
@@ -393,6 +409,7 @@ def test_every_transaction_emits_one_event_and_queries_write_nothing(make_flow):
         "UpdateCommitted",
         "UpdateCommitsClosed",
         "UpdateRevealed",
+        "UpdateDisclosed",
         "UpdateRevealsClosed",
         "VotesCommitted",
         "VoteCommitsClosed",

@@ -12,6 +12,7 @@ from coordinator.audit_protocol import (
     duplicate_problems,
     excluded_duplicates,
     expected_charges,
+    revealed_in_order,
     weight_problems,
 )
 
@@ -184,6 +185,57 @@ def test_a_wrong_excluded_set_and_content_revealed_again_are_named() -> None:
     )
     assert problems == [
         "round 2: B revealed sha256 s, already revealed by A in round 1: revealed accepted again "
+        "(DUPLICATE_CONTENT)"
+    ]
+
+
+def test_a_disclosure_is_charged_and_its_bytes_may_not_come_back() -> None:
+    """A's round-1 reveal was late after its upload; it disclosed the bytes (``disclose_update``).
+    The auditor counts the disclosure as a charge in ledger order and names a later reveal of
+    those bytes by anyone."""
+    disclosed = update(
+        "A", 1, sha256="s", content_id="cid-s", revealed=False, revealed_at=None, disclosed_at=250
+    )
+    disclosed["epsilon_spent_micro"] = 400_000
+    b1 = update("B", 1, epsilon_spent_micro=400_000)
+    timeline = Timeline()
+    timeline.enrolled_at_reveal_close[(T, 1, 1)] = ["A", "B"]
+    timeline.opened[(T, 1, 1)] = 1
+    timeline.reveals[(T, "B")] = [(1, 1)]
+    timeline.reveals[(T, "A")] = [(1, 1)]  # its UpdateDisclosed event
+    updates = {(1, 1): {"A": disclosed, "B": b1}}
+    revealed = revealed_in_order(T, updates, timeline)
+    assert [u["sha256"] for u in revealed["A"]] == ["s"]
+    accounts = {"A": account("A", [(1, 400_000)]), "B": account("B", [(1, 400_000)])}
+    assert charge_problems(DP_ON, SCHEDULE, accounts, revealed) == []
+    # A coordinator that leaves the disclosure's charge out of A's account is named.
+    unpaid = {**accounts, "A": account("A", [])}
+    assert any(
+        p.startswith("A: privacy account entries []")
+        for p in charge_problems(DP_ON, SCHEDULE, unpaid, revealed)
+    )
+    # The disclosure is no candidate of its round ...
+    first = round_record(1, candidates=["B"], accepted_sha256s=["B-1-1"])
+    trial = {"trial_id": T, "clock_tolerance_seconds": 900}
+    assert duplicate_problems(trial, [first], updates, timeline) == []
+    # ... and B revealing A's disclosed bytes in round 2 is named.
+    timeline.enrolled_at_reveal_close[(T, 2, 1)] = ["A", "B"]
+    timeline.opened[(T, 2, 1)] = 2
+    copy = update("B", 2, sha256="s")
+    second = round_record(2, candidates=["B"], accepted_sha256s=["s"])
+    problems = duplicate_problems(
+        trial, [first, second], {**updates, (2, 1): {"B": copy}}, timeline
+    )
+    assert problems == [
+        "round 2: B revealed sha256 s, already revealed by A in round 1: revealed accepted again "
+        "(DUPLICATE_CONTENT)"
+    ]
+    # A disclosure of bytes revealed in an earlier attempt is named too (the contract refuses it).
+    late = update("B", 2, sha256="B-1-1", revealed=False, revealed_at=None, disclosed_at=400)
+    none = round_record(2, candidates=[])
+    problems = duplicate_problems(trial, [first, none], {**updates, (2, 1): {"B": late}}, timeline)
+    assert problems == [
+        "round 2: B disclosed sha256 B-1-1, already revealed by B in round 1: disclosed again "
         "(DUPLICATE_CONTENT)"
     ]
 

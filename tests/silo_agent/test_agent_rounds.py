@@ -330,7 +330,9 @@ def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
     """The operator's laundering attempt: let a hospital upload its update, make its reveal
     late (or abort right after), roll back, and have it train again as if the first update had
     never left. The bytes are in the shared store, so the charge stays: the third training does
-    not fit the two-round budget and the hospital skips the round rather than overspend."""
+    not fit the two-round budget and the hospital skips the round rather than overspend. The
+    hospital also discloses the late update on the ledger (``disclose_update``), which charges
+    it there too and records the bytes as its own: nobody can reveal them later."""
     agents = committed_in_round_two(driver, make_agent, demo_files)
     driver.advance()  # everyone committed: REVEAL
     assert driver.round()["phase"] == "REVEAL"
@@ -339,6 +341,19 @@ def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
     victim.tick()  # uploads its update, then the reveal is refused LATE
     entry = victim.state.journal_entry("trial-1", 2, 1)
     assert entry["uploading"] is True and "LATE" in entry["skipped"]
+    assert entry["disclosed"] is True
+    ledger = contract_net.client("admin")
+    record = next(
+        s
+        for s in ledger.evaluate("get_submissions", {"trial_id": "trial-1", "round": 2})
+        if s["msp_id"] == victim.msp_id
+    )
+    assert not record["revealed"] and record["disclosed_at"] is not None
+    assert record["sha256"] == entry["update"]["sha256"]
+    account = ledger.evaluate(
+        "get_privacy_ledger", {"trial_id": "trial-1", "msp_id": victim.msp_id}
+    )[0]
+    assert [(e["round"], e["attempt"]) for e in account["entries"]] == [(1, 1), (2, 1)]
     driver.advance()  # NO_REVEALS
     admin = driver.admin
     admin.submit("rollback", {"trial_id": "trial-1", "to_round": 0, "final_round": 1})
