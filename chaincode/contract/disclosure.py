@@ -13,16 +13,19 @@ the round.
 
 from __future__ import annotations
 
-from bcfl_common.records import ContentOwner, Enrolment, PrivacyEntry, Round, Update
+from bcfl_common.records import ContentOwner, PrivacyEntry, Round, Update
 from chaincode.args import Args
 from chaincode.commitments import update_commitment
 from chaincode.contract.context import Caller, Tx, fail
 from chaincode.contract.dispatch import function
-from chaincode.contract.rounds import scheduled_charge
+from chaincode.contract.rounds import (
+    check_registered_weight,
+    refuse_seen_content,
+    scheduled_charge,
+)
 from chaincode.contract.store import (
     MAX_SAMPLE_WEIGHT,
     content_key,
-    enrolment_key,
     own_organisation,
     per_org_key,
     per_round_key,
@@ -108,29 +111,10 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
             recomputed=recomputed,
             commitment=record["commitment"],
         )
-    enrolment: Enrolment | None = tx.get(enrolment_key(trial_id, msp_id))
-    registered = 0 if enrolment is None else enrolment["training_records"]
-    if weight > registered:
-        fail(
-            "INVALID_ARGUMENT",
-            f"sample_weight: got {weight}, expected at most {registered}, the training_records "
-            f"{msp_id} registered",
-            field="sample_weight",
-            value=weight,
-            expected=f"at most {registered}",
-        )
+    check_registered_weight(tx, trial_id, msp_id, weight)
     content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
     if content is not None:
-        fail(
-            "DUPLICATE_CONTENT",
-            f"sha256: {sha256} was already revealed in round {content['round']} (attempt "
-            f"{content['attempt']}) of trial {trial_id!r} by {content['revealed_by']}",
-            field="sha256",
-            value=sha256,
-            round=content["round"],
-            attempt=content["attempt"],
-            revealed_by=content["revealed_by"],
-        )
+        refuse_seen_content(trial_id, content)
     account = privacy_account(tx, trial, msp_id)
     epsilon = scheduled_charge(tx, trial, account)
     total = account["epsilon_spent_micro"] + epsilon

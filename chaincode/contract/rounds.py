@@ -56,7 +56,7 @@ from its victim's removal).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from bcfl_common.records import (
     ContentOwner,
@@ -279,32 +279,13 @@ class UpdateBallot(Ballot[Update]):
         trial_id, msp_id = trial["trial_id"], record["msp_id"]
         sha256, weight = record["sha256"], record["sample_weight"]
         assert sha256 is not None and weight is not None  # parse_reveal set them
-        enrolment: Enrolment = tx.get(enrolment_key(trial_id, msp_id))
-        if weight > enrolment["training_records"]:
-            fail(
-                "INVALID_ARGUMENT",
-                f"sample_weight: got {weight}, expected at most {enrolment['training_records']}, "
-                f"the training_records {msp_id} registered (dataset {enrolment['dataset_id']!r})",
-                field="sample_weight",
-                value=weight,
-                expected=f"at most {enrolment['training_records']}",
-            )
+        check_registered_weight(tx, trial_id, msp_id, weight)
         content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
         if content is not None and (content["round"], content["attempt"]) != (
             rnd["round"],
             rnd["attempt"],
         ):
-            fail(
-                "DUPLICATE_CONTENT",
-                f"sha256: {sha256} was already revealed in round {content['round']} (attempt "
-                f"{content['attempt']}) of trial {trial_id!r} by {content['revealed_by']}; an "
-                "update is disclosed once",
-                field="sha256",
-                value=sha256,
-                round=content["round"],
-                attempt=content["attempt"],
-                revealed_by=content["revealed_by"],
-            )
+            refuse_seen_content(trial_id, content)
         account = privacy_account(tx, trial, msp_id)
         epsilon = scheduled_charge(tx, trial, account)
         record["epsilon_spent_micro"] = epsilon
@@ -340,6 +321,37 @@ class UpdateBallot(Ballot[Update]):
             "epsilon_cumulative_micro": total,
         }
         return writes, event
+
+
+def check_registered_weight(tx: Tx, trial_id: str, msp_id: str, weight: int) -> None:
+    """INVALID_ARGUMENT for a sample weight over the training records the hospital registered."""
+    enrolment: Enrolment | None = tx.get(enrolment_key(trial_id, msp_id))
+    registered = 0 if enrolment is None else enrolment["training_records"]
+    if weight > registered:
+        fail(
+            "INVALID_ARGUMENT",
+            f"sample_weight: got {weight}, expected at most {registered}, the training_records "
+            f"{msp_id} registered"
+            + ("" if enrolment is None else f" (dataset {enrolment['dataset_id']!r})"),
+            field="sample_weight",
+            value=weight,
+            expected=f"at most {registered}",
+        )
+
+
+def refuse_seen_content(trial_id: str, content: ContentOwner) -> NoReturn:
+    """DUPLICATE_CONTENT: these bytes were revealed (or disclosed) in an earlier attempt."""
+    fail(
+        "DUPLICATE_CONTENT",
+        f"sha256: {content['sha256']} was already revealed in round {content['round']} (attempt "
+        f"{content['attempt']}) of trial {trial_id!r} by {content['revealed_by']}; an "
+        "update is disclosed once",
+        field="sha256",
+        value=content["sha256"],
+        round=content["round"],
+        attempt=content["attempt"],
+        revealed_by=content["revealed_by"],
+    )
 
 
 def withheld_reveals(tx: Tx, trial: Trial, rnd: Round) -> set[str]:
