@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from bcfl_common.errors import BcflError, ConfigError
-from consortium.loopback import free_port
+from consortium.loopback import stable_port
 
 CHANNEL = "bcfl"
 CHAINCODE = "bcfl"
@@ -319,6 +319,13 @@ def plan_network(
         if not (consortium_dir / "consortium.json").exists():
             init_consortium(consortium_dir, hospitals)
     consortium = Consortium.load(consortium_dir)
+    taken: set[int] = set()
+
+    def node_port() -> int:  # below the ephemeral range: still free when a node restarts
+        port = stable_port(avoid=taken)
+        taken.add(port)
+        return port
+
     orgs = []
     peers = []
     for org in consortium.organisations.values():
@@ -330,17 +337,17 @@ def plan_network(
                 {
                     "name": name,
                     "msp_id": org.msp_id,
-                    "port": free_port(),
-                    "chaincode_port": free_port(),
-                    "operations_port": free_port(),
+                    "port": node_port(),
+                    "chaincode_port": node_port(),
+                    "operations_port": node_port(),
                 }
             )
     orderer_nodes = [
         {
             "name": f"orderer{i}",
-            "port": free_port(),
-            "admin_port": free_port(),
-            "operations_port": free_port(),
+            "port": node_port(),
+            "admin_port": node_port(),
+            "operations_port": node_port(),
         }
         for i in range(orderers)
     ]
@@ -352,7 +359,7 @@ def plan_network(
         "organisations": orgs,
         "orderers": orderer_nodes,
         "peers": peers,
-        "chaincode_server": {"port": free_port()},
+        "chaincode_server": {"port": node_port()},
         "batch_timeout": batch_timeout,
         "max_message_count": max_message_count,
         "auth_time_window": auth_time_window,

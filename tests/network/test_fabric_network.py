@@ -11,6 +11,7 @@ from bcfl_common.errors import ContractError, IdentityError, LedgerError
 from consortium.identity import Consortium, Identity
 from consortium.ledger import open_ledger
 from consortium.ledger.fabric import make_proposal
+from devnet.supervisor import log_tail
 
 pytestmark = pytest.mark.fabric
 
@@ -56,7 +57,8 @@ def test_status_names_every_node_and_the_ledger_url(fabric_network) -> None:
         "Hospital3MSP",
         "Hospital4MSP",
     ]
-    assert all(n["pid"] and n["listening"] for n in status["nodes"])
+    down = [n for n in status["nodes"] if not (n["pid"] and n["listening"])]
+    assert not down, (down, [log_tail(fabric_network.layout.log_path(n["name"]), 20) for n in down])
     assert status["ledger_url"].startswith("fabric://")
 
 

@@ -181,21 +181,12 @@ class ThiefSilo(AttackingSilo):
                 found.append(data)
         return found
 
-    def tick(self) -> list[Step]:
-        steps: list[Step] = []
-        for trial in self.my_trials(("RUNNING",)):
-            current = trial.get("current")
-            if current is None:
-                continue
-            rnd = self._q(
-                "get_round",
-                trial_id=trial["trial_id"],
-                round=current["round"],
-                attempt=current["attempt"],
-            )
-            if rnd["phase"] == "REVEAL":
-                self._try_victims_reveal(self._context(trial), rnd, steps)
-        return steps + super().tick()
+    def _reveal_update(self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]) -> None:
+        # The theft is tried before its own reveal, in the same step: were it a separate check
+        # in tick(), the phase could turn REVEAL between that check and the agent's own reveal,
+        # which would then go first and leave no commitment to steal under.
+        self._try_victims_reveal(ctx, rnd, steps)
+        super()._reveal_update(ctx, rnd, steps)
 
     def _try_victims_reveal(
         self, ctx: TrialContext, rnd: dict[str, Any], steps: list[Step]
