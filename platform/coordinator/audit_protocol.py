@@ -14,6 +14,7 @@ round and both values); :mod:`coordinator.audit_verify` runs them and lists each
   revealed twice in one attempt when it is more than the trial's ``clock_tolerance_seconds``
   earlier than the others, removed hospitals' reveals included; otherwise nobody does), the candidates are the enrolled hospitals' other revealed updates, and
   no sha256 revealed or disclosed in an earlier attempt came back.
+* :func:`disclosure_problems`: every disclosure came once its attempt's reveals were over.
 * :func:`attestation_problems`: ``round.disputes`` recomputed from the attestations and the
   finalized model; a halt ATTESTATION_MISMATCH only when no hash can reach the quorum any more.
 """
@@ -48,6 +49,12 @@ class Timeline:
     opened: dict[RoundKey, int] = field(default_factory=dict)
     # Every event, in order, as (name, payload): the dataset replay walks them again.
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # The reveal deadline each attempt's UpdateCommitsClosed set.
+    reveal_deadline: dict[RoundKey, float | None] = field(default_factory=dict)
+    # Attempts whose reveals were over by event: UpdateRevealsClosed, or a halt past SUBMIT.
+    reveals_ended: set[RoundKey] = field(default_factory=set)
+    # (trial, round, attempt, msp) of each UpdateDisclosed -> whether reveals_ended held then.
+    disclosures: dict[tuple[str, int, int, str], bool] = field(default_factory=dict)
 
 
 def replay(events: Iterable[Any]) -> Timeline:
@@ -64,6 +71,11 @@ def replay(events: Iterable[Any]) -> Timeline:
             enrolled[p["trial_id"]].discard(p["msp_id"])
         elif ev.name in ("UpdateRevealed", "UpdateDisclosed"):  # each charges the next epsilon
             timeline.reveals[(p["trial_id"], p["msp_id"])].append((p["round"], p["attempt"]))
+            if ev.name == "UpdateDisclosed":
+                key = (p["trial_id"], p["round"], p["attempt"])
+                timeline.disclosures[(*key, p["msp_id"])] = key in timeline.reveals_ended
+        elif ev.name == "UpdateCommitsClosed":
+            timeline.reveal_deadline[(p["trial_id"], p["round"], p["attempt"])] = p.get("deadline")
         elif ev.name == "UpdateRevealsClosed" or (
             ev.name == "RoundHalted"
             and (
@@ -82,6 +94,10 @@ def replay(events: Iterable[Any]) -> Timeline:
         ):
             key = (p["trial_id"], p["round"], p["attempt"])
             timeline.enrolled_at_vote_close[key] = sorted(enrolled[p["trial_id"]])
+        if ev.name == "UpdateRevealsClosed" or (
+            ev.name == "RoundHalted" and (p.get("phase") or "SUBMIT") != "SUBMIT"
+        ):
+            timeline.reveals_ended.add((p["trial_id"], p["round"], p["attempt"]))
     return timeline
 
 
@@ -340,6 +356,44 @@ def duplicate_problems(
                 fresh.append((u["sha256"], msp))
         for sha256, msp in fresh:
             first_seen.setdefault(sha256, (msp, r, a))
+    return problems
+
+
+def disclosure_problems(
+    trial: Mapping[str, Any],
+    updates: Mapping[tuple[int, int], Mapping[str, Mapping[str, Any]]],
+    timeline: Timeline,
+) -> list[str]:
+    """Every disclosed update (``disclose_update``) was opened once its attempt's reveals were
+    over: after the reveals closed or the attempt halted past SUBMIT (by event order), or after
+    the reveal deadline (by its ``disclosed_at``). Sooner, it is a reveal outside the rules: a
+    copier could claim bytes its victim had not revealed yet, or dodge the voters' scoring."""
+    trial_id = trial["trial_id"]
+    problems = []
+    for (r, a), records in sorted(updates.items()):
+        for msp, u in sorted(records.items()):
+            at = u.get("disclosed_at")
+            if at is None:
+                continue
+            where = f"{label(r, a)}: {msp} disclosed its update at {at}"
+            ended = timeline.disclosures.get((trial_id, r, a, msp))
+            deadline = timeline.reveal_deadline.get((trial_id, r, a))
+            if u["revealed"]:
+                problems.append(f"{where} and revealed it too (one opening per commitment)")
+            if ended is None:
+                problems.append(f"{where}, but no UpdateDisclosed event of it is on the ledger")
+            elif ended:
+                continue
+            elif (trial_id, r, a) not in timeline.reveal_deadline:
+                problems.append(
+                    f"{where}, before the attempt's commitments were fixed "
+                    "(no UpdateCommitsClosed precedes it)"
+                )
+            elif deadline is not None and at <= deadline:
+                problems.append(
+                    f"{where}, while its reveals were open until {deadline} (TOO_EARLY: "
+                    "a disclosure is only for updates whose reveal can no longer land)"
+                )
     return problems
 
 

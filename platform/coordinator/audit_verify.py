@@ -28,10 +28,11 @@ SCHEDULE = "DP schedule recomputed with Opacus"
 CHARGES = "epsilon charged from the schedule"
 WEIGHTS = "sample weights within the registered training records"
 DUPLICATES = "duplicates recomputed (round.excluded, content revealed again)"
+DISCLOSURES = "disclosures only once their attempt's reveals were over"
 DISPUTES = "attestation disputes recomputed"
 LIVENESS = "min_silos, failed attempts and retries recomputed"
 DATASETS = "dataset budgets within their lifetimes"
-TRIAL_CHECKS = (SCHEDULE, CHARGES, WEIGHTS, DUPLICATES, DISPUTES, LIVENESS)
+TRIAL_CHECKS = (SCHEDULE, CHARGES, WEIGHTS, DUPLICATES, DISCLOSURES, DISPUTES, LIVENESS)
 
 _VERDICT_FIELDS = (
     "candidates",
@@ -277,6 +278,7 @@ def verify_trial(
         CHARGES: protocol.charge_problems(trial, schedule, accounts, revealed),
         WEIGHTS: protocol.weight_problems(enrolments, revealed),
         DUPLICATES: protocol.duplicate_problems(trial, rounds, updates, timeline),
+        DISCLOSURES: protocol.disclosure_problems(trial, updates, timeline),
         DISPUTES: disputes,
         LIVENESS: protocol.liveness_problems(trial, rounds),
     }

@@ -9,9 +9,11 @@ from coordinator.audit_protocol import (
     Timeline,
     attestation_problems,
     charge_problems,
+    disclosure_problems,
     duplicate_problems,
     excluded_duplicates,
     expected_charges,
+    replay,
     revealed_in_order,
     weight_problems,
 )
@@ -237,6 +239,55 @@ def test_a_disclosure_is_charged_and_its_bytes_may_not_come_back() -> None:
     assert problems == [
         "round 2: B disclosed sha256 B-1-1, already revealed by B in round 1: disclosed again "
         "(DUPLICATE_CONTENT)"
+    ]
+
+
+class Event:
+    def __init__(self, name: str, **payload: Any):
+        self.name = name
+        self.payload = {"trial_id": T, "round": 1, "attempt": 1, **payload}
+
+
+def test_a_disclosure_before_its_attempts_reveals_were_over_is_named() -> None:
+    """A disclosure opens a commitment without a reveal: only once no reveal can land in the
+    attempt (the contract's TOO_EARLY otherwise). A coordinator, or a ledger rewritten by one,
+    that lets a hospital disclose sooner is named, from the event order and ``disclosed_at``."""
+    trial = {"trial_id": T}
+
+    def disclosed(msp: str, at: int, **fields: Any) -> dict[str, Any]:
+        return update(msp, 1, revealed=False, revealed_at=None, disclosed_at=at, **fields)
+
+    committed = Event("UpdateCommitsClosed", committed=["A", "B", "C"], deadline=500)
+    events = [
+        committed,
+        Event("UpdateDisclosed", msp_id="A"),  # after the deadline (its disclosed_at says)
+        Event("UpdateDisclosed", msp_id="B"),  # while the reveal was open: too early
+        Event("UpdateRevealsClosed", candidates=[]),
+        Event("UpdateDisclosed", msp_id="C"),  # after the close: fine whatever its time
+    ]
+    timeline = replay(events)
+    updates = {(1, 1): {"A": disclosed("A", 501), "B": disclosed("B", 500), "C": disclosed("C", 9)}}
+    assert disclosure_problems(trial, updates, timeline) == [
+        "round 1: B disclosed its update at 500, while its reveals were open until 500 "
+        "(TOO_EARLY: a disclosure is only for updates whose reveal can no longer land)"
+    ]
+    # An attempt halted in SUBMIT never fixed its commitments; halted in REVEAL, it did.
+    for phase, expected in (("SUBMIT", 1), ("REVEAL", 0)):
+        halted = replay(
+            [
+                Event("RoundHalted", code="TOO_FEW_HOSPITALS", phase=phase),
+                Event("UpdateDisclosed", msp_id="A"),
+            ]
+        )
+        problems = disclosure_problems(trial, {(1, 1): {"A": disclosed("A", 50)}}, halted)
+        assert len(problems) == expected, problems
+        if expected:
+            assert "before the attempt's commitments were fixed" in problems[0]
+    # A record that claims a disclosure the ledger has no event of, or both openings at once.
+    both = {(1, 1): {"A": update("A", 1, disclosed_at=600)}}
+    assert disclosure_problems(trial, both, replay([committed])) == [
+        "round 1: A disclosed its update at 600 and revealed it too (one opening per commitment)",
+        "round 1: A disclosed its update at 600, but no UpdateDisclosed event of it is on the ledger",
     ]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from silo_harness import HOSPITALS, drive, sha256
 
+from coordinator.audit_protocol import disclosure_problems, replay
 from devnet import red_team
 from privacy.dp import PrivacyAccountant
 from silo_agent.cli import collect_status
@@ -354,6 +355,16 @@ def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
         "get_privacy_ledger", {"trial_id": "trial-1", "msp_id": victim.msp_id}
     )[0]
     assert [(e["round"], e["attempt"]) for e in account["entries"]] == [(1, 1), (2, 1)]
+    # The auditor finds the disclosure in order: after the reveal deadline, from the events.
+    submissions = ledger.evaluate("get_submissions", {"trial_id": "trial-1", "round": 2})
+    timeline = replay(contract_net.client("auditor").ledger.events(0))
+    assert timeline.disclosures == {("trial-1", 2, 1, victim.msp_id): False}
+    assert (
+        disclosure_problems(
+            {"trial_id": "trial-1"}, {(2, 1): {s["msp_id"]: s for s in submissions}}, timeline
+        )
+        == []
+    )
     driver.advance()  # NO_REVEALS
     admin = driver.admin
     admin.submit("rollback", {"trial_id": "trial-1", "to_round": 0, "final_round": 1})
