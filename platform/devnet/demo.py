@@ -16,6 +16,7 @@ from rich.table import Table
 
 from bcfl_common.errors import BcflError, ConfigError
 from devnet.local_network import LocalNetwork, bcfl_command, write_toml
+from devnet.supervisor import exit_on_sigterm
 
 PHASE_ORDER = ("SUBMIT", "REVEAL", "VOTE_COMMIT", "VOTE_REVEAL", "AGGREGATE", "ATTEST", "FINALIZED")
 DEMO_PHASE_SECONDS = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
@@ -135,6 +136,7 @@ def run_demo(
     }
     stack = ExitStack()
     try:
+        stack.enter_context(exit_on_sigterm())  # a `kill` of the demo stops its processes too
         chain = None
         coordinator_extra: dict[str, dict[str, Any]] = {}
         if settlement == "ethereum":

@@ -14,8 +14,10 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,6 +210,31 @@ def _from_pid_file(path: Path) -> psutil.Process | None:
         return process
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None
+
+
+@contextmanager
+def exit_on_sigterm() -> Iterator[None]:
+    """While inside, SIGTERM raises SystemExit(143) in the main thread, so the ``finally`` blocks
+    that stop a supervisor's children run (Python's default is to die at once and leave them
+    running, each in its own session). Only the first SIGTERM raises: one arriving while those
+    blocks stop the children is ignored rather than cutting them short. Outside the main thread
+    (where signals cannot be handled) it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised = False
+
+    def terminate(signum: int, _frame: object) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def wait_for(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,3 +44,36 @@ def test_an_exit_status_is_there_as_soon_as_the_child_no_longer_runs(tmp_path: P
         time.sleep(0.01)
     assert not child.running
     assert child.returncode == 7
+
+
+# A supervisor that starts a long child inside exit_on_sigterm, stops it in `finally`, and
+# writes the child's pid once it runs.
+SUPERVISOR_STOPS_ITS_CHILD = """
+import sys, time
+from pathlib import Path
+from devnet.supervisor import Supervised, exit_on_sigterm
+
+out = Path(sys.argv[1])
+with exit_on_sigterm():
+    child = Supervised("sleeper", [sys.executable, "-c", "import time; time.sleep(600)"],
+                       out / "child.log").start()
+    try:
+        (out / "child.pid").write_text(str(child.pid))
+        time.sleep(600)
+    finally:
+        child.stop(timeout=30)
+"""
+
+
+def test_a_terminated_supervisor_stops_its_children_first(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", SUPERVISOR_STOPS_ITS_CHILD, str(tmp_path)])
+    pid_file = tmp_path / "child.pid"
+    try:
+        wait_for(pid_file.exists, timeout=120, what="the supervisor to start its child")
+        child = psutil.Process(int(pid_file.read_text()))
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=120) == 143  # SystemExit(128 + SIGTERM), after its finally
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        parent.kill()
+        parent.wait()
