@@ -13,6 +13,7 @@ Each finished trial is written to the JSON at once, so an interrupted run resume
 stopped (same --rounds): ``--fresh`` starts over.
 
     .venv/bin/python bench/robustness.py [--seeds 3] [--rows honest,thief] [--quick]
+    .venv/bin/python bench/robustness.py --report-only   # the table of what the JSON holds
 """
 
 from __future__ import annotations
@@ -485,6 +486,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--fresh", action="store_true", help="ignore finished trials in the JSON")
     parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run no trial: write the table of the trials the JSON holds (rows without any "
+        "are left out; a row's seeds column says how many it has)",
+    )
+    parser.add_argument(
         "--data-dir",
         type=Path,
         default=None,
@@ -526,7 +533,7 @@ def main(argv: list[str] | None = None) -> None:
     cells = list(configs(args))
     total = len(cells) * args.seeds
     done = 0
-    for config in cells:
+    for config in [] if args.report_only else cells:
         for seed in range(args.seeds):
             done += 1
             finished = trials.setdefault(config.key, {})
@@ -553,7 +560,10 @@ def main(argv: list[str] | None = None) -> None:
             )
     rows = []
     for config in cells:
-        runs = [trials[config.key][str(s)] for s in range(args.seeds)]
+        measured = trials.get(config.key, {})
+        runs = [measured[str(s)] for s in range(args.seeds) if str(s) in measured]
+        if not runs:  # --report-only: never measured
+            continue
         honest_key = Config(ROWS[0], config.dataset, config.dp, None, config.rounds, "honest").key
         honest = [trials.get(honest_key, {}).get(str(s)) for s in range(args.seeds)]
         rows.append(summarise(config, runs, [h for h in honest if h is not None]))
