@@ -9,11 +9,18 @@ commitment once the attempt's reveals are over: the contract records the content
 author's (no later attempt may reveal it: DUPLICATE_CONTENT) and charges the next epsilon of the
 author's schedule, as a reveal would. The update is no candidate: a disclosure decides nothing of
 the round.
+
+An author that comes back after a copier revealed its stale bytes still discloses them: a
+commitment more than the clock tolerance earlier than the copier's proves whose they are (bytes
+reach the store only after their author's commitment), so the disclosure takes the content and
+marks the copier's update ``claimed_by`` (event field ``claimed_from``), and the author's
+release of its data is charged. What the copy earned in its round stays paid; the claim is the
+evidence an auditor and the admin act on.
 """
 
 from __future__ import annotations
 
-from bcfl_common.records import ContentOwner, PrivacyEntry, Round, Update
+from bcfl_common.records import Claim, ContentOwner, PrivacyEntry, Round, Trial, Update
 from chaincode.args import Args
 from chaincode.commitments import update_commitment
 from chaincode.contract.context import Caller, Tx, fail
@@ -62,8 +69,10 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     ``disclosed_at``); event UpdateDisclosed. Refused: WRONG_STATE / NOT_ENROLLED as a reveal,
     TOO_EARLY while the reveal is still open (reveal it instead) or the attempt halted before its
     commitments were fixed, NOT_COMMITTED, DUPLICATE when it was revealed or disclosed already,
-    COMMITMENT_MISMATCH, DUPLICATE_CONTENT when the bytes were revealed already, and
-    BUDGET_EXCEEDED past the schedule's end."""
+    COMMITMENT_MISMATCH, DUPLICATE_CONTENT when the bytes were revealed or disclosed already
+    (unless this commitment is more than ``clock_tolerance_seconds`` earlier than each revealer's:
+    then the disclosure claims them, ``earlier_than_every_revealer``), and BUDGET_EXCEEDED past
+    the schedule's end."""
     trial, r = round_args(tx, a)
     trial_id = trial["trial_id"]
     attempt = a.integer("attempt", minimum=1, maximum=10**6)
@@ -113,8 +122,11 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
         )
     check_registered_weight(tx, trial_id, msp_id, weight)
     content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
+    copies: list[tuple[str, Update]] = []
     if content is not None:
-        refuse_seen_content(trial_id, content)
+        copies = earlier_than_every_revealer(tx, trial, record, content)
+        if not copies:
+            refuse_seen_content(trial_id, content)
     account = privacy_account(tx, trial, msp_id)
     epsilon = scheduled_charge(tx, trial, account)
     total = account["epsilon_spent_micro"] + epsilon
@@ -138,6 +150,15 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
         "decided_at": tx.now,
         "disclosed": True,
     }
+    claim: Claim = {"msp_id": msp_id, "round": r, "attempt": attempt, "at": tx.now}
+    for copy_key, copy in copies:  # proven copies: their author had the bytes later
+        tx.put(copy_key, {**copy, "claimed_by": claim})
+    if content is not None:
+        owner["claimed_from"] = {
+            "round": content["round"],
+            "attempt": content["attempt"],
+            "revealed_by": content["revealed_by"],
+        }
     tx.put(key, disclosed)
     tx.put(content_key(trial_id, sha256), owner)
     tx.put(
@@ -154,6 +175,33 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
             "sha256": sha256,
             "epsilon_spent_micro": epsilon,
             "epsilon_cumulative_micro": total,
+            "claimed_from": sorted(m for m, _ in copies),
         },
     )
     return disclosed
+
+
+def earlier_than_every_revealer(
+    tx: Tx, trial: Trial, record: Update, content: ContentOwner
+) -> list[tuple[str, Update]]:
+    """The update records (key, record) that revealed ``content`` first, when the discloser's
+    ``record`` was committed more than the trial's ``clock_tolerance_seconds`` before each of
+    them; else none. An agent uploads its bytes only after its commitment is fixed, so a
+    commitment that far earlier proves who had the bytes first: the revealers copied them (the
+    bytes of an update whose reveal was late, say, found in the store while their author was
+    away). The same rule as within one attempt (``rules.duplicate_content``), across attempts."""
+    if content.get("disclosed"):
+        return []  # disclosed: its author opened it after its own reveal; one disclosure each
+    tolerance = trial["clock_tolerance_seconds"]
+    copies = []
+    for msp in content["revealed_by"]:
+        key = per_round_key("update", trial["trial_id"], content["round"], content["attempt"], msp)
+        copy: Update | None = tx.get(key)
+        if (
+            copy is None
+            or msp == record["msp_id"]
+            or record["committed_at"] + tolerance >= copy["committed_at"]
+        ):
+            return []
+        copies.append((key, copy))
+    return copies

@@ -386,6 +386,17 @@ class Update(_UpdateFields, total=False):
     revealed, no candidate, but charged and its content owned; ``chaincode.contract.disclosure``)."""
 
     disclosed_at: int
+    claimed_by: Claim  # its bytes were disclosed under a commitment proven earlier: a copy
+
+
+class Claim(TypedDict):
+    """Who proved, by disclosing under an earlier commitment, that an update's bytes were its
+    own (``chaincode.contract.disclosure``): its update's round attempt and the time."""
+
+    msp_id: str
+    round: int
+    attempt: int
+    at: int
 
 
 class Finding(TypedDict):
@@ -575,6 +586,13 @@ class ContentOwner(_ContentOwnerFields, total=False):
     author after the attempt's reveals (``chaincode.contract.disclosure``)."""
 
     disclosed: bool
+    claimed_from: ClaimedContent  # who had revealed the bytes before a disclosure claimed them
+
+
+class ClaimedContent(TypedDict):
+    round: int
+    attempt: int
+    revealed_by: list[str]
 
 
 # ---------------------------------------------------------------------------------------------

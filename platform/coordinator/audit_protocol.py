@@ -14,7 +14,9 @@ round and both values); :mod:`coordinator.audit_verify` runs them and lists each
   revealed twice in one attempt when it is more than the trial's ``clock_tolerance_seconds``
   earlier than the others, removed hospitals' reveals included; otherwise nobody does), the candidates are the enrolled hospitals' other revealed updates, and
   no sha256 revealed or disclosed in an earlier attempt came back.
-* :func:`disclosure_problems`: every disclosure came once its attempt's reveals were over.
+* :func:`disclosure_problems`: every disclosure came once its attempt's reveals were over; a
+  disclosure that claimed bytes revealed first by another (``claimed_by``) did so under a
+  commitment more than the clock tolerance earlier.
 * :func:`attestation_problems`: ``round.disputes`` recomputed from the attestations and the
   finalized model; a halt ATTESTATION_MISMATCH only when no hash can reach the quorum any more.
 """
@@ -345,6 +347,8 @@ def duplicate_problems(
             if not u["revealed"] and not disclosed:
                 continue
             earlier = first_seen.get(u["sha256"])
+            if earlier is not None and (u.get("claimed_by") or {}).get("msp_id") == earlier[0]:
+                continue  # a copy its author's disclosure claimed (disclosure_problems checks it)
             if earlier is not None and (disclosed or earlier[1:] != (r, a)):
                 what = "accepted again" if u["sha256"] in accepted.get((r, a), set()) else "again"
                 verb = "disclosed" if disclosed else "revealed"
@@ -393,6 +397,48 @@ def disclosure_problems(
                 problems.append(
                     f"{where}, while its reveals were open until {deadline} (TOO_EARLY: "
                     "a disclosure is only for updates whose reveal can no longer land)"
+                )
+    return problems + claim_problems(trial, updates)
+
+
+def claim_problems(
+    trial: Mapping[str, Any],
+    updates: Mapping[tuple[int, int], Mapping[str, Mapping[str, Any]]],
+) -> list[str]:
+    """A disclosure of bytes another hospital revealed first claims them only under a commitment
+    more than ``clock_tolerance_seconds`` earlier than each such reveal's, which it marks
+    ``claimed_by``; every claim is proven so, and no such pair is left unmarked."""
+    tolerance = trial.get("clock_tolerance_seconds", 0)
+    records = [u for by_msp in updates.values() for u in by_msp.values()]
+    disclosed = {
+        (u["msp_id"], u["round"], u["attempt"]): u
+        for u in records
+        if u.get("disclosed_at") is not None
+    }
+    problems = []
+    for u in records:
+        where = f"{label(u['round'], u['attempt'])}: {u['msp_id']}'s update"
+        claim = u.get("claimed_by")
+        if claim is not None:
+            by = disclosed.get((claim["msp_id"], claim["round"], claim["attempt"]))
+            if by is None or by["sha256"] != u["sha256"]:
+                problems.append(
+                    f"{where} is claimed_by {claim}, which disclosed no update of sha256 {u['sha256']}"
+                )
+            elif not by["committed_at"] + tolerance < u["committed_at"]:
+                problems.append(
+                    f"{where} is claimed_by {claim['msp_id']}, whose commitment at "
+                    f"{by['committed_at']} is not more than {tolerance} s before its own at "
+                    f"{u['committed_at']}"
+                )
+        if not u["revealed"]:
+            continue
+        for d in disclosed.values():
+            if d["sha256"] == u["sha256"] and d["msp_id"] != u["msp_id"] and claim is None:
+                problems.append(
+                    f"{where} revealed sha256 {u['sha256']}, which {d['msp_id']} disclosed in "
+                    f"{label(d['round'], d['attempt'])} without a claim on it (the contract "
+                    "refuses one of the two)"
                 )
     return problems
 

@@ -178,3 +178,104 @@ def test_an_attempt_halted_before_its_commitments_were_fixed_admits_no_disclosur
         "TOO_EARLY", flow.client("hospital2").submit, "disclose_update", disclosure(flow, u)
     )
     assert "not fixed" in error.message
+
+
+def audit_problems(flow):
+    """``bcfl audit verify``'s duplicate and disclosure checks on the trial's ledger records."""
+    from coordinator.audit_protocol import disclosure_problems, duplicate_problems, replay
+
+    auditor = flow.client("auditor")
+    trial = auditor.evaluate("get_trial", {"trial_id": flow.trial_id})
+    rounds = auditor.evaluate("list_rounds", {"trial_id": flow.trial_id})
+    updates = {
+        (x["round"], x["attempt"]): {
+            u["msp_id"]: u
+            for u in auditor.evaluate(
+                "get_submissions",
+                {"trial_id": flow.trial_id, "round": x["round"], "attempt": x["attempt"]},
+            )
+        }
+        for x in rounds
+    }
+    timeline = replay(auditor.ledger.events(0))
+    return duplicate_problems(trial, rounds, updates, timeline) + disclosure_problems(
+        trial, updates, timeline
+    )
+
+
+def finish_round(flow, names):
+    """Close the reveals, vote for ``names`` and finalize."""
+    flow.close("close_update_reveals")
+    flow.vote(flow.scores(flow.members, names))
+    flow.aggregate()
+    for n in flow.members:
+        if flow.attest(n)["round"]["phase"] == "FINALIZED":
+            break
+
+
+def test_an_author_back_after_a_copier_revealed_its_stale_bytes_claims_them(flow):
+    """hospital2's round-1 reveal came late and its agent was away: it did not disclose. In round
+    2 hospital3 commits to the bytes it found in the store and reveals them as its own (nothing
+    on the ledger knows them yet). Back, hospital2 discloses: its commitment is more than the
+    clock tolerance earlier than hospital3's, and bytes reach the store only after their
+    author's commitment, so the disclosure takes the content, is charged, and marks hospital3's
+    update as a copy. Nobody can take the bytes back the other way."""
+    flow.running(rounds=3)
+    flow.open_round()
+    updates = {n: flow.commit_update(n) for n in flow.members}
+    u2 = updates["hospital2"]
+    flow.close("close_update_commits")
+    for n in ("hospital1", "hospital3"):
+        flow.reveal_update(n, updates[n])
+    flow.net.advance_time(901)  # past the deadline: hospital2's reveal is late; it is away
+    finish_round(flow, ["hospital1", "hospital3"])
+
+    flow.open_round()
+    copied = flow.commit_update("hospital3", replace(u2, salt="33" * 16))
+    flow.commit_update("hospital1")
+    flow.net.advance_time(3601)  # hospital2 is still away: the commit phase closes without it
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital3", copied)  # unseen bytes: accepted as a candidate
+    flow.reveal_update("hospital1", flow.make_update("hospital1"))
+    finish_round(flow, ["hospital1", "hospital3"])
+
+    h2, h3 = flow.msp["hospital2"], flow.msp["hospital3"]
+    before = privacy_of(flow, "hospital2")["epsilon_spent_micro"]
+    record = flow.client("hospital2").submit(
+        "disclose_update", disclosure(flow, u2, round=1, attempt=1)
+    )
+    assert record["disclosed_at"] is not None and record["sha256"] == u2.sha256
+    assert record["epsilon_spent_micro"] > 0  # its first release: the schedule's first step
+    assert privacy_of(flow, "hospital2")["epsilon_spent_micro"] == (
+        before + record["epsilon_spent_micro"]
+    )
+    copy = next(
+        s
+        for s in flow.admin.evaluate(
+            "get_submissions", {"trial_id": flow.trial_id, "round": 2, "attempt": 1}
+        )
+        if s["msp_id"] == h3
+    )
+    assert copy["revealed"] and copy["claimed_by"] == {
+        "msp_id": h2,
+        "round": 1,
+        "attempt": 1,
+        "at": record["disclosed_at"],
+    }
+    # What the auditor sees: the claim proven, the copy no duplicate problem of the ledger.
+    assert audit_problems(flow) == []
+    # hospital3 cannot claim them back: its commitment is the later one, and it revealed.
+    refused(
+        "DUPLICATE",
+        flow.client("hospital3").submit,
+        "disclose_update",
+        disclosure(flow, copied, round=2, attempt=1),
+    )
+    # The bytes are hospital2's now: a third reveal of them, by anyone, is refused naming it.
+    flow.open_round()
+    again = flow.commit_update("hospital1", replace(u2, salt="11" * 16))
+    flow.commit_update("hospital2")
+    flow.commit_update("hospital3")
+    flow.close("close_update_commits")
+    error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", again)
+    assert error.detail["revealed_by"] == [h2]

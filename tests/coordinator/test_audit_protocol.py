@@ -9,6 +9,7 @@ from coordinator.audit_protocol import (
     Timeline,
     attestation_problems,
     charge_problems,
+    claim_problems,
     disclosure_problems,
     duplicate_problems,
     excluded_duplicates,
@@ -288,6 +289,33 @@ def test_a_disclosure_before_its_attempts_reveals_were_over_is_named() -> None:
     assert disclosure_problems(trial, both, replay([committed])) == [
         "round 1: A disclosed its update at 600 and revealed it too (one opening per commitment)",
         "round 1: A disclosed its update at 600, but no UpdateDisclosed event of it is on the ledger",
+    ]
+
+
+def test_a_claim_on_copied_bytes_must_rest_on_a_commitment_earlier_by_the_tolerance() -> None:
+    """A's round-1 commitment to bytes ``s`` was disclosed after B revealed ``s`` in round 2; the
+    contract then marks B's update ``claimed_by`` A. The auditor checks that A's commitment was
+    more than the tolerance earlier, and that no such pair is left without a claim."""
+    trial = {"trial_id": T, "clock_tolerance_seconds": 900}
+    a1 = update("A", 1, sha256="s", revealed=False, revealed_at=None, disclosed_at=5000)
+    claim = {"msp_id": "A", "round": 1, "attempt": 1, "at": 5000}
+    b2 = update("B", 2, sha256="s", committed_at=1001, claimed_by=claim)
+    assert claim_problems(trial, {(1, 1): {"A": a1}, (2, 1): {"B": b2}}) == []
+    # within the tolerance: the claim proves nothing (a backdated commitment could make it)
+    near = dict(b2, committed_at=1000)
+    assert claim_problems(trial, {(1, 1): {"A": a1}, (2, 1): {"B": near}}) == [
+        "round 2: B's update is claimed_by A, whose commitment at 100 is not more than 900 s "
+        "before its own at 1000"
+    ]
+    # a claim by a hospital that disclosed nothing of the kind, and a pair left unmarked
+    other = dict(a1, sha256="t")
+    assert claim_problems(trial, {(1, 1): {"A": other}, (2, 1): {"B": b2}}) == [
+        f"round 2: B's update is claimed_by {claim}, which disclosed no update of sha256 s"
+    ]
+    unmarked = {k: v for k, v in b2.items() if k != "claimed_by"}
+    assert claim_problems(trial, {(1, 1): {"A": a1}, (2, 1): {"B": unmarked}}) == [
+        "round 2: B's update revealed sha256 s, which A disclosed in round 1 without a claim on "
+        "it (the contract refuses one of the two)"
     ]
 
 
