@@ -71,7 +71,7 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     commitments were fixed, NOT_COMMITTED, DUPLICATE when it was revealed or disclosed already,
     COMMITMENT_MISMATCH, DUPLICATE_CONTENT when the bytes were revealed or disclosed already
     (unless this commitment is more than ``clock_tolerance_seconds`` earlier than each revealer's:
-    then the disclosure claims them, ``earlier_than_every_revealer``), and BUDGET_EXCEEDED past
+    then the disclosure claims them, ``claimable_copies``), and BUDGET_EXCEEDED past
     the schedule's end."""
     trial, r = round_args(tx, a)
     trial_id = trial["trial_id"]
@@ -124,7 +124,7 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
     copies: list[tuple[str, Update]] = []
     if content is not None:
-        copies = earlier_than_every_revealer(tx, trial, record, content)
+        copies = claimable_copies(tx, trial, record, content)
         if not copies:
             refuse_seen_content(trial_id, content)
     account = privacy_account(tx, trial, msp_id)
@@ -153,12 +153,14 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     claim: Claim = {"msp_id": msp_id, "round": r, "attempt": attempt, "at": tx.now}
     for copy_key, copy in copies:  # proven copies: their author had the bytes later
         tx.put(copy_key, {**copy, "claimed_by": claim})
-    if content is not None:
-        owner["claimed_from"] = {
-            "round": content["round"],
-            "attempt": content["attempt"],
-            "revealed_by": content["revealed_by"],
-        }
+    if copies:
+        owner["claimed_from"] = sorted(
+            (
+                {"msp_id": c["msp_id"], "round": c["round"], "attempt": c["attempt"]}
+                for _, c in copies
+            ),
+            key=lambda ref: (ref["msp_id"], ref["round"], ref["attempt"]),
+        )
     tx.put(key, disclosed)
     tx.put(content_key(trial_id, sha256), owner)
     tx.put(
@@ -175,27 +177,30 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
             "sha256": sha256,
             "epsilon_spent_micro": epsilon,
             "epsilon_cumulative_micro": total,
-            "claimed_from": sorted(m for m, _ in copies),
+            "claimed_from": sorted(c["msp_id"] for _, c in copies),
         },
     )
     return disclosed
 
 
-def earlier_than_every_revealer(
+def claimable_copies(
     tx: Tx, trial: Trial, record: Update, content: ContentOwner
 ) -> list[tuple[str, Update]]:
-    """The update records (key, record) that revealed ``content`` first, when the discloser's
+    """The update records (key, record) that opened ``content`` before this disclosure (its
+    revealers, or its discloser, and the copies an earlier claim marked) when the discloser's
     ``record`` was committed more than the trial's ``clock_tolerance_seconds`` before each of
     them; else none. An agent uploads its bytes only after its commitment is fixed, so a
-    commitment that far earlier proves who had the bytes first: the revealers copied them (the
+    commitment that far earlier proves who had the bytes first: the others copied them (the
     bytes of an update whose reveal was late, say, found in the store while their author was
-    away). The same rule as within one attempt (``rules.duplicate_content``), across attempts."""
-    if content.get("disclosed"):
-        return []  # disclosed: its author opened it after its own reveal; one disclosure each
+    away). The same rule as within one attempt (``rules.duplicate_content``), across attempts.
+    TOO_EARLY while the attempt that opened the content still takes reveals (its close decides
+    the content's owner and candidates: a claim waits for it)."""
     tolerance = trial["clock_tolerance_seconds"]
+    refs = [(m, content["round"], content["attempt"]) for m in content["revealed_by"]]
+    refs += [(c["msp_id"], c["round"], c["attempt"]) for c in content.get("claimed_from", [])]
     copies = []
-    for msp in content["revealed_by"]:
-        key = per_round_key("update", trial["trial_id"], content["round"], content["attempt"], msp)
+    for msp, r, attempt in refs:
+        key = per_round_key("update", trial["trial_id"], r, attempt, msp)
         copy: Update | None = tx.get(key)
         if (
             copy is None
@@ -204,4 +209,13 @@ def earlier_than_every_revealer(
         ):
             return []
         copies.append((key, copy))
+    opened: Round = tx.get(round_key(trial["trial_id"], content["round"], content["attempt"]))
+    if opened["halt"] is None and opened["phase"] in ("SUBMIT", "REVEAL"):
+        fail(
+            "TOO_EARLY",
+            f"{round_label(opened)} revealed these bytes and still takes reveals: claim them "
+            "once its reveals are closed",
+            phase=opened["phase"],
+            deadline=opened["deadline"],
+        )
     return copies

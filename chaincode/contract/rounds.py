@@ -281,9 +281,9 @@ class UpdateBallot(Ballot[Update]):
         assert sha256 is not None and weight is not None  # parse_reveal set them
         check_registered_weight(tx, trial_id, msp_id, weight)
         content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
-        if content is not None and (content["round"], content["attempt"]) != (
-            rnd["round"],
-            rnd["attempt"],
+        if content is not None and (
+            content.get("disclosed")  # its author opened it: whatever the attempt, it is taken
+            or (content["round"], content["attempt"]) != (rnd["round"], rnd["attempt"])
         ):
             refuse_seen_content(trial_id, content)
         account = privacy_account(tx, trial, msp_id)
@@ -341,9 +341,10 @@ def check_registered_weight(tx: Tx, trial_id: str, msp_id: str, weight: int) -> 
 
 def refuse_seen_content(trial_id: str, content: ContentOwner) -> NoReturn:
     """DUPLICATE_CONTENT: these bytes were revealed (or disclosed) in an earlier attempt."""
+    verb = "disclosed" if content.get("disclosed") else "revealed"
     fail(
         "DUPLICATE_CONTENT",
-        f"sha256: {content['sha256']} was already revealed in round {content['round']} (attempt "
+        f"sha256: {content['sha256']} was already {verb} in round {content['round']} (attempt "
         f"{content['attempt']}) of trial {trial_id!r} by {content['revealed_by']}; an "
         "update is disclosed once",
         field="sha256",

@@ -586,13 +586,15 @@ class ContentOwner(_ContentOwnerFields, total=False):
     author after the attempt's reveals (``chaincode.contract.disclosure``)."""
 
     disclosed: bool
-    claimed_from: ClaimedContent  # who had revealed the bytes before a disclosure claimed them
+    claimed_from: list[UpdateRef]  # the copies a disclosure's claim marked ``claimed_by``
 
 
-class ClaimedContent(TypedDict):
+class UpdateRef(TypedDict):
+    """An update record by its key: (msp_id, round, attempt) within the trial."""
+
+    msp_id: str
     round: int
     attempt: int
-    revealed_by: list[str]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,25 +57,39 @@ class Timeline:
     reveals_ended: set[RoundKey] = field(default_factory=set)
     # (trial, round, attempt, msp) of each UpdateDisclosed -> whether reveals_ended held then.
     disclosures: dict[tuple[str, int, int, str], bool] = field(default_factory=dict)
+    # (trial, round, attempt, msp) -> position of its UpdateRevealed / UpdateDisclosed event.
+    opened_by: dict[tuple[str, int, int, str], int] = field(default_factory=dict)
+    # (trial, round, attempt, msp) of each UpdateDisclosed -> the copies it claimed (MSP ids).
+    claims: dict[tuple[str, int, int, str], list[str]] = field(default_factory=dict)
 
 
 def replay(events: Iterable[Any]) -> Timeline:
     timeline = Timeline()
     enrolled: dict[str, set[str]] = defaultdict(set)
+    current: dict[str, RoundKey] = {}  # trial -> its latest attempt
     for ev in events:
         p = ev.payload
         timeline.events.append((ev.name, p))
         if ev.name == "RoundOpened":
+            current[p["trial_id"]] = (p["trial_id"], p["round"], p["attempt"])
             timeline.opened[(p["trial_id"], p["round"], p["attempt"])] = len(timeline.events)
+        if _halts_the_open_attempt(ev.name, p):
+            # halt_open_round halts it without a RoundHalted of its own: past SUBMIT (its
+            # commitments fixed), its reveals are over
+            key = current.get(p["trial_id"])
+            if key is not None and key in timeline.reveal_deadline:
+                timeline.reveals_ended.add(key)
         elif ev.name == "HospitalEnrolled":
             enrolled[p["trial_id"]].add(p["msp_id"])
         elif ev.name == "HospitalRemoved":
             enrolled[p["trial_id"]].discard(p["msp_id"])
         elif ev.name in ("UpdateRevealed", "UpdateDisclosed"):  # each charges the next epsilon
             timeline.reveals[(p["trial_id"], p["msp_id"])].append((p["round"], p["attempt"]))
+            key = (p["trial_id"], p["round"], p["attempt"])
+            timeline.opened_by[(*key, p["msp_id"])] = len(timeline.events)
             if ev.name == "UpdateDisclosed":
-                key = (p["trial_id"], p["round"], p["attempt"])
                 timeline.disclosures[(*key, p["msp_id"])] = key in timeline.reveals_ended
+                timeline.claims[(*key, p["msp_id"])] = list(p.get("claimed_from") or [])
         elif ev.name == "UpdateCommitsClosed":
             timeline.reveal_deadline[(p["trial_id"], p["round"], p["attempt"])] = p.get("deadline")
         elif ev.name == "UpdateRevealsClosed" or (
@@ -101,6 +115,15 @@ def replay(events: Iterable[Any]) -> Timeline:
         ):
             timeline.reveals_ended.add((p["trial_id"], p["round"], p["attempt"]))
     return timeline
+
+
+def _halts_the_open_attempt(name: str, p: Mapping[str, Any]) -> bool:
+    """Events of a trial-wide step that halts the trial's open attempt with it."""
+    return (
+        name == "TrialHalted"
+        or (name == "RolledBack" and p.get("aborted_round") is not None)
+        or (name == "HospitalRemoved" and p.get("trial_halt") is not None)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,48 +421,80 @@ def disclosure_problems(
                     f"{where}, while its reveals were open until {deadline} (TOO_EARLY: "
                     "a disclosure is only for updates whose reveal can no longer land)"
                 )
-    return problems + claim_problems(trial, updates)
+    return problems + claim_problems(trial, updates, timeline)
 
 
 def claim_problems(
     trial: Mapping[str, Any],
     updates: Mapping[tuple[int, int], Mapping[str, Mapping[str, Any]]],
+    timeline: Timeline,
 ) -> list[str]:
-    """A disclosure of bytes another hospital revealed first claims them only under a commitment
-    more than ``clock_tolerance_seconds`` earlier than each such reveal's, which it marks
-    ``claimed_by``; every claim is proven so, and no such pair is left unmarked."""
+    """A disclosure of bytes another hospital opened first (revealed or disclosed) claims them
+    only under a commitment more than ``clock_tolerance_seconds`` earlier than each such
+    record's, marking it ``claimed_by``: every claim is checked so (and against the ledger
+    order: the copy opened before the claiming disclosure, which names it), and bytes any
+    disclosure opened are left with exactly one unclaimed opener, a disclosure."""
+    trial_id = trial["trial_id"]
     tolerance = trial.get("clock_tolerance_seconds", 0)
-    records = [u for by_msp in updates.values() for u in by_msp.values()]
+    opened = [
+        u
+        for by_msp in updates.values()
+        for u in by_msp.values()
+        if u["revealed"] or u.get("disclosed_at") is not None
+    ]
     disclosed = {
         (u["msp_id"], u["round"], u["attempt"]): u
-        for u in records
+        for u in opened
         if u.get("disclosed_at") is not None
     }
     problems = []
-    for u in records:
-        where = f"{label(u['round'], u['attempt'])}: {u['msp_id']}'s update"
+    for u in opened:
         claim = u.get("claimed_by")
-        if claim is not None:
-            by = disclosed.get((claim["msp_id"], claim["round"], claim["attempt"]))
-            if by is None or by["sha256"] != u["sha256"]:
-                problems.append(
-                    f"{where} is claimed_by {claim}, which disclosed no update of sha256 {u['sha256']}"
-                )
-            elif not by["committed_at"] + tolerance < u["committed_at"]:
-                problems.append(
-                    f"{where} is claimed_by {claim['msp_id']}, whose commitment at "
-                    f"{by['committed_at']} is not more than {tolerance} s before its own at "
-                    f"{u['committed_at']}"
-                )
-        if not u["revealed"]:
+        if claim is None:
             continue
-        for d in disclosed.values():
-            if d["sha256"] == u["sha256"] and d["msp_id"] != u["msp_id"] and claim is None:
-                problems.append(
-                    f"{where} revealed sha256 {u['sha256']}, which {d['msp_id']} disclosed in "
-                    f"{label(d['round'], d['attempt'])} without a claim on it (the contract "
-                    "refuses one of the two)"
-                )
+        where = f"{label(u['round'], u['attempt'])}: {u['msp_id']}'s update"
+        by = disclosed.get((claim["msp_id"], claim["round"], claim["attempt"]))
+        if by is None or by["sha256"] != u["sha256"]:
+            problems.append(
+                f"{where} is claimed_by {claim}, which disclosed no update of sha256 {u['sha256']}"
+            )
+            continue
+        if not by["committed_at"] + tolerance < u["committed_at"]:
+            problems.append(
+                f"{where} is claimed_by {claim['msp_id']}, whose commitment at "
+                f"{by['committed_at']} is not more than {tolerance} s before its own at "
+                f"{u['committed_at']}"
+            )
+        if claim["at"] != by["disclosed_at"]:
+            problems.append(
+                f"{where}: its claim is dated {claim['at']}, the claiming disclosure "
+                f"{by['disclosed_at']}"
+            )
+        claimer = (trial_id, claim["round"], claim["attempt"], claim["msp_id"])
+        mine = (trial_id, u["round"], u["attempt"], u["msp_id"])
+        if u["msp_id"] not in timeline.claims.get(claimer, []):
+            problems.append(f"{where}: the claiming UpdateDisclosed event does not name it")
+        elif not timeline.opened_by.get(mine, 0) < timeline.opened_by.get(claimer, 0):
+            problems.append(f"{where} was opened after the disclosure that claims it")
+    by_sha: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for u in opened:
+        by_sha[u["sha256"]].append(u)
+    for sha256, records in sorted(by_sha.items()):
+        if not any(u.get("disclosed_at") is not None for u in records):
+            continue  # only reveals: the duplicate rules decide (duplicate_problems)
+        unclaimed = [u for u in records if u.get("claimed_by") is None]
+        owner = unclaimed[0] if len(unclaimed) == 1 else None
+        if owner is None or owner.get("disclosed_at") is None:
+            problems.append(
+                f"sha256 {sha256}: opened by "
+                + ", ".join(f"{u['msp_id']} ({label(u['round'], u['attempt'])})" for u in unclaimed)
+                + " without a claim between them (a disclosure leaves one opener: itself, or "
+                "the contract refuses the other)"
+            )
+        elif any(u["claimed_by"]["msp_id"] != owner["msp_id"] for u in records if u is not owner):
+            problems.append(
+                f"sha256 {sha256}: disclosed by {owner['msp_id']}, but a copy is claimed by another"
+            )
     return problems
 
 

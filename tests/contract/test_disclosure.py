@@ -279,3 +279,124 @@ def test_an_author_back_after_a_copier_revealed_its_stale_bytes_claims_them(flow
     flow.close("close_update_commits")
     error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", again)
     assert error.detail["revealed_by"] == [h2]
+
+
+def stale_round_1(flow):
+    """Round 1 of 3: hospital2 commits and uploads, its reveal comes late, and it is away (it
+    does not disclose); the round finalizes on hospital1's and hospital3's updates."""
+    flow.running(rounds=3)
+    flow.open_round()
+    updates = {n: flow.commit_update(n) for n in flow.members}
+    flow.close("close_update_commits")
+    for n in ("hospital1", "hospital3"):
+        flow.reveal_update(n, updates[n])
+    flow.net.advance_time(901)
+    finish_round(flow, ["hospital1", "hospital3"])
+    return updates["hospital2"]
+
+
+def round_2_commits(flow, **copies):
+    """Round 2 opens; ``copies`` (name -> update) commit in that order, each 1000 s after the
+    last, hospital1 commits an update of its own unless it copies; hospital2 is still away."""
+    flow.open_round()
+    committed = {}
+    for name, u in copies.items():
+        committed[name] = flow.commit_update(name, u)
+        flow.net.advance_time(1000)
+    if "hospital1" not in copies:
+        flow.commit_update("hospital1")
+    flow.net.advance_time(3601)
+    flow.close("close_update_commits")
+    return committed
+
+
+def disclose(flow, name, u, r, a=1):
+    return flow.client(name).submit("disclose_update", disclosure(flow, u, round=r, attempt=a))
+
+
+def test_a_claim_waits_for_the_copys_reveals_to_close(flow):
+    """The claim comes while hospital3's copy is still in its reveal phase: TOO_EARLY (the close
+    decides the round's owner and candidates); once the reveals closed, it lands."""
+    u2 = stale_round_1(flow)
+    copied = round_2_commits(flow, hospital3=replace(u2, salt="33" * 16))["hospital3"]
+    flow.reveal_update("hospital3", copied)
+    flow.reveal_update("hospital1", flow.make_update("hospital1"))
+    error = refused("TOO_EARLY", disclose, flow, "hospital2", u2, 1)
+    assert "once its reveals are closed" in error.message
+    flow.close("close_update_reveals")
+    assert disclose(flow, "hospital2", u2, 1)["disclosed_at"] is not None
+    assert audit_problems(flow) == []
+
+
+def test_a_copier_that_discloses_the_stale_bytes_is_claimed_from_too(flow):
+    """hospital3 discloses hospital2's stale bytes under its round-2 commitment instead of
+    revealing them; hospital2's round-1 commitment is earlier still: it claims them."""
+    u2 = stale_round_1(flow)
+    copied = round_2_commits(flow, hospital3=replace(u2, salt="33" * 16))["hospital3"]
+    flow.reveal_update("hospital1", flow.make_update("hospital1"))
+    flow.net.advance_time(901)
+    disclose(flow, "hospital3", copied, 2)
+    flow.close("close_update_reveals")
+    assert disclose(flow, "hospital2", u2, 1)["disclosed_at"] is not None
+    copy = submission(flow, 2, "hospital3")
+    assert copy["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    assert audit_problems(flow) == []
+
+
+def test_two_colluders_cannot_seal_stolen_bytes_between_them(flow):
+    """hospital3 commits early to hospital2's stale bytes, hospital1 1000 s later; hospital1
+    reveals them, then hospital3 discloses and claims hospital1's copy. hospital2's commitment
+    is earlier than both: it claims both copies, and the ledger names it the author."""
+    u2 = stale_round_1(flow)
+    pair = round_2_commits(
+        flow, hospital3=replace(u2, salt="33" * 16), hospital1=replace(u2, salt="11" * 16)
+    )
+    flow.reveal_update("hospital1", pair["hospital1"])
+    flow.net.advance_time(901)
+    flow.close("close_update_reveals")
+    assert disclose(flow, "hospital3", pair["hospital3"], 2)["disclosed_at"] is not None
+    assert submission(flow, 2, "hospital1")["claimed_by"]["msp_id"] == flow.msp["hospital3"]
+    disclose(flow, "hospital2", u2, 1)
+    for name in ("hospital1", "hospital3"):
+        assert submission(flow, 2, name)["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    assert audit_problems(flow) == []
+
+
+def test_no_reveal_of_disclosed_bytes_lands_in_the_same_attempt(flow):
+    """Transaction times are the client's: a disclosure dated past the reveal deadline lands,
+    then a reveal of the same bytes dated before it. The bytes are taken: refused."""
+    u2 = stale_round_1(flow)
+    pair = round_2_commits(
+        flow, hospital3=replace(u2, salt="33" * 16), hospital1=replace(u2, salt="11" * 16)
+    )
+    flow.net.clock.offset += flow.get_round()["deadline"] + 1 - flow.net.clock()
+    disclose(flow, "hospital3", pair["hospital3"], 2)
+    flow.net.advance_time(-60)  # another client's clock, a minute behind: still on time
+    error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", pair["hospital1"])
+    assert "already disclosed" in error.message
+
+
+def test_a_disclosure_after_an_aborting_rollback_is_no_audit_problem(flow):
+    """The admin rolls back with the attempt in REVEAL (abort_current): hospital2's reveal can no
+    longer land, so it discloses at once, before the old deadline; the auditor agrees."""
+    flow.running()
+    flow.open_round()
+    updates = {n: flow.commit_update(n) for n in flow.members}
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital1", updates["hospital1"])
+    flow.admin.submit(
+        "rollback",
+        {"trial_id": flow.trial_id, "to_round": 0, "abort_current": True, "reason": "bad base"},
+    )
+    assert disclose(flow, "hospital2", updates["hospital2"], 1)["disclosed_at"] is not None
+    assert audit_problems(flow) == []
+
+
+def submission(flow, r, name, a=1):
+    return next(
+        s
+        for s in flow.admin.evaluate(
+            "get_submissions", {"trial_id": flow.trial_id, "round": r, "attempt": a}
+        )
+        if s["msp_id"] == flow.msp[name]
+    )

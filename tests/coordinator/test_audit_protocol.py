@@ -295,27 +295,47 @@ def test_a_disclosure_before_its_attempts_reveals_were_over_is_named() -> None:
 def test_a_claim_on_copied_bytes_must_rest_on_a_commitment_earlier_by_the_tolerance() -> None:
     """A's round-1 commitment to bytes ``s`` was disclosed after B revealed ``s`` in round 2; the
     contract then marks B's update ``claimed_by`` A. The auditor checks that A's commitment was
-    more than the tolerance earlier, and that no such pair is left without a claim."""
+    more than the tolerance earlier, that the claim is A's disclosure (its time, its event naming
+    B, after B's reveal), and that bytes a disclosure opened keep exactly one unclaimed opener."""
     trial = {"trial_id": T, "clock_tolerance_seconds": 900}
     a1 = update("A", 1, sha256="s", revealed=False, revealed_at=None, disclosed_at=5000)
     claim = {"msp_id": "A", "round": 1, "attempt": 1, "at": 5000}
     b2 = update("B", 2, sha256="s", committed_at=1001, claimed_by=claim)
-    assert claim_problems(trial, {(1, 1): {"A": a1}, (2, 1): {"B": b2}}) == []
+    timeline = Timeline()
+    timeline.opened_by = {(T, 2, 1, "B"): 7, (T, 1, 1, "A"): 9}
+    timeline.claims = {(T, 1, 1, "A"): ["B"]}
+
+    def problems(a: dict[str, Any], b: dict[str, Any], tl: Timeline = timeline) -> list[str]:
+        return claim_problems(trial, {(1, 1): {"A": a}, (2, 1): {"B": b}}, tl)
+
+    assert problems(a1, b2) == []
     # within the tolerance: the claim proves nothing (a backdated commitment could make it)
-    near = dict(b2, committed_at=1000)
-    assert claim_problems(trial, {(1, 1): {"A": a1}, (2, 1): {"B": near}}) == [
+    assert problems(a1, dict(b2, committed_at=1000)) == [
         "round 2: B's update is claimed_by A, whose commitment at 100 is not more than 900 s "
         "before its own at 1000"
     ]
-    # a claim by a hospital that disclosed nothing of the kind, and a pair left unmarked
-    other = dict(a1, sha256="t")
-    assert claim_problems(trial, {(1, 1): {"A": other}, (2, 1): {"B": b2}}) == [
+    # a claim by a hospital that disclosed nothing of the kind
+    assert problems(dict(a1, sha256="t"), b2)[0] == (
         f"round 2: B's update is claimed_by {claim}, which disclosed no update of sha256 s"
+    )
+    # a claim dated otherwise than the disclosure, one its event does not name, and one on a
+    # reveal that came after the disclosure (the contract refuses such a reveal: hidden so)
+    assert problems(a1, dict(b2, claimed_by=dict(claim, at=4000))) == [
+        "round 2: B's update: its claim is dated 4000, the claiming disclosure 5000"
     ]
+    silent = Timeline(opened_by=timeline.opened_by, claims={(T, 1, 1, "A"): []})
+    assert problems(a1, b2, silent) == [
+        "round 2: B's update: the claiming UpdateDisclosed event does not name it"
+    ]
+    after = Timeline(opened_by={(T, 2, 1, "B"): 11, (T, 1, 1, "A"): 9}, claims=timeline.claims)
+    assert problems(a1, b2, after) == [
+        "round 2: B's update was opened after the disclosure that claims it"
+    ]
+    # a pair left without a claim: two openers of disclosed bytes
     unmarked = {k: v for k, v in b2.items() if k != "claimed_by"}
-    assert claim_problems(trial, {(1, 1): {"A": a1}, (2, 1): {"B": unmarked}}) == [
-        "round 2: B's update revealed sha256 s, which A disclosed in round 1 without a claim on "
-        "it (the contract refuses one of the two)"
+    assert problems(a1, unmarked) == [
+        "sha256 s: opened by A (round 1), B (round 2) without a claim between them (a disclosure "
+        "leaves one opener: itself, or the contract refuses the other)"
     ]
 
 

@@ -76,6 +76,8 @@ def test_submit_evaluate_events_blocks_and_verify(url: str, consortium_template:
         assert auditor.evaluate("get_consortium", {})  # the bootstrap is committed
         events = list(auditor.events())
         assert events and events[-1].name
+        # the channel holds the session's other chaincodes too: their events are not this one's
+        assert [e.name for e in events].count("ConsortiumInitialised") == 1
         report = auditor.verify()
         assert report.ok, report.problems
         assert report.blocks == auditor.height() and report.transactions > 0

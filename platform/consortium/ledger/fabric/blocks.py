@@ -139,6 +139,7 @@ def block_transactions(block: common_pb2.Block) -> list[dict[str, Any]]:
                     if ev.event_name:
                         entry["event"] = {
                             "name": ev.event_name,
+                            "chaincode": ev.chaincode_id,
                             "payload": bytes(ev.payload).decode("utf-8", "replace"),
                         }
                 entry["endorsers"] = [

@@ -388,10 +388,12 @@ class FabricLedger:
             stream.cancel()
 
     def events(self, start_block: int = 0) -> Iterator[LedgerEvent]:
-        """Contract events of valid transactions committed so far in blocks >= ``start_block``."""
+        """Contract events of valid transactions committed so far in blocks >= ``start_block``:
+        this ledger's chaincode's only (a channel may hold others, whose events are theirs)."""
         for raw in self.raw_blocks(start_block):
             for tx in block_transactions(raw):
-                if tx["valid"] and tx.get("event"):
+                event = tx.get("event")
+                if tx["valid"] and event and event["chaincode"] == self.target.chaincode:
                     yield LedgerEvent(
                         block_number=raw.header.number,
                         tx_id=tx["proposal"]["tx_id"],
