@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,18 @@ from consortium.ledger.embedded import EmbeddedLedger, create_embedded_ledger
 # Shared fixture modules: the Fabric network and contract fixtures (tests/network and the contract
 # suite's Fabric runs) and the Ethereum (anvil) fixtures.
 pytest_plugins = ["fixtures.fabric", "fixtures.ethereum"]
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A terminated run (a CI timeout, `kill`) ends as Ctrl-C does: the session fixtures' teardown
+    stops the Fabric network, anvil and the other servers they started instead of leaving them
+    running (SIGTERM's default would kill pytest at once)."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
 
 MEMBER_NAMES = (
     "admin",
