@@ -207,6 +207,7 @@ class SiloAgent(UpdateSubmission, PeerVoting):
         enrolment = self.enrolment(trial_id)
         if enrolment is None or enrolment["status"] != "enrolled":
             return
+        self._disclose_pending(rnd, steps)
         handler = {
             "SUBMIT": self._submit_update,
             "REVEAL": self._reveal_update,

@@ -280,6 +280,22 @@ class UpdateSubmission:
             if self._revealed(rnd, entries):
                 self._settle_uploaded(rnd, entries, steps)
 
+    def _disclose_pending(self: SiloAgent, rnd: dict[str, Any], steps: list[Step]) -> None:
+        """On every tick of a RUNNING trial: an earlier attempt's update whose bytes went out
+        and whose disclosure has not settled (the agent was down, or the contract said
+        TOO_EARLY) is disclosed now, not only before this hospital next trains: it may never
+        train again (the plan's last round), and a copier's reveal of the bytes is claimed only
+        by their author's disclosure."""
+        now = (rnd["round"], rnd["attempt"])
+        for entries in self._updates_by_sha(rnd["trial_id"]).values():
+            if any(
+                e.get("disclosed") or e.get("withdrawn") or (e["round"], e["attempt"]) == now
+                for e in entries
+            ):
+                continue
+            if any(e.get("uploading") or e["update"].get("content_id") for e in entries):
+                self._settle_uploaded(rnd, entries, steps)
+
     def _withdraw_undisclosed(
         self: SiloAgent, rnd: dict[str, Any], accountant: Any, steps: list[Step]
     ) -> None:
@@ -530,17 +546,20 @@ class UpdateSubmission:
                 "WRONG_STATE",
                 "NOT_ENROLLED",
             ):
-                self._emit(
-                    steps,
-                    Step(
-                        trial_id,
-                        "cannot disclose",
-                        f"update {update['sha256'][:16]}: {exc.code}: {exc.message}",
-                        r,
-                        a,
-                        "warning",
-                    ),
-                )
+                note = f"{exc.code}: {exc.message}"
+                if self.state.journal_entry(trial_id, r, a).get("disclosure_refused") != note:
+                    self.state.record(trial_id, r, a, "disclosure_refused", note)  # said once
+                    self._emit(
+                        steps,
+                        Step(
+                            trial_id,
+                            "cannot disclose",
+                            f"update {update['sha256'][:16]}: {note}",
+                            r,
+                            a,
+                            "warning",
+                        ),
+                    )
                 return exc.code in ("DUPLICATE_CONTENT", "BUDGET_EXCEEDED", "NOT_COMMITTED")
             raise
         self.state.record(trial_id, r, a, "disclosed", True)

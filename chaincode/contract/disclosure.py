@@ -11,10 +11,10 @@ author's schedule, as a reveal would. The update is no candidate: a disclosure d
 the round.
 
 An author that comes back after a copier revealed its stale bytes still discloses them: a
-commitment more than the clock tolerance earlier than the copier's proves whose they are (bytes
-reach the store only after their author's commitment), so the disclosure takes the content and
-marks the copier's update ``claimed_by`` (event field ``claimed_from``), and the author's
-release of its data is charged. What the copy earned in its round stays paid; the claim is the
+commitment of an earlier attempt (or, in the same attempt, more than the clock tolerance
+earlier) proves whose they are (bytes reach the store only after their author's commitment is
+fixed), so the disclosure takes the content and marks the copier's update ``claimed_by``
+(event field ``claimed_from``), and the author's release of its data is charged. What the copy earned in its round stays paid; the claim is the
 evidence an auditor and the admin act on.
 """
 
@@ -70,8 +70,8 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     TOO_EARLY while the reveal is still open (reveal it instead) or the attempt halted before its
     commitments were fixed, NOT_COMMITTED, DUPLICATE when it was revealed or disclosed already,
     COMMITMENT_MISMATCH, DUPLICATE_CONTENT when the bytes were revealed or disclosed already
-    (unless this commitment is more than ``clock_tolerance_seconds`` earlier than each revealer's:
-    then the disclosure claims them, ``claimable_copies``), and BUDGET_EXCEEDED past
+    (unless this commitment provably came first, ``claimable_copies``: then the disclosure
+    claims them), and BUDGET_EXCEEDED past
     the schedule's end."""
     trial, r = round_args(tx, a)
     trial_id = trial["trial_id"]
@@ -124,7 +124,7 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     content: ContentOwner | None = tx.get(content_key(trial_id, sha256))
     copies: list[tuple[str, Update]] = []
     if content is not None:
-        copies = claimable_copies(tx, trial, record, content)
+        copies = claimable_copies(tx, trial, rnd, record, content)
         if not copies:
             refuse_seen_content(trial_id, content)
     account = privacy_account(tx, trial, msp_id)
@@ -184,32 +184,44 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
 
 
 def claimable_copies(
-    tx: Tx, trial: Trial, record: Update, content: ContentOwner
+    tx: Tx, trial: Trial, rnd: Round, record: Update, content: ContentOwner
 ) -> list[tuple[str, Update]]:
     """The update records (key, record) that opened ``content`` before this disclosure (its
     revealers, or its discloser, and the copies an earlier claim marked) when the discloser's
-    ``record`` was committed more than the trial's ``clock_tolerance_seconds`` before each of
-    them; else none. An agent uploads its bytes only after its commitment is fixed, so a
-    commitment that far earlier proves who had the bytes first: the others copied them (the
-    bytes of an update whose reveal was late, say, found in the store while their author was
-    away). The same rule as within one attempt (``rules.duplicate_content``), across attempts.
+    ``record`` (of attempt ``rnd``) provably had the bytes first; else none. Bytes reach the
+    store only after their author's commitment is fixed (an agent re-commits only bytes it never
+    uploaded), so the earliest commitment is the author's:
+
+    * in an earlier attempt (a smaller ``sequence``: attempts run one at a time, so its
+      commitments were fixed before the copy's attempt opened), by ledger order alone;
+    * in the same attempt, or where an attempt has no sequence, by commitment times more than
+      the trial's ``clock_tolerance_seconds`` apart (``rules.duplicate_content``'s rule).
+
     TOO_EARLY while the attempt that opened the content still takes reveals (its close decides
     the content's owner and candidates: a claim waits for it)."""
     tolerance = trial["clock_tolerance_seconds"]
+    trial_id = trial["trial_id"]
     refs = [(m, content["round"], content["attempt"]) for m in content["revealed_by"]]
     refs += [(c["msp_id"], c["round"], c["attempt"]) for c in content.get("claimed_from", [])]
     copies = []
     for msp, r, attempt in refs:
-        key = per_round_key("update", trial["trial_id"], r, attempt, msp)
+        key = per_round_key("update", trial_id, r, attempt, msp)
         copy: Update | None = tx.get(key)
+        if copy is None or msp == record["msp_id"]:
+            return []
+        theirs: Round = tx.get(round_key(trial_id, r, attempt))
         if (
-            copy is None
-            or msp == record["msp_id"]
-            or record["committed_at"] + tolerance >= copy["committed_at"]
+            (r, attempt) != (rnd["round"], rnd["attempt"])
+            and "sequence" in theirs
+            and ("sequence" in rnd)
         ):
+            earlier = rnd["sequence"] < theirs["sequence"]
+        else:
+            earlier = record["committed_at"] + tolerance < copy["committed_at"]
+        if not earlier:
             return []
         copies.append((key, copy))
-    opened: Round = tx.get(round_key(trial["trial_id"], content["round"], content["attempt"]))
+    opened: Round = tx.get(round_key(trial_id, content["round"], content["attempt"]))
     if opened["halt"] is None and opened["phase"] in ("SUBMIT", "REVEAL"):
         fail(
             "TOO_EARLY",

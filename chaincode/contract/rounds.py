@@ -162,6 +162,7 @@ def open_round(tx: Tx, caller: Caller, a: Args) -> Round:
         "finalized_at": None,
         "halt": None,
         "disputes": [],
+        "sequence": sum(trial["attempts"].values()) + 1,  # each open adds one attempt
     }
     tx.put(round_key(trial_id, r, attempt), rnd)
     opened: Trial = {

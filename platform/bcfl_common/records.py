@@ -333,9 +333,7 @@ class Exclusion(TypedDict):
     owner: str | None
 
 
-class Round(TypedDict):
-    """("round", [trial_id, r, a])."""
-
+class _RoundFields(TypedDict):
     trial_id: str
     round: int
     attempt: int
@@ -361,6 +359,14 @@ class Round(TypedDict):
     finalized_at: int | None
     halt: RoundHalt | None
     disputes: list[Dispute]
+
+
+class Round(_RoundFields, total=False):
+    """("round", [trial_id, r, a]). ``sequence``: the attempt's place among the trial's attempts
+    in the order they were opened (1, 2, ...; rounds re-run after a rollback come later), which
+    round numbers do not give; absent on attempts opened before it was recorded."""
+
+    sequence: int
 
 
 class _UpdateFields(TypedDict):

@@ -54,7 +54,8 @@ class Timeline:
     # The reveal deadline each attempt's UpdateCommitsClosed set.
     reveal_deadline: dict[RoundKey, float | None] = field(default_factory=dict)
     # Attempts whose reveals were over by event: UpdateRevealsClosed, or a halt past SUBMIT.
-    reveals_ended: set[RoundKey] = field(default_factory=set)
+    # (the position of the event that ended them)
+    reveals_ended: dict[RoundKey, int] = field(default_factory=dict)
     # (trial, round, attempt, msp) of each UpdateDisclosed -> whether reveals_ended held then.
     disclosures: dict[tuple[str, int, int, str], bool] = field(default_factory=dict)
     # (trial, round, attempt, msp) -> position of its UpdateRevealed / UpdateDisclosed event.
@@ -70,15 +71,15 @@ def replay(events: Iterable[Any]) -> Timeline:
     for ev in events:
         p = ev.payload
         timeline.events.append((ev.name, p))
-        if ev.name == "RoundOpened":
-            current[p["trial_id"]] = (p["trial_id"], p["round"], p["attempt"])
-            timeline.opened[(p["trial_id"], p["round"], p["attempt"])] = len(timeline.events)
         if _halts_the_open_attempt(ev.name, p):
             # halt_open_round halts it without a RoundHalted of its own: past SUBMIT (its
             # commitments fixed), its reveals are over
             key = current.get(p["trial_id"])
             if key is not None and key in timeline.reveal_deadline:
-                timeline.reveals_ended.add(key)
+                timeline.reveals_ended.setdefault(key, len(timeline.events))
+        if ev.name == "RoundOpened":
+            current[p["trial_id"]] = (p["trial_id"], p["round"], p["attempt"])
+            timeline.opened[(p["trial_id"], p["round"], p["attempt"])] = len(timeline.events)
         elif ev.name == "HospitalEnrolled":
             enrolled[p["trial_id"]].add(p["msp_id"])
         elif ev.name == "HospitalRemoved":
@@ -113,7 +114,8 @@ def replay(events: Iterable[Any]) -> Timeline:
         if ev.name == "UpdateRevealsClosed" or (
             ev.name == "RoundHalted" and (p.get("phase") or "SUBMIT") != "SUBMIT"
         ):
-            timeline.reveals_ended.add((p["trial_id"], p["round"], p["attempt"]))
+            key = (p["trial_id"], p["round"], p["attempt"])
+            timeline.reveals_ended.setdefault(key, len(timeline.events))
     return timeline
 
 
@@ -459,7 +461,16 @@ def claim_problems(
                 f"{where} is claimed_by {claim}, which disclosed no update of sha256 {u['sha256']}"
             )
             continue
-        if not by["committed_at"] + tolerance < u["committed_at"]:
+        theirs = timeline.opened.get((trial_id, claim["round"], claim["attempt"]))
+        mine_opened = timeline.opened.get((trial_id, u["round"], u["attempt"]))
+        other_attempt = (claim["round"], claim["attempt"]) != (u["round"], u["attempt"])
+        if other_attempt and theirs is not None and mine_opened is not None:
+            if not theirs < mine_opened:  # attempts run one at a time: ledger order decides
+                problems.append(
+                    f"{where} is claimed_by {claim['msp_id']}, whose commitment is of "
+                    f"{label(claim['round'], claim['attempt'])}, opened after its own attempt"
+                )
+        elif not by["committed_at"] + tolerance < u["committed_at"]:
             problems.append(
                 f"{where} is claimed_by {claim['msp_id']}, whose commitment at "
                 f"{by['committed_at']} is not more than {tolerance} s before its own at "
@@ -472,10 +483,17 @@ def claim_problems(
             )
         claimer = (trial_id, claim["round"], claim["attempt"], claim["msp_id"])
         mine = (trial_id, u["round"], u["attempt"], u["msp_id"])
+        claimed_at = timeline.opened_by.get(claimer, 0)
+        ended = timeline.reveals_ended.get((trial_id, u["round"], u["attempt"]))
         if u["msp_id"] not in timeline.claims.get(claimer, []):
             problems.append(f"{where}: the claiming UpdateDisclosed event does not name it")
-        elif not timeline.opened_by.get(mine, 0) < timeline.opened_by.get(claimer, 0):
+        elif not timeline.opened_by.get(mine, 0) < claimed_at:
             problems.append(f"{where} was opened after the disclosure that claims it")
+        elif u["revealed"] and (ended is None or not ended < claimed_at):
+            problems.append(
+                f"{where} was claimed while its attempt still took reveals (the contract's "
+                "TOO_EARLY: that attempt's close decides its owner)"
+            )
     by_sha: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for u in opened:
         by_sha[u["sha256"]].append(u)

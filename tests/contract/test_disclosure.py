@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from contract_flow import TRAINING_RECORDS, refused
+from contract_flow import HOSPITALS, TRAINING_RECORDS, refused
 
 
 @pytest.fixture
@@ -400,3 +400,68 @@ def submission(flow, r, name, a=1):
         )
         if s["msp_id"] == flow.msp[name]
     )
+
+
+DEMO_PHASES = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
+
+
+def test_across_attempts_the_ledger_order_decides_not_the_clocks(flow):
+    """With the demo's phases (reveal 120 s, vote commit 300 s) an author that went down after
+    its upload is only ~720 s of clock ahead of a copier committing in the next round, under the
+    900 s tolerance: still its claim lands, because its attempt ran (and fixed its commitments)
+    before the copier's attempt opened."""
+    flow.running(HOSPITALS, rounds=3, phase_seconds=DEMO_PHASES)
+    flow.open_round()
+    updates = {n: flow.commit_update(n) for n in flow.members}
+    flow.close("close_update_commits")
+    voters = ["hospital1", "hospital3", "hospital4"]
+    for n in voters:
+        flow.reveal_update(n, updates[n])
+    flow.net.advance_time(121)  # hospital2 uploaded, then went down
+    flow.close("close_update_reveals")
+    committed = {v: flow.commit_votes(v, s) for v, s in flow.scores(voters, voters).items()}
+    flow.net.advance_time(301)
+    flow.close("close_vote_commits")
+    for v, (m, salt) in committed.items():
+        flow.reveal_votes(v, m, salt)
+    flow.close("close_voting")
+    flow.aggregate()
+    for n in voters:
+        if flow.attest(n)["round"]["phase"] == "FINALIZED":
+            break
+    flow.open_round()
+    copied = flow.commit_update("hospital3", replace(updates["hospital2"], salt="33" * 16))
+    for n in ("hospital1", "hospital4"):
+        flow.commit_update(n)
+    flow.net.advance_time(301)
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital3", copied)
+    for n in ("hospital1", "hospital4"):
+        flow.reveal_update(n, flow.make_update(n))
+    flow.close("close_update_reveals")
+    disclose(flow, "hospital2", updates["hospital2"], 1)
+    assert submission(flow, 2, "hospital3")["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    assert audit_problems(flow) == []
+
+
+def test_an_author_whose_clock_runs_fast_keeps_its_claim(flow):
+    """hospital2's clock is 5 s fast when it commits; its claim across attempts does not depend
+    on the clocks at all."""
+    flow.running(rounds=3)
+    flow.open_round()
+    flow.net.advance_time(5)
+    u2 = flow.commit_update("hospital2")
+    flow.net.advance_time(-5)
+    ups = {n: flow.commit_update(n) for n in ("hospital1", "hospital3")}
+    flow.close("close_update_commits")
+    for n in ups:
+        flow.reveal_update(n, ups[n])
+    flow.net.advance_time(901)
+    finish_round(flow, ["hospital1", "hospital3"])
+    copied = round_2_commits(flow, hospital3=replace(u2, salt="33" * 16))["hospital3"]
+    flow.reveal_update("hospital3", copied)
+    flow.reveal_update("hospital1", flow.make_update("hospital1"))
+    flow.close("close_update_reveals")
+    disclose(flow, "hospital2", u2, 1)
+    assert submission(flow, 2, "hospital3")["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    assert audit_problems(flow) == []

@@ -304,6 +304,7 @@ def test_a_claim_on_copied_bytes_must_rest_on_a_commitment_earlier_by_the_tolera
     timeline = Timeline()
     timeline.opened_by = {(T, 2, 1, "B"): 7, (T, 1, 1, "A"): 9}
     timeline.claims = {(T, 1, 1, "A"): ["B"]}
+    timeline.reveals_ended = {(T, 2, 1): 8}  # B's attempt closed its reveals, then A claimed
 
     def problems(a: dict[str, Any], b: dict[str, Any], tl: Timeline = timeline) -> list[str]:
         return claim_problems(trial, {(1, 1): {"A": a}, (2, 1): {"B": b}}, tl)
@@ -330,6 +331,23 @@ def test_a_claim_on_copied_bytes_must_rest_on_a_commitment_earlier_by_the_tolera
     after = Timeline(opened_by={(T, 2, 1, "B"): 11, (T, 1, 1, "A"): 9}, claims=timeline.claims)
     assert problems(a1, b2, after) == [
         "round 2: B's update was opened after the disclosure that claims it"
+    ]
+    # a claim before B's attempt closed its reveals (the contract waits: TOO_EARLY)
+    early = Timeline(
+        opened_by=timeline.opened_by, claims=timeline.claims, reveals_ended={(T, 2, 1): 10}
+    )
+    assert problems(a1, b2, early) == [
+        "round 2: B's update was claimed while its attempt still took reveals (the contract's "
+        "TOO_EARLY: that attempt's close decides its owner)"
+    ]
+    # across attempts the ledger order decides, not the clocks: A's attempt opened first, so a
+    # commitment of B's within the tolerance of A's is still a copy; the other way it is not
+    ordered = Timeline(**{**timeline.__dict__, "opened": {(T, 1, 1): 1, (T, 2, 1): 5}})
+    assert problems(a1, dict(b2, committed_at=150), ordered) == []
+    reversed_order = Timeline(**{**timeline.__dict__, "opened": {(T, 1, 1): 6, (T, 2, 1): 5}})
+    assert problems(a1, b2, reversed_order) == [
+        "round 2: B's update is claimed_by A, whose commitment is of round 1, opened after its "
+        "own attempt"
     ]
     # a pair left without a claim: two openers of disclosed bytes
     unmarked = {k: v for k, v in b2.items() if k != "claimed_by"}

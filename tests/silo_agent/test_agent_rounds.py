@@ -375,3 +375,48 @@ def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
     assert "privacy budget" in victim.state.journal_entry("trial-1", 1, 2)["skipped"]
     local = PrivacyAccountant.open(victim.state.accountant_path("trial-1"))
     assert [r["round"] for r in local.rounds] == [1_000_001, 2_000_001]
+
+
+def test_an_author_back_after_its_last_round_began_still_discloses_its_stale_upload(
+    driver: Any, make_agent: Any, demo_files: dict[str, Any], contract_net: Any
+) -> None:
+    """hospital1 uploads its round-1 update and is killed before its reveal lands; the trial
+    goes on without it. It comes back once round 2, the plan's last, is past its commit phase:
+    it will never train again, yet its first tick discloses the stale bytes (charged on the
+    ledger, owned: a copier's later reveal of them is refused, an earlier one claimed)."""
+    driver.create_trial(demo_files["dataset"], rounds=2, dp={"enabled": False})
+    agents = [make_agent(name) for name in HOSPITALS]
+    victim, others = agents[0], agents[1:]
+    real_submit = victim._submit
+
+    def killed_at_reveal(name: str, **args: Any) -> Any:
+        if name == "reveal_update":
+            raise Killed(name)
+        return real_submit(name, **args)
+
+    victim._submit = killed_at_reveal  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        drive(driver, agents)
+    assert victim.state.journal_entry("trial-1", 1, 1)["update"]["content_id"]  # it uploaded
+    for _ in range(200):  # the others go on; each phase waits out its deadline for hospital1
+        for agent in others:
+            agent.tick()
+        if driver.trial()["current"]["round"] == 2 and driver.round()["phase"] == "VOTE_COMMIT":
+            break
+        if not driver.advance():
+            contract_net.advance_time(10**4)
+    else:
+        raise AssertionError(f"round 2 never reached VOTE_COMMIT: {driver.log[-10:]}")
+    back = make_agent("hospital1")
+    back.tick()
+    assert back.state.journal_entry("trial-1", 1, 1).get("disclosed") is True
+    record = next(
+        s
+        for s in contract_net.client("admin").evaluate(
+            "get_submissions", {"trial_id": "trial-1", "round": 1}
+        )
+        if s["msp_id"] == back.msp_id
+    )
+    assert not record["revealed"] and record["disclosed_at"] is not None
+    drive(driver, [back, *others])
+    assert driver.trial()["state"] == "COMPLETED"
