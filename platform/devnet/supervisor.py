@@ -86,7 +86,11 @@ class Supervised:
             )
         self._handle = psutil.Process(self._process.pid)
         if self.pid_file is not None:
-            record = {"pid": self._handle.pid, "create_time": self._handle.create_time()}
+            record = {
+                "pid": self._handle.pid,
+                "create_time": self._handle.create_time(),
+                "name": self._handle.name(),
+            }
             write_atomic(self.pid_file, (json.dumps(record) + "\n").encode(), durable=False)
         return self
 
@@ -200,13 +204,22 @@ class Supervised:
             self.pid_file.unlink(missing_ok=True)
 
 
+START_TIME_SLACK = 2.0  # seconds
+
+
 def _from_pid_file(path: Path) -> psutil.Process | None:
     """The process a pid file names, if it is still that process (same start time)."""
     try:
         record = json.loads(path.read_text())
         process = psutil.Process(int(record["pid"]))
-        if abs(process.create_time() - float(record["create_time"])) > 0.01:
+        # psutil derives a start time from the kernel's boot time, which moves when the wall
+        # clock is slewed or stepped (/proc/stat's btime is whole seconds): a node up for an hour
+        # can read a second off what was written. Another process reusing the pid within
+        # START_TIME_SLACK seconds, under the same name, is what this still tells apart.
+        if abs(process.create_time() - float(record["create_time"])) > START_TIME_SLACK:
             return None  # the pid was reused by another process
+        if record.get("name") not in (None, process.name()):
+            return None
         return process
     except (OSError, ValueError, KeyError, TypeError, psutil.Error):
         return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -77,3 +78,34 @@ def test_a_terminated_supervisor_stops_its_children_first(tmp_path: Path) -> Non
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_a_node_is_found_again_when_the_boot_time_moved_but_not_a_reused_pid(
+    tmp_path: Path,
+) -> None:
+    """psutil's start times follow the kernel's boot time, which moves by whole seconds when the
+    wall clock is adjusted: a pid file written an hour ago may read a second off. That is still
+    the node (a suite once lost its running Fabric peers so, and left them running); a start
+    time far off, or another program under the pid, is not."""
+    child = Supervised(
+        "sleeper",
+        [sys.executable, "-c", "import time; time.sleep(120)"],
+        tmp_path / "log",
+        pid_file=tmp_path / "sleeper.pid",
+    ).start()
+    try:
+        record = json.loads((tmp_path / "sleeper.pid").read_text())
+
+        def found(**changes: object) -> bool:
+            (tmp_path / "sleeper.pid").write_text(json.dumps({**record, **changes}))
+            return Supervised(
+                "sleeper", [], tmp_path / "log", pid_file=tmp_path / "sleeper.pid"
+            ).running
+
+        assert found()
+        assert found(create_time=record["create_time"] - 1.0)  # the boot time moved a second
+        assert not found(create_time=record["create_time"] - 60.0)  # another process's pid
+        assert not found(name="not-python")
+    finally:
+        (tmp_path / "sleeper.pid").write_text(json.dumps(record))
+        child.stop(timeout=30)
