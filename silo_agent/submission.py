@@ -270,16 +270,6 @@ class UpdateSubmission:
             for e in entries:
                 self.state.record(trial_id, e["round"], e["attempt"], "disclosed", True)
 
-    def _disclose_stale_uploads(self: SiloAgent, rnd: dict[str, Any], steps: list[Step]) -> None:
-        """DP off (no local accountant to settle): disclose every earlier upload whose reveal
-        did not land, before training for attempt (r, a)."""
-        now = (rnd["round"], rnd["attempt"])
-        for entries in self._updates_by_sha(rnd["trial_id"]).values():
-            if any(e.get("disclosed") or (e["round"], e["attempt"]) == now for e in entries):
-                continue
-            if self._revealed(rnd, entries):
-                self._settle_uploaded(rnd, entries, steps)
-
     def _disclose_pending(self: SiloAgent, rnd: dict[str, Any], steps: list[Step]) -> None:
         """On every tick of a RUNNING trial: an earlier attempt's update whose bytes went out
         and whose disclosure has not settled (the agent was down, or the contract said
@@ -310,8 +300,7 @@ class UpdateSubmission:
             if any((e["round"], e["attempt"]) == now for e in entries):
                 continue
             if self._revealed(rnd, entries):
-                self._settle_uploaded(rnd, entries, steps)
-                continue
+                continue  # its bytes went out: _disclose_pending settles it, every tick
             self.state.delete_update(trial_id, sha)
             for e in entries:
                 r, a = e["round"], e["attempt"]
@@ -362,9 +351,7 @@ class UpdateSubmission:
         )
         index = r * ATTEMPTS_PER_ROUND + a
         budget = None
-        if accountant is None:
-            self._disclose_stale_uploads(rnd, steps)
-        else:
+        if accountant is not None:  # uploads that went out were settled (_disclose_pending)
             self._withdraw_undisclosed(rnd, accountant, steps)
             # The local accountant is authoritative for this hospital's own budget.
             ledger_account = self._q("get_privacy_ledger", trial_id=trial_id, msp_id=self.msp_id)[0]

@@ -347,10 +347,15 @@ class Flow:
         """The same score from every voter for every peer candidate (harmless findings)."""
         return {v: {c: score for c in candidates if c != v} for v in voters}
 
-    def vote(self, by_voter: dict[str, dict[str, int | dict[str, Any]]]) -> dict[str, Any]:
+    def vote(
+        self, by_voter: dict[str, dict[str, int | dict[str, Any]]], *, wait: float = 0
+    ) -> dict[str, Any]:
         """Commit, reveal and close voting (findings or bare scores, by member name); returns
-        the acceptance record."""
+        the acceptance record. ``wait``: seconds the clock moves before the vote commits close
+        (past the deadline, when an enrolled voter stays silent)."""
         committed = {v: self.commit_votes(v, s) for v, s in by_voter.items()}
+        if wait:
+            self.net.advance_time(wait)
         self.close("close_vote_commits")
         for v, (by_msp, salt) in committed.items():
             self.reveal_votes(v, by_msp, salt)

@@ -14,8 +14,8 @@ An author that comes back after a copier revealed its stale bytes still disclose
 commitment of an earlier attempt (or, in the same attempt, more than the clock tolerance
 earlier) proves whose they are (bytes reach the store only after their author's commitment is
 fixed), so the disclosure takes the content and marks the copier's update ``claimed_by``
-(event field ``claimed_from``), and the author's release of its data is charged. What the copy earned in its round stays paid; the claim is the
-evidence an auditor and the admin act on.
+(event field ``claimed_from``), and the author's release of its data is charged. What the copy
+earned in its round stays paid; the claim is the evidence an auditor and the admin act on.
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ def disclose_update(tx: Tx, caller: Caller, a: Args) -> Update:
     commitments were fixed, NOT_COMMITTED, DUPLICATE when it was revealed or disclosed already,
     COMMITMENT_MISMATCH, DUPLICATE_CONTENT when the bytes were revealed or disclosed already
     (unless this commitment provably came first, ``claimable_copies``: then the disclosure
-    claims them), and BUDGET_EXCEEDED past
-    the schedule's end."""
+    claims them), and BUDGET_EXCEEDED past the schedule's end."""
     trial, r = round_args(tx, a)
     trial_id = trial["trial_id"]
     attempt = a.integer("attempt", minimum=1, maximum=10**6)
@@ -210,12 +209,9 @@ def claimable_copies(
         if copy is None or msp == record["msp_id"]:
             return []
         theirs: Round = tx.get(round_key(trial_id, r, attempt))
-        if (
-            (r, attempt) != (rnd["round"], rnd["attempt"])
-            and "sequence" in theirs
-            and ("sequence" in rnd)
-        ):
-            earlier = rnd["sequence"] < theirs["sequence"]
+        other_attempt = (r, attempt) != (rnd["round"], rnd["attempt"])
+        if other_attempt and "sequence" in theirs and "sequence" in rnd:
+            earlier = rnd["sequence"] < theirs["sequence"]  # ledger order, not clocks
         else:
             earlier = record["committed_at"] + tolerance < copy["committed_at"]
         if not earlier:

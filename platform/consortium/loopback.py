@@ -37,10 +37,9 @@ def stable_port(host: str = "127.0.0.1", *, avoid: Collection[int] = ()) -> int:
     range are only ever taken by a server asking for them by number. ``avoid`` holds ports
     already handed out for the same configuration (each is only probed here, not held)."""
     low, _high = ephemeral_range()
-    top = max(low - 1, _LOWEST_STABLE_PORT + 1000)
-    rng = random.SystemRandom()
-    for _attempt in range(200):
-        port = rng.randint(_LOWEST_STABLE_PORT, top)
+    ports = list(range(_LOWEST_STABLE_PORT, max(low, _LOWEST_STABLE_PORT + 1000)))
+    random.SystemRandom().shuffle(ports)  # two networks planned at once rarely pick alike
+    for port in ports:
         if port in avoid:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -49,4 +48,4 @@ def stable_port(host: str = "127.0.0.1", *, avoid: Collection[int] = ()) -> int:
             except OSError:
                 continue
         return port
-    return free_port(host)  # the low range is crowded: the kernel's choice beats none
+    return free_port(host)  # every low port is taken: the kernel's choice beats none

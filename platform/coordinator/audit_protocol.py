@@ -15,8 +15,9 @@ round and both values); :mod:`coordinator.audit_verify` runs them and lists each
   earlier than the others, removed hospitals' reveals included; otherwise nobody does), the candidates are the enrolled hospitals' other revealed updates, and
   no sha256 revealed or disclosed in an earlier attempt came back.
 * :func:`disclosure_problems`: every disclosure came once its attempt's reveals were over; a
-  disclosure that claimed bytes revealed first by another (``claimed_by``) did so under a
-  commitment more than the clock tolerance earlier.
+  disclosure that claimed bytes opened first by another (``claimed_by``) did so under a
+  commitment that provably came first (an attempt opened earlier, or within one attempt more
+  than the clock tolerance earlier), after the copy's reveals closed (:func:`claim_problems`).
 * :func:`attestation_problems`: ``round.disputes`` recomputed from the attestations and the
   finalized model; a halt ATTESTATION_MISMATCH only when no hash can reach the quorum any more.
 """
@@ -56,11 +57,9 @@ class Timeline:
     # Attempts whose reveals were over by event: UpdateRevealsClosed, or a halt past SUBMIT.
     # (the position of the event that ended them)
     reveals_ended: dict[RoundKey, int] = field(default_factory=dict)
-    # (trial, round, attempt, msp) of each UpdateDisclosed -> whether reveals_ended held then.
-    disclosures: dict[tuple[str, int, int, str], bool] = field(default_factory=dict)
     # (trial, round, attempt, msp) -> position of its UpdateRevealed / UpdateDisclosed event.
     opened_by: dict[tuple[str, int, int, str], int] = field(default_factory=dict)
-    # (trial, round, attempt, msp) of each UpdateDisclosed -> the copies it claimed (MSP ids).
+    # (trial, round, attempt, msp) of every UpdateDisclosed -> the copies it claimed (MSP ids).
     claims: dict[tuple[str, int, int, str], list[str]] = field(default_factory=dict)
 
 
@@ -89,7 +88,6 @@ def replay(events: Iterable[Any]) -> Timeline:
             key = (p["trial_id"], p["round"], p["attempt"])
             timeline.opened_by[(*key, p["msp_id"])] = len(timeline.events)
             if ev.name == "UpdateDisclosed":
-                timeline.disclosures[(*key, p["msp_id"])] = key in timeline.reveals_ended
                 timeline.claims[(*key, p["msp_id"])] = list(p.get("claimed_from") or [])
         elif ev.name == "UpdateCommitsClosed":
             timeline.reveal_deadline[(p["trial_id"], p["round"], p["attempt"])] = p.get("deadline")
@@ -405,14 +403,16 @@ def disclosure_problems(
             if at is None:
                 continue
             where = f"{label(r, a)}: {msp} disclosed its update at {at}"
-            ended = timeline.disclosures.get((trial_id, r, a, msp))
+            mine = (trial_id, r, a, msp)  # claims holds every UpdateDisclosed, opened_by where
+            event_at = timeline.opened_by.get(mine) if mine in timeline.claims else None
+            ended_at = timeline.reveals_ended.get((trial_id, r, a))
             deadline = timeline.reveal_deadline.get((trial_id, r, a))
             if u["revealed"]:
                 problems.append(f"{where} and revealed it too (one opening per commitment)")
-            if ended is None:
+            if event_at is None:
                 problems.append(f"{where}, but no UpdateDisclosed event of it is on the ledger")
-            elif ended:
-                continue
+            elif ended_at is not None and ended_at < event_at:
+                continue  # after the attempt's reveals closed (or it halted past SUBMIT)
             elif (trial_id, r, a) not in timeline.reveal_deadline:
                 problems.append(
                     f"{where}, before the attempt's commitments were fixed "
@@ -431,11 +431,13 @@ def claim_problems(
     updates: Mapping[tuple[int, int], Mapping[str, Mapping[str, Any]]],
     timeline: Timeline,
 ) -> list[str]:
-    """A disclosure of bytes another hospital opened first (revealed or disclosed) claims them
-    only under a commitment more than ``clock_tolerance_seconds`` earlier than each such
-    record's, marking it ``claimed_by``: every claim is checked so (and against the ledger
-    order: the copy opened before the claiming disclosure, which names it), and bytes any
-    disclosure opened are left with exactly one unclaimed opener, a disclosure."""
+    """A disclosure of bytes another hospital opened first (revealed or disclosed) claims them,
+    marking each such record ``claimed_by``, only under a commitment that provably came first:
+    of an attempt opened earlier (ledger order), or within one attempt more than
+    ``clock_tolerance_seconds`` earlier. Every claim is checked so, and against the ledger order
+    (the copy opened, and its attempt closed its reveals, before the claiming disclosure, whose
+    event names it); bytes any disclosure opened keep exactly one unclaimed opener, a
+    disclosure."""
     trial_id = trial["trial_id"]
     tolerance = trial.get("clock_tolerance_seconds", 0)
     opened = [

@@ -203,82 +203,15 @@ def audit_problems(flow):
     )
 
 
-def finish_round(flow, names):
-    """Close the reveals, vote for ``names`` and finalize."""
+def finish_round(flow, names, voters=None, vote_wait=0):
+    """Close the reveals, vote for ``names`` (by ``voters``, all members by default; with
+    ``vote_wait`` seconds for a silent one) and finalize."""
     flow.close("close_update_reveals")
-    flow.vote(flow.scores(flow.members, names))
+    flow.vote(flow.scores(voters or flow.members, names), wait=vote_wait)
     flow.aggregate()
-    for n in flow.members:
+    for n in voters or flow.members:
         if flow.attest(n)["round"]["phase"] == "FINALIZED":
             break
-
-
-def test_an_author_back_after_a_copier_revealed_its_stale_bytes_claims_them(flow):
-    """hospital2's round-1 reveal came late and its agent was away: it did not disclose. In round
-    2 hospital3 commits to the bytes it found in the store and reveals them as its own (nothing
-    on the ledger knows them yet). Back, hospital2 discloses: its commitment is more than the
-    clock tolerance earlier than hospital3's, and bytes reach the store only after their
-    author's commitment, so the disclosure takes the content, is charged, and marks hospital3's
-    update as a copy. Nobody can take the bytes back the other way."""
-    flow.running(rounds=3)
-    flow.open_round()
-    updates = {n: flow.commit_update(n) for n in flow.members}
-    u2 = updates["hospital2"]
-    flow.close("close_update_commits")
-    for n in ("hospital1", "hospital3"):
-        flow.reveal_update(n, updates[n])
-    flow.net.advance_time(901)  # past the deadline: hospital2's reveal is late; it is away
-    finish_round(flow, ["hospital1", "hospital3"])
-
-    flow.open_round()
-    copied = flow.commit_update("hospital3", replace(u2, salt="33" * 16))
-    flow.commit_update("hospital1")
-    flow.net.advance_time(3601)  # hospital2 is still away: the commit phase closes without it
-    flow.close("close_update_commits")
-    flow.reveal_update("hospital3", copied)  # unseen bytes: accepted as a candidate
-    flow.reveal_update("hospital1", flow.make_update("hospital1"))
-    finish_round(flow, ["hospital1", "hospital3"])
-
-    h2, h3 = flow.msp["hospital2"], flow.msp["hospital3"]
-    before = privacy_of(flow, "hospital2")["epsilon_spent_micro"]
-    record = flow.client("hospital2").submit(
-        "disclose_update", disclosure(flow, u2, round=1, attempt=1)
-    )
-    assert record["disclosed_at"] is not None and record["sha256"] == u2.sha256
-    assert record["epsilon_spent_micro"] > 0  # its first release: the schedule's first step
-    assert privacy_of(flow, "hospital2")["epsilon_spent_micro"] == (
-        before + record["epsilon_spent_micro"]
-    )
-    copy = next(
-        s
-        for s in flow.admin.evaluate(
-            "get_submissions", {"trial_id": flow.trial_id, "round": 2, "attempt": 1}
-        )
-        if s["msp_id"] == h3
-    )
-    assert copy["revealed"] and copy["claimed_by"] == {
-        "msp_id": h2,
-        "round": 1,
-        "attempt": 1,
-        "at": record["disclosed_at"],
-    }
-    # What the auditor sees: the claim proven, the copy no duplicate problem of the ledger.
-    assert audit_problems(flow) == []
-    # hospital3 cannot claim them back: its commitment is the later one, and it revealed.
-    refused(
-        "DUPLICATE",
-        flow.client("hospital3").submit,
-        "disclose_update",
-        disclosure(flow, copied, round=2, attempt=1),
-    )
-    # The bytes are hospital2's now: a third reveal of them, by anyone, is refused naming it.
-    flow.open_round()
-    again = flow.commit_update("hospital1", replace(u2, salt="11" * 16))
-    flow.commit_update("hospital2")
-    flow.commit_update("hospital3")
-    flow.close("close_update_commits")
-    error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", again)
-    assert error.detail["revealed_by"] == [h2]
 
 
 def stale_round_1(flow):
@@ -312,6 +245,113 @@ def round_2_commits(flow, **copies):
 
 def disclose(flow, name, u, r, a=1):
     return flow.client(name).submit("disclose_update", disclosure(flow, u, round=r, attempt=a))
+
+
+def submission(flow, r, name, a=1):
+    return next(
+        s
+        for s in flow.admin.evaluate(
+            "get_submissions", {"trial_id": flow.trial_id, "round": r, "attempt": a}
+        )
+        if s["msp_id"] == flow.msp[name]
+    )
+
+
+DEMO_PHASES = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
+
+
+def test_across_attempts_the_ledger_order_decides_not_the_clocks(flow):
+    """With the demo's phases (reveal 120 s, vote commit 300 s) an author that went down after
+    its upload is only ~720 s of clock ahead of a copier committing in the next round, under the
+    900 s tolerance: still its claim lands, because its attempt ran (and fixed its commitments)
+    before the copier's attempt opened."""
+    flow.running(HOSPITALS, rounds=3, phase_seconds=DEMO_PHASES)
+    flow.open_round()
+    updates = {n: flow.commit_update(n) for n in flow.members}
+    flow.close("close_update_commits")
+    voters = ["hospital1", "hospital3", "hospital4"]
+    for n in voters:
+        flow.reveal_update(n, updates[n])
+    flow.net.advance_time(121)  # hospital2 uploaded, then went down
+    finish_round(flow, voters, voters=voters, vote_wait=301)
+    flow.open_round()
+    copied = flow.commit_update("hospital3", replace(updates["hospital2"], salt="33" * 16))
+    for n in ("hospital1", "hospital4"):
+        flow.commit_update(n)
+    flow.net.advance_time(301)
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital3", copied)
+    for n in ("hospital1", "hospital4"):
+        flow.reveal_update(n, flow.make_update(n))
+    flow.close("close_update_reveals")
+    disclose(flow, "hospital2", updates["hospital2"], 1)
+    assert submission(flow, 2, "hospital3")["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    assert audit_problems(flow) == []
+
+
+def test_an_author_whose_clock_runs_fast_keeps_its_claim(flow):
+    """hospital2's clock is 5 s fast when it commits; its claim across attempts does not depend
+    on the clocks at all."""
+    flow.running(rounds=3)
+    flow.open_round()
+    flow.net.advance_time(5)
+    u2 = flow.commit_update("hospital2")
+    flow.net.advance_time(-5)
+    ups = {n: flow.commit_update(n) for n in ("hospital1", "hospital3")}
+    flow.close("close_update_commits")
+    for n in ups:
+        flow.reveal_update(n, ups[n])
+    flow.net.advance_time(901)
+    finish_round(flow, ["hospital1", "hospital3"])
+    copied = round_2_commits(flow, hospital3=replace(u2, salt="33" * 16))["hospital3"]
+    flow.reveal_update("hospital3", copied)
+    flow.reveal_update("hospital1", flow.make_update("hospital1"))
+    flow.close("close_update_reveals")
+    disclose(flow, "hospital2", u2, 1)
+    assert submission(flow, 2, "hospital3")["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    assert audit_problems(flow) == []
+
+
+def test_an_author_back_after_a_copier_revealed_its_stale_bytes_claims_them(flow):
+    """hospital2's round-1 reveal came late and its agent was away: it did not disclose. In round
+    2 hospital3 commits to the bytes it found in the store and reveals them as its own (nothing
+    on the ledger knows them yet). Back, hospital2 discloses: its commitment is of an earlier
+    attempt, and bytes reach the store only after their author's commitment is fixed, so the
+    disclosure takes the content, is charged, and marks hospital3's update as a copy. Nobody can
+    take the bytes back the other way."""
+    u2 = stale_round_1(flow)
+    copied = round_2_commits(flow, hospital3=replace(u2, salt="33" * 16))["hospital3"]
+    flow.reveal_update("hospital3", copied)  # unseen bytes: accepted as a candidate
+    flow.reveal_update("hospital1", flow.make_update("hospital1"))
+    finish_round(flow, ["hospital1", "hospital3"])
+
+    h2 = flow.msp["hospital2"]
+    before = privacy_of(flow, "hospital2")["epsilon_spent_micro"]
+    record = disclose(flow, "hospital2", u2, 1)
+    assert record["disclosed_at"] is not None and record["sha256"] == u2.sha256
+    assert record["epsilon_spent_micro"] > 0  # its first release: the schedule's first step
+    assert privacy_of(flow, "hospital2")["epsilon_spent_micro"] == (
+        before + record["epsilon_spent_micro"]
+    )
+    copy = submission(flow, 2, "hospital3")
+    assert copy["revealed"] and copy["claimed_by"] == {
+        "msp_id": h2,
+        "round": 1,
+        "attempt": 1,
+        "at": record["disclosed_at"],
+    }
+    # What the auditor sees: the claim proven, the copy no duplicate problem of the ledger.
+    assert audit_problems(flow) == []
+    # hospital3 cannot claim them back: its commitment is the later one, and it revealed.
+    refused("DUPLICATE", disclose, flow, "hospital3", copied, 2)
+    # The bytes are hospital2's now: a third reveal of them, by anyone, is refused naming it.
+    flow.open_round()
+    again = flow.commit_update("hospital1", replace(u2, salt="11" * 16))
+    flow.commit_update("hospital2")
+    flow.commit_update("hospital3")
+    flow.close("close_update_commits")
+    error = refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital1", again)
+    assert error.detail["revealed_by"] == [h2]
 
 
 def test_a_claim_waits_for_the_copys_reveals_to_close(flow):
@@ -392,76 +432,39 @@ def test_a_disclosure_after_an_aborting_rollback_is_no_audit_problem(flow):
     assert audit_problems(flow) == []
 
 
-def submission(flow, r, name, a=1):
-    return next(
-        s
-        for s in flow.admin.evaluate(
-            "get_submissions", {"trial_id": flow.trial_id, "round": r, "attempt": a}
-        )
-        if s["msp_id"] == flow.msp[name]
+def test_after_a_rollback_the_order_attempts_opened_in_decides_not_round_numbers(flow):
+    """Round 2 is aborted and rolled back over, so round 1 runs again after it: round numbers no
+    longer follow the ledger. hospital2's round-2 bytes (uploaded, never revealed) copied into
+    the re-run round 1 are still claimed by hospital2; hospital4, which copies hospital1's
+    round-2 reveal into the re-run, cannot claim it by its smaller round number."""
+    flow.running(HOSPITALS, rounds=3)
+    flow.full_round()  # round 1, the trial's first attempt
+    flow.open_round()  # round 2 attempt 1: the second
+    ups = {n: flow.commit_update(n) for n in flow.members}
+    flow.close("close_update_commits")
+    flow.reveal_update("hospital1", ups["hospital1"])  # hospital2 uploads too, then goes down
+    flow.admin.submit(
+        "rollback",
+        {
+            "trial_id": flow.trial_id,
+            "to_round": 0,
+            "abort_current": True,
+            "reason": "bad base",
+            "final_round": 2,
+        },
     )
-
-
-DEMO_PHASES = {"submit": 300, "reveal": 120, "vote_commit": 300, "vote_reveal": 120}
-
-
-def test_across_attempts_the_ledger_order_decides_not_the_clocks(flow):
-    """With the demo's phases (reveal 120 s, vote commit 300 s) an author that went down after
-    its upload is only ~720 s of clock ahead of a copier committing in the next round, under the
-    900 s tolerance: still its claim lands, because its attempt ran (and fixed its commitments)
-    before the copier's attempt opened."""
-    flow.running(HOSPITALS, rounds=3, phase_seconds=DEMO_PHASES)
-    flow.open_round()
-    updates = {n: flow.commit_update(n) for n in flow.members}
+    rerun = flow.open_round()  # round 1 attempt 2, opened third
+    assert (rerun["round"], rerun["attempt"], rerun["sequence"]) == (1, 2, 3)
+    stolen = flow.commit_update("hospital3", replace(ups["hospital2"], salt="33" * 16))
+    again = flow.commit_update("hospital4", replace(ups["hospital1"], salt="44" * 16))
+    flow.net.advance_time(3601)  # hospital1 and hospital2 do not commit to the re-run
     flow.close("close_update_commits")
-    voters = ["hospital1", "hospital3", "hospital4"]
-    for n in voters:
-        flow.reveal_update(n, updates[n])
-    flow.net.advance_time(121)  # hospital2 uploaded, then went down
+    flow.reveal_update("hospital3", stolen)  # nothing on the ledger knows these bytes yet
+    refused("DUPLICATE_CONTENT", flow.reveal_update, "hospital4", again)
+    flow.net.advance_time(3601)
     flow.close("close_update_reveals")
-    committed = {v: flow.commit_votes(v, s) for v, s in flow.scores(voters, voters).items()}
-    flow.net.advance_time(301)
-    flow.close("close_vote_commits")
-    for v, (m, salt) in committed.items():
-        flow.reveal_votes(v, m, salt)
-    flow.close("close_voting")
-    flow.aggregate()
-    for n in voters:
-        if flow.attest(n)["round"]["phase"] == "FINALIZED":
-            break
-    flow.open_round()
-    copied = flow.commit_update("hospital3", replace(updates["hospital2"], salt="33" * 16))
-    for n in ("hospital1", "hospital4"):
-        flow.commit_update(n)
-    flow.net.advance_time(301)
-    flow.close("close_update_commits")
-    flow.reveal_update("hospital3", copied)
-    for n in ("hospital1", "hospital4"):
-        flow.reveal_update(n, flow.make_update(n))
-    flow.close("close_update_reveals")
-    disclose(flow, "hospital2", updates["hospital2"], 1)
-    assert submission(flow, 2, "hospital3")["claimed_by"]["msp_id"] == flow.msp["hospital2"]
-    assert audit_problems(flow) == []
-
-
-def test_an_author_whose_clock_runs_fast_keeps_its_claim(flow):
-    """hospital2's clock is 5 s fast when it commits; its claim across attempts does not depend
-    on the clocks at all."""
-    flow.running(rounds=3)
-    flow.open_round()
-    flow.net.advance_time(5)
-    u2 = flow.commit_update("hospital2")
-    flow.net.advance_time(-5)
-    ups = {n: flow.commit_update(n) for n in ("hospital1", "hospital3")}
-    flow.close("close_update_commits")
-    for n in ups:
-        flow.reveal_update(n, ups[n])
-    flow.net.advance_time(901)
-    finish_round(flow, ["hospital1", "hospital3"])
-    copied = round_2_commits(flow, hospital3=replace(u2, salt="33" * 16))["hospital3"]
-    flow.reveal_update("hospital3", copied)
-    flow.reveal_update("hospital1", flow.make_update("hospital1"))
-    flow.close("close_update_reveals")
-    disclose(flow, "hospital2", u2, 1)
-    assert submission(flow, 2, "hospital3")["claimed_by"]["msp_id"] == flow.msp["hospital2"]
+    # hospital4's commitment is of round 1, but of the attempt opened after hospital1's
+    refused("DUPLICATE_CONTENT", disclose, flow, "hospital4", again, 1, 2)
+    disclose(flow, "hospital2", ups["hospital2"], 2, 1)  # of round 2, but opened before
+    assert submission(flow, 1, "hospital3", 2)["claimed_by"]["msp_id"] == flow.msp["hospital2"]
     assert audit_problems(flow) == []

@@ -358,7 +358,7 @@ def test_an_update_uploaded_before_a_refused_reveal_keeps_its_local_charge(
     # The auditor finds the disclosure in order: after the reveal deadline, from the events.
     submissions = ledger.evaluate("get_submissions", {"trial_id": "trial-1", "round": 2})
     timeline = replay(contract_net.client("auditor").ledger.events(0))
-    assert timeline.disclosures == {("trial-1", 2, 1, victim.msp_id): False}
+    assert timeline.claims == {("trial-1", 2, 1, victim.msp_id): []}  # its UpdateDisclosed
     assert (
         disclosure_problems(
             {"trial_id": "trial-1"}, {(2, 1): {s["msp_id"]: s for s in submissions}}, timeline
